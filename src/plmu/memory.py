@@ -1,0 +1,536 @@
+"""LegendreMemory: the LTI Legendre memory and every exact way to run it.
+
+For ``memory_size`` input channels ``u`` (each with its own order-``d`` memory) the memory is
+
+    m_t = Abar m_{t-1} + Bbar u_t,       m_t = sum_{j <= t} H[t - j] u_j + Abar^(t+1) m_{-1}
+
+with ``H[k] = Abar^k Bbar`` the impulse response (``plmu.impulse_response``) and ``m_{-1}`` the
+initial state (zeros by default). The execution strategies, all equal to the plain recurrence up
+to floating-point rounding:
+
+* ``"recurrent"``: the recurrence, one step at a time (also :meth:`LegendreMemory.step`);
+* ``"fft"``: causal convolution with ``H`` through ``torch.fft.rfft`` (``O(n log n)``);
+* ``"direct"``: the convolution as one Toeplitz matrix product (short sequences);
+* ``"chunked"``: Toeplitz products inside chunks, the state carried across chunks;
+* the last state only (the paper's eq. 25): ``m_n = sum_j H[n - 1 - j] u_j``, one matrix product,
+  in :meth:`LegendreMemory.last_state`;
+* :meth:`LegendreMemory.project`: ``W m_t`` for a linear map ``W`` without building ``m`` (the
+  kernel ``W H`` convolved by FFT; the fast path of ``ParallelLMU``).
+
+``mode="auto"`` picks a strategy from the shape and device; it is a performance choice, never a
+modelling one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmu.legendre import (
+    DISCRETIZERS,
+    _check_order,
+    _check_theta,
+    discretize_torch,
+    impulse_response_torch,
+    legendre_delay,
+    matrix_powers_apply,
+)
+
+__all__ = ["MODES", "LegendreMemory", "check_lengths", "check_sequence", "check_state"]
+
+MODES = ("auto", "recurrent", "fft", "direct", "chunked")
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_sequence(x: object, features: int, name: str) -> torch.Tensor:
+    """Check a batch-first sequence ``(batch, time, features)`` of floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"{name} must have shape (batch, time, {features}), got {tuple(x.shape)} "
+            f"(rank {x.dim()}, expected 3; batch-first)"
+        )
+    if x.shape[2] != features:
+        raise ValueError(
+            f"{name} must have shape (batch, time, {features}), got {tuple(x.shape)}: "
+            f"last dimension {x.shape[2]} != {features}"
+        )
+    return x
+
+
+def check_step_input(x: object, features: int, name: str) -> torch.Tensor:
+    """Check one time step ``(batch, features)`` of floating dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != features:
+        raise ValueError(f"{name} must have shape (batch, {features}), got {tuple(x.shape)}")
+    return x
+
+
+def check_state(state: object, batch: int, size: int, name: str, like: torch.Tensor) -> torch.Tensor:
+    """Check a state ``(batch, size)``; ``None`` gives zeros like ``like``."""
+    if state is None:
+        return like.new_zeros((batch, size))
+    if not isinstance(state, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(state).__name__}")
+    if not state.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {state.dtype}")
+    if tuple(state.shape) != (batch, size):
+        raise ValueError(f"{name} must have shape ({batch}, {size}), got {tuple(state.shape)}")
+    return state.to(like.dtype)
+
+
+def check_lengths(lengths: object, batch: int, time: int) -> torch.Tensor | None:
+    """Check right-padding ``lengths`` ``(batch,)``: integers in ``[1, time]``."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths)
+    if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
+        raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > time):
+        raise ValueError(f"lengths must lie in [1, {time}] (the time dimension), got {lengths}")
+    return lengths.long()
+
+
+def gather_time(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """``x[b, lengths[b] - 1]`` for ``x`` ``(batch, time, ...)``: the last valid step."""
+    index = (lengths.to(x.device) - 1).view(-1, *([1] * (x.dim() - 1)))
+    index = index.expand(-1, 1, *x.shape[2:])
+    return x.gather(1, index).squeeze(1)
+
+
+def right_align(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Shift each right-padded sequence ``(batch, time, ...)`` so that it ends at the last step.
+
+    Steps before the shifted start are zero. Differentiable in ``x``.
+    """
+    T = x.shape[1]
+    shift = (T - lengths.to(x.device)).view(-1, 1)
+    src = torch.arange(T, device=x.device).view(1, -1) - shift  # (B, T)
+    valid = src >= 0
+    index = src.clamp(min=0).view(*src.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    out = x.gather(1, index)
+    return out * valid.view(*valid.shape, *([1] * (x.dim() - 2))).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------ the module
+
+
+class LegendreMemory(nn.Module):
+    r"""The Legendre memory for ``memory_size`` independent input channels.
+
+    Args:
+        memory_size: number of input channels ``C``; each gets its own order-``d`` memory.
+        order: Legendre order ``d`` (coefficients per channel).
+        theta: window length in time steps (> 0).
+        discretizer: ``"zoh"`` (default), ``"euler"`` or ``"bilinear"``.
+        trainable_theta: learn ``theta`` (stored as ``log theta``, so it stays positive).
+        mode: execution strategy for :meth:`forward`: ``"auto"`` (default), ``"recurrent"``,
+            ``"fft"``, ``"direct"`` or ``"chunked"``.
+        chunk_size: chunk length for ``mode="chunked"`` (default: chosen from ``order``).
+
+    Shapes:
+        - ``u``: ``(batch, time, memory_size)``
+        - ``m``: ``(batch, time, memory_size * order)``, channel-major: ``memory_size`` blocks of
+          ``order`` Legendre coefficients
+        - ``state``: ``(batch, memory_size * order)``; ``None`` means zeros
+
+    Example:
+        >>> mem = LegendreMemory(memory_size=2, order=8, theta=50.0)
+        >>> m, state = mem(torch.randn(4, 100, 2))
+        >>> m.shape, state.shape
+        (torch.Size([4, 100, 16]), torch.Size([4, 16]))
+    """
+
+    def __init__(
+        self,
+        memory_size: int,
+        order: int,
+        theta: float,
+        discretizer: str = "zoh",
+        trainable_theta: bool = False,
+        mode: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.memory_size = _check_positive_int(memory_size, "memory_size")
+        self.order = _check_order(order)
+        theta = _check_theta(theta)
+        if discretizer not in DISCRETIZERS:
+            raise ValueError(f"discretizer must be one of {DISCRETIZERS}, got {discretizer!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if chunk_size is not None:
+            _check_positive_int(chunk_size, "chunk_size")
+        self.discretizer = discretizer
+        self.trainable_theta = bool(trainable_theta)
+        self.mode = mode
+        self.chunk_size = chunk_size
+        A, B = legendre_delay(self.order)
+        self.register_buffer("A", torch.from_numpy(A), persistent=False)
+        self.register_buffer("B", torch.from_numpy(B), persistent=False)
+        if self.trainable_theta:
+            self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
+        else:
+            self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    # ---------------------------------------------------------------- parameters and kernels
+
+    @property
+    def state_size(self) -> int:
+        """``memory_size * order``, the size of the flat state."""
+        return self.memory_size * self.order
+
+    def theta_tensor(self) -> torch.Tensor:
+        """``theta`` as a float64 scalar tensor (differentiable when trainable)."""
+        if self.trainable_theta:
+            return self.log_theta.double().exp()
+        return self.theta_
+
+    @property
+    def theta(self) -> float:
+        """The current window length in time steps."""
+        return float(self.theta_tensor().detach())
+
+    def _cacheable(self) -> bool:
+        return not (self.trainable_theta and torch.is_grad_enabled())
+
+    def _cached(self, key: tuple, build) -> torch.Tensor:
+        if not self._cacheable():
+            return build()
+        version = self.log_theta._version if self.trainable_theta else 0
+        full_key = (*key, version)
+        value = self._cache.get(full_key)
+        if value is None:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            value = build()
+            self._cache[full_key] = value
+        return value
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+        self._cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Abar, Bbar)``: float64 ``(order, order)`` and ``(order, 1)`` on the module's device."""
+        return self._cached(
+            ("discrete",), lambda: discretize_torch(self.A, self.B, self.theta_tensor(), self.discretizer)
+        )
+
+    def _discrete_as(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def build():
+            Abar, Bbar = self.discrete()
+            return torch.stack([Abar, Bbar.expand_as(Abar)]).to(like.dtype)
+
+        AB = self._cached(("discrete_as", like.dtype), build)
+        return AB[0], AB[1][:, :1]
+
+    def kernel(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The impulse response ``H`` ``(length, order)`` (computed in float64, then cast)."""
+        dtype = dtype or torch.float64
+
+        def build():
+            Abar, Bbar = self.discrete()
+            return impulse_response_torch(Abar, Bbar, length).to(dtype)
+
+        return self._cached(("kernel", length, dtype), build)
+
+    def _kernel_rfft(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+        return self._cached(
+            ("kernel_rfft", length, n_fft, dtype),
+            lambda: torch.fft.rfft(self.kernel(length, dtype).T, n=n_fft),  # (d, F)
+        )
+
+    def _powers(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[Abar^1, ..., Abar^length]`` ``(length, d, d)`` in ``dtype``."""
+
+        def build():
+            Abar, _ = self.discrete()
+            eye = torch.eye(self.order, dtype=Abar.dtype, device=Abar.device)
+            return matrix_powers_apply(Abar, eye, length).transpose(1, 2).to(dtype)
+
+        return self._cached(("powers", length, dtype), build)
+
+    def free_response(self, state: torch.Tensor, length: int) -> torch.Tensor:
+        """Zero-input response of an initial state: ``Abar^(t+1) m_{-1}`` for ``t < length``.
+
+        Args:
+            state: ``(batch, memory_size * order)``.
+
+        Returns:
+            ``(batch, length, memory_size * order)``.
+        """
+        Abar, _ = self._discrete_as(state)
+        m0 = state.view(state.shape[0], self.memory_size, self.order)
+        X = matrix_powers_apply(Abar, m0, length)  # (T, B, C, d)
+        return X.permute(1, 0, 2, 3).reshape(state.shape[0], length, self.state_size)
+
+    # ---------------------------------------------------------------------------- running
+
+    def resolve_mode(self, time: int, batch: int, device: torch.device | None = None) -> str:
+        """The strategy ``mode="auto"`` uses for a sequence of this shape on this device."""
+        if self.mode != "auto":
+            return self.mode
+        if time <= 8:
+            return "recurrent"
+        if time <= 64:
+            return "direct"
+        return "fft"
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        state: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+        mode: str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the memory over a whole sequence.
+
+        Args:
+            u: ``(batch, time, memory_size)`` input.
+            state: ``(batch, memory_size * order)`` initial state, or ``None`` for zeros.
+            lengths: ``(batch,)`` valid lengths of right-padded sequences, or ``None``; the
+                returned state is then the state after each sequence's last valid step.
+            mode: override the module's ``mode`` for this call.
+
+        Returns:
+            ``(m, state)``: ``m`` ``(batch, time, memory_size * order)`` and the final state
+            ``(batch, memory_size * order)``.
+        """
+        u = check_sequence(u, self.memory_size, "u")
+        Bn, T, _ = u.shape
+        has_state = state is not None
+        state = check_state(state, Bn, self.state_size, "state", u)
+        lengths = check_lengths(lengths, Bn, T)
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if T == 0:
+            return u.new_zeros((Bn, 0, self.state_size)), state
+        if mode == "auto":
+            mode = self.resolve_mode(T, Bn, u.device)
+        if mode == "recurrent":
+            m = self._recurrent(u, state)
+        else:
+            conv = {"fft": self._fft, "direct": self._direct, "chunked": self._chunked}[mode]
+            m = conv(u, state if has_state else None)
+        final = m[:, -1] if lengths is None else gather_time(m, lengths)
+        return m, final
+
+    def step(self, u_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step of the recurrence: ``m_t = Abar m_{t-1} + Bbar u_t``.
+
+        Args:
+            u_t: ``(batch, memory_size)``.
+            state: ``(batch, memory_size * order)`` or ``None`` for zeros.
+
+        Returns:
+            ``(m_t, m_t)``: the new memory ``(batch, memory_size * order)``, twice (output and
+            state, like ``torch.nn.RNNCell`` users expect from a state-space step).
+        """
+        u_t = check_step_input(u_t, self.memory_size, "u_t")
+        state = check_state(state, u_t.shape[0], self.state_size, "state", u_t)
+        Abar, Bbar = self._discrete_as(u_t)
+        m = state.view(-1, self.memory_size, self.order) @ Abar.T + u_t.unsqueeze(-1) * Bbar.view(1, 1, -1)
+        m = m.reshape(-1, self.state_size)
+        return m, m
+
+    def last_state(
+        self,
+        u: torch.Tensor,
+        state: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The final state only, by one matrix product (the paper's eq. 25).
+
+        ``m_n = [H[n-1], ..., H[0]] u + Abar^n m_{-1}``; the memory sequence is never built.
+
+        Args:
+            u: ``(batch, time, memory_size)``; state: ``(batch, memory_size * order)`` or ``None``;
+            lengths: ``(batch,)`` right-padding lengths or ``None``.
+
+        Returns:
+            ``(batch, memory_size * order)``.
+        """
+        u = check_sequence(u, self.memory_size, "u")
+        Bn, T, C = u.shape
+        lengths = check_lengths(lengths, Bn, T)
+        has_state = state is not None
+        state = check_state(state, Bn, self.state_size, "state", u)
+        if T == 0:
+            return state
+        if lengths is not None:
+            u = right_align(u, lengths)
+        H = self.kernel(T, u.dtype)  # (T, d)
+        m = torch.matmul(u.transpose(1, 2), H.flip(0))  # (B, C, d)
+        m = m.reshape(Bn, self.state_size)
+        if has_state:
+            if lengths is None:
+                m = m + self._power_apply(state, T)
+            else:
+                free = self.free_response(state, T)  # (B, T, C*d)
+                m = m + gather_time(free, lengths)
+        return m
+
+    def _power_apply(self, state: torch.Tensor, n: int) -> torch.Tensor:
+        """``Abar^n m`` for a flat state ``(batch, memory_size * order)``."""
+
+        def build():
+            Abar, _ = self.discrete()
+            return torch.linalg.matrix_power(Abar, n).to(state.dtype)
+
+        P = self._cached(("matrix_power", n, state.dtype), build)
+        m = state.view(-1, self.memory_size, self.order) @ P.T
+        return m.reshape(state.shape)
+
+    # ------------------------------------------------------------------------ strategies
+
+    def _recurrent(self, u: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        Abar, Bbar = self._discrete_as(u)
+        Bn, T, C = u.shape
+        m = state.view(Bn, C, self.order)
+        drive = u.unsqueeze(-1) * Bbar.view(1, 1, 1, -1)  # (B, T, C, d)
+        out = []
+        for t in range(T):
+            m = torch.addmm(drive[:, t].reshape(-1, self.order), m.reshape(-1, self.order), Abar.T)
+            out.append(m)
+        return torch.stack(out, dim=1).reshape(Bn, T, self.state_size)
+
+    def _with_state(self, m: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        return m if state is None else m + self.free_response(state, m.shape[1])
+
+    def _fft(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        Bn, T, C = u.shape
+        n_fft = fft_size(2 * T - 1)
+        Hf = self._kernel_rfft(T, n_fft, u.dtype)  # (d, F)
+        Uf = torch.fft.rfft(u.transpose(1, 2), n=n_fft)  # (B, C, F)
+        m = torch.fft.irfft(Uf.unsqueeze(2) * Hf, n=n_fft)[..., :T]  # (B, C, d, T)
+        m = m.permute(0, 3, 1, 2).reshape(Bn, T, self.state_size)
+        return self._with_state(m, state)
+
+    def _toeplitz(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """``W`` ``(length, length * d)`` with ``W[s, t*d + i] = H[t - s, i]`` for ``t >= s``."""
+
+        def build():
+            H = self.kernel(length, dtype)  # (L, d)
+            idx = torch.arange(length, device=H.device)
+            lag = idx.view(1, -1) - idx.view(-1, 1)  # (s, t): t - s
+            W = H[lag.clamp(min=0)] * (lag >= 0).unsqueeze(-1).to(dtype)  # (L, L, d)
+            return W.reshape(length, length * self.order)
+
+        return self._cached(("toeplitz", length, dtype), build)
+
+    def _direct(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        Bn, T, C = u.shape
+        W = self._toeplitz(T, u.dtype)
+        m = u.transpose(1, 2) @ W  # (B, C, T*d)
+        m = m.view(Bn, C, T, self.order).transpose(1, 2).reshape(Bn, T, self.state_size)
+        return self._with_state(m, state)
+
+    def default_chunk_size(self) -> int:
+        """Chunk length used by ``mode="chunked"`` when ``chunk_size`` is not given."""
+        return self.chunk_size or max(16, min(256, 4096 // self.order))
+
+    def _chunked(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        Bn, T, C = u.shape
+        d = self.order
+        L = min(self.default_chunk_size(), T)
+        n_chunks = -(-T // L)
+        pad = n_chunks * L - T
+        if pad:
+            u = F.pad(u, (0, 0, 0, pad))
+        W = self._toeplitz(L, u.dtype)  # (L, L*d)
+        P = self._powers(L, u.dtype)  # (L, d, d): Abar^(k+1)
+        uc = u.view(Bn, n_chunks, L, C).permute(0, 1, 3, 2)  # (B, K, C, L)
+        local = (uc @ W).view(Bn, n_chunks, C, L, d)  # zero-state response inside each chunk
+        # carry the state across chunks: s_k = local_k[L-1] + Abar^L s_{k-1}
+        AL = P[-1]
+        s = u.new_zeros((Bn, C, d)) if state is None else state.view(Bn, C, d)
+        starts = []
+        for k in range(n_chunks):
+            starts.append(s)
+            s = local[:, k, :, -1] + s @ AL.T
+        s0 = torch.stack(starts, dim=1)  # (B, K, C, d): state entering each chunk
+        carried = torch.einsum("bkci,tji->bkctj", s0, P)  # Abar^(t+1) s0
+        m = (local + carried).permute(0, 1, 3, 2, 4).reshape(Bn, n_chunks * L, self.state_size)
+        return m[:, :T]
+
+    # -------------------------------------------------------------------- fused projection
+
+    def project(
+        self,
+        u: torch.Tensor,
+        weight: torch.Tensor,
+        state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``W m_t`` for every ``t`` without building the memory sequence.
+
+        The linear map is folded into the impulse response, ``K[j] = W (I_C (x) H[j])``, and the
+        ``memory_size`` input channels are convolved with ``K`` by FFT, so the work scales with
+        ``out_features`` instead of ``memory_size * order``.
+
+        Args:
+            u: ``(batch, time, memory_size)``.
+            weight: ``(out_features, memory_size * order)``.
+            state: initial state ``(batch, memory_size * order)`` or ``None``.
+
+        Returns:
+            ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``.
+        """
+        Bn, T, C = u.shape
+        out = weight.shape[0]
+        n_fft = fft_size(2 * T - 1)
+        H = self.kernel(T, u.dtype)  # (T, d)
+        K = weight.view(out, C, self.order) @ H.T  # (out, C, T)
+        Kf = torch.fft.rfft(K, n=n_fft)  # (out, C, F)
+        Uf = torch.fft.rfft(u.transpose(1, 2), n=n_fft)  # (B, C, F)
+        Yf = torch.einsum("bcf,ocf->bof", Uf, Kf)
+        y = torch.fft.irfft(Yf, n=n_fft)[..., :T].transpose(1, 2)  # (B, T, out)
+        if state is not None:
+            y = y + self.free_response(state, T) @ weight.T
+        return y
+
+    def extra_repr(self) -> str:
+        theta = "trainable" if self.trainable_theta else f"{self.theta:g}"
+        return (
+            f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
+            f"discretizer={self.discretizer!r}, mode={self.mode!r}"
+        )
+
+
+def fft_size(n: int) -> int:
+    """Smallest ``2^a 3^b 5^c >= n``: an FFT length that suits pocketfft/cuFFT."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
