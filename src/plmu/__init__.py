@@ -3,13 +3,17 @@
 The core (``legendre``, ``memory``, ``layers``) imports torch, numpy and scipy only.
 """
 
+from plmu.layers import LMU, LMUCell, ParallelLMU
 from plmu.legendre import decode, discretize, impulse_response, legendre_delay
 from plmu.memory import LegendreMemory
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LMU",
+    "LMUCell",
     "LegendreMemory",
+    "ParallelLMU",
     "__version__",
     "decode",
     "discretize",

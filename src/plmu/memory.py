@@ -85,7 +85,9 @@ def check_step_input(x: object, features: int, name: str) -> torch.Tensor:
     return x
 
 
-def check_state(state: object, batch: int, size: int, name: str, like: torch.Tensor) -> torch.Tensor:
+def check_state(
+    state: object, batch: int, size: int, name: str, like: torch.Tensor
+) -> torch.Tensor:
     """Check a state ``(batch, size)``; ``None`` gives zeros like ``like``."""
     if state is None:
         return like.new_zeros((batch, size))
@@ -234,9 +236,10 @@ class LegendreMemory(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(Abar, Bbar)``: float64 ``(order, order)`` and ``(order, 1)`` on the module's device."""
+        """``(Abar, Bbar)``: float64 ``(order, order)``, ``(order, 1)`` on the module's device."""
         return self._cached(
-            ("discrete",), lambda: discretize_torch(self.A, self.B, self.theta_tensor(), self.discretizer)
+            ("discrete",),
+            lambda: discretize_torch(self.A, self.B, self.theta_tensor(), self.discretizer),
         )
 
     def _discrete_as(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +342,9 @@ class LegendreMemory(nn.Module):
         final = m[:, -1] if lengths is None else gather_time(m, lengths)
         return m, final
 
-    def step(self, u_t: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        self, u_t: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One step of the recurrence: ``m_t = Abar m_{t-1} + Bbar u_t``.
 
         Args:
@@ -353,7 +358,9 @@ class LegendreMemory(nn.Module):
         u_t = check_step_input(u_t, self.memory_size, "u_t")
         state = check_state(state, u_t.shape[0], self.state_size, "state", u_t)
         Abar, Bbar = self._discrete_as(u_t)
-        m = state.view(-1, self.memory_size, self.order) @ Abar.T + u_t.unsqueeze(-1) * Bbar.view(1, 1, -1)
+        m = state.view(-1, self.memory_size, self.order) @ Abar.T + u_t.unsqueeze(-1) * Bbar.view(
+            1, 1, -1
+        )
         m = m.reshape(-1, self.state_size)
         return m, m
 
@@ -375,7 +382,7 @@ class LegendreMemory(nn.Module):
             ``(batch, memory_size * order)``.
         """
         u = check_sequence(u, self.memory_size, "u")
-        Bn, T, C = u.shape
+        Bn, T, _C = u.shape
         lengths = check_lengths(lengths, Bn, T)
         has_state = state is not None
         state = check_state(state, Bn, self.state_size, "state", u)
@@ -415,14 +422,14 @@ class LegendreMemory(nn.Module):
         out = []
         for t in range(T):
             m = torch.addmm(drive[:, t].reshape(-1, self.order), m.reshape(-1, self.order), Abar.T)
-            out.append(m)
-        return torch.stack(out, dim=1).reshape(Bn, T, self.state_size)
+            out.append(m.view(Bn, self.state_size))
+        return torch.stack(out, dim=1)
 
     def _with_state(self, m: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         return m if state is None else m + self.free_response(state, m.shape[1])
 
     def _fft(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
-        Bn, T, C = u.shape
+        Bn, T, _C = u.shape
         n_fft = fft_size(2 * T - 1)
         Hf = self._kernel_rfft(T, n_fft, u.dtype)  # (d, F)
         Uf = torch.fft.rfft(u.transpose(1, 2), n=n_fft)  # (B, C, F)
@@ -499,7 +506,7 @@ class LegendreMemory(nn.Module):
         Returns:
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``.
         """
-        Bn, T, C = u.shape
+        _Bn, T, C = u.shape
         out = weight.shape[0]
         n_fft = fft_size(2 * T - 1)
         H = self.kernel(T, u.dtype)  # (T, d)

@@ -1,0 +1,454 @@
+"""LMU layers: the parallel LMU (Chilkuri & Eliasmith 2021) and the original LMU (Voelker 2019).
+
+``ParallelLMU`` keeps only the linear memory recurrent::
+
+    u_t = f_u(U_x x_t + b_u)                  (memory_size channels)
+    m_t = Abar m_{t-1} + Bbar u_t             (LegendreMemory)
+    o_t = f_o(W_m m_t + W_x x_t + b)          (the W_x x_t term optional)
+
+so a whole sequence runs in parallel (``forward``) and the same weights run as an RNN
+(``step``). ``LMUCell``/``LMU`` are the original, sequential cell with its nonlinear recurrent
+connections, kept as the baseline.
+
+All tensors are batch-first ``(batch, time, features)``, like ``torch.nn.LSTM(batch_first=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmu.memory import (
+    MODES,
+    LegendreMemory,
+    _check_positive_int,
+    check_lengths,
+    check_sequence,
+    check_state,
+    check_step_input,
+    gather_time,
+)
+
+__all__ = ["ACTIVATIONS", "LMU", "LMUCell", "ParallelLMU"]
+
+ACTIVATIONS = {
+    "identity": nn.Identity,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+}
+LAYER_MODES = (*MODES, "fused")
+
+
+def _activation(name: str | None, argument: str) -> nn.Module:
+    key = "identity" if name is None else name
+    if key not in ACTIVATIONS:
+        raise ValueError(f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[key]()
+
+
+class ParallelLMU(nn.Module):
+    r"""The parallel-trainable LMU layer (Chilkuri & Eliasmith 2021, PAPER.md section 3).
+
+    Args:
+        input_size: features of ``x``.
+        hidden_size: features of the output ``o``.
+        order: Legendre order ``d`` of each memory channel.
+        theta: memory window in time steps.
+        memory_size: number of memory channels ``u`` (each with its own order-``d`` memory).
+        return_sequences: return ``o`` for every step ``(batch, time, hidden)``, or only for the
+            last step ``(batch, hidden)``; the latter uses the last-state product (eq. 25) and
+            never builds the memory sequence.
+        input_to_output: feed ``x_t`` to the output layer beside ``m_t`` (the paper's default).
+        hidden_activation: ``f_o`` (``"relu"`` default; ``"identity"``, ``"tanh"``, ``"gelu"``...).
+        memory_activation: ``f_u`` (``"identity"`` default).
+        dropout: dropout on the output ``o_t``.
+        bias: biases ``b_u`` and ``b``.
+        discretizer, trainable_theta: passed to :class:`~plmu.LegendreMemory`.
+        mode: how full sequences run: ``"auto"`` (default), ``"fused"`` (the output map folded
+            into the memory's impulse response, the memory sequence never built), or one of the
+            memory's strategies ``"fft"``, ``"direct"``, ``"chunked"``, ``"recurrent"``.
+
+    Shapes:
+        - ``x``: ``(batch, time, input_size)``; ``x_t`` for :meth:`step`: ``(batch, input_size)``
+        - ``state``: ``(batch, memory_size * order)``, the memory; ``None`` means zeros
+        - ``lengths``: ``(batch,)`` valid lengths of right-padded sequences, or ``None``
+        - output: ``(batch, time, hidden_size)``, or ``(batch, hidden_size)`` when
+          ``return_sequences=False``
+
+    Example:
+        >>> layer = ParallelLMU(input_size=3, hidden_size=16, order=8, theta=20.0)
+        >>> y, state = layer(torch.randn(2, 50, 3))
+        >>> y.shape, state.shape
+        (torch.Size([2, 50, 16]), torch.Size([2, 8]))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        order: int,
+        theta: float,
+        memory_size: int = 1,
+        return_sequences: bool = True,
+        input_to_output: bool = True,
+        hidden_activation: str | None = "relu",
+        memory_activation: str | None = "identity",
+        dropout: float = 0.0,
+        bias: bool = True,
+        discretizer: str = "zoh",
+        trainable_theta: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_positive_int(input_size, "input_size")
+        self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        if mode not in LAYER_MODES:
+            raise ValueError(f"mode must be one of {LAYER_MODES}, got {mode!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        self.return_sequences = bool(return_sequences)
+        self.input_to_output = bool(input_to_output)
+        self.mode = mode
+        self.encoder = nn.Linear(self.input_size, memory_size, bias=bias)  # U_x, b_u
+        self.memory = LegendreMemory(
+            memory_size,
+            order,
+            theta,
+            discretizer=discretizer,
+            trainable_theta=trainable_theta,
+            mode="auto" if mode == "fused" else mode,
+        )
+        in_features = self.memory.state_size + (self.input_size if self.input_to_output else 0)
+        self.output = nn.Linear(in_features, self.hidden_size, bias=bias)  # [W_m, W_x], b
+        self.memory_activation = _activation(memory_activation, "memory_activation")
+        self.hidden_activation = _activation(hidden_activation, "hidden_activation")
+        self.dropout = nn.Dropout(float(dropout))
+
+    @property
+    def order(self) -> int:
+        return self.memory.order
+
+    @property
+    def memory_size(self) -> int:
+        return self.memory.memory_size
+
+    @property
+    def state_size(self) -> int:
+        """Size of the flat state, ``memory_size * order``."""
+        return self.memory.state_size
+
+    def reset_parameters(self) -> None:
+        self.encoder.reset_parameters()
+        self.output.reset_parameters()
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.memory_activation(self.encoder(x))
+
+    def _readout(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([m, x], dim=-1) if self.input_to_output else m
+        return self.dropout(self.hidden_activation(self.output(z)))
+
+    def use_fused(self, time: int, batch: int) -> bool:
+        """Whether a full-sequence call of this shape folds the output map into the kernel."""
+        if self.mode == "fused":
+            return True
+        if self.mode != "auto":
+            return False
+        return time >= 64 and batch * self.order >= self.hidden_size
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the layer over whole sequences, in parallel over time.
+
+        Args:
+            x: ``(batch, time, input_size)``.
+            state: ``(batch, memory_size * order)`` memory carried from an earlier call, or
+                ``None`` for zeros.
+            lengths: ``(batch,)`` valid lengths of right-padded sequences, or ``None``. Padded
+                steps change neither the returned state nor each sequence's last output.
+
+        Returns:
+            ``(output, state)``: output ``(batch, time, hidden_size)`` (``(batch, hidden_size)``
+            at each sequence's last valid step when ``return_sequences=False``) and the memory
+            after the last valid step ``(batch, memory_size * order)``.
+        """
+        x = check_sequence(x, self.input_size, "x")
+        Bn, T, _ = x.shape
+        check_state(state, Bn, self.state_size, "state", x)
+        lengths = check_lengths(lengths, Bn, T)
+        if T == 0:
+            raise ValueError("x must have at least one time step, got time = 0")
+        u = self._encode(x)
+        if not self.return_sequences:
+            m_last = self.memory.last_state(u, state, lengths)
+            x_last = x[:, -1] if lengths is None else gather_time(x, lengths)
+            return self._readout(m_last, x_last), m_last
+        if not self.use_fused(T, Bn):
+            m, final = self.memory(u, state, lengths)
+            return self._readout(m, x), final
+        S = self.state_size
+        pre = self.memory.project(u, self.output.weight[:, :S], state)
+        if self.input_to_output:
+            pre = pre + F.linear(x, self.output.weight[:, S:])
+        if self.output.bias is not None:
+            pre = pre + self.output.bias
+        final = self.memory.last_state(u, state, lengths)
+        return self.dropout(self.hidden_activation(pre)), final
+
+    def step(
+        self, x_t: torch.Tensor, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One time step, the RNN form: same weights and numbers as :meth:`forward`.
+
+        Args:
+            x_t: ``(batch, input_size)``.
+            state: ``(batch, memory_size * order)`` or ``None`` for zeros.
+
+        Returns:
+            ``(o_t, state)``: ``(batch, hidden_size)`` and ``(batch, memory_size * order)``.
+        """
+        x_t = check_step_input(x_t, self.input_size, "x_t")
+        m, _ = self.memory.step(self._encode(x_t), state)
+        return self._readout(m, x_t), m
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"return_sequences={self.return_sequences}, input_to_output={self.input_to_output}, "
+            f"mode={self.mode!r}"
+        )
+
+
+def _glorot_normal_(w: torch.Tensor) -> None:
+    nn.init.xavier_normal_(w)
+
+
+def _lecun_uniform_(w: torch.Tensor) -> None:
+    bound = math.sqrt(3.0 / w.shape[1])
+    nn.init.uniform_(w, -bound, bound)
+
+
+class LMUCell(nn.Module):
+    r"""The original LMU cell (Voelker et al. 2019), one time step::
+
+        u_t = e_x x_t + e_h h_{t-1} + e_m m_{t-1}
+        m_t = Abar m_{t-1} + Bbar u_t
+        h_t = f(W_x x_t + W_h h_{t-1} + W_m m_t + b)
+
+    Args:
+        input_size, hidden_size, order, theta, memory_size: as for :class:`ParallelLMU`.
+        hidden_to_memory: keep ``e_h`` (else it is absent, i.e. zero).
+        memory_to_memory: keep ``e_m``.
+        input_to_hidden: keep ``W_x``.
+        hidden_activation: ``f`` (``"tanh"`` default).
+        bias: add ``b`` (the original cell has none).
+        discretizer, trainable_theta: passed to :class:`~plmu.LegendreMemory`.
+        init: ``"default"`` (encoders LeCun-uniform, ``e_m`` zero, kernels Glorot-normal) or
+            ``"psmnist"``, the original psMNIST setup: ``e_x = 1``, ``e_h = e_m = 0``,
+            ``W_x = W_h = 0`` (all frozen), only ``W_m`` (Glorot-normal) trained.
+
+    Shapes:
+        ``x_t`` ``(batch, input_size)``; state ``(h, m)`` with ``h`` ``(batch, hidden_size)`` and
+        ``m`` ``(batch, memory_size * order)``; returns ``(h_t, (h_t, m_t))``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        order: int,
+        theta: float,
+        memory_size: int = 1,
+        hidden_to_memory: bool = True,
+        memory_to_memory: bool = True,
+        input_to_hidden: bool = True,
+        hidden_activation: str | None = "tanh",
+        bias: bool = False,
+        discretizer: str = "zoh",
+        trainable_theta: bool = False,
+        init: str = "default",
+    ) -> None:
+        super().__init__()
+        self.input_size = _check_positive_int(input_size, "input_size")
+        self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        if init not in ("default", "psmnist"):
+            raise ValueError(f"init must be 'default' or 'psmnist', got {init!r}")
+        self.init = init
+        self.memory = LegendreMemory(
+            memory_size,
+            order,
+            theta,
+            discretizer=discretizer,
+            trainable_theta=trainable_theta,
+            mode="recurrent",
+        )
+        C, S, H = memory_size, self.memory.state_size, self.hidden_size
+
+        def param(*shape: int) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape))
+
+        self.e_x = param(C, self.input_size)
+        self.e_h = param(C, H) if hidden_to_memory else None
+        self.e_m = param(C, S) if memory_to_memory else None
+        self.W_x = param(H, self.input_size) if input_to_hidden else None
+        self.W_h = param(H, H)
+        self.W_m = param(H, S)
+        self.bias = param(H) if bias else None
+        self.activation = _activation(hidden_activation, "hidden_activation")
+        self.reset_parameters()
+
+    @property
+    def state_size(self) -> int:
+        return self.memory.state_size
+
+    def reset_parameters(self) -> None:
+        psmnist = self.init == "psmnist"
+        with torch.no_grad():
+            if psmnist:
+                self.e_x.fill_(1.0)
+            else:
+                _lecun_uniform_(self.e_x)
+            if self.e_h is not None:
+                self.e_h.zero_() if psmnist else _lecun_uniform_(self.e_h)
+            if self.e_m is not None:
+                self.e_m.zero_()
+            if self.W_x is not None:
+                self.W_x.zero_() if psmnist else _glorot_normal_(self.W_x)
+            self.W_h.zero_() if psmnist else _glorot_normal_(self.W_h)
+            _glorot_normal_(self.W_m)
+            if self.bias is not None:
+                self.bias.zero_()
+        if psmnist:
+            for p in (self.e_x, self.e_h, self.e_m, self.W_x, self.W_h):
+                if p is not None:
+                    p.requires_grad_(False)
+
+    def _check_state(
+        self, state: tuple[torch.Tensor, torch.Tensor] | None, batch: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if state is None:
+            return like.new_zeros((batch, self.hidden_size)), like.new_zeros(
+                (batch, self.state_size)
+            )
+        if not isinstance(state, (tuple, list)) or len(state) != 2:
+            raise TypeError("state must be a tuple (h, m) or None")
+        h = check_state(state[0], batch, self.hidden_size, "state[0] (h)", like)
+        m = check_state(state[1], batch, self.state_size, "state[1] (m)", like)
+        return h, m
+
+    def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The input-dependent terms ``e_x x`` and ``W_x x`` (computed for all steps at once)."""
+        xe = F.linear(x, self.e_x)
+        xw = None if self.W_x is None else F.linear(x, self.W_x)
+        return xe, xw
+
+    def _step(
+        self,
+        xe: torch.Tensor,
+        xw: torch.Tensor | None,
+        h: torch.Tensor,
+        m: torch.Tensor,
+        Abar: torch.Tensor,
+        Bbar: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        u = xe
+        if self.e_h is not None:
+            u = u + F.linear(h, self.e_h)
+        if self.e_m is not None:
+            u = u + F.linear(m, self.e_m)
+        C, d = self.memory.memory_size, self.memory.order
+        m = m.view(-1, C, d) @ Abar.T + u.unsqueeze(-1) * Bbar.view(1, 1, d)
+        m = m.reshape(-1, C * d)
+        pre = F.linear(h, self.W_h) + F.linear(m, self.W_m)
+        if xw is not None:
+            pre = pre + xw
+        if self.bias is not None:
+            pre = pre + self.bias
+        return self.activation(pre), m
+
+    def forward(
+        self, x_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One step. ``x_t`` ``(batch, input_size)`` -> ``(h_t, (h_t, m_t))``."""
+        x_t = check_step_input(x_t, self.input_size, "x_t")
+        h, m = self._check_state(state, x_t.shape[0], x_t)
+        Abar, Bbar = self.memory._discrete_as(x_t)
+        xe, xw = self._inputs(x_t)
+        h, m = self._step(xe, xw, h, m, Abar, Bbar)
+        return h, (h, m)
+
+
+class LMU(nn.Module):
+    """The original LMU (Voelker et al. 2019) run sequentially over time: the baseline.
+
+    Args:
+        input_size, hidden_size, order, theta, memory_size: as for :class:`LMUCell`.
+        return_sequences: return ``h`` for every step, or only each sequence's last one.
+        **cell_kwargs: passed to :class:`LMUCell` (``hidden_to_memory``, ``init``, ...).
+
+    Shapes:
+        ``x`` ``(batch, time, input_size)`` -> output ``(batch, time, hidden_size)`` (or
+        ``(batch, hidden_size)``) and state ``(h, m)``: ``(batch, hidden_size)``,
+        ``(batch, memory_size * order)``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        order: int,
+        theta: float,
+        memory_size: int = 1,
+        return_sequences: bool = True,
+        **cell_kwargs: object,
+    ) -> None:
+        super().__init__()
+        self.cell = LMUCell(input_size, hidden_size, order, theta, memory_size, **cell_kwargs)
+        self.return_sequences = bool(return_sequences)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.cell.hidden_size
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Run the cell over ``x`` ``(batch, time, input_size)``; see the class for shapes.
+
+        With ``lengths`` the state stops changing after each sequence's last valid step.
+        """
+        cell = self.cell
+        x = check_sequence(x, cell.input_size, "x")
+        Bn, T, _ = x.shape
+        h, m = cell._check_state(state, Bn, x)
+        lengths = check_lengths(lengths, Bn, T)
+        if T == 0:
+            raise ValueError("x must have at least one time step, got time = 0")
+        Abar, Bbar = cell.memory._discrete_as(x)
+        xe, xw = cell._inputs(x)
+        outputs = []
+        for t in range(T):
+            h_new, m_new = cell._step(xe[:, t], None if xw is None else xw[:, t], h, m, Abar, Bbar)
+            if lengths is not None:
+                keep = (t < lengths).to(x.device).unsqueeze(1)
+                h_new, m_new = torch.where(keep, h_new, h), torch.where(keep, m_new, m)
+            h, m = h_new, m_new
+            outputs.append(h)
+        y = torch.stack(outputs, dim=1) if self.return_sequences else h
+        return y, (h, m)
+
+    def extra_repr(self) -> str:
+        return f"return_sequences={self.return_sequences}"
