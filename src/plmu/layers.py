@@ -43,6 +43,13 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
 }
 LAYER_MODES = (*MODES, "fused")
+# in-place forms used by the folded inference step (the step's output is a fresh buffer)
+_INPLACE_ACTIVATIONS = {
+    nn.Identity: None,
+    nn.ReLU: torch.relu_,
+    nn.Tanh: torch.tanh_,
+    nn.Sigmoid: torch.sigmoid_,
+}
 
 
 def _activation(name: str | None, argument: str) -> nn.Module:
@@ -130,6 +137,9 @@ class ParallelLMU(nn.Module):
         self.memory_activation = _activation(memory_activation, "memory_activation")
         self.hidden_activation = _activation(hidden_activation, "hidden_activation")
         self.dropout = nn.Dropout(float(dropout))
+        # step() at inference folds the whole cell into one affine map (see _folded_step)
+        self._foldable = memory_size == 1 and isinstance(self.memory_activation, nn.Identity)
+        self._step_cache: tuple | None = None
 
     @property
     def order(self) -> int:
@@ -199,9 +209,9 @@ class ParallelLMU(nn.Module):
             return self._readout(m, x), final
         S = self.state_size
         pre = self.memory.project(u, self.output.weight[:, :S], state)
-        if self.input_to_output:
-            pre = pre + F.linear(x, self.output.weight[:, S:])
-        if self.output.bias is not None:
+        if self.input_to_output:  # W_x x + b, then W_m m added in place: one pass, no copies
+            pre = F.linear(x, self.output.weight[:, S:], self.output.bias).add_(pre)
+        elif self.output.bias is not None:
             pre = pre + self.output.bias
         final = self.memory.last_state(u, state, lengths)
         return self.dropout(self.hidden_activation(pre)), final
@@ -219,8 +229,74 @@ class ParallelLMU(nn.Module):
             ``(o_t, state)``: ``(batch, hidden_size)`` and ``(batch, memory_size * order)``.
         """
         x_t = check_step_input(x_t, self.input_size, "x_t")
+        if self._foldable and self._can_fold_step():
+            G, g, S, act = self._folded_step(x_t.dtype, x_t.device)
+            state = check_state(state, x_t.shape[0], S, "state", x_t)
+            # [m_t, W_m m_t + W_x x_t + b] = [m_{t-1}, x_t] G + g: one GEMV
+            m, o = torch.addmm(g, torch.cat([state, x_t], dim=1), G).split(
+                [S, G.shape[1] - S], dim=1
+            )
+            return (o if act is None else act(o)), m
         m, _ = self.memory.step(self._encode(x_t), state)
         return self._readout(m, x_t), m
+
+    def _can_fold_step(self) -> bool:
+        """Whether :meth:`step` may use the folded inference matrices (no autograd, no dropout,
+        one memory channel with identity ``f_u``, not being traced for export)."""
+        return (
+            not torch.is_grad_enabled()
+            and not (self.training and self.dropout.p > 0)
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()  # also true under torch.export / ONNX dynamo
+        )
+
+    def _folded_step(self, dtype: torch.dtype, device: torch.device) -> tuple:
+        """The inference step as one affine map, ``[m_t, pre_t] = [m_{t-1}, x_t] G + g``.
+
+        With ``u = e x + b_u`` (one channel, identity ``f_u``)::
+
+            m_t   = Abar m + (Bbar e) x + Bbar b_u
+            pre_t = (W_m Abar) m + (W_m Bbar e + W_x) x + (W_m Bbar b_u + b)
+
+        built in float64 from the current weights, cast to ``dtype`` and cached until a weight or
+        ``theta`` changes (keyed by the tensors' version counters).
+
+        Returns:
+            ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
+            the output activation to apply in place (``None`` for identity).
+        """
+        cached = self._step_cache
+        if cached is not None:
+            tensors, key, value = cached
+            if (
+                key[0] is dtype
+                and key[1] == device
+                and key[2] == [t._version for t in tensors]
+                and tensors[0] is self.encoder._parameters["weight"]
+                and tensors[1] is self.output._parameters["weight"]
+            ):
+                return value
+        tensors = [self.encoder.weight, self.output.weight]
+        tensors += [t for t in (self.encoder.bias, self.output.bias) if t is not None]
+        tensors += [self.memory.log_theta if self.memory.trainable_theta else self.memory.Abar]
+        S, H, n_in = self.state_size, self.hidden_size, self.input_size
+        Abar, Bbar = (t.double() for t in self.memory.discrete())
+        e = self.encoder.weight.double()  # (1, in)
+        b_u = self.encoder.bias.double() if self.encoder.bias is not None else Abar.new_zeros(1)
+        Wout = self.output.weight.double()
+        W_m = Wout[:, :S]
+        W_x = Wout[:, S:] if self.input_to_output else Wout.new_zeros(H, n_in)
+        b = self.output.bias.double() if self.output.bias is not None else Wout.new_zeros(H)
+        Be = Bbar @ e  # (S, in)
+        top = torch.cat([Abar, Be], dim=1)  # (S, S + in)
+        bottom = torch.cat([W_m @ Abar, W_m @ Be + W_x], dim=1)  # (H, S + in)
+        G = torch.cat([top, bottom], dim=0).T.contiguous().to(device=device, dtype=dtype)
+        Bb = Bbar[:, 0] * b_u[0]
+        g = torch.cat([Bb, W_m @ Bb + b]).to(device=device, dtype=dtype)
+        act = _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
+        value = (G, g, S, act)
+        self._step_cache = (tensors, (dtype, device, [t._version for t in tensors]), value)
+        return value
 
     def extra_repr(self) -> str:
         return (

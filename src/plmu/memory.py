@@ -97,7 +97,7 @@ def check_state(
         raise TypeError(f"{name} must have a floating dtype, got {state.dtype}")
     if tuple(state.shape) != (batch, size):
         raise ValueError(f"{name} must have shape ({batch}, {size}), got {tuple(state.shape)}")
-    return state.to(like.dtype)
+    return state if state.dtype == like.dtype else state.to(like.dtype)
 
 
 def check_lengths(lengths: object, batch: int, time: int) -> torch.Tensor | None:
@@ -290,6 +290,66 @@ class LegendreMemory(nn.Module):
 
         return self._cached(("kernel", length, dtype), build)
 
+    def _kernel_reversed(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """``H`` flipped in time, ``(length, order)``, contiguous (for :meth:`last_state`)."""
+        return self._cached(
+            ("kernel_reversed", length, dtype),
+            lambda: self.kernel(length, dtype).flip(0).contiguous(),
+        )
+
+    def _kernel_rfft_stacked(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[Re; Im]`` of ``rfft(H, n_fft)`` along time: ``(2 * (n_fft // 2 + 1), order)``.
+
+        Computed from the float64 kernel, then cast (for :meth:`project`).
+        """
+
+        def build():
+            Hf = torch.fft.rfft(self.kernel(length), n=n_fft, dim=0)  # (F, d) complex128
+            return torch.cat([Hf.real, Hf.imag], dim=0).to(dtype).contiguous()
+
+        return self._cached(("kernel_rfft_stacked", length, n_fft, dtype), build)
+
+    def free_horizon(self, dtype: torch.dtype) -> int | None:
+        """Steps after which the zero-input response of any state is negligible in ``dtype``.
+
+        The smallest ``t`` with ``||Abar^t||_F <= eps(dtype) * 1e-6`` (the Frobenius norm bounds
+        the spectral norm), found by repeated squaring and bisection in float64. From there on
+        ``Abar^t m`` lies six orders of magnitude below the rounding error of ``m`` itself, so
+        the free response can stop there exactly to working precision. ``None`` when ``Abar``
+        does not decay that far within ``2^24`` steps (or while ``theta`` is trained): then
+        nothing is truncated.
+        """
+        if not self._cacheable() or self.trainable_theta:
+            return None
+        tol = torch.finfo(dtype).eps * 1e-6
+        key = ("free_horizon", tol)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return int(hit) if hit > 0 else None
+        with torch.no_grad():
+            Abar = self.discrete()[0].double().cpu()
+            power, t, found = Abar, 1, 0
+            squares = [(1, Abar)]  # (t, Abar^t) for t = 1, 2, 4, ...
+            while t <= 2**24:
+                norm = float(torch.linalg.matrix_norm(power))  # Frobenius >= spectral norm
+                if not math.isfinite(norm):
+                    break
+                if norm <= tol:
+                    found = t
+                    break
+                power = power @ power
+                t *= 2
+                squares.append((t, power))
+            if found > 1:  # binary refinement below the first power of two that is small enough
+                lo_t, lo_p = squares[-2]
+                for step, P in reversed(squares[:-2]):
+                    cand = lo_p @ P
+                    if float(torch.linalg.matrix_norm(cand)) > tol:
+                        lo_t, lo_p = lo_t + step, cand
+                found = lo_t + 1
+        self._cache[key] = found
+        return found or None
+
     def _kernel_rfft(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
         return self._cached(
             ("kernel_rfft", length, n_fft, dtype),
@@ -316,9 +376,12 @@ class LegendreMemory(nn.Module):
             ``(batch, length, memory_size * order)``.
         """
         Abar, _ = self._discrete_as(state)
-        m0 = state.view(state.shape[0], self.memory_size, self.order)
-        X = matrix_powers_apply(Abar, m0, length)  # (T, B, C, d)
-        return X.permute(1, 0, 2, 3).reshape(state.shape[0], length, self.state_size)
+        m0 = state.reshape(state.shape[0], self.memory_size, self.order)
+        horizon = self.free_horizon(state.dtype)
+        h = length if horizon is None else min(length, horizon)  # later steps: negligible
+        X = matrix_powers_apply(Abar, m0, h)  # (h, B, C, d)
+        X = X.permute(1, 0, 2, 3).reshape(state.shape[0], h, self.state_size)
+        return F.pad(X, (0, 0, 0, length - h)) if h < length else X
 
     # ---------------------------------------------------------------------------- running
 
@@ -420,8 +483,9 @@ class LegendreMemory(nn.Module):
             return state
         if lengths is not None:
             u = right_align(u, lengths)
-        H = self.kernel(T, u.dtype)  # (T, d)
-        m = torch.matmul(u.transpose(1, 2), H.flip(0))  # (B, C, d)
+        Hrev = self._kernel_reversed(T, u.dtype)  # (T, d): H[T-1], ..., H[0]
+        # one (B*C, T) @ (T, d) product: a plain GEMM, much faster than a batched matmul
+        m = u.transpose(1, 2).reshape(Bn * _C, T) @ Hrev
         m = m.reshape(Bn, self.state_size)
         if has_state:
             if lengths is None:
@@ -536,17 +600,71 @@ class LegendreMemory(nn.Module):
         Returns:
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``.
         """
-        _Bn, T, C = u.shape
+        Bn, T, _ = u.shape
         out = weight.shape[0]
+        if T == 0:
+            return u.new_zeros((Bn, 0, out))
         n_fft = fft_size(2 * T - 1)
-        H = self.kernel(T, u.dtype)  # (T, d)
-        K = weight.view(out, C, self.order) @ H.T  # (out, C, T)
-        Kf = torch.fft.rfft(K, n=n_fft)  # (out, C, F)
-        Uf = torch.fft.rfft(u.transpose(1, 2), n=n_fft)  # (B, C, F)
-        Yf = torch.einsum("bcf,ocf->bof", Uf, Kf)
-        y = torch.fft.irfft(Yf, n=n_fft)[..., :T].transpose(1, 2)  # (B, T, out)
+        Kf = self._folded_kernel_rfft(weight, T, n_fft, u.dtype)  # (F, C, out) complex
+        # time-major throughout: the FFTs run along dim 0 and the contraction over channels is
+        # one batched complex GEMM (F, B, C) @ (F, C, out) with no transposes in between
+        Uf = torch.fft.rfft(u.transpose(0, 1), n=n_fft, dim=0)  # (F, B, C)
+        y = torch.fft.irfft(torch.matmul(Uf, Kf), n=n_fft, dim=0)[:T]  # (T, B, out)
         if state is not None:
-            y = y + self.free_response(state, T) @ weight.T
+            y = y + self._free_projected(state, weight, T)
+        return y.transpose(0, 1)
+
+    def _folded_kernel_rfft(
+        self, weight: torch.Tensor, T: int, n_fft: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``rfft`` of ``K[j] = W (I_C (x) H[j])`` as ``(F, C, out)`` complex.
+
+        ``[Re; Im] rfft(H) @ W`` with ``W`` laid out ``(order, C * out)``: one real GEMM, no FFT of
+        the folded kernel. Cached while ``weight`` is unchanged and no gradient is recorded
+        (streaming inference calls this once per chunk).
+        """
+        out, d, C = weight.shape[0], self.order, self.memory_size
+        Fq = n_fft // 2 + 1
+        key = None
+        if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+            try:
+                key = (
+                    "folded",
+                    weight.data_ptr(),
+                    weight._version,
+                    tuple(weight.shape),
+                    weight.stride(),
+                    T,
+                    n_fft,
+                    dtype,
+                )
+            except RuntimeError:  # inference tensors carry no version counter
+                key = None
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
+        Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
+        K = (Hs @ Wp).view(2, Fq, C, out)
+        Kf = torch.complex(K[0], K[1])
+        if key is not None:
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
+            self._cache[key] = Kf
+        return Kf
+
+    def _free_projected(self, state: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
+        """``W Abar^(t+1) m_{-1}`` for ``t < T``, time-major ``(T, batch, out)``.
+
+        Only the first :meth:`free_horizon` steps are computed; later ones are below working
+        precision (see there) and stay zero.
+        """
+        horizon = self.free_horizon(state.dtype)
+        h = T if horizon is None else min(T, horizon)
+        Abar, _ = self._discrete_as(state)
+        m0 = state.reshape(state.shape[0], self.memory_size, self.order)
+        X = matrix_powers_apply(Abar, m0, h).reshape(h, state.shape[0], self.state_size)
+        y = X @ weight.T.to(X.dtype)  # (h, B, out)
+        if h < T:
+            y = F.pad(y, (0, 0, 0, 0, 0, T - h))
         return y
 
     def extra_repr(self) -> str:
