@@ -1,4 +1,4 @@
-"""The ``plmu`` command line: ``plmu train EXPERIMENT`` and ``plmu evaluate CHECKPOINT``.
+"""The ``plmu`` command line: ``plmu train``, ``plmu evaluate`` and ``plmu bench``.
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
@@ -123,6 +123,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench(subparsers: argparse._SubParsersAction) -> None:
+    from plmu import bench
+
+    parser = subparsers.add_parser(
+        "bench",
+        help="speed benchmarks: training step, memory, sweep, inference",
+        description="Time training steps (parallel LMU in every mode, original LMU, LSTM), "
+        "peak memory, a sequence-length sweep and inference; print a table, write JSON/PNG.",
+    )
+    bench.add_arguments(parser)
+    parser.set_defaults(handler=bench.run_from_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``plmu`` argument parser with all subcommands."""
     from plmu import __version__
@@ -135,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_bench(subparsers)
     return parser
 
 

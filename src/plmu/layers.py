@@ -138,7 +138,8 @@ class ParallelLMU(nn.Module):
         self.hidden_activation = _activation(hidden_activation, "hidden_activation")
         self.dropout = nn.Dropout(float(dropout))
         # step() at inference folds the whole cell into one affine map (see _folded_step)
-        self._foldable = memory_size == 1 and isinstance(self.memory_activation, nn.Identity)
+        self._linear_encoder = isinstance(self.memory_activation, nn.Identity)
+        self._foldable = memory_size == 1 and self._linear_encoder
         self._step_cache: tuple | None = None
 
     @property
@@ -164,6 +165,32 @@ class ParallelLMU(nn.Module):
     def _readout(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         z = torch.cat([m, x], dim=-1) if self.input_to_output else m
         return self.dropout(self.hidden_activation(self.output(z)))
+
+    def _last_state_folded(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        """Eq. 25 with the linear encoder applied after the product (``f_u`` identity).
+
+        ``m_n = sum_t H[n-1-t] (U_x x_t + b_u) = U_x (sum_t H[n-1-t] x_t) + b_u sum_k H[k]``: the
+        ``(B * input, T) @ (T, d)`` product then involves only the data, so backward never forms
+        the ``(B, T, memory_size)`` gradient of ``u`` (a second product as large as the first).
+        Used when ``input_size <= memory_size`` (e.g. psMNIST's single pixel input).
+
+        Args:
+            x: ``(batch, time, input_size)``; state: ``(batch, state_size)`` or ``None``.
+
+        Returns:
+            ``(batch, memory_size * order)``.
+        """
+        Bn, T, n_in = x.shape
+        mem = self.memory
+        Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
+        xH = (x.transpose(1, 2).reshape(Bn * n_in, T) @ Hrev).view(Bn, n_in, mem.order)
+        m = torch.matmul(self.encoder.weight, xH)  # (C, in) @ (B, in, d) -> (B, C, d)
+        if self.encoder.bias is not None:
+            m = m + self.encoder.bias.view(-1, 1) * Hrev.sum(0)
+        m = m.reshape(Bn, self.state_size)
+        if state is not None:
+            m = m + mem._power_apply(state.to(x.dtype), T)
+        return m
 
     def use_fused(self, time: int, batch: int) -> bool:
         """Whether a full-sequence call of this shape folds the output map into the kernel."""
@@ -199,11 +226,14 @@ class ParallelLMU(nn.Module):
         lengths = check_lengths(lengths, Bn, T)
         if T == 0:
             raise ValueError("x must have at least one time step, got time = 0")
-        u = self._encode(x)
         if not self.return_sequences:
-            m_last = self.memory.last_state(u, state, lengths)
+            if lengths is None and self._linear_encoder and self.input_size <= self.memory_size:
+                m_last = self._last_state_folded(x, state)
+            else:
+                m_last = self.memory.last_state(self._encode(x), state, lengths)
             x_last = x[:, -1] if lengths is None else gather_time(x, lengths)
             return self._readout(m_last, x_last), m_last
+        u = self._encode(x)
         if not self.use_fused(T, Bn):
             m, final = self.memory(u, state, lengths)
             return self._readout(m, x), final

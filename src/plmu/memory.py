@@ -366,6 +366,32 @@ class LegendreMemory(nn.Module):
 
         return self._cached(("powers", length, dtype), build)
 
+    def _powers_apply(self, m0: torch.Tensor, length: int) -> torch.Tensor:
+        """``[Abar^1 m0, ..., Abar^length m0]`` ``(length, ..., order)`` by doubling.
+
+        Like :func:`~plmu.legendre.matrix_powers_apply`, but the squares ``Abar^(2^k)`` come from
+        a cache (computed in float64), so a stream of chunks pays only the products with ``m0``.
+        """
+        Abar, _ = self._discrete_as(m0)
+        if length == 0 or not self._cacheable():
+            return matrix_powers_apply(Abar, m0, length)
+        n_squares = max(1, (length - 1).bit_length())
+
+        def build():
+            P = [self.discrete()[0]]
+            for _ in range(n_squares - 1):
+                P.append(P[-1] @ P[-1])
+            return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(2^k)
+
+        squares = self._cached(("squares", n_squares, m0.dtype), build)
+        X = (m0 @ Abar.T).unsqueeze(0)  # powers 1..n with n = 2^k
+        k = 0
+        while X.shape[0] < length:
+            take = min(X.shape[0], length - X.shape[0])
+            X = torch.cat([X, X[:take] @ squares[k].T], dim=0)
+            k += 1
+        return X
+
     def free_response(self, state: torch.Tensor, length: int) -> torch.Tensor:
         """Zero-input response of an initial state: ``Abar^(t+1) m_{-1}`` for ``t < length``.
 
@@ -375,11 +401,10 @@ class LegendreMemory(nn.Module):
         Returns:
             ``(batch, length, memory_size * order)``.
         """
-        Abar, _ = self._discrete_as(state)
         m0 = state.reshape(state.shape[0], self.memory_size, self.order)
         horizon = self.free_horizon(state.dtype)
         h = length if horizon is None else min(length, horizon)  # later steps: negligible
-        X = matrix_powers_apply(Abar, m0, h)  # (h, B, C, d)
+        X = self._powers_apply(m0, h)  # (h, B, C, d)
         X = X.permute(1, 0, 2, 3).reshape(state.shape[0], h, self.state_size)
         return F.pad(X, (0, 0, 0, length - h)) if h < length else X
 
@@ -609,7 +634,9 @@ class LegendreMemory(nn.Module):
         # time-major throughout: the FFTs run along dim 0 and the contraction over channels is
         # one batched complex GEMM (F, B, C) @ (F, C, out) with no transposes in between
         Uf = torch.fft.rfft(u.transpose(0, 1), n=n_fft, dim=0)  # (F, B, C)
-        y = torch.fft.irfft(torch.matmul(Uf, Kf), n=n_fft, dim=0)[:T]  # (T, B, out)
+        # one channel: a broadcast product is cheaper than F tiny GEMMs
+        Yf = Uf * Kf if self.memory_size == 1 else torch.matmul(Uf, Kf)  # (F, B, out)
+        y = torch.fft.irfft(Yf, n=n_fft, dim=0)[:T]  # (T, B, out)
         if state is not None:
             y = y + self._free_projected(state, weight, T)
         return y.transpose(0, 1)
@@ -659,9 +686,8 @@ class LegendreMemory(nn.Module):
         """
         horizon = self.free_horizon(state.dtype)
         h = T if horizon is None else min(T, horizon)
-        Abar, _ = self._discrete_as(state)
         m0 = state.reshape(state.shape[0], self.memory_size, self.order)
-        X = matrix_powers_apply(Abar, m0, h).reshape(h, state.shape[0], self.state_size)
+        X = self._powers_apply(m0, h).reshape(h, state.shape[0], self.state_size)
         y = X @ weight.T.to(X.dtype)  # (h, B, out)
         if h < T:
             y = F.pad(y, (0, 0, 0, 0, 0, T - h))

@@ -1,0 +1,103 @@
+"""The benchmark harness: a tiny configuration runs end to end and writes valid JSON and PNG.
+
+No timed assertions: timings on a shared machine prove nothing; the harness's logic does.
+"""
+
+import json
+
+import pytest
+import torch
+
+import plmu
+from plmu import bench
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quick_run_writes_json_and_png(tmp_path, capsys):
+    json_path, png_path = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.png"
+    status = bench.main(
+        ["--quick", "--threads", "1", "--json", str(json_path), "--plot", str(png_path)]
+    )
+    assert status == 0
+    res = json.loads(json_path.read_text())
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(bench.GROUPS) <= set(res)
+    assert res["meta"]["quick"] is True and res["meta"]["threads"] == 1
+    ps = res["psmnist"]["cases"]
+    assert ps["parallel last-state (eq. 25)"]["x_slower_than_parallel"] == 1.0
+    for case in [*ps.values(), *res["full_sequence"]["cases"].values()]:
+        assert case["median_ms"] > 0 and len(case["times_ms"]) == res["meta"]["repeats"]
+        assert case["min_ms"] <= case["median_ms"]
+    assert set(res["full_sequence"]["cases"]) >= {f"parallel {m}" for m in bench.PARALLEL_MODES}
+    sw = res["sweep"]
+    assert len(sw["parallel_ms"]) == len(sw["lstm_ms"]) == len(sw["lengths"])
+    assert all(r["identical_within_fp32"] for r in res["streaming"]["runs"])
+    assert all("met" in t for t in res["targets"].values())
+    out = capsys.readouterr().out
+    assert "psMNIST training step" in out and "targets (issue 4)" in out
+
+
+def test_only_one_group_and_bad_arguments(tmp_path, capsys):
+    res = bench.run(quick=True, groups=["latency"], log=lambda _: None)
+    assert set(res) == {"meta", "latency", "targets"}
+    assert all(v > 0 for v in res["latency"]["us_per_step"].values())
+    with pytest.raises(ValueError, match="groups"):
+        bench.run(quick=True, groups=["nope"], log=lambda _: None)
+    with pytest.raises(ValueError, match="repeats"):
+        bench.run(quick=True, groups=["latency"], repeats=0, log=lambda _: None)
+    assert bench.main(["--quick", "--only", "latency", "--threads", "0"]) == 2
+    assert "threads must be >= 1" in capsys.readouterr().err
+
+
+def test_streaming_in_chunks_equals_stepping():
+    layer = plmu.ParallelLMU(1, 5, 12, 40.0).eval()
+    x = torch.randn(1, 700, 1)
+    r = bench.stream_compare(layer, x, chunk=128, device=torch.device("cpu"), step_steps=700)
+    assert r["steps"] == 700 and r["stepped_steps"] == 700
+    assert r["max_abs_diff"] <= 1e-5 * max(r["max_abs_output"], 1.0)
+    assert r["chunked_s"] > 0 and r["stepped_s"] > 0
+
+
+def test_streaming_detects_a_mismatch(monkeypatch):
+    layer = plmu.ParallelLMU(1, 5, 12, 40.0).eval()
+    original = plmu.ParallelLMU.step
+
+    def wrong_step(self, x_t, state=None):
+        y, s = original(self, x_t, state)
+        return y + 1.0, s
+
+    monkeypatch.setattr(plmu.ParallelLMU, "step", wrong_step)
+    r = bench.stream_compare(layer, torch.randn(1, 64, 1), 16, torch.device("cpu"), 64)
+    assert r["max_abs_diff"] >= 0.99
+
+
+def test_time_interleaved_runs_in_rounds():
+    calls = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_interleaved(fns, repeats=3, warmup=1, device=torch.device("cpu"))
+    assert calls == ["a", "b"] + ["a", "b"] * 3
+    assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
+def test_peak_memory_sees_a_large_buffer():
+    before = bench.peak_memory(lambda: None, torch.device("cpu"))
+    if before is None:
+        pytest.skip("no /proc peak-RSS on this platform")
+
+    def allocate():
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        return float(x[::4096].sum())
+
+    assert bench.peak_memory(allocate, torch.device("cpu")) >= 60 * 2**20
+
+
+def test_crossing():
+    assert bench.crossing([100, 1000], [2.0, 0.5]) == pytest.approx(316.2, rel=1e-3)
+    assert bench.crossing([100, 1000, 10000], [0.9, 0.5, 0.4]) is None
+    assert bench.crossing([100, 1000], [2.0, 1.5]) is None
