@@ -1,0 +1,95 @@
+"""The performance paths added for speed give the same numbers as the plain ones."""
+
+import numpy as np
+import pytest
+import torch
+
+import plmu
+from conftest import assert_close_to_reference, reference_memory
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_to_output", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu", "identity"])
+def test_folded_inference_step_equals_forward(bias, input_to_output, activation):
+    layer = plmu.ParallelLMU(
+        2, 6, 10, 25.0, bias=bias, input_to_output=input_to_output, hidden_activation=activation
+    ).double()
+    x = torch.randn(3, 60, 2, dtype=torch.float64)
+    with torch.no_grad():
+        y, final = layer(x)
+        state, outs = None, []
+        for t in range(x.shape[1]):
+            y_t, state = layer.step(x[:, t], state)
+            outs.append(y_t)
+    assert layer._step_cache is not None  # the folded path ran
+    np.testing.assert_allclose(torch.stack(outs, 1).numpy(), y.numpy(), atol=1e-10)
+    np.testing.assert_allclose(state.numpy(), final.numpy(), atol=1e-10)
+
+
+def test_folded_step_follows_weight_updates_and_state_dict():
+    layer = plmu.ParallelLMU(1, 4, 8, 20.0).eval()
+    other = plmu.ParallelLMU(1, 4, 8, 60.0).eval()
+    x, s = torch.randn(2, 1), torch.randn(2, 8)
+    with torch.no_grad():
+        layer.step(x, s)
+        layer.output.weight.mul_(2.0)  # in-place update, like an optimizer step
+        expected = layer.hidden_activation(
+            layer.output(torch.cat([layer.memory.step(layer.encoder(x), s)[0], x], 1))
+        )
+        np.testing.assert_allclose(layer.step(x, s)[0].numpy(), expected.numpy(), atol=1e-6)
+        layer.load_state_dict(other.state_dict())
+        with torch.enable_grad():
+            reference = other.step(x, s)  # the plain path
+        np.testing.assert_allclose(
+            layer.step(x, s)[0].numpy(), reference[0].detach().numpy(), atol=1e-6
+        )
+
+
+def test_step_with_grad_still_differentiable():
+    layer = plmu.ParallelLMU(1, 4, 8, 20.0)
+    y, _ = layer.step(torch.randn(2, 1))
+    y.sum().backward()
+    assert layer.output.weight.grad is not None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_state", [True, False])
+def test_folded_last_state_equals_memory_last_state(bias, with_state):
+    layer = plmu.ParallelLMU(1, 5, 12, 30.0, return_sequences=False, bias=bias).double()
+    x = torch.randn(4, 90, 1, dtype=torch.float64)
+    s = torch.randn(4, 12, dtype=torch.float64) if with_state else None
+    y, m = layer(x, s)
+    ref = layer.memory.last_state(layer._encode(x), s)
+    np.testing.assert_allclose(m.detach().numpy(), ref.detach().numpy(), atol=1e-10)
+    y.sum().backward()
+    assert layer.encoder.weight.grad is not None
+
+
+def test_free_horizon_is_where_powers_vanish():
+    mem = plmu.LegendreMemory(1, 16, 40.0)
+    h = mem.free_horizon(torch.float32)
+    assert h is not None and 40 < h < 1000
+    Abar = mem.Abar
+    tol = torch.finfo(torch.float32).eps * 1e-6
+    assert torch.linalg.matrix_norm(torch.linalg.matrix_power(Abar, h)) <= tol
+    assert torch.linalg.matrix_norm(torch.linalg.matrix_power(Abar, h - 2)) > tol
+    # an unstable discretisation never decays: nothing is truncated
+    assert plmu.LegendreMemory(1, 16, 2.0, discretizer="euler").free_horizon(torch.float32) is None
+
+
+@pytest.mark.parametrize("memory_size", [1, 3])
+def test_long_stream_in_chunks_with_truncated_free_response(memory_size):
+    """Chunks far longer than the free-response horizon: still equal to the recurrence."""
+    mem = plmu.LegendreMemory(memory_size, 8, 30.0)
+    u = torch.randn(2, 1500, memory_size, dtype=torch.float64)
+    ref = reference_memory(u, 8, 30.0)
+    W = torch.randn(4, memory_size * 8, dtype=torch.float64)
+    parts, state = [], None
+    for start in range(0, 1500, 500):
+        chunk = u[:, start : start + 500]
+        parts.append(mem.project(chunk, W, state))
+        _, state = mem(chunk, state, mode="fft")
+    assert mem.free_horizon(torch.float64) < 500
+    assert_close_to_reference(torch.cat(parts, 1), ref @ W.numpy().T, 1e-9)
+    assert_close_to_reference(state, ref[:, -1], 1e-9)
