@@ -80,7 +80,7 @@ class BenchConfig:
     fs_hidden: int = 128
     fs_theta: float = 1024.0
     # modes by length (full-sequence sizes)
-    mode_lengths: tuple[int, ...] = (8, 32, 128, 512)
+    mode_lengths: tuple[int, ...] = (2, 8, 32, 128, 512)
     # sweep (full-sequence sizes at a smaller batch)
     sweep_batch: int = 8
     sweep_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -115,7 +115,7 @@ class BenchConfig:
             fs_order=8,
             fs_hidden=8,
             fs_theta=64.0,
-            mode_lengths=(8, 32),
+            mode_lengths=(2, 8, 32),
             sweep_batch=2,
             sweep_lengths=(32, 64, 128),
             inf_order=16,

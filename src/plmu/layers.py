@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmu.memory import (
+    AUTO_RECURRENT_MAX_TIME,
     MODES,
     LegendreMemory,
     _check_positive_int,
@@ -198,7 +199,11 @@ class ParallelLMU(nn.Module):
             return True
         if self.mode != "auto":
             return False
-        return time >= 64 and batch * self.order >= self.hidden_size
+        # Measured (benchmarks/cpu.json, "modes"; `plmu bench --only modes`): at batch 32,
+        # memory_size 16, order 64, hidden 128 the fused path is the fastest training step from
+        # 8 steps up (8: 8.4 ms vs direct 8.9; 128: 60 ms vs chunked 210; 1024: see
+        # "full_sequence"). Only sequences short enough for stepping keep the memory path.
+        return time > AUTO_RECURRENT_MAX_TIME
 
     def forward(
         self,

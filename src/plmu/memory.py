@@ -42,6 +42,9 @@ from plmu.legendre import (
 __all__ = ["MODES", "LegendreMemory", "check_lengths", "check_sequence", "check_state"]
 
 MODES = ("auto", "recurrent", "fft", "direct", "chunked")
+# mode="auto" thresholds, set from `plmu bench` measurements (see resolve_mode)
+AUTO_RECURRENT_MAX_TIME = 4
+AUTO_DIRECT_MAX_TIME = 128
 
 
 # ------------------------------------------------------------------------------ validation
@@ -414,9 +417,13 @@ class LegendreMemory(nn.Module):
         """The strategy ``mode="auto"`` uses for a sequence of this shape on this device."""
         if self.mode != "auto":
             return self.mode
-        if time <= 8:
+        # Thresholds from measured training steps (benchmarks/cpu.json, "modes" and
+        # "full_sequence"; `plmu bench --only modes full_sequence`): the Toeplitz product wins
+        # up to about 128 steps, the FFT beyond (1024 steps: fft 2.6 s, chunked 7.0 s, direct
+        # 8.8 s); stepping only pays for a handful of steps.
+        if time <= AUTO_RECURRENT_MAX_TIME:
             return "recurrent"
-        if time <= 64:
+        if time <= AUTO_DIRECT_MAX_TIME:
             return "direct"
         return "fft"
 
@@ -631,12 +638,15 @@ class LegendreMemory(nn.Module):
             return u.new_zeros((Bn, 0, out))
         n_fft = fft_size(2 * T - 1)
         Kf = self._folded_kernel_rfft(weight, T, n_fft, u.dtype)  # (F, C, out) complex
-        # time-major throughout: the FFTs run along dim 0 and the contraction over channels is
-        # one batched complex GEMM (F, B, C) @ (F, C, out) with no transposes in between
-        Uf = torch.fft.rfft(u.transpose(0, 1), n=n_fft, dim=0)  # (F, B, C)
+        # Layout: every FFT runs over a contiguous last axis (strided FFTs cost 2-4x more here,
+        # in forward and in backward), the channel contraction is one batched complex GEMM
+        # (F, B, C) @ (F, C, out); two explicit transposing copies join the two.
+        Uf = torch.fft.rfft(u.transpose(1, 2).contiguous(), n=n_fft)  # (B, C, F)
+        Uf = Uf.permute(2, 0, 1)  # (F, B, C)
         # one channel: a broadcast product is cheaper than F tiny GEMMs
-        Yf = Uf * Kf if self.memory_size == 1 else torch.matmul(Uf, Kf)  # (F, B, out)
-        y = torch.fft.irfft(Yf, n=n_fft, dim=0)[:T]  # (T, B, out)
+        Yf = Uf * Kf if self.memory_size == 1 else _batched_matmul(Uf, Kf)  # (F, B, out)
+        y = torch.fft.irfft(Yf.permute(1, 2, 0).contiguous(), n=n_fft)[..., :T]  # (B, out, T)
+        y = y.permute(2, 0, 1)  # (T, B, out)
         if state is not None:
             y = y + self._free_projected(state, weight, T)
         return y.transpose(0, 1)
@@ -699,6 +709,39 @@ class LegendreMemory(nn.Module):
             f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
             f"discretizer={self.discretizer!r}, mode={self.mode!r}"
         )
+
+
+class _ContiguousBmm(torch.autograd.Function):
+    """``torch.bmm`` whose operands and gradients are made contiguous first.
+
+    The FFTs return permuted (non-contiguous) tensors; a complex ``bmm`` on those copies every
+    matrix of the batch separately, in forward and (with conjugate views) in backward, which
+    cost more than the product itself. One contiguous copy per operand is much cheaper.
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        a, b = a.contiguous(), b.contiguous()
+        ctx.save_for_backward(a, b)
+        return torch.bmm(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        ga = gb = None
+        if ctx.needs_input_grad[0]:
+            ga = torch.bmm(grad, b.transpose(1, 2).conj().resolve_conj())
+        if ctx.needs_input_grad[1]:
+            gb = torch.bmm(a.transpose(1, 2).conj().resolve_conj(), grad)
+        return ga, gb
+
+
+def _batched_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for 3-d tensors, through :class:`_ContiguousBmm` (plain ``bmm`` when traced)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return torch.bmm(a, b)
+    return _ContiguousBmm.apply(a, b)
 
 
 def fft_size(n: int) -> int:
