@@ -552,8 +552,12 @@ class LMU(nn.Module):
         Abar, Bbar = cell.memory._discrete_as(x)
         xe, xw = cell._inputs(x)
         outputs = []
+        # unbound once: indexing xe[:, t] per step would make backward write a zero gradient of
+        # the whole sequence for every step (quadratic in T)
+        xe_steps = xe.unbind(1)
+        xw_steps = [None] * T if xw is None else xw.unbind(1)
         for t in range(T):
-            h_new, m_new = cell._step(xe[:, t], None if xw is None else xw[:, t], h, m, Abar, Bbar)
+            h_new, m_new = cell._step(xe_steps[t], xw_steps[t], h, m, Abar, Bbar)
             if lengths is not None:
                 keep = (t < lengths).to(x.device).unsqueeze(1)
                 h_new, m_new = torch.where(keep, h_new, h), torch.where(keep, m_new, m)

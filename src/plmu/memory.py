@@ -544,10 +544,16 @@ class LegendreMemory(nn.Module):
         Abar, Bbar = self._discrete_as(u)
         Bn, T, C = u.shape
         m = state.view(Bn, C, self.order)
-        drive = u.unsqueeze(-1) * Bbar.view(1, 1, 1, -1)  # (B, T, C, d)
+        # time-major and unbound once: indexing drive[:, t] in the loop would make backward
+        # write a zero gradient of the whole drive for every step (quadratic in T)
+        drive = (u.transpose(0, 1).unsqueeze(-1) * Bbar.view(1, 1, 1, -1)).reshape(
+            T, Bn * C, self.order
+        )
         out = []
-        for t in range(T):
-            m = torch.addmm(drive[:, t].reshape(-1, self.order), m.reshape(-1, self.order), Abar.T)
+        m = m.reshape(-1, self.order)
+        AT = Abar.T
+        for d_t in drive.unbind(0):
+            m = torch.addmm(d_t, m, AT)
             out.append(m.view(Bn, self.state_size))
         return torch.stack(out, dim=1)
 
@@ -642,14 +648,21 @@ class LegendreMemory(nn.Module):
         # in forward and in backward), the channel contraction is one batched complex GEMM
         # (F, B, C) @ (F, C, out); two explicit transposing copies join the two.
         Uf = torch.fft.rfft(u.transpose(1, 2).contiguous(), n=n_fft)  # (B, C, F)
-        Uf = Uf.permute(2, 0, 1)  # (F, B, C)
-        # one channel: a broadcast product is cheaper than F tiny GEMMs
-        Yf = Uf * Kf if self.memory_size == 1 else _batched_matmul(Uf, Kf)  # (F, B, out)
-        y = torch.fft.irfft(Yf.permute(1, 2, 0).contiguous(), n=n_fft)[..., :T]  # (B, out, T)
-        y = y.permute(2, 0, 1)  # (T, B, out)
+        if self.memory_size == 1:  # a broadcast product, already in the irfft's layout
+            Yf = Uf * Kf[:, 0].T  # (B, 1, F) * (out, F) -> (B, out, F)
+        else:
+            Yf = _batched_matmul(Uf.permute(2, 0, 1), Kf).permute(1, 2, 0)  # (B, out, F)
+        y = torch.fft.irfft(Yf.contiguous(), n=n_fft)[..., :T]  # (B, out, T)
         if state is not None:
-            y = y + self._free_projected(state, weight, T)
-        return y.transpose(0, 1)
+            free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
+            h = free.shape[-1]
+            if h == T:
+                y = y + free
+            elif not torch.is_grad_enabled():
+                y[..., :h] += free  # streaming inference: touch only the first h steps
+            else:
+                y = y + F.pad(free, (0, T - h))
+        return y.transpose(1, 2)
 
     def _folded_kernel_rfft(
         self, weight: torch.Tensor, T: int, n_fft: int, dtype: torch.dtype
@@ -689,19 +702,16 @@ class LegendreMemory(nn.Module):
         return Kf
 
     def _free_projected(self, state: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
-        """``W Abar^(t+1) m_{-1}`` for ``t < T``, time-major ``(T, batch, out)``.
+        """``W Abar^(t+1) m_{-1}`` for ``t < h``: ``(batch, out, h)`` with ``h <= T``.
 
-        Only the first :meth:`free_horizon` steps are computed; later ones are below working
-        precision (see there) and stay zero.
+        Only the first :meth:`free_horizon` steps are computed; the later ones are below working
+        precision (see there), i.e. zero.
         """
         horizon = self.free_horizon(state.dtype)
         h = T if horizon is None else min(T, horizon)
         m0 = state.reshape(state.shape[0], self.memory_size, self.order)
         X = self._powers_apply(m0, h).reshape(h, state.shape[0], self.state_size)
-        y = X @ weight.T.to(X.dtype)  # (h, B, out)
-        if h < T:
-            y = F.pad(y, (0, 0, 0, 0, 0, T - h))
-        return y
+        return torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))  # (B, out, h)
 
     def extra_repr(self) -> str:
         theta = "trainable" if self.trainable_theta else f"{self.theta:g}"
