@@ -101,3 +101,12 @@ def test_crossing():
     assert bench.crossing([100, 1000], [2.0, 0.5]) == pytest.approx(316.2, rel=1e-3)
     assert bench.crossing([100, 1000, 10000], [0.9, 0.5, 0.4]) is None
     assert bench.crossing([100, 1000], [2.0, 1.5]) is None
+
+
+def test_plmu_bench_subcommand(tmp_path):
+    from plmu import cli
+
+    path = tmp_path / "latency.json"
+    assert cli.main(["bench", "--quick", "--only", "latency", "--json", str(path)]) == 0
+    assert "latency" in json.loads(path.read_text())
+    assert cli.main(["bench", "--quick", "--only", "latency", "--repeats", "0"]) == 2
