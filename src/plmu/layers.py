@@ -185,7 +185,10 @@ class ParallelLMU(nn.Module):
         mem = self.memory
         Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
         xH = (x.transpose(1, 2).reshape(Bn * n_in, T) @ Hrev).view(Bn, n_in, mem.order)
-        m = torch.matmul(self.encoder.weight, xH)  # (C, in) @ (B, in, d) -> (B, C, d)
+        U = self.encoder.weight  # (C, in)
+        # (B * d, in) @ (in, C): one GEMM (a broadcast matmul would expand U over the batch)
+        m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, -1)
+        m = m.transpose(1, 2)  # (B, C, d)
         if self.encoder.bias is not None:
             m = m + self.encoder.bias.view(-1, 1) * Hrev.sum(0)
         m = m.reshape(Bn, self.state_size)
