@@ -1,0 +1,1 @@
+"""Datasets of the benchmarks, one module per benchmark."""

@@ -1,0 +1,1 @@
+"""Networks for the benchmarks, built from plmu layers."""
