@@ -28,7 +28,12 @@ ADJECTIVES, NOUNS, TIMES = ["big", "small"], ["house", "dog", "cat", "book"], ["
 
 def sentence_pair(rng: random.Random) -> tuple[str, str]:
     """An English sentence and its (word-by-word, adjective after noun) Vietnamese version."""
-    s, v, adj, n = rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(ADJECTIVES), rng.choice(NOUNS)
+    s, v, adj, n = (
+        rng.choice(SUBJECTS),
+        rng.choice(VERBS),
+        rng.choice(ADJECTIVES),
+        rng.choice(NOUNS),
+    )
     en = [s, v, "a", adj, n]
     vi = [LEXICON[s], LEXICON[v], LEXICON["a"], LEXICON[n], LEXICON[adj]]
     if rng.random() < 0.5:

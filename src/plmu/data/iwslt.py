@@ -39,6 +39,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from plmu.data import DataError
+
 __all__ = [
     "BOS",
     "EOS",
@@ -81,12 +83,13 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
         ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}``, lists of lines.
 
     Raises:
-        ValueError: a file is missing, or the two sides of a split differ in line count.
+        DataError (a ValueError): a file is missing, or the two sides of a split differ in
+            line count.
     """
     data_dir = Path(data_dir)
     missing = [name for name in FILES if not (data_dir / name).is_file()]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"data_dir {str(data_dir)!r} lacks {', '.join(missing)}; IWSLT'15 en-vi needs the "
             f"line-aligned files {', '.join(FILES)}"
         )
@@ -95,7 +98,7 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
         en = _read_lines(data_dir / f"{stem}.en")
         vi = _read_lines(data_dir / f"{stem}.vi")
         if len(en) != len(vi):
-            raise ValueError(
+            raise DataError(
                 f"{stem}.en has {len(en)} lines but {stem}.vi has {len(vi)} in {str(data_dir)!r}; "
                 "the files must be line-aligned"
             )
@@ -109,8 +112,8 @@ def load_hub(
     """Load the three splits from the Hugging Face hub with ``datasets.load_dataset``.
 
     Raises:
-        ValueError: one line naming the dataset and the files ``--data-dir`` needs instead
-            (e.g. offline).
+        DataError (a ValueError): one line naming the dataset and the files ``--data-dir``
+            needs instead (e.g. offline).
     """
     import datasets
 
@@ -122,7 +125,7 @@ def load_hub(
             out[split] = ([r["en"] for r in rows], [r["vi"] for r in rows])
     except Exception as err:  # network, missing split, changed schema: one clear line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
+        raise DataError(
             f"could not load IWSLT'15 en-vi from the hub ({name}, {config}): {reason}; "
             f"offline, pass --data-dir DIR holding {', '.join(FILES)}"
         ) from None
@@ -259,7 +262,9 @@ class LengthBucketSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(order), size):
             chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [
+                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
+            ]
         rng.shuffle(batches)
         yield from batches
 
@@ -328,7 +333,7 @@ class IWSLTDataModule(L.LightningDataModule):
     # -- state
 
     def saved_state(self) -> dict:
-        """What a checkpoint needs to rebuild the tokenisers: ``{"src_tokenizer", "tgt_tokenizer"}``."""
+        """The tokenisers as JSON strings, ``{"src_tokenizer", "tgt_tokenizer"}``."""
         if self.src_tokenizer is None or self.tgt_tokenizer is None:
             raise RuntimeError("the tokenisers are trained in setup(); call it first")
         return {

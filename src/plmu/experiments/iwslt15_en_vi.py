@@ -36,6 +36,7 @@ def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> IWSLT
         hf_config=config.get("hf_config", "iwslt2015-en-vi"),
         hf_revision=config.get("hf_revision"),
         seed=int(config["seed"]),
+        num_workers=int(config["num_workers"]),
     )
 
 
@@ -64,7 +65,6 @@ def build_model(config: dict, datamodule: L.LightningDataModule) -> TranslationM
         lr=float(config["lr"]),
         weight_decay=float(config["weight_decay"]),
         label_smoothing=float(config["label_smoothing"]),
-        grad_clip=float(config["grad_clip"]),
         beam_size=int(config["beam_size"]),
         length_penalty=float(config["length_penalty"]),
         max_len_ratio=float(config["max_len_ratio"]),

@@ -14,14 +14,15 @@ default ``13a`` tokenisation). It also measures throughput:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-import lightning as L
 import sacrebleu
 import torch
 import torch.nn.functional as F
 
 from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
+from plmu.training.base import PlmuModule
 
 __all__ = ["TranslationModule", "decode_max_lengths"]
 
@@ -29,20 +30,21 @@ __all__ = ["TranslationModule", "decode_max_lengths"]
 def decode_max_lengths(
     src_lengths: torch.Tensor, ratio: float, offset: int, cap: int
 ) -> torch.Tensor:
-    """Most tokens to generate per source: ``min(cap, ratio * source length + offset)``, ``(B,)``."""
+    """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
     limit = (src_lengths.float() * ratio).floor().long() + int(offset)
     return limit.clamp(min=1, max=int(cap))
 
 
-class TranslationModule(L.LightningModule):
+class TranslationModule(PlmuModule):
     """Lightning wrapper: training, validation, BLEU testing and decoding of an LMUSeq2Seq.
 
     Args:
-        model: the network.
+        net: the network (``self.net``).
         detokenize: token ids -> text (the target tokeniser's ``decode``).
-        lr, weight_decay: AdamW.
+        lr, weight_decay: Adam (AdamW when ``weight_decay > 0``), see
+            :class:`~plmu.training.base.PlmuModule`; the runner clips gradients
+            (``gradient_clip_val``).
         label_smoothing: of the training cross-entropy.
-        grad_clip: max gradient norm (``0`` for none).
         beam_size: ``1`` decodes the test set greedily, ``> 1`` with beam search.
         length_penalty: beam-search length normalisation exponent.
         max_len_ratio, max_len_offset, max_decode_length: decoding limit per source, see
@@ -51,24 +53,24 @@ class TranslationModule(L.LightningModule):
 
     def __init__(
         self,
-        model: LMUSeq2Seq,
-        detokenize,
+        net: LMUSeq2Seq,
+        detokenize: Callable[[list[int]], str],
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         label_smoothing: float = 0.1,
-        grad_clip: float = 1.0,
         beam_size: int = 1,
         length_penalty: float = 1.0,
         max_len_ratio: float = 2.0,
         max_len_offset: int = 10,
         max_decode_length: int = 200,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(net, float(lr), float(weight_decay))
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
         self.detokenize = detokenize
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.label_smoothing = float(label_smoothing)
-        self.grad_clip = float(grad_clip)
         self.beam_size = int(beam_size)
         self.length_penalty = float(length_penalty)
         self.max_len_ratio, self.max_len_offset = float(max_len_ratio), int(max_len_offset)
@@ -82,7 +84,7 @@ class TranslationModule(L.LightningModule):
     # ------------------------------------------------------------------------ training
 
     def _loss(self, batch: TranslationBatch, smoothing: float) -> torch.Tensor:
-        logits = self.model(batch.src, batch.src_lengths, batch.tgt_in)
+        logits = self.net(batch.src, batch.src_lengths, batch.tgt_in)
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch.tgt_out.reshape(-1),
@@ -114,13 +116,6 @@ class TranslationModule(L.LightningModule):
         loss = self._loss(batch, 0.0)
         self.log("val_loss", loss, prog_bar=True, batch_size=batch.src.shape[0], sync_dist=True)
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        if self.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.grad_clip)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-
     # ------------------------------------------------------------------------ decoding
 
     def translate_ids(
@@ -132,8 +127,8 @@ class TranslationModule(L.LightningModule):
             src_lengths, self.max_len_ratio, self.max_len_offset, self.max_decode_length
         )
         if beam == 1:
-            return self.model.greedy(src, src_lengths, limit)
-        return self.model.beam_search(src, src_lengths, limit, beam, self.length_penalty)
+            return self.net.greedy(src, src_lengths, limit)
+        return self.net.beam_search(src, src_lengths, limit, beam, self.length_penalty)
 
     def on_test_epoch_start(self) -> None:
         self.hypotheses, self.references = [], []
