@@ -7,8 +7,8 @@ import json
 import lightning as L
 import pytest
 import torch
-from _iwslt_fixture import write_iwslt
 
+from _iwslt_fixture import write_iwslt
 from plmu import cli
 from plmu.data.iwslt import IWSLTDataModule
 from plmu.training import registry
@@ -61,6 +61,7 @@ def test_registered_with_a_complete_config():
 def test_train_writes_bleu_throughput_and_translations(run):
     out, _, metrics = run
     written = json.loads((out / "metrics.json").read_text())
+    assert written["test_bleu"] == metrics["test_bleu"]
     assert written["experiment"] == "iwslt15-en-vi"
     assert 0.0 <= written["test_bleu"] <= 100.0
     assert written["test_loss"] > 0
@@ -74,13 +75,33 @@ def test_train_writes_bleu_throughput_and_translations(run):
 def test_checkpoint_rebuilds_without_data_and_translates(run):
     out, _, _ = run
     ckpt = out / "checkpoints" / "last.ckpt"
-    exp, config, module, dm = load_checkpoint(ckpt)
+    exp, _, module, dm = load_checkpoint(ckpt)
     assert exp.name == "iwslt15-en-vi" and dm._raw is None  # no data read
     text = translate_sentence(module, dm, "we like a small cat .", beam=1)
     assert isinstance(text, str)
     assert translate(ckpt, "we like a small cat .", beam=1) == text
     # beam 1 is greedy; a wider beam also gives a string
     assert isinstance(translate(ckpt, "we like a small cat .", beam=3), str)
+
+
+def test_trained_model_step_decoding_matches_parallel_scoring(run):
+    """With trained weights: greedy step-form tokens are the parallel (teacher-forced) arg-max."""
+    out, data, _ = run
+    _, _, module, dm = load_checkpoint(out / "checkpoints" / "last.ckpt", data_dir=data)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    net = module.net
+    hyps = net.greedy(batch.src, batch.src_lengths, max_len=20)
+    for i, hyp in enumerate(hyps):
+        n = int(batch.src_lengths[i])
+        with torch.no_grad():
+            logits = net(
+                batch.src[i : i + 1, :n], batch.src_lengths[i : i + 1], torch.tensor([[2, *hyp]])
+            )
+        logits[..., [0, 2]] = float("-inf")  # never generated: <pad>, <s>
+        predicted = logits.argmax(-1)[0].tolist()
+        assert predicted[: len(hyp)] == hyp
+        assert len(hyp) == 20 or predicted[len(hyp)] == 3  # stopped at </s>
 
 
 def test_translate_bad_input(run):
@@ -107,10 +128,11 @@ def test_cli_translate_and_errors(run, capsys):
 
 
 def test_evaluate_recomputes_bleu(run):
-    out, data, _ = run
+    out, _, trained = run
     assert cli.main(["evaluate", str(out / "checkpoints" / "best.ckpt"), "--no-progress-bar"]) == 0
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
-    assert 0.0 <= metrics["test_bleu"] <= 100.0 and metrics["decode_tokens_per_s"] > 0
+    assert metrics["test_bleu"] == pytest.approx(trained["test_bleu"])  # train tests best.ckpt
+    assert metrics["decode_tokens_per_s"] > 0 and "train_tokens_per_s" not in metrics
 
 
 def test_missing_data_is_one_line_cli_error(tmp_path, capsys):

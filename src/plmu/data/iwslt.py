@@ -64,6 +64,7 @@ SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>"]
 SPLITS = {"train": "train", "validation": "tst2012", "test": "tst2013"}
 FILES = tuple(f"{stem}.{lang}" for stem in SPLITS.values() for lang in ("en", "vi"))
 HUB_NAME, HUB_CONFIG = "IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi"
+STANFORD_URL = "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/"
 
 Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligned
 
@@ -127,7 +128,8 @@ def load_hub(
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(
             f"could not load IWSLT'15 en-vi from the hub ({name}, {config}): {reason}; "
-            f"offline, pass --data-dir DIR holding {', '.join(FILES)}"
+            f"without the hub (e.g. offline) pass --data-dir DIR holding {', '.join(FILES)} "
+            f"(from {STANFORD_URL})"
         ) from None
     return out
 
