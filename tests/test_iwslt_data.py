@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils.data import RandomSampler
 
 from _iwslt_fixture import write_iwslt
 from plmu.data.iwslt import (
@@ -143,14 +144,54 @@ def test_collate_pads_and_shifts():
 @given(
     lengths=st.lists(st.integers(1, 50), min_size=1, max_size=200),
     batch_size=st.integers(1, 17),
+    drop_last=st.booleans(),
 )
-def test_length_buckets_cover_every_index_once(lengths, batch_size):
-    sampler = LengthBucketSampler(lengths, batch_size, seed=1, pool=3)
+def test_length_buckets_cover_every_index_once(lengths, batch_size, drop_last):
+    indices = RandomSampler(range(len(lengths)), generator=torch.Generator().manual_seed(0))
+    sampler = LengthBucketSampler(indices, batch_size, drop_last, lengths, pool=3, seed=1)
+    seen = []
     for _ in range(2):  # two epochs
         batches = list(sampler)
         assert len(batches) == len(sampler)
         assert all(1 <= len(b) <= batch_size for b in batches)
-        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        covered = sorted(i for b in batches for i in b)
+        if drop_last:
+            assert all(len(b) == batch_size for b in batches)
+            assert len(covered) >= len(lengths) - 3 * batch_size  # at most one short batch a pool
+        else:
+            assert covered == list(range(len(lengths)))
+        assert all(len(set(b)) == len(b) for b in batches)
+        seen.append(batches)
+    if len(seen[0]) >= 10:
+        assert seen[0] != seen[1]  # a new order every epoch
+
+
+def test_length_buckets_group_similar_lengths():
+    lengths = [i % 40 + 1 for i in range(400)]
+    sampler = LengthBucketSampler(range(400), 20, False, lengths, pool=20)
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in sampler]
+    assert max(spreads) <= 2  # one pool holds everything: sorted batches
+
+
+def test_length_buckets_take_lightnings_distributed_sampler(tmp_path):
+    """Under DDP Lightning re-creates the batch sampler around a DistributedSampler (its
+    internal _update_dataloader, run here as the Trainer runs it): each rank gets half."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    dm = IWSLTDataModule(write_iwslt(tmp_path, n_train=40), batch_size=4, vocab_size=60)
+    dm.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = dm.train_dataloader()
+    data = dm.datasets["train"]
+    shards = []
+    for rank in range(2):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True)
+        new = _update_dataloader(loader, sampler)
+        assert isinstance(new.batch_sampler, LengthBucketSampler) and len(new) == 5
+        shards.append({i for b in new.batch_sampler for i in b})
+    assert shards[0].isdisjoint(shards[1]) and len(shards[0] | shards[1]) == 40
 
 
 def test_dataloaders_yield_batches(tmp_path):

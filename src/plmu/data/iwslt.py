@@ -30,14 +30,14 @@ Length handling (documented contract, tested):
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from plmu.data import DataError
 
@@ -238,35 +238,52 @@ def collate(items: list[tuple[list[int], list[int], str]]) -> TranslationBatch:
     )
 
 
-class LengthBucketSampler(Sampler[list[int]]):
-    """Batches of similar length (less padding), in a new random order every epoch.
+class LengthBucketSampler(BatchSampler):
+    """Batches of similar length (less padding), in a new order every epoch.
 
-    Each epoch shuffles the indices, sorts them by length inside pools of ``pool`` batches,
-    cuts the pools into batches of ``batch_size`` and shuffles the batches.
+    The indices come from ``sampler`` (a ``RandomSampler``; under DDP Lightning swaps in a
+    ``DistributedSampler``, so each process buckets its own shard). They are sorted by length
+    inside pools of ``pool`` batches, cut into batches of ``batch_size`` and the batches are
+    shuffled (``seed`` + epoch).
+
+    Args:
+        sampler: yields dataset indices.
+        batch_size: items per batch; drop_last: drop batches shorter than ``batch_size``.
+        lengths: ``lengths[i]`` is the length of item ``i``.
+        pool: batches per sorting pool; seed: of the batch order.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, pool: int = 50):
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sequence[int],
+        batch_size: int,
+        drop_last: bool,
+        lengths: Sequence[int],
+        pool: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
         self.lengths = list(lengths)
-        self.batch_size = batch_size
         self.pool = pool
         self.seed = seed
         self.epoch = 0
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed + self.epoch)
         self.epoch += 1
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+        order = list(self.sampler)
         size = self.batch_size * self.pool
         batches = []
         for start in range(0, len(order), size):
             chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
-            batches += [
-                chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
-            ]
+            for i in range(0, len(chunk), self.batch_size):
+                batch = chunk[i : i + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
         rng.shuffle(batches)
         yield from batches
 
@@ -422,8 +439,10 @@ class IWSLTDataModule(L.LightningDataModule):
         data = self.datasets[split]
         if shuffle:
             sampler = LengthBucketSampler(
-                [len(s) + len(t) for s, t in zip(data.sources, data.targets)],
+                RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)),
                 self.batch_size,
+                drop_last=False,
+                lengths=[len(s) + len(t) for s, t in zip(data.sources, data.targets)],
                 seed=self.seed,
             )
             return DataLoader(
