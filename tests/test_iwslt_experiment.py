@@ -14,7 +14,7 @@ from plmu.data.iwslt import IWSLTDataModule
 from plmu.training import registry
 from plmu.training.config import load_config
 from plmu.training.runner import load_checkpoint, train
-from plmu.training.translation import TranslationModule
+from plmu.training.translation import TranslationModule, corpus_bleu, decode_max_lengths
 from plmu.translate import translate, translate_sentence
 
 TINY = [
@@ -179,3 +179,32 @@ def test_plain_trainer_learns_the_toy_language(tmp_path):
     assert result["test_loss"] < 1.0
     assert result["test_bleu"] > 30.0
     assert torch.isfinite(torch.tensor(result["test_loss"]))
+
+
+def test_corpus_bleu_and_its_tokeniser():
+    refs = ["tôi thích con mèo , nhỏ .", "bạn có một cuốn sách ."]
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    assert corpus_bleu([], []) == 0.0
+    glued = ["tôi thích con mèo, nhỏ.", "bạn có một cuốn sách."]
+    # 13a splits the punctuation again; "none" (multi-bleu style) compares tokens as given
+    assert corpus_bleu(glued, refs, "13a") == pytest.approx(100.0)
+    assert corpus_bleu(glued, refs, "none") < 100.0
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        corpus_bleu(refs, refs[:1])
+
+
+def test_decode_max_lengths():
+    limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
+    assert limit.tolist() == [12, 30, 100]
+
+
+def test_module_rejects_bad_settings():
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    net = LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0)
+    with pytest.raises(ValueError, match="bleu_tokenize"):
+        TranslationModule(net, str, bleu_tokenize="moses")
+    with pytest.raises(ValueError, match="beam_size"):
+        TranslationModule(net, str, beam_size=0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TranslationModule(net, str, label_smoothing=1.0)

@@ -70,6 +70,7 @@ def build_model(config: dict, datamodule: L.LightningDataModule) -> TranslationM
         max_len_ratio=float(config["max_len_ratio"]),
         max_len_offset=int(config["max_len_offset"]),
         max_decode_length=int(config["max_decode_length"]),
+        bleu_tokenize=str(config["bleu_tokenize"]),
     )
 
 

@@ -2,8 +2,10 @@
 
 :class:`TranslationModule` wraps :class:`~plmu.models.seq2seq.LMUSeq2Seq`. It logs
 ``train_loss``, ``val_loss``, ``test_loss`` and, at the end of testing, ``test_bleu``
-(``sacrebleu.corpus_bleu`` of the detokenised hypotheses against the reference lines as given;
-default ``13a`` tokenisation). It also measures throughput:
+(``sacrebleu.corpus_bleu`` of the decoded hypotheses against the reference lines as given, with
+sacreBLEU's ``bleu_tokenize`` tokeniser: ``"13a"`` by default; ``"none"`` on the already
+tokenised IWSLT files gives the tokenised BLEU of ``multi-bleu.perl`` that Luong & Manning 2015
+report). It also measures throughput:
 
 * ``train_tokens_per_s``: source + target subword tokens (padding excluded) per second of
   training-step wall time (forward, backward, optimiser step);
@@ -24,7 +26,7 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "decode_max_lengths"]
+__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths"]
 
 
 def decode_max_lengths(
@@ -33,6 +35,21 @@ def decode_max_lengths(
     """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
     limit = (src_lengths.float() * ratio).floor().long() + int(offset)
     return limit.clamp(min=1, max=int(cap))
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> float:
+    """sacreBLEU corpus score (0-100) of ``hypotheses`` against one reference each.
+
+    ``force=True``: the IWSLT files are tokenised on purpose, so sacreBLEU's warning about
+    tokenised input is not shown. No hypotheses give 0.
+    """
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if not hypotheses:
+        return 0.0
+    return float(
+        sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, force=True).score
+    )
 
 
 class TranslationModule(PlmuModule):
@@ -49,6 +66,7 @@ class TranslationModule(PlmuModule):
         length_penalty: beam-search length normalisation exponent.
         max_len_ratio, max_len_offset, max_decode_length: decoding limit per source, see
             :func:`decode_max_lengths`.
+        bleu_tokenize: sacreBLEU's ``tokenize`` (``"13a"``, ``"none"``, ``"intl"``, ...).
     """
 
     def __init__(
@@ -63,13 +81,20 @@ class TranslationModule(PlmuModule):
         max_len_ratio: float = 2.0,
         max_len_offset: int = 10,
         max_decode_length: int = 200,
+        bleu_tokenize: str = "13a",
     ) -> None:
         super().__init__(net, float(lr), float(weight_decay))
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        if bleu_tokenize not in sacrebleu.BLEU.TOKENIZERS:
+            raise ValueError(
+                f"bleu_tokenize must be one of {sorted(sacrebleu.BLEU.TOKENIZERS)}, "
+                f"got {bleu_tokenize!r}"
+            )
         self.detokenize = detokenize
+        self.bleu_tokenize = bleu_tokenize
         self.label_smoothing = float(label_smoothing)
         self.beam_size = int(beam_size)
         self.length_penalty = float(length_penalty)
@@ -153,8 +178,7 @@ class TranslationModule(PlmuModule):
             torch.distributed.all_gather_object(gathered, (hyps, refs))
             hyps = [h for part, _ in gathered for h in part]
             refs = [r for _, part in gathered for r in part]
-        bleu = sacrebleu.corpus_bleu(hyps, [refs]).score if hyps else 0.0
-        self.log("test_bleu", float(bleu), rank_zero_only=True)
+        self.log("test_bleu", corpus_bleu(hyps, refs, self.bleu_tokenize), rank_zero_only=True)
 
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
