@@ -14,7 +14,12 @@ from plmu.data.iwslt import IWSLTDataModule
 from plmu.training import registry
 from plmu.training.config import load_config
 from plmu.training.runner import load_checkpoint, train
-from plmu.training.translation import TranslationModule, corpus_bleu, decode_max_lengths
+from plmu.training.translation import (
+    TranslationModule,
+    corpus_bleu,
+    decode_max_lengths,
+    lr_factor,
+)
 from plmu.translate import translate, translate_sentence
 
 TINY = [
@@ -198,6 +203,11 @@ def test_decode_max_lengths():
     assert limit.tolist() == [12, 30, 100]
 
 
+def test_lr_schedule_halves_after_eight_epochs():
+    assert [lr_factor(e, 0.5, 8) for e in range(11)] == [1.0] * 8 + [0.5, 0.25, 0.125]
+    assert lr_factor(5, 1.0, 0) == 1.0
+
+
 def test_module_rejects_bad_settings():
     from plmu.models.seq2seq import LMUSeq2Seq
 
@@ -206,5 +216,7 @@ def test_module_rejects_bad_settings():
         TranslationModule(net, str, bleu_tokenize="moses")
     with pytest.raises(ValueError, match="beam_size"):
         TranslationModule(net, str, beam_size=0)
+    with pytest.raises(ValueError, match="lr_decay"):
+        TranslationModule(net, str, lr_decay=0.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         TranslationModule(net, str, label_smoothing=1.0)

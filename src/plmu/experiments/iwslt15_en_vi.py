@@ -65,6 +65,8 @@ def build_model(config: dict, datamodule: L.LightningDataModule) -> TranslationM
         lr=float(config["lr"]),
         weight_decay=float(config["weight_decay"]),
         label_smoothing=float(config["label_smoothing"]),
+        lr_decay=float(config["lr_decay"]),
+        lr_decay_after=int(config["lr_decay_after"]),
         beam_size=int(config["beam_size"]),
         length_penalty=float(config["length_penalty"]),
         max_len_ratio=float(config["max_len_ratio"]),

@@ -26,7 +26,7 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths"]
+__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor"]
 
 
 def decode_max_lengths(
@@ -35,6 +35,11 @@ def decode_max_lengths(
     """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
     limit = (src_lengths.float() * ratio).floor().long() + int(offset)
     return limit.clamp(min=1, max=int(cap))
+
+
+def lr_factor(epoch: int, decay: float, decay_after: int) -> float:
+    """Learning-rate factor of 0-based ``epoch``: ``decay ** max(0, epoch - decay_after + 1)``."""
+    return decay ** max(0, epoch - decay_after + 1)
 
 
 def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> float:
@@ -62,6 +67,9 @@ class TranslationModule(PlmuModule):
             :class:`~plmu.training.base.PlmuModule`; the runner clips gradients
             (``gradient_clip_val``).
         label_smoothing: of the training cross-entropy.
+        lr_decay, lr_decay_after: from epoch ``lr_decay_after`` on (0-based), multiply the
+            learning rate by ``lr_decay`` every epoch (Luong & Manning 2015 halve it after 8
+            epochs); ``lr_decay = 1`` keeps it constant. See :func:`lr_factor`.
         beam_size: ``1`` decodes the test set greedily, ``> 1`` with beam search.
         length_penalty: beam-search length normalisation exponent.
         max_len_ratio, max_len_offset, max_decode_length: decoding limit per source, see
@@ -76,6 +84,8 @@ class TranslationModule(PlmuModule):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         label_smoothing: float = 0.1,
+        lr_decay: float = 1.0,
+        lr_decay_after: int = 0,
         beam_size: int = 1,
         length_penalty: float = 1.0,
         max_len_ratio: float = 2.0,
@@ -93,7 +103,10 @@ class TranslationModule(PlmuModule):
                 f"bleu_tokenize must be one of {sorted(sacrebleu.BLEU.TOKENIZERS)}, "
                 f"got {bleu_tokenize!r}"
             )
+        if not 0.0 < lr_decay <= 1.0:
+            raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay}")
         self.detokenize = detokenize
+        self.lr_decay, self.lr_decay_after = float(lr_decay), int(lr_decay_after)
         self.bleu_tokenize = bleu_tokenize
         self.label_smoothing = float(label_smoothing)
         self.beam_size = int(beam_size)
@@ -136,6 +149,18 @@ class TranslationModule(PlmuModule):
         loss = self._loss(batch, self.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch.src.shape[0])
         return loss
+
+    def configure_optimizers(self):
+        optimizer = super().configure_optimizers()
+        if self.lr_decay == 1.0:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda epoch: lr_factor(epoch, self.lr_decay, self.lr_decay_after)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": schedule, "interval": "epoch"},
+        }
 
     def validation_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         loss = self._loss(batch, 0.0)
