@@ -145,3 +145,26 @@ def test_bad_input_is_rejected():
         model.greedy(src, lengths, 0)
     with pytest.raises(ValueError, match="d_model"):
         LMUSeq2Seq(10, 10, d_model=0)
+
+
+@pytest.mark.slow
+def test_step_decoding_cost_does_not_grow_with_generated_length():
+    """The carried state has a fixed size: the median time of tokens 751-1000 stays within
+    1.5x of tokens 11-260 (timing on a shared CPU, hence slow-marked and medians)."""
+    import time
+
+    torch.manual_seed(0)
+    model = LMUSeq2Seq(1000, 1000, d_model=128, order=64, theta=64.0, memory_size=4).eval()
+    src, lengths = padded_sources(0, [30])
+    with torch.no_grad():
+        enc, mask = model.encode(src, lengths)
+        states = [None] * len(model.decoder)
+        y, times = torch.tensor([2]), []
+        for _ in range(1000):
+            start = time.perf_counter()
+            logits, states = model.decode_step(y, states, enc, mask)
+            y = logits.argmax(-1)
+            times.append(time.perf_counter() - start)
+    early, late = sorted(times[10:260])[125], sorted(times[750:])[125]
+    assert all(s.shape == (1, 4 * 64) for s in states)
+    assert late <= 1.5 * early, (early, late)
