@@ -22,7 +22,7 @@ Length handling (documented contract, tested):
 * training pairs with an empty side, or with more than ``max_source_length`` source tokens or
   ``max_target_length`` target tokens, are dropped (the usual filtering);
 * validation/test sources longer than ``max_source_length`` are truncated to it (every reference
-  stays in the BLEU score); targets are never truncated for BLEU;
+  stays in the BLEU score); validation/test targets are never truncated;
 * :func:`encode_source` (used by ``plmu translate``) raises ``ValueError`` for an empty or an
   over-long sentence instead of silently dropping text.
 """
@@ -419,7 +419,7 @@ class IWSLTDataModule(L.LightningDataModule):
                 s = s[: self.max_source_length]
                 truncated += 1
             sources.append([*s, EOS])
-            targets.append(t[: self.max_target_length])
+            targets.append(t)
             refs.append(ref.strip())
         if split == "train":
             self.dropped_train_pairs = len(en) - len(sources)
