@@ -1,0 +1,1 @@
+"""Data for the benchmarks: one module per benchmark (or family of benchmarks)."""
