@@ -32,6 +32,8 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import DataLoader, Dataset
 
+from plmu.data import DataError
+
 __all__ = [
     "FORMATS",
     "PAD_ID",
@@ -100,7 +102,7 @@ TASKS: dict[str, TextTask] = {
 }  # fmt: skip
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(DataError):
     """Neither the hub nor ``data_dir`` could provide a dataset; the message says what to do."""
 
 

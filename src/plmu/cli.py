@@ -1,0 +1,161 @@
+"""The ``plmu`` command line: ``plmu train EXPERIMENT`` and ``plmu evaluate CHECKPOINT``.
+
+Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
+checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
+traceback instead.
+
+To add a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
+``handler`` (a function of the parsed arguments returning an exit status), and call it in
+:func:`build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+# Exceptions whose message is the whole story for a user: printed as one line.
+_USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+def _add_device_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("devices (passed to lightning.Trainer)")
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto (default)")
+    group.add_argument(
+        "--devices", default="auto", help="how many devices or which: 1, 2, '0,1', auto"
+    )
+    group.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
+    group.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    parser.add_argument(
+        "--no-progress-bar", action="store_true", help="hide the progress bar (logs stay)"
+    )
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from plmu.training import registry
+
+    experiments = "\n".join(
+        f"  {name:<16} {registry.get(name).summary}" for name in registry.names()
+    )
+    parser = subparsers.add_parser(
+        "train",
+        help="train an experiment, test it, write OUT/metrics.json",
+        description="Train an experiment with its packaged config (the paper's "
+        "hyperparameters), then test the best checkpoint. A run resumes automatically "
+        "from OUT/checkpoints/last.ckpt.",
+        epilog=f"experiments:\n{experiments}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("experiment", help="experiment name (listed below)")
+    parser.add_argument("--config", type=Path, help="YAML file overriding config keys")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable); VALUE is read as YAML",
+    )
+    parser.add_argument("--data-dir", type=Path, help="where the data is read or downloaded")
+    parser.add_argument("--out", type=Path, help="output directory (default runs/EXPERIMENT)")
+    parser.add_argument("--resume", type=Path, help="checkpoint to resume from")
+    _add_device_options(parser)
+    parser.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from plmu.training.runner import train
+
+    train(
+        args.experiment,
+        out=args.out,
+        config_file=args.config,
+        overrides=args.overrides,
+        data_dir=args.data_dir,
+        resume=args.resume,
+        devices=_devices(args.devices),
+        accelerator=args.accelerator,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        progress_bar=not args.no_progress_bar,
+    )
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="test a checkpoint, write OUT/metrics.json",
+        description="Rebuild a run from its checkpoint and test it.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train")
+    parser.add_argument(
+        "--data-dir", type=Path, help="data directory (default: the one used for training)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default: RUN/evaluate beside checkpoints/)"
+    )
+    _add_device_options(parser)
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from plmu.training.runner import evaluate
+
+    evaluate(
+        args.checkpoint,
+        data_dir=args.data_dir,
+        out=args.out,
+        devices=_devices(args.devices),
+        accelerator=args.accelerator,
+        strategy=args.strategy,
+        num_nodes=args.num_nodes,
+        progress_bar=not args.no_progress_bar,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``plmu`` argument parser with all subcommands."""
+    from plmu import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="plmu", description="Legendre Memory Units: train and evaluate the paper's benchmarks."
+    )
+    parser.add_argument("--version", action="version", version=f"plmu {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``plmu`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("plmu: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, KeyError):
+            message = f"missing key {message}"
+        print(f"plmu: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""MNIST in the standard IDX format, as permuted pixel sequences (psMNIST).
+
+Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``). Missing files are
+downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
+:class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
+sizes, a few thousand images).
+
+psMNIST (:func:`psmnist_splits`): pixels scaled to ``[0, 1]``, each image flattened row by row
+to a sequence of ``H * W`` steps (784 for MNIST) of one feature, then all sequences reordered by
+one fixed permutation, ``torch.randperm(H * W)`` from a ``torch.Generator`` seeded with
+``permutation_seed`` (config key, default 0). Validation is the last ``val_size`` training
+images (default 10,000: the usual 50k/10k/10k split), test the t10k files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from plmu.data import DataError
+
+__all__ = [
+    "FILES",
+    "MIRRORS",
+    "PixelSequences",
+    "default_data_dir",
+    "download_mnist",
+    "find_idx",
+    "load_mnist",
+    "permutation",
+    "psmnist_splits",
+    "read_idx",
+]
+
+# name -> MD5 of the gzipped file as distributed.
+FILES = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def default_data_dir() -> Path:
+    """``$PLMU_DATA_DIR/mnist``, else ``~/.cache/plmu/mnist``."""
+    root = os.environ.get("PLMU_DATA_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "plmu") / "mnist"
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (plain or gzipped) into an array of its stored dtype and shape."""
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as stream:
+            data = stream.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: cannot read the file ({error})") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    dtype, ndim = np.dtype(_DTYPES[data[2]]), data[3]
+    header = 4 + 4 * ndim
+    if ndim < 1 or len(data) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise DataError(
+            f"{path}: IDX size mismatch, header says {shape} ({expected} bytes), "
+            f"file has {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def find_idx(data_dir: Path, name: str) -> Path | None:
+    """The file ``name`` or ``name.gz`` in ``data_dir`` (plain preferred), or None."""
+    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
+    """Download the MNIST files missing from ``data_dir``, verifying their MD5 checksums."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name, md5 in FILES.items():
+        if find_idx(data_dir, name) is not None:
+            continue
+        target = data_dir / f"{name}.gz"
+        errors = []
+        for mirror in MIRRORS:
+            url = mirror + target.name
+            handle, tmp = tempfile.mkstemp(dir=data_dir, prefix=f".{target.name}.")
+            tmp_path = Path(tmp)
+            try:
+                with (
+                    os.fdopen(handle, "wb") as out,
+                    urllib.request.urlopen(url, timeout=timeout) as r,
+                ):
+                    shutil.copyfileobj(r, out)
+                got = _md5(tmp_path)
+                if got != md5:
+                    errors.append(f"{url}: checksum {got} != {md5}")
+                    continue
+                tmp_path.replace(target)
+                break
+            except (urllib.error.URLError, OSError) as error:
+                errors.append(f"{url}: {getattr(error, 'reason', error)}")
+            finally:
+                tmp_path.unlink(missing_ok=True)
+        else:
+            raise DataError(
+                f"MNIST file {name}[.gz] is not in {data_dir} and could not be downloaded "
+                f"({'; '.join(errors)}); put the four IDX files there (or pass --data-dir)"
+            )
+
+
+def load_mnist(
+    data_dir: str | Path, download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_images, train_labels, test_images, test_labels)`` from the IDX files.
+
+    Images are uint8 ``(N, H, W)``, labels int64 ``(N,)``. Missing files are downloaded when
+    ``download`` is True.
+    """
+    data_dir = Path(data_dir)
+    missing = [name for name in FILES if find_idx(data_dir, name) is None]
+    if missing and download:
+        download_mnist(data_dir)
+    elif missing:
+        raise DataError(f"MNIST files missing from {data_dir}: {', '.join(missing)} (or .gz)")
+    arrays = [read_idx(find_idx(data_dir, name)) for name in FILES]
+    for (name, _), array, rank in zip(FILES.items(), arrays, (3, 1, 3, 1)):
+        if array.ndim != rank:
+            raise DataError(f"{data_dir / name}: expected {rank} dimensions, got {array.shape}")
+    train_x, train_y, test_x, test_y = arrays
+    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
+        if len(images) != len(labels):
+            raise DataError(
+                f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels"
+            )
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise DataError(f"{data_dir}: train images {train_x.shape[1:]} != t10k {test_x.shape[1:]}")
+    if train_x.dtype != np.uint8 or test_x.dtype != np.uint8:
+        raise DataError(f"{data_dir}: images must be unsigned bytes (IDX type 0x08)")
+    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
+
+
+def permutation(length: int, seed: int) -> torch.Tensor:
+    """The fixed pixel order: ``torch.randperm(length)`` from a generator seeded with ``seed``."""
+    return torch.randperm(length, generator=torch.Generator().manual_seed(seed))
+
+
+class PixelSequences(Dataset):
+    """Images as pixel sequences: item ``i`` is ``(x (H*W, 1) float32 in [0, 1], label int64)``.
+
+    Args:
+        images: uint8 ``(N, H, W)``.
+        labels: int ``(N,)``.
+        order: optional permutation of the ``H * W`` steps (psMNIST).
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, order: torch.Tensor | None = None
+    ) -> None:
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.pixels = torch.from_numpy(np.ascontiguousarray(images)).reshape(len(images), -1)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        if order is not None:
+            if sorted(order.tolist()) != list(range(self.pixels.shape[1])):
+                raise ValueError(f"order must be a permutation of {self.pixels.shape[1]} steps")
+            self.pixels = self.pixels[:, order]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pixels[index].to(torch.float32).div_(255.0).unsqueeze(-1)
+        return x, self.labels[index]
+
+
+def psmnist_splits(
+    data_dir: str | Path,
+    val_size: int = 10_000,
+    permutation_seed: int = 0,
+    download: bool = True,
+) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
+    """The psMNIST train / validation / test sets (see the module docstring)."""
+    train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
+    if not 0 < val_size < len(train_x):
+        raise ValueError(
+            f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "
+            f"got {val_size}"
+        )
+    order = permutation(int(np.prod(train_x.shape[1:])), permutation_seed)
+    cut = len(train_x) - val_size
+    return (
+        PixelSequences(train_x[:cut], train_y[:cut], order),
+        PixelSequences(train_x[cut:], train_y[cut:], order),
+        PixelSequences(test_x, test_y, order),
+    )

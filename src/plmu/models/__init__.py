@@ -1,0 +1,7 @@
+"""Networks for the benchmarks, built from plmu layers (and the LSTM baseline)."""
+
+from plmu.models.classifier import SequenceClassifier
+from plmu.models.regressor import SequenceRegressor
+from plmu.models.stack import MODELS, RecurrentStack
+
+__all__ = ["MODELS", "RecurrentStack", "SequenceClassifier", "SequenceRegressor"]

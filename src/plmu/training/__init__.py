@@ -1,0 +1,1 @@
+"""Training: the experiment registry, configs, the Lightning runner and the objectives."""

@@ -1,0 +1,181 @@
+"""Experiment configs: flat dicts read from YAML.
+
+A run's config is built in layers, each later one overriding the earlier:
+
+1. :data:`RUNNER_DEFAULTS` (Trainer-level keys every experiment accepts);
+2. the packaged ``src/plmu/configs/<experiment>.yaml`` (the paper's hyperparameters), or the
+   config stored in a checkpoint when a run is resumed;
+3. an optional user YAML file (``--config FILE``; may set any subset of the keys);
+4. ``--set key=value`` overrides, values parsed as YAML scalars (``--set lr=3e-4``,
+   ``--set model=lstm``, ``--set patience=null``).
+
+Unknown keys are rejected (with the closest known key suggested) and a value must have the type
+of the key's default (an int where a float is expected is accepted), so a typo never trains a
+silently different model.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "RUNNER_DEFAULTS",
+    "ConfigError",
+    "default_config",
+    "load_config",
+    "merge_config",
+    "parse_override",
+    "read_config_file",
+]
+
+REQUIRED_KEYS = ("epochs", "batch_size", "lr", "seed")
+
+RUNNER_DEFAULTS: dict[str, Any] = {
+    "precision": "32-true",  # Lightning precision, e.g. "bf16-mixed", "16-mixed"
+    "gradient_clip_val": None,  # clip the gradient norm to this value
+    "accumulate_grad_batches": 1,
+    "max_steps": -1,  # stop after this many optimizer steps (-1: run all epochs)
+    "limit_train_batches": None,  # int (batches) or float (fraction) per epoch; None = all
+    "limit_val_batches": None,
+    "limit_test_batches": None,
+    "patience": None,  # early stopping on the monitored validation metric (epochs)
+    "num_workers": 0,  # DataLoader worker processes
+    "log_every_n_steps": 10,
+}
+
+
+class ConfigError(ValueError):
+    """A config file or an override is malformed, names an unknown key or has a wrong type."""
+
+
+def default_config(experiment: str) -> dict[str, Any]:
+    """The packaged config of ``experiment`` merged over :data:`RUNNER_DEFAULTS`."""
+    resource = resources.files("plmu") / "configs" / f"{experiment}.yaml"
+    if not resource.is_file():
+        raise ConfigError(f"no packaged config for experiment {experiment!r} ({resource})")
+    values = _parse_mapping(resource.read_text(), f"packaged config {experiment}.yaml")
+    missing = [key for key in REQUIRED_KEYS if key not in values]
+    if missing:
+        raise ConfigError(f"packaged config {experiment}.yaml lacks the keys {missing}")
+    return {**RUNNER_DEFAULTS, **values}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config keys from ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    return _parse_mapping(text, f"config file {path}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override; the value is read as a YAML scalar."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML") from None
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"--set {key}: expected a scalar value, got {raw!r}")
+    return key, value
+
+
+def merge_config(
+    base: Mapping[str, Any], updates: Mapping[str, Any], source: str
+) -> dict[str, Any]:
+    """Return ``base`` updated by ``updates``, checking keys and types (``source`` names them)."""
+    merged = dict(base)
+    for key, value in updates.items():
+        if key not in base:
+            close = difflib.get_close_matches(key, list(base), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown config key {key!r} in {source}{hint} "
+                f"(known keys: {', '.join(sorted(base))})"
+            )
+        merged[key] = _coerce(key, value, base[key], source)
+    return merged
+
+
+def load_config(
+    experiment: str,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a run's config: defaults (or ``base``), then ``config_file``, then ``overrides``.
+
+    Args:
+        experiment: the experiment name; its packaged YAML gives the defaults and the known keys.
+        config_file: optional YAML file with any subset of the keys.
+        overrides: ``"key=value"`` strings (``--set``).
+        base: a full config to start from instead of the packaged one (a resumed run's
+            checkpoint config); keys the packaged config gained since are filled in.
+    """
+    config = default_config(experiment)
+    if base is not None:
+        config = {**config, **base}
+    if config_file is not None:
+        config = merge_config(config, read_config_file(config_file), f"config file {config_file}")
+    parsed = dict(parse_override(text) for text in overrides)
+    return merge_config(config, parsed, "--set")
+
+
+def _parse_mapping(text: str, source: str) -> dict[str, Any]:
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source} is not valid YAML{where}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise ConfigError(f"{source} must be a mapping of key: value pairs")
+    return values
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Check ``value`` against the type of ``default`` (None accepts anything)."""
+    if default is None:
+        return value
+    expected = type(default).__name__
+    if value is None:
+        raise ConfigError(f"config key {key!r} in {source} cannot be null (expected {expected})")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(value, type(default)):
+        return value
+    raise ConfigError(
+        f"config key {key!r} in {source} expects {expected} (default {default!r}), "
+        f"got {value!r} ({type(value).__name__})"
+    )

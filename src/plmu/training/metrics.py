@@ -1,0 +1,64 @@
+"""Metrics for the benchmarks, as functions and as distributed-safe ``torchmetrics`` metrics.
+
+NRMSE (normalised root-mean-square error) is ``sqrt(mean((y - yhat)^2)) / std(y)``: the RMSE in
+units of the target's standard deviation over the evaluated set (0 is perfect, 1 is what
+predicting the mean scores). It is the Mackey-Glass metric of Voelker et al. 2019.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+__all__ = ["NRMSE", "nrmse"]
+
+
+def nrmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """NRMSE of ``prediction`` against ``target`` (same shape, any), a scalar tensor."""
+    if prediction.shape != target.shape:
+        raise ValueError(
+            f"prediction and target must have the same shape, got {tuple(prediction.shape)} "
+            f"and {tuple(target.shape)}"
+        )
+    error = (prediction - target).double()
+    target = target.double()
+    rmse = error.pow(2).mean().sqrt()
+    return (rmse / target.std(unbiased=False)).to(prediction.dtype)
+
+
+class NRMSE(Metric):
+    """Accumulated NRMSE (sums of squared error, target and target squared, synced over DDP).
+
+    ``update(prediction, target, mask=None)``: tensors of one shape; ``mask`` (same shape or
+    broadcastable, bool) selects the entries that count.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("squared_error", "target_sum", "target_squared", "count"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(
+        self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> None:
+        if prediction.shape != target.shape:
+            raise ValueError(
+                f"prediction and target must have the same shape, got "
+                f"{tuple(prediction.shape)} and {tuple(target.shape)}"
+            )
+        prediction, target = prediction.double(), target.double()
+        if mask is not None:
+            mask = mask.expand_as(target)
+            prediction, target = prediction[mask], target[mask]
+        self.squared_error += (prediction - target).pow(2).sum()
+        self.target_sum += target.sum()
+        self.target_squared += target.pow(2).sum()
+        self.count += target.numel()
+
+    def compute(self) -> torch.Tensor:
+        mean = self.target_sum / self.count
+        variance = (self.target_squared / self.count - mean.pow(2)).clamp_min(0)
+        return ((self.squared_error / self.count) / variance).sqrt().float()

@@ -1,0 +1,59 @@
+"""Sequence-to-sequence regression (Mackey-Glass): MSE loss, NRMSE metric."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from plmu.training.base import PlmuModule
+from plmu.training.metrics import NRMSE
+
+__all__ = ["SequenceRegression"]
+
+
+class SequenceRegression(PlmuModule):
+    """Trains ``net: (B, T, in) -> (B, T, out)`` to predict a target sequence.
+
+    Batches are ``(x, y)`` or ``(x, y, mask)``: ``x`` (B, T, in), ``y`` (B, T, out) and ``mask``
+    (B, T) bool, True where a step counts in the loss and the metrics (e.g. False on the warm-up
+    steps where the network has seen too little history). Logs ``{stage}_loss`` (masked MSE) and
+    ``{stage}_nrmse`` for stage ``train``/``val``/``test``; monitors ``val_nrmse``.
+    """
+
+    monitor = "val_nrmse"
+    monitor_mode = "min"
+
+    def __init__(self, net: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
+        super().__init__(net, lr, weight_decay)
+        self.val_nrmse = NRMSE()
+        self.test_nrmse = NRMSE()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, in) -> prediction (B, T, out)."""
+        return self.net(x)
+
+    def _shared(
+        self, batch, stage: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, *rest = batch
+        mask = rest[0] if rest else torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        prediction = self(x)
+        mask = mask.unsqueeze(-1).expand_as(y)
+        loss = F.mse_loss(prediction[mask], y[mask])
+        self.log(f"{stage}_loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
+        return loss, prediction, y, mask
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, *_ = self._shared(batch, "train")
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        _, prediction, y, mask = self._shared(batch, "val")
+        self.val_nrmse.update(prediction, y, mask)
+        self.log("val_nrmse", self.val_nrmse, prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        _, prediction, y, mask = self._shared(batch, "test")
+        self.test_nrmse.update(prediction, y, mask)
+        self.log("test_nrmse", self.test_nrmse)

@@ -1,0 +1,405 @@
+"""Train and evaluate any registered experiment with Lightning.
+
+``train`` builds the config, the datamodule and the model from the registry, then runs
+``Trainer.fit`` and ``Trainer.test`` (on the best checkpoint by the module's monitored validation
+metric). ``--devices``/``--accelerator``/``--strategy``/``--num-nodes`` go straight to the
+Trainer, so one command trains on CPU, one GPU or many with DDP (also under torchrun/SLURM).
+
+Everything a run writes lies under its output directory ``OUT``:
+
+- ``OUT/config.yaml``: the resolved config;
+- ``OUT/checkpoints/best.ckpt`` and ``last.ckpt``; each holds ``checkpoint["plmu"] =
+  {"experiment", "config", "saved", "data_dir", "version"}`` so that :func:`load_checkpoint`
+  can rebuild the run;
+- ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/version_N/`` (one version per
+  invocation, so a resumed run never overwrites its earlier logs);
+- ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed),
+  ``global_step``, ``seconds`` (training wall-clock summed over resumed sessions) and whatever
+  the experiment's ``finish`` returns.
+
+A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it (an interrupted run loses at
+most the epoch in progress); the resumed run starts from the checkpoint's config, and
+``--config``/``--set`` given again apply on top (e.g. ``--set epochs=20`` to train longer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+import plmu
+from plmu.training import registry
+from plmu.training.base import count_parameters
+from plmu.training.config import load_config
+
+__all__ = [
+    "CheckpointError",
+    "RunInfo",
+    "evaluate",
+    "format_summary",
+    "load_checkpoint",
+    "read_run_info",
+    "train",
+]
+
+# Lightning suggests worker processes for every DataLoader; num_workers is a config key instead.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or was not written by ``plmu train``."""
+
+
+class RunInfo(Callback):
+    """Stores ``checkpoint["plmu"]`` and the training time accumulated over resumed sessions."""
+
+    def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
+        self.experiment = experiment
+        self.config = config
+        self.data_dir = None if data_dir is None else str(Path(data_dir).resolve())
+        self.previous_seconds = 0.0
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        """Training wall-clock: earlier sessions plus this one so far."""
+        return self.previous_seconds + time.perf_counter() - self.started
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.previous_seconds = float(state_dict.get("seconds", 0.0))
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        datamodule = trainer.datamodule
+        saved = getattr(datamodule, "saved_state", None)
+        checkpoint["plmu"] = {
+            "experiment": self.experiment,
+            "config": dict(self.config),
+            "saved": (saved() if callable(saved) else None) or {},
+            "data_dir": self.data_dir,
+            "version": plmu.__version__,
+        }
+
+
+def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        # Lightning checkpoints hold plain Python objects besides tensors; only load trusted files.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(error).__name__})"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("plmu"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint written by plmu train")
+    return checkpoint
+
+
+def read_run_info(path: str | Path) -> dict[str, Any]:
+    """``checkpoint["plmu"]`` of the checkpoint at ``path`` (experiment, config, saved, ...)."""
+    return _read_checkpoint(path)["plmu"]
+
+
+def load_checkpoint(
+    path: str | Path, data_dir: str | Path | None = None
+) -> tuple[registry.Experiment, dict, L.LightningModule, L.LightningDataModule]:
+    """Rebuild a trained run from its checkpoint.
+
+    Returns ``(experiment, config, module, datamodule)``: the module has the checkpoint's weights
+    and is in eval mode; the datamodule was built with ``saved`` from the checkpoint and
+    ``data_dir`` (no data is read until its ``setup`` is called).
+    """
+    checkpoint = _read_checkpoint(path)
+    info = checkpoint["plmu"]
+    experiment = registry.get(info["experiment"])
+    config = load_config(experiment.name, base=info["config"])
+    datamodule = experiment.build_data(
+        config, None if data_dir is None else Path(data_dir), info.get("saved") or {}
+    )
+    module = experiment.build_model(config, datamodule)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except (KeyError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the model ({first})") from None
+    module.eval()
+    return experiment, config, module, datamodule
+
+
+def train(
+    experiment: str,
+    *,
+    out: str | Path | None = None,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    data_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    devices: int | str = "auto",
+    accelerator: str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Train ``experiment``, test the best checkpoint, write ``OUT/metrics.json``; return it.
+
+    Args:
+        experiment: a registered name (``plmu.training.registry.names()``).
+        out: the output directory (default ``runs/<experiment>``).
+        config_file: YAML file overriding any config keys.
+        overrides: ``"key=value"`` strings applied last.
+        data_dir: where the experiment reads (or downloads) its data.
+        resume: a checkpoint to resume from; by default ``OUT/checkpoints/last.ckpt`` when it
+            exists.
+        devices, accelerator, strategy, num_nodes: passed to ``lightning.Trainer``.
+        progress_bar: show Lightning's progress bar.
+    """
+    exp = registry.get(experiment)
+    out = Path(out) if out is not None else Path("runs") / exp.name
+    data_dir = None if data_dir is None else Path(data_dir)
+    checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
+    base = None
+    if resume is not None or checkpoint_path.is_file():
+        info = read_run_info(checkpoint_path)
+        if info["experiment"] != exp.name:
+            raise CheckpointError(
+                f"{checkpoint_path} belongs to experiment {info['experiment']!r}, "
+                f"not {exp.name!r}; use another --out"
+            )
+        base = info["config"]
+        _info(f"resuming from {checkpoint_path}")
+    else:
+        checkpoint_path = None
+    config = load_config(exp.name, config_file, overrides, base=base)
+    _write_config(out, config)
+
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    datamodule = exp.build_data(config, data_dir, None)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    module = exp.build_model(config, datamodule)
+
+    run_info = RunInfo(exp.name, config, data_dir)
+    trainer = _trainer(
+        config,
+        out,
+        module,
+        [run_info],
+        devices=devices,
+        accelerator=accelerator,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        progress_bar=progress_bar,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
+    seconds = run_info.seconds
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    metrics = {
+        "experiment": exp.name,
+        "model": config.get("model"),
+        **_test_metrics(results),
+        "params": count_parameters(module),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "seconds": round(seconds, 2),
+        "best_checkpoint": best or None,
+    }
+    return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu train {exp.name}")
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    devices: int | str = "auto",
+    accelerator: str = "auto",
+    strategy: str = "auto",
+    num_nodes: int = 1,
+    progress_bar: bool = True,
+) -> dict[str, Any]:
+    """Test a checkpoint; write ``OUT/metrics.json`` (and the experiment's artefacts); return it.
+
+    ``data_dir`` defaults to the directory the run was trained with; ``out`` to
+    ``evaluate/`` beside the run's ``checkpoints/`` folder.
+    """
+    checkpoint = Path(checkpoint)
+    raw = _read_checkpoint(checkpoint)
+    info = raw["plmu"]
+    if data_dir is None and info.get("data_dir"):
+        data_dir = info["data_dir"]
+    if out is None:
+        run_dir = (
+            checkpoint.parent.parent
+            if checkpoint.parent.name == "checkpoints"
+            else checkpoint.parent
+        )
+        out = run_dir / "evaluate"
+    out = Path(out)
+    exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    trainer = _trainer(
+        config,
+        out,
+        module,
+        [],
+        devices=devices,
+        accelerator=accelerator,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        progress_bar=progress_bar,
+        fitting=False,
+    )
+    start = time.perf_counter()
+    results = trainer.test(module, datamodule=datamodule)
+    metrics = {
+        "experiment": exp.name,
+        "model": config.get("model"),
+        **_test_metrics(results),
+        "params": count_parameters(module),
+        "epochs": int(raw.get("epoch", -1)) + 1,
+        "global_step": int(raw.get("global_step", 0)),
+        "seconds": round(time.perf_counter() - start, 2),
+        "checkpoint": str(checkpoint),
+    }
+    return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu evaluate {checkpoint}")
+
+
+def format_summary(title: str, metrics: dict[str, Any]) -> str:
+    """A small two-column table of ``metrics`` under ``title``."""
+    rows = [(key, _format_value(value)) for key, value in metrics.items() if value is not None]
+    width = max((len(key) for key, _ in rows), default=0)
+    rule = "-" * max(len(title), width + 2 + max((len(v) for _, v in rows), default=0))
+    lines = [rule, title, rule, *(f"{key:<{width}}  {value}" for key, value in rows), rule]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _trainer(
+    config: dict,
+    out: Path,
+    module: L.LightningModule,
+    callbacks: list[Callback],
+    *,
+    devices: int | str,
+    accelerator: str,
+    strategy: str,
+    num_nodes: int,
+    progress_bar: bool,
+    fitting: bool = True,
+) -> L.Trainer:
+    monitor = getattr(module, "monitor", "val_loss")
+    mode = getattr(module, "monitor_mode", "min")
+    callbacks = list(callbacks)
+    loggers: list = [CSVLogger(out, name="logs")]
+    if fitting:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="best",
+                monitor=monitor,
+                mode=mode,
+                save_top_k=1,
+                save_last=True,
+                enable_version_counter=False,
+            )
+        )
+        if config.get("patience") is not None:
+            callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
+        loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
+    limits = {
+        key: config[key]
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+        if config.get(key) is not None
+    }
+    return L.Trainer(
+        default_root_dir=out,
+        max_epochs=config["epochs"],
+        max_steps=config.get("max_steps", -1),
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
+        precision=config.get("precision", "32-true"),
+        gradient_clip_val=config.get("gradient_clip_val"),
+        accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
+        log_every_n_steps=config.get("log_every_n_steps", 10),
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress_bar,
+        enable_checkpointing=fitting,
+        **limits,
+    )
+
+
+def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    for result in results:
+        metrics.update({k: float(v) for k, v in result.items() if k.startswith("test_")})
+    return dict(sorted(metrics.items()))
+
+
+def _finish(
+    trainer: L.Trainer,
+    exp: registry.Experiment,
+    module: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    out: Path,
+    metrics: dict[str, Any],
+    title: str,
+) -> dict[str, Any]:
+    if not trainer.is_global_zero:
+        return metrics
+    if exp.finish is not None:
+        module.eval()
+        with torch.no_grad():
+            metrics.update(exp.finish(module, datamodule, out) or {})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
+    return metrics
+
+
+@rank_zero_only
+def _info(message: str) -> None:
+    print(f"plmu: {message}", flush=True)
+
+
+@rank_zero_only
+def _write_config(out: Path, config: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.6g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
