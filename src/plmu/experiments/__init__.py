@@ -1,6 +1,8 @@
 """The paper's experiments; importing this package registers them all."""
 
-from plmu.experiments import mackey_glass  # noqa: F401
-from plmu.experiments import imdb  # noqa: F401
-from plmu.experiments import qqp  # noqa: F401
-from plmu.experiments import snli  # noqa: F401
+from plmu.experiments import (
+    imdb,  # noqa: F401
+    mackey_glass,  # noqa: F401
+    qqp,  # noqa: F401
+    snli,  # noqa: F401
+)

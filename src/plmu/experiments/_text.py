@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from plmu.training.classification import SequenceClassification
-from plmu.training.registry import Experiment, register
 
 from plmu.data.text_classification import TASKS, TextClassificationData
 from plmu.models.text import PairClassifier, TextClassifier
+from plmu.training.classification import SequenceClassification
+from plmu.training.registry import Experiment, register
 
 __all__ = ["build_data", "build_model", "register_text_experiment"]
 
