@@ -194,3 +194,60 @@ def test_collate_pairs():
     assert ids_a.tolist() == [[5, 6], [5, 0]] and len_a.tolist() == [2, 1]
     assert ids_b.tolist() == [[7, 0, 0], [7, 8, 9]] and len_b.tolist() == [1, 3]
     assert labels.tolist() == [1, 0]
+
+
+def test_hub_splits_are_mapped_and_unlabelled_pairs_dropped(monkeypatch):
+    """The hub path without a network: ``load_dataset`` answers with a small in-memory set."""
+    import datasets
+
+    def fake_load_dataset(path, name=None):
+        assert (path, name) == ("stanfordnlp/snli", None)
+        part = datasets.Dataset.from_dict(
+            {
+                "premise": ["a man sleeps", "a dog runs", "two kids play", "rain falls"],
+                "hypothesis": ["a man is awake", "an animal moves", "", "it is wet"],
+                "label": [2, 0, 1, -1],
+            }
+        )
+        return datasets.DatasetDict({"train": part, "validation": part, "test": part})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_splits(TASKS["snli"], None, 0.1, 0)
+    for split in ("train", "validation", "test"):  # -1 (no gold label) and the empty text dropped
+        assert splits[split].labels == [2, 0]
+        assert splits[split].texts == [
+            ("a man sleeps", "a man is awake"),
+            ("a dog runs", "an animal moves"),
+        ]
+
+
+def test_qqp_tests_on_glue_validation_and_holds_out_part_of_train(monkeypatch):
+    import datasets
+
+    def fake_load_dataset(path, name=None):
+        assert (path, name) == ("nyu-mll/glue", "qqp")
+
+        def part(prefix, n, label):
+            return datasets.Dataset.from_dict(
+                {
+                    "question1": [f"{prefix} one {i}" for i in range(n)],
+                    "question2": [f"{prefix} two {i}" for i in range(n)],
+                    "label": [label] * n,
+                    "idx": list(range(n)),
+                }
+            )
+
+        return datasets.DatasetDict(
+            {
+                "train": part("train", 20, 1),
+                "validation": part("val", 5, 0),
+                "test": part("t", 3, -1),
+            }
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    splits = load_splits(TASKS["qqp"], None, 0.25, 0)
+    assert len(splits["train"]) == 15 and len(splits["validation"]) == 5
+    assert (
+        splits["test"].texts[0] == ("val one 0", "val two 0") and splits["test"].labels == [0] * 5
+    )
