@@ -124,3 +124,10 @@ def test_train_without_data_offline_says_what_to_put_where(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "has no train file: put train.jsonl, train.csv or train.parquet there" in err
+
+
+def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
+    import lightning as L
+
+    with pytest.raises(ValueError, match="needs a text classification checkpoint"):
+        predict_loaded(torch.nn.Linear(1, 1), L.LightningDataModule(), "some text")
