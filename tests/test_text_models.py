@@ -23,12 +23,15 @@ def _texts(lengths: list[int], seed: int) -> list[torch.Tensor]:
     lengths=st.lists(st.integers(1, 90), min_size=2, max_size=5),
     num_layers=st.integers(1, 2),
     memory_size=st.integers(1, 3),
+    kind=st.sampled_from(["parallel-lmu", "parallel-lmu", "lmu", "lstm"]),
 )
 def test_text_prediction_is_the_same_alone_or_batched_with_longer_texts(
-    lengths, num_layers, memory_size
+    lengths, num_layers, memory_size, kind
 ):
     torch.manual_seed(0)
-    model = TextClassifier(3, num_layers=num_layers, memory_size=memory_size, **ENCODER).eval()
+    model = TextClassifier(
+        3, num_layers=num_layers, memory_size=memory_size, model=kind, **ENCODER
+    ).eval()
     texts = _texts(lengths, seed=sum(lengths))
     with torch.no_grad():
         batched = model(*pad(texts))

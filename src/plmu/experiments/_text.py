@@ -1,7 +1,8 @@
 """What the text classification experiments (imdb, qqp, snli) share: their builders.
 
 Config keys (flat, see ``src/plmu/configs/<name>.yaml``): data ``max_length``, ``vocab_size``,
-``min_frequency``, ``truncation_side``, ``val_fraction``; network ``embedding_dim``,
+``min_frequency``, ``truncation_side``, ``val_fraction``; network ``model`` (``parallel-lmu``,
+or the baselines ``lmu`` and ``lstm``), ``embedding_dim``,
 ``hidden_size``, ``order``, ``theta``, ``memory_size``, ``num_layers``, ``dropout`` and, for
 pairs, ``mlp_hidden``; optimiser ``lr``, ``weight_decay``.
 """
@@ -42,6 +43,7 @@ def build_model(config: dict[str, Any], data: L.LightningDataModule) -> Sequence
         "theta": float(config["theta"]),
         "memory_size": int(config["memory_size"]),
         "num_layers": int(config["num_layers"]),
+        "model": str(config["model"]),
     }
     dropout = float(config["dropout"])
     if data.task.is_pair:

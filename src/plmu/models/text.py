@@ -3,7 +3,8 @@
     ids --Embedding--> x --ParallelLMU x num_layers--> h (each text's last valid step) --> head
 
 The last layer reads only each sequence's final memory state (``return_sequences=False`` with
-``lengths``; the paper's eq. 25), so right padding never changes a prediction.
+``lengths``; the paper's eq. 25), so right padding never changes a prediction. The original LMU
+and an LSTM can stand in for the parallel LMU as baselines (``model``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plmu.layers import ParallelLMU
+from plmu.models.stack import RecurrentStack
 
 __all__ = ["PairClassifier", "SentenceEncoder", "TextClassifier"]
 
@@ -24,9 +25,12 @@ class SentenceEncoder(nn.Module):
         embedding_dim: features per token.
         hidden_size: features of every ParallelLMU layer's output (and of the result).
         order, theta, memory_size: each layer's Legendre memory (``theta`` in tokens).
-        num_layers: stacked ParallelLMU layers.
+        num_layers: stacked recurrent layers.
         dropout: dropout on the embeddings and between layers.
-        **layer_kwargs: passed to every :class:`~plmu.ParallelLMU` (``hidden_activation``...).
+        model: ``"parallel-lmu"`` (default, :class:`~plmu.ParallelLMU`), or the baselines
+            ``"lmu"`` (:class:`~plmu.LMU`) and ``"lstm"``; see
+            :class:`~plmu.models.RecurrentStack`.
+        **layer_kwargs: passed to every LMU layer (``hidden_activation``...).
 
     Shapes:
         ``forward(ids, lengths)``: ``ids`` ``(B, T)`` int64 right-padded, ``lengths`` ``(B,)``
@@ -43,36 +47,30 @@ class SentenceEncoder(nn.Module):
         memory_size: int = 1,
         num_layers: int = 1,
         dropout: float = 0.0,
+        model: str = "parallel-lmu",
         **layer_kwargs: object,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(
-            ParallelLMU(
-                embedding_dim if i == 0 else hidden_size,
-                hidden_size,
-                order,
-                theta,
-                memory_size=memory_size,
-                return_sequences=i < num_layers - 1,
-                **layer_kwargs,
-            )
-            for i in range(num_layers)
+        self.stack = RecurrentStack(
+            model,
+            embedding_dim,
+            hidden_size,
+            num_layers,
+            order,
+            theta,
+            memory_size,
+            dropout,
+            return_sequences=False,
+            **layer_kwargs,
         )
         self.hidden_size = hidden_size
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if ids.dim() != 2 or ids.dtype != torch.long:
             raise ValueError(f"ids must be int64 (batch, time), got {ids.dtype} {tuple(ids.shape)}")
-        x = self.dropout(self.embedding(ids))
-        for i, layer in enumerate(self.layers):
-            if i:
-                x = self.dropout(x)
-            x, _ = layer(x, lengths=lengths)
-        return x
+        return self.stack(self.dropout(self.embedding(ids)), lengths)
 
 
 class TextClassifier(nn.Module):
