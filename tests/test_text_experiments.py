@@ -45,18 +45,20 @@ def _write_task(tmp_path, task: str, fmt: str):
 
 
 @pytest.mark.parametrize(
-    ("task", "fmt", "example"),
+    ("task", "fmt", "example", "model"),
     [
-        ("imdb", ".jsonl", ["a great film"]),
-        ("imdb", ".csv", ["boring and awful"]),
-        ("qqp", ".parquet", ["what is the colour of sky 1", "how do fish swim"]),
-        ("snli", ".csv", ["what is the colour of sky 2", "no birds fly here"]),
+        ("imdb", ".jsonl", ["a great film"], "parallel-lmu"),
+        ("imdb", ".csv", ["boring and awful"], "parallel-lmu"),
+        ("imdb", ".parquet", ["i hated it"], "lstm"),
+        ("qqp", ".parquet", ["what is the colour of sky 1", "how do fish swim"], "parallel-lmu"),
+        ("snli", ".csv", ["what is the colour of sky 2", "no birds fly here"], "parallel-lmu"),
     ],
 )
-def test_train_evaluate_predict(tmp_path, capsys, task, fmt, example):
+def test_train_evaluate_predict(tmp_path, capsys, task, fmt, example, model):
     data = _write_task(tmp_path, task, fmt)
     out = tmp_path / "run"
-    metrics = train(task, out=out, overrides=TINY, data_dir=data, progress_bar=False)
+    overrides = [*TINY, f"model={model}"]
+    metrics = train(task, out=out, overrides=overrides, data_dir=data, progress_bar=False)
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == pytest.approx(
         metrics["test_accuracy"]
