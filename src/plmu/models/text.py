@@ -23,7 +23,7 @@ class SentenceEncoder(nn.Module):
     Args:
         vocab_size: rows of the embedding (id 0 is padding).
         embedding_dim: features per token.
-        hidden_size: features of every ParallelLMU layer's output (and of the result).
+        hidden_size: features of every recurrent layer's output (and of the result).
         order, theta, memory_size: each layer's Legendre memory (``theta`` in tokens).
         num_layers: stacked recurrent layers.
         dropout: dropout on the embeddings and between layers.
