@@ -1,4 +1,4 @@
-"""The ``plmu`` command line: ``plmu train``, ``plmu evaluate`` and ``plmu bench``.
+"""The ``plmu`` command line: train, evaluate, predict, translate and bench.
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
@@ -136,6 +136,43 @@ def _add_bench(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=bench.run_from_args)
 
 
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify a text (or a pair) with an imdb/qqp/snli checkpoint",
+        description="Print the most probable label and its probability, tab-separated.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="one text, or two for a pair")
+    parser.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from plmu.predict import predict
+
+    print(predict(args.checkpoint, *args.texts))
+    return 0
+
+
+def _add_translate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "translate",
+        help="translate an English sentence with an iwslt15-en-vi checkpoint",
+        description="Translate English to Vietnamese, decoding in the step (RNN) form.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt of plmu train iwslt15-en-vi")
+    parser.add_argument("sentence", help="the English sentence")
+    parser.add_argument("--beam", type=int, help="beam size (1: greedy; default: the config's)")
+    parser.set_defaults(handler=_translate)
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from plmu.translate import translate
+
+    print(translate(args.checkpoint, args.sentence, args.beam))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``plmu`` argument parser with all subcommands."""
     from plmu import __version__
@@ -148,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_predict(subparsers)
+    _add_translate(subparsers)
     _add_bench(subparsers)
     return parser
 
