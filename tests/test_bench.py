@@ -98,7 +98,8 @@ def test_peak_memory_sees_a_large_buffer():
 
 
 def test_crossing():
-    assert bench.crossing([100, 1000], [2.0, 0.5]) == pytest.approx(316.2, rel=1e-3)
+    assert bench.crossing([100, 1000], [2.0, 0.5]) == {"length": 316, "direction": "falling"}
+    assert bench.crossing([100, 1000], [0.5, 2.0]) == {"length": 316, "direction": "rising"}
     assert bench.crossing([100, 1000, 10000], [0.9, 0.5, 0.4]) is None
     assert bench.crossing([100, 1000], [2.0, 1.5]) is None
 

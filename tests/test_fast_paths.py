@@ -62,8 +62,25 @@ def test_folded_last_state_equals_memory_last_state(bias, with_state):
     y, m = layer(x, s)
     ref = layer.memory.last_state(layer._encode(x), s)
     np.testing.assert_allclose(m.detach().numpy(), ref.detach().numpy(), atol=1e-10)
-    y.sum().backward()
-    assert layer.encoder.weight.grad is not None
+    y_ref = layer._readout(ref, x[:, -1])
+    np.testing.assert_allclose(y.detach().numpy(), y_ref.detach().numpy(), atol=1e-10)
+    (y.sum() + m.sum()).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    (y_ref.sum() + ref.sum()).backward()
+    for g, p in zip(grads, layer.parameters()):
+        np.testing.assert_allclose(g.numpy(), p.grad.numpy(), atol=1e-9)
+
+
+def test_folded_last_state_several_channels():
+    layer = plmu.ParallelLMU(2, 5, 6, 30.0, memory_size=3, return_sequences=False).double()
+    x = torch.randn(4, 50, 2, dtype=torch.float64)
+    y, m = layer(x)
+    ref = layer.memory.last_state(layer._encode(x))
+    np.testing.assert_allclose(m.detach().numpy(), ref.detach().numpy(), atol=1e-10)
+    np.testing.assert_allclose(
+        y.detach().numpy(), layer._readout(ref, x[:, -1]).detach().numpy(), atol=1e-10
+    )
 
 
 def test_free_horizon_is_where_powers_vanish():

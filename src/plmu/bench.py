@@ -444,18 +444,20 @@ def bench_sweep(cfg: BenchConfig, device: torch.device) -> dict:
     }
 
 
-def crossing(lengths: Sequence[int], ratio: Sequence[float]) -> float | None:
-    """First length where ``ratio`` falls through 1 (log-log interpolation), else ``None``.
+def crossing(lengths: Sequence[int], ratio: Sequence[float]) -> dict | None:
+    """Where ``ratio`` first passes through 1 (log-log interpolation), else ``None``.
 
-    A ratio already below 1 at the first length gives that length's value only if it was above
-    1 before; when every ratio is below 1 there is no crossing inside the sweep (``None``).
+    Returns:
+        ``{"length": ..., "direction": "falling" | "rising"}``: falling means the parallel
+        model becomes the faster one from that length on, rising the opposite.
     """
     for i in range(1, len(ratio)):
         a, b = ratio[i - 1], ratio[i]
-        if a >= 1.0 > b:
+        if (a >= 1.0 > b) or (a < 1.0 <= b):
             la, lb = math.log(lengths[i - 1]), math.log(lengths[i])
             f = math.log(a) / (math.log(a) - math.log(b))
-            return math.exp(la + f * (lb - la))
+            direction = "falling" if a >= 1.0 else "rising"
+            return {"length": round(math.exp(la + f * (lb - la))), "direction": direction}
     return None
 
 
@@ -700,7 +702,9 @@ def format_report(res: dict) -> str:
             sw["lengths"], sw["parallel_ms"], sw["lstm_ms"], sw["parallel_over_lstm"]
         ):
             lines.append(f"  {n:>6} {p:>10.1f} {q:>10.1f} {r:>8.3f}")
-        lines.append(f"  ratio crosses 1 at: {sw['crossing_length']}")
+        c = sw["crossing_length"]
+        shown = "never, within the sweep" if c is None else f"{c['length']} ({c['direction']})"
+        lines.append(f"  ratio crosses 1 at: {shown}")
     if "latency" in res:
         lines.append(f"\none-step latency  {json.dumps(res['latency']['config'])}")
         for k, v in res["latency"]["us_per_step"].items():

@@ -167,6 +167,45 @@ class ParallelLMU(nn.Module):
         z = torch.cat([m, x], dim=-1) if self.input_to_output else m
         return self.dropout(self.hidden_activation(self.output(z)))
 
+    def _last_output_scalar(
+        self, x: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last output and state for one input feeding one channel (psMNIST's pixel stream).
+
+        With the scalar encoder ``u = e x + b_u`` (identity ``f_u``), eq. 25 and the readout
+        commute: ``W_m m_n = e (W_m xH) + b_u W_m sum_k H[k]`` with ``xH = sum_t H[n-1-t] x_t``.
+        Forming ``W_m xH`` directly means backward needs no gradient of ``m`` (the readout's
+        input-gradient product, as large as its weight-gradient product, disappears).
+
+        Args:
+            x: ``(batch, time, 1)``; state: ``(batch, order)`` or ``None``.
+
+        Returns:
+            ``(o_n, m_n)``: ``(batch, hidden_size)`` and ``(batch, order)``.
+        """
+        Bn, T, _ = x.shape
+        mem, S = self.memory, self.state_size
+        Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
+        xH = x.reshape(Bn, T) @ Hrev  # (B, d): data only, no gradient needed
+        W = self.output.weight
+        W_m = W[:, :S]
+        e = self.encoder.weight.view(())
+        pre = e * (xH @ W_m.T)  # (B, hidden)
+        m = e * xH
+        if self.encoder.bias is not None:
+            h_sum = Hrev.sum(0)  # (d,)
+            pre = pre + self.encoder.bias * (W_m @ h_sum)
+            m = m + self.encoder.bias * h_sum
+        if state is not None:
+            free = mem._power_apply(state.to(x.dtype), T)
+            m = m + free
+            pre = pre + free @ W_m.T
+        if self.input_to_output:
+            pre = pre + x[:, -1] @ W[:, S:].T
+        if self.output.bias is not None:
+            pre = pre + self.output.bias
+        return self.dropout(self.hidden_activation(pre)), m
+
     def _last_state_folded(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """Eq. 25 with the linear encoder applied after the product (``f_u`` identity).
 
@@ -235,6 +274,8 @@ class ParallelLMU(nn.Module):
         if T == 0:
             raise ValueError("x must have at least one time step, got time = 0")
         if not self.return_sequences:
+            if lengths is None and self._foldable and self.input_size == 1:
+                return self._last_output_scalar(x, state)
             if lengths is None and self._linear_encoder and self.input_size <= self.memory_size:
                 m_last = self._last_state_folded(x, state)
             else:
