@@ -753,7 +753,7 @@ def plot_sweep(res: dict, path: Path) -> None:
     ax2.set_ylabel("parallel / LSTM time")
     ax2.set_title("ratio")
     ax2.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"plmu bench ({res['meta']['device']}, {res['meta']['threads']} threads)")
+    fig.suptitle(f"plmu bench ({res['meta']['device']}, threads={res['meta']['threads']})")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmu.memory import (
-    AUTO_RECURRENT_MAX_TIME,
+    AUTO_FUSED_MIN_TIME,
     MODES,
     LegendreMemory,
     _check_positive_int,
@@ -243,9 +243,9 @@ class ParallelLMU(nn.Module):
             return False
         # Measured (benchmarks/cpu.json, "modes"; `plmu bench --only modes`): at batch 32,
         # memory_size 16, order 64, hidden 128 the fused path is the fastest training step from
-        # 8 steps up (8: 8.4 ms vs direct 8.9; 128: 60 ms vs chunked 210; 1024: see
-        # "full_sequence"). Only sequences short enough for stepping keep the memory path.
-        return time > AUTO_RECURRENT_MAX_TIME
+        # 8 steps up (T=8: 3.3 ms vs direct 3.8; T=128: 21.8 vs recurrent 81.9; T=1024: 357 vs
+        # 1252), not at 2 steps (2.5 vs direct 1.6).
+        return time >= AUTO_FUSED_MIN_TIME
 
     def forward(
         self,

@@ -43,9 +43,11 @@ from plmu.legendre import (
 __all__ = ["MODES", "LegendreMemory", "check_lengths", "check_sequence", "check_state"]
 
 MODES = ("auto", "recurrent", "fft", "direct", "chunked")
-# mode="auto" thresholds, set from `plmu bench` measurements (see resolve_mode)
-AUTO_RECURRENT_MAX_TIME = 4
-AUTO_DIRECT_MAX_TIME = 128
+# mode="auto" thresholds, set from `plmu bench` measurements (see resolve_mode and
+# ParallelLMU.use_fused; the numbers are in benchmarks/cpu.json)
+AUTO_DIRECT_MAX_TIME = 64
+AUTO_RECURRENT_MAX_ORDER = 64
+AUTO_FUSED_MIN_TIME = 5
 
 
 # ------------------------------------------------------------------------------ validation
@@ -425,14 +427,18 @@ class LegendreMemory(nn.Module):
         """The strategy ``mode="auto"`` uses for a sequence of this shape on this device."""
         if self.mode != "auto":
             return self.mode
-        # Thresholds from measured training steps (benchmarks/cpu.json, "modes" and
-        # "full_sequence"; `plmu bench --only modes full_sequence`): the Toeplitz product wins
-        # up to about 128 steps, the FFT beyond (1024 steps: fft 2.6 s, chunked 7.0 s, direct
-        # 8.8 s); stepping only pays for a handful of steps.
-        if time <= AUTO_RECURRENT_MAX_TIME:
-            return "recurrent"
+        # Thresholds from measured training steps of the layer with each memory mode
+        # (benchmarks/cpu.json, "modes" and "full_sequence"; `plmu bench --only modes
+        # full_sequence`; batch 32, memory_size 16, order 64): the Toeplitz product is the
+        # fastest up to 32 steps (T=32: direct 16.5 ms, chunked 18.9, recurrent 21.1, fft 22.8);
+        # from 128 steps the recurrence on CPU (T=128: 81.9 vs direct 91.7; T=1024: 1252 vs fft
+        # 1957, chunked 3031). Its cost grows with order^2, the FFT's with order, so above the
+        # measured order, and on GPUs (sequential steps), the FFT is used.
         if time <= AUTO_DIRECT_MAX_TIME:
             return "direct"
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        if on_cpu and self.order <= AUTO_RECURRENT_MAX_ORDER:
+            return "recurrent"
         return "fft"
 
     def forward(
