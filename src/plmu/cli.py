@@ -1,4 +1,5 @@
-"""The ``plmu`` command line: ``plmu train EXPERIMENT`` and ``plmu evaluate CHECKPOINT``.
+"""The ``plmu`` command line: ``plmu train EXPERIMENT``, ``plmu evaluate CHECKPOINT`` and
+``plmu generate CHECKPOINT --prompt TEXT``.
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
@@ -123,6 +124,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained language model (text8)",
+        description="Continue PROMPT by LENGTH characters, one step at a time with the carried "
+        "recurrent state (constant cost per character). The prompt is lower-cased; other "
+        "characters outside a-z and space are an error.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train text8")
+    parser.add_argument("--prompt", required=True, help="text to continue (a-z and space)")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--greedy", action="store_true", help="always the most likely character")
+    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from plmu.generation import generate_from_checkpoint
+
+    text = generate_from_checkpoint(
+        args.checkpoint, args.prompt, args.length, args.temperature, args.greedy, args.seed
+    )
+    print(args.prompt.lower() + text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``plmu`` argument parser with all subcommands."""
     from plmu import __version__
@@ -135,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_generate(subparsers)
     return parser
 
 
