@@ -57,6 +57,8 @@ __all__ = [
 # Lightning suggests worker processes for every DataLoader; num_workers is a config key instead.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
+# A resumed run writes into its own checkpoint folder on purpose.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class CheckpointError(ValueError):
@@ -161,6 +163,7 @@ def train(
     strategy: str = "auto",
     num_nodes: int = 1,
     progress_bar: bool = True,
+    callbacks: Iterable[Callback] = (),
 ) -> dict[str, Any]:
     """Train ``experiment``, test the best checkpoint, write ``OUT/metrics.json``; return it.
 
@@ -174,6 +177,7 @@ def train(
             exists.
         devices, accelerator, strategy, num_nodes: passed to ``lightning.Trainer``.
         progress_bar: show Lightning's progress bar.
+        callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
     out = Path(out) if out is not None else Path("runs") / exp.name
@@ -194,6 +198,7 @@ def train(
     config = load_config(exp.name, config_file, overrides, base=base)
     _write_config(out, config)
 
+    _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = exp.build_data(config, data_dir, None)
     datamodule.prepare_data()
@@ -205,7 +210,7 @@ def train(
         config,
         out,
         module,
-        [run_info],
+        [run_info, *callbacks],
         devices=devices,
         accelerator=accelerator,
         strategy=strategy,
@@ -259,6 +264,7 @@ def evaluate(
         out = run_dir / "evaluate"
     out = Path(out)
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
+    _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
     trainer = _trainer(
         config,
@@ -382,6 +388,14 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
     return metrics
+
+
+def _set_threads(config: dict) -> None:
+    threads = config.get("num_threads")
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"config key 'num_threads' must be an int >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
 
 
 @rank_zero_only
