@@ -57,7 +57,7 @@ def test_windows_reject_short_series() -> None:
 def test_splits_are_standardised_by_train() -> None:
     train, val, test, norm = forecast_splits(600, 300, 300, window=64, stride=16, warmup=8)
     assert len(val) == len(test) == 1
-    x, y, mask = test[0]
+    x, _, mask = test[0]
     assert x.shape == (285, 1) and mask.sum() == 285 - 8
     assert abs(float(train.inputs.mean())) < 0.05
     assert 0.1 < norm["std"] < 0.4

@@ -6,10 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx, write_mnist
 
-from plmu.data import DataError
-from plmu.data import mnist
+from conftest import write_idx, write_mnist
+from plmu.data import DataError, mnist
 from plmu.data.mnist import (
     PixelSequences,
     find_idx,
@@ -57,7 +56,7 @@ def test_find_idx_prefers_plain(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_load_mnist_reads_both_formats(tmp_path: Path, gz: bool) -> None:
-    train_x, train_y, test_x, test_y = load_mnist(write_mnist(tmp_path, 12, 6, gz=gz))
+    train_x, train_y, test_x, _ = load_mnist(write_mnist(tmp_path, 12, 6, gz=gz))
     assert train_x.shape == (12, 28, 28) and train_x.dtype == np.uint8
     assert test_x.shape == (6, 28, 28)
     assert train_y.dtype == np.int64 and list(train_y[:3]) == [0, 1, 2]
@@ -115,7 +114,7 @@ def test_pixel_sequences_scale_and_permute() -> None:
     assert x.shape == (6, 1) and x.dtype == torch.float32 and int(label) == 4
     expected = torch.tensor(images[1].reshape(-1)[order.numpy()], dtype=torch.float32) / 255
     assert torch.allclose(x.squeeze(-1), expected)
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
 
 
 def test_psmnist_splits_validation_is_last_images(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_evaluate_from_checkpoint_matches_training(tmp_path: Path) -> None:
 def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
-    experiment, config, module, datamodule = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    experiment, _, module, datamodule = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert experiment.name == "mackey-glass" and not module.training
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     for name, tensor in module.state_dict().items():
