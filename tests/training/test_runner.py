@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import TINY_MACKEY_GLASS, TINY_PSMNIST
 
+from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
 
@@ -80,22 +81,31 @@ def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
 
 
 class _Crash(L.Callback):
-    """Simulates a run killed at the start of its second epoch."""
+    """Simulates a run killed at the start of its third epoch."""
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch == 1:
+        if trainer.current_epoch == 2:
             raise RuntimeError("simulated crash")
 
 
-def test_interrupted_run_loses_no_completed_epoch(tmp_path: Path) -> None:
-    reference = _train_mg(tmp_path / "reference", "epochs=3")
+def test_interrupted_run_loses_no_completed_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The best checkpoint stays at epoch 0 ("epoch" is always a monitor candidate), so
+    # last.ckpt must be written after every epoch on its own, not only when the best changes.
+    monkeypatch.setattr(SequenceRegression, "monitor", "epoch")
+    monkeypatch.setattr(SequenceRegression, "monitor_mode", "min")
+    reference = _train_mg(tmp_path / "reference", "epochs=4")
+    steps_per_epoch = reference["global_step"] // 4
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _train_mg(out, "epochs=3", callbacks=[_Crash()])
+        _train_mg(out, "epochs=4", callbacks=[_Crash()])
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert saved["global_step"] == reference["global_step"] // 3  # epoch 1 kept
-    resumed = _train_mg(out, "epochs=3")  # the same command again resumes
-    assert resumed["epochs"] == 3
+    assert saved["global_step"] == 2 * steps_per_epoch  # epochs 0 and 1 kept
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == steps_per_epoch
+    resumed = _train_mg(out, "epochs=4")  # the same command again resumes
+    assert resumed["epochs"] == 4
     assert resumed["global_step"] == reference["global_step"]
 
 

@@ -57,6 +57,8 @@ __all__ = [
 # Lightning suggests worker processes for every DataLoader; num_workers is a config key instead.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
+# Lightning's own internals (torch.utils._pytree) warn about a deprecated API on every run.
+warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
 # A resumed run writes into its own checkpoint folder on purpose.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
@@ -172,7 +174,8 @@ def train(
         out: the output directory (default ``runs/<experiment>``).
         config_file: YAML file overriding any config keys.
         overrides: ``"key=value"`` strings applied last.
-        data_dir: where the experiment reads (or downloads) its data.
+        data_dir: where the experiment reads (or downloads) its data (a resumed run defaults to
+            the directory it was started with).
         resume: a checkpoint to resume from; by default ``OUT/checkpoints/last.ckpt`` when it
             exists.
         devices, accelerator, strategy, num_nodes: passed to ``lightning.Trainer``.
@@ -192,6 +195,8 @@ def train(
                 f"not {exp.name!r}; use another --out"
             )
         base = info["config"]
+        if data_dir is None and info.get("data_dir"):
+            data_dir = Path(info["data_dir"])  # the resumed run reads the same data
         _info(f"resuming from {checkpoint_path}")
     else:
         checkpoint_path = None
@@ -220,7 +225,7 @@ def train(
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
     metrics = {
         "experiment": exp.name,
         "model": config.get("model"),
@@ -229,7 +234,7 @@ def train(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "seconds": round(seconds, 2),
-        "best_checkpoint": best or None,
+        "best_checkpoint": _relative(best, out) if best else None,
     }
     return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu train {exp.name}")
 
@@ -323,17 +328,25 @@ def _trainer(
     callbacks = list(callbacks)
     loggers: list = [CSVLogger(out, name="logs")]
     if fitting:
-        callbacks.append(
+        # Two callbacks: Lightning >= 2.5 refreshes `save_last` only when the top-k checkpoint
+        # changes, so a separate unmonitored one writes last.ckpt after every epoch.
+        callbacks += [
             ModelCheckpoint(
                 dirpath=out / "checkpoints",
                 filename="best",
                 monitor=monitor,
                 mode=mode,
                 save_top_k=1,
-                save_last=True,
                 enable_version_counter=False,
-            )
-        )
+            ),
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+            ),
+        ]
         if config.get("patience") is not None:
             callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
@@ -407,6 +420,14 @@ def _info(message: str) -> None:
 def _write_config(out: Path, config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _relative(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it (so a run folder can be moved), else as is."""
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _format_value(value: Any) -> str:
