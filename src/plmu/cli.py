@@ -123,6 +123,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_translate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "translate",
+        help="translate an English sentence with an iwslt15-en-vi checkpoint",
+        description="Translate English to Vietnamese, decoding in the step (RNN) form.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt of plmu train iwslt15-en-vi")
+    parser.add_argument("sentence", help="the English sentence")
+    parser.add_argument("--beam", type=int, help="beam size (1: greedy; default: the config's)")
+    parser.set_defaults(handler=_translate)
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from plmu.translate import translate
+
+    print(translate(args.checkpoint, args.sentence, args.beam))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``plmu`` argument parser with all subcommands."""
     from plmu import __version__
@@ -135,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_translate(subparsers)
     return parser
 
 

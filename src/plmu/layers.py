@@ -108,6 +108,7 @@ class ParallelLMU(nn.Module):
         super().__init__()
         self.input_size = _check_positive_int(input_size, "input_size")
         self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        _check_positive_int(memory_size, "memory_size")
         if mode not in LAYER_MODES:
             raise ValueError(f"mode must be one of {LAYER_MODES}, got {mode!r}")
         if not 0.0 <= float(dropout) < 1.0:

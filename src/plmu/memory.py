@@ -196,6 +196,7 @@ class LegendreMemory(nn.Module):
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
         self._cache: dict[tuple, torch.Tensor] = {}
+        self._refresh_discrete()
 
     # ---------------------------------------------------------------- parameters and kernels
 
@@ -222,7 +223,7 @@ class LegendreMemory(nn.Module):
         if not self._cacheable():
             return build()
         version = self.log_theta._version if self.trainable_theta else 0
-        full_key = (*key, version)
+        full_key = (*key, self.A.device, version)
         value = self._cache.get(full_key)
         if value is None:
             if len(self._cache) > 64:
@@ -231,24 +232,53 @@ class LegendreMemory(nn.Module):
             self._cache[full_key] = value
         return value
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
+    def _discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return discretize_torch(
+            self.A.double(), self.B.double(), self.theta_tensor().double(), self.discretizer
+        )
+
+    def _refresh_discrete(self) -> None:
+        """Recompute the fixed-theta ``Abar``/``Bbar`` buffers and forget cached kernels."""
         self._cache.clear()
+        if not self.trainable_theta:
+            with torch.no_grad():
+                Abar, Bbar = self._discretize()
+            self.register_buffer("Abar", Abar, persistent=False)
+            self.register_buffer("Bbar", Bbar, persistent=False)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_discrete()
+
+    def _apply(self, fn, recurse=True):  # type: ignore[override]
+        # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the
+        # float64 system matrices: the kernels are always computed in float64, then cast.
+        super()._apply(fn, recurse)
+        for name in ("A", "B", "theta_", "Abar", "Bbar"):
+            buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != torch.float64:
+                self._buffers[name] = buf.double()
+        self._cache.clear()
+        return self
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(Abar, Bbar)``: float64 ``(order, order)``, ``(order, 1)`` on the module's device."""
-        return self._cached(
-            ("discrete",),
-            lambda: discretize_torch(self.A, self.B, self.theta_tensor(), self.discretizer),
-        )
+        if not self.trainable_theta:
+            return self.Abar, self.Bbar
+        return self._cached(("discrete",), self._discretize)
 
     def _discrete_as(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Abar, Bbar)`` in ``like``'s dtype (cached; traced as a cast under export)."""
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            Abar, Bbar = self.discrete()
+            return Abar.to(like.dtype), Bbar.to(like.dtype)
+
         def build():
             Abar, Bbar = self.discrete()
-            return torch.stack([Abar, Bbar.expand_as(Abar)]).to(like.dtype)
+            return torch.cat([Abar, Bbar], dim=1).to(like.dtype)
 
         AB = self._cached(("discrete_as", like.dtype), build)
-        return AB[0], AB[1][:, :1]
+        return AB[:, :-1], AB[:, -1:]
 
     def kernel(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The impulse response ``H`` ``(length, order)`` (computed in float64, then cast)."""

@@ -1,4 +1,7 @@
 """The paper's experiments; importing this package registers them all (one line each)."""
 
-from plmu.experiments import mackey_glass as mackey_glass
-from plmu.experiments import psmnist as psmnist
+from plmu.experiments import (
+    iwslt15_en_vi,  # noqa: F401
+    mackey_glass,  # noqa: F401
+    psmnist,  # noqa: F401
+)

@@ -1,0 +1,144 @@
+"""Every bad input listed in DESIGN.md raises a clear error naming the argument."""
+
+import pytest
+import torch
+
+import plmu
+
+
+@pytest.fixture
+def layer():
+    return plmu.ParallelLMU(3, 5, 4, 10.0, memory_size=2)
+
+
+@pytest.fixture
+def mem():
+    return plmu.LegendreMemory(2, 4, 10.0)
+
+
+def test_wrong_rank(layer):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 3\).*rank 2"):
+        layer(torch.randn(7, 3))
+
+
+def test_wrong_feature_size(layer):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, time, 3\).*4 != 3"):
+        layer(torch.randn(2, 7, 4))
+
+
+def test_state_of_wrong_shape(layer):
+    with pytest.raises(ValueError, match=r"state must have shape \(2, 8\)"):
+        layer(torch.randn(2, 7, 3), torch.randn(2, 7))
+
+
+def test_state_not_a_tensor(layer):
+    with pytest.raises(TypeError, match=r"state must be a torch\.Tensor"):
+        layer(torch.randn(2, 7, 3), [[0.0] * 8] * 2)
+
+
+def test_non_float_input(layer):
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        layer(torch.ones(2, 7, 3, dtype=torch.long))
+
+
+def test_non_float_state(layer):
+    with pytest.raises(TypeError, match="state must have a floating dtype"):
+        layer(torch.randn(2, 7, 3), torch.zeros(2, 8, dtype=torch.int32))
+
+
+def test_non_tensor_input(layer):
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        layer([[[0.0, 1.0, 2.0]]])
+
+
+def test_step_wrong_shape(layer):
+    with pytest.raises(ValueError, match=r"x_t must have shape \(batch, 3\)"):
+        layer.step(torch.randn(2, 1, 3))
+
+
+def test_memory_wrong_channels(mem):
+    with pytest.raises(ValueError, match=r"u must have shape \(batch, time, 2\)"):
+        mem(torch.randn(2, 7, 3))
+
+
+def test_memory_step_wrong_state(mem):
+    with pytest.raises(ValueError, match=r"state must have shape \(2, 8\)"):
+        mem.step(torch.randn(2, 2), torch.randn(3, 8))
+
+
+@pytest.mark.parametrize("theta", [0.0, -5.0])
+def test_theta_not_positive(theta):
+    with pytest.raises(ValueError, match="theta"):
+        plmu.ParallelLMU(3, 5, 4, theta)
+    with pytest.raises(ValueError, match="theta"):
+        plmu.LMU(3, 5, 4, theta)
+
+
+def test_theta_not_a_number():
+    with pytest.raises(TypeError, match="theta"):
+        plmu.LegendreMemory(1, 4, "long")
+
+
+@pytest.mark.parametrize("order", [0, -1])
+def test_order_below_one(order):
+    with pytest.raises(ValueError, match="order"):
+        plmu.ParallelLMU(3, 5, order, 10.0)
+    with pytest.raises(ValueError, match="order"):
+        plmu.LMU(3, 5, order, 10.0)
+
+
+def test_order_not_int():
+    with pytest.raises(TypeError, match="order"):
+        plmu.LegendreMemory(1, 2.5, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"memory_size": 0}, "memory_size"),
+        ({"mode": "turbo"}, "mode"),
+        ({"discretizer": "rk4"}, "discretizer"),
+        ({"hidden_activation": "swishy"}, "hidden_activation"),
+        ({"dropout": 1.5}, "dropout"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        plmu.ParallelLMU(3, 5, 4, 10.0, **kwargs)
+
+
+def test_hidden_size_zero():
+    with pytest.raises(ValueError, match="hidden_size"):
+        plmu.ParallelLMU(3, 0, 4, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "error", "match"),
+    [
+        (torch.tensor([7, 0]), ValueError, r"lengths must lie in \[1, 7\]"),
+        (torch.tensor([7, 8]), ValueError, r"lengths must lie in \[1, 7\]"),
+        (torch.tensor([7]), ValueError, r"lengths must have shape \(2,\)"),
+        (torch.tensor([7.0, 3.0]), TypeError, "lengths must hold integers"),
+    ],
+)
+def test_bad_lengths(layer, lengths, error, match):
+    with pytest.raises(error, match=match):
+        layer(torch.randn(2, 7, 3), lengths=lengths)
+
+
+def test_empty_sequence(layer):
+    with pytest.raises(ValueError, match="at least one time step"):
+        layer(torch.randn(2, 0, 3))
+
+
+def test_lmu_bad_state(layer):
+    rnn = plmu.LMU(3, 5, 4, 10.0)
+    with pytest.raises(TypeError, match=r"state must be a tuple \(h, m\)"):
+        rnn(torch.randn(2, 7, 3), torch.zeros(2, 5))
+    with pytest.raises(ValueError, match=r"state\[1\] \(m\) must have shape \(2, 4\)"):
+        rnn(torch.randn(2, 7, 3), (torch.zeros(2, 5), torch.zeros(2, 3)))
+
+
+def test_lmu_unknown_init():
+    with pytest.raises(ValueError, match="init"):
+        plmu.LMU(3, 5, 4, 10.0, init="magic")

@@ -1,0 +1,265 @@
+"""ParallelLMU, LMUCell and LMU: modes agree, step form, streaming, padding, parameters."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import plmu
+from plmu.layers import LAYER_MODES
+
+MODES = [m for m in LAYER_MODES if m != "auto"] + ["auto"]
+
+
+def make_layer(mode="auto", **kw):
+    args = dict(input_size=3, hidden_size=7, order=6, theta=15.0, memory_size=2, mode=mode)
+    args.update(kw)
+    return plmu.ParallelLMU(**args).double()
+
+
+def reference_parallel_lmu(layer, x, state=None):
+    """The layer's equations evaluated step by step in float64 from its weights (PAPER.md 3)."""
+    from conftest import reference_memory
+
+    with torch.no_grad():
+        u = layer.memory_activation(layer.encoder(x))
+        m = torch.from_numpy(reference_memory(u, layer.order, layer.memory.theta, state))
+        z = torch.cat([m, x], -1) if layer.input_to_output else m
+        return layer.hidden_activation(layer.output(z))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    mode=st.sampled_from(MODES),
+    time=st.integers(1, 120),
+    batch=st.integers(1, 3),
+    with_state=st.booleans(),
+    input_to_output=st.booleans(),
+)
+def test_parallel_lmu_every_mode_equals_reference(mode, time, batch, with_state, input_to_output):
+    layer = make_layer(mode, input_to_output=input_to_output)
+    x = torch.randn(batch, time, 3, dtype=torch.float64)
+    state = torch.randn(batch, 12, dtype=torch.float64) if with_state else None
+    ref = reference_parallel_lmu(layer, x, state)
+    y, final = layer(x, state)
+    assert y.shape == (batch, time, 7) and final.shape == (batch, 12)
+    np.testing.assert_allclose(y.detach().numpy(), ref.numpy(), atol=1e-9)
+    layer.return_sequences = False
+    y_last, final_last = layer(x, state)
+    np.testing.assert_allclose(y_last.detach().numpy(), ref[:, -1].numpy(), atol=1e-9)
+    np.testing.assert_allclose(final_last.detach().numpy(), final.detach().numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_step_loop_equals_forward(mode):
+    layer = make_layer(mode)
+    x = torch.randn(2, 70, 3, dtype=torch.float64)
+    y, final = layer(x)
+    state, outs = None, []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        outs.append(y_t)
+    np.testing.assert_allclose(
+        torch.stack(outs, 1).detach().numpy(), y.detach().numpy(), atol=1e-10
+    )
+    np.testing.assert_allclose(state.detach().numpy(), final.detach().numpy(), atol=1e-10)
+
+
+def test_return_sequences_false_never_builds_memory_sequence(monkeypatch):
+    layer = make_layer(return_sequences=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the memory sequence was built")
+
+    monkeypatch.setattr(layer.memory, "forward", forbidden)
+    monkeypatch.setattr(layer.memory, "project", forbidden)
+    y, state = layer(torch.randn(4, 50, 3, dtype=torch.float64))
+    assert y.shape == (4, 7) and state.shape == (4, 12)
+
+
+@settings(max_examples=15, deadline=None)
+@given(mode=st.sampled_from(MODES), cuts=st.lists(st.integers(1, 80), min_size=1, max_size=4))
+def test_chunked_streaming_equals_one_call(mode, cuts):
+    layer = make_layer(mode)
+    x = torch.randn(2, sum(cuts), 3, dtype=torch.float64)
+    whole, final = layer(x)
+    parts, state, start = [], None, 0
+    for n in cuts:
+        y, state = layer(x[:, start : start + n], state)
+        parts.append(y)
+        start += n
+    np.testing.assert_allclose(
+        torch.cat(parts, 1).detach().numpy(), whole.detach().numpy(), atol=1e-9
+    )
+    np.testing.assert_allclose(state.detach().numpy(), final.detach().numpy(), atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_padded_batch_equals_each_sequence_alone(mode, return_sequences):
+    layer = make_layer(mode, return_sequences=return_sequences)
+    lengths = torch.tensor([40, 3, 25, 1])
+    x = torch.randn(4, 40, 3, dtype=torch.float64)
+    x_padded = x.clone()
+    for b, n in enumerate(lengths.tolist()):
+        x_padded[b, n:] = 99.0  # garbage in the padding must not matter
+    y, state = layer(x_padded, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        y_alone, s_alone = layer(x[b : b + 1, :n])
+        last = y[b, n - 1] if return_sequences else y[b]
+        y_last = y_alone[0, -1] if return_sequences else y_alone[0]
+        np.testing.assert_allclose(last.detach().numpy(), y_last.detach().numpy(), atol=1e-9)
+        np.testing.assert_allclose(
+            state[b].detach().numpy(), s_alone[0].detach().numpy(), atol=1e-9
+        )
+        if return_sequences:
+            np.testing.assert_allclose(
+                y[b, :n].detach().numpy(), y_alone[0].detach().numpy(), atol=1e-9
+            )
+
+
+def test_psmnist_model_has_the_papers_parameter_count():
+    """Order 468, hidden 346, theta 784, one channel, x to the output, then Dense(10)."""
+    model = torch.nn.ModuleDict(
+        {
+            "lmu": plmu.ParallelLMU(1, 346, 468, 784.0, memory_size=1, return_sequences=False),
+            "classifier": torch.nn.Linear(346, 10),
+        }
+    )
+    assert sum(p.numel() for p in model.parameters()) == 166_092
+
+
+def test_parallel_lmu_gradients_gradcheck():
+    layer = make_layer("fused", trainable_theta=True, hidden_activation="tanh")
+    x = torch.randn(2, 6, 3, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s: layer(x, s), (x, s), fast_mode=True)
+    y, _ = layer(x, s)
+    y.sum().backward()
+    assert layer.memory.log_theta.grad is not None and layer.output.weight.grad is not None
+
+
+def test_dropout_only_in_training():
+    layer = make_layer(dropout=0.5)
+    x = torch.randn(2, 20, 3, dtype=torch.float64)
+    layer.eval()
+    a, _ = layer(x)
+    b, _ = layer(x)
+    assert torch.equal(a, b)
+    layer.train()
+    c, _ = layer(x)
+    assert (c == 0).float().mean() > 0.2
+
+
+def test_float32_modes_agree():
+    layer = plmu.ParallelLMU(4, 16, 32, 200.0, memory_size=3)
+    x = torch.randn(3, 500, 4)
+    outs = {}
+    for mode in MODES:
+        layer.mode = mode
+        layer.memory.mode = "auto" if mode == "fused" else mode
+        outs[mode] = layer(x)[0].detach()
+    ref = outs["recurrent"]
+    for mode, y in outs.items():
+        assert (y - ref).abs().max() <= 1e-4 * ref.abs().max(), mode
+
+
+# ------------------------------------------------------------------------------ original LMU
+
+
+def reference_lmu(cell, x):
+    """The original LMU equations (PAPER.md section 2) step by step, float64."""
+    Abar, Bbar = plmu.discretize(*plmu.legendre_delay(cell.memory.order), cell.memory.theta)
+    Abar, Bbar = torch.from_numpy(Abar), torch.from_numpy(Bbar)[:, 0]
+    C, d = cell.memory.memory_size, cell.memory.order
+    Bn = x.shape[0]
+    h = torch.zeros(Bn, cell.hidden_size, dtype=torch.float64)
+    m = torch.zeros(Bn, C * d, dtype=torch.float64)
+    hs = []
+    for t in range(x.shape[1]):
+        u = x[:, t] @ cell.e_x.T
+        if cell.e_h is not None:
+            u = u + h @ cell.e_h.T
+        if cell.e_m is not None:
+            u = u + m @ cell.e_m.T
+        m = (m.view(Bn, C, d) @ Abar.T + u[..., None] * Bbar).reshape(Bn, C * d)
+        pre = h @ cell.W_h.T + m @ cell.W_m.T
+        if cell.W_x is not None:
+            pre = pre + x[:, t] @ cell.W_x.T
+        h = torch.tanh(pre)
+        hs.append(h)
+    return torch.stack(hs, 1), m
+
+
+@pytest.mark.parametrize(
+    "switches", [(True, True, True), (False, False, False), (True, False, True)]
+)
+def test_lmu_equals_reference(switches):
+    h2m, m2m, i2h = switches
+    rnn = plmu.LMU(
+        3,
+        9,
+        5,
+        12.0,
+        memory_size=2,
+        hidden_to_memory=h2m,
+        memory_to_memory=m2m,
+        input_to_hidden=i2h,
+    ).double()
+    with torch.no_grad():
+        if rnn.cell.e_m is not None:
+            rnn.cell.e_m.normal_(0, 0.1)  # default init is zero; test the connection for real
+        x = torch.randn(2, 25, 3, dtype=torch.float64)
+        y, (_h, m) = rnn(x)
+        y_ref, m_ref = reference_lmu(rnn.cell, x)
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-10)
+    np.testing.assert_allclose(m.numpy(), m_ref.numpy(), atol=1e-10)
+    assert (rnn.cell.e_h is None) == (not h2m) and (rnn.cell.W_x is None) == (not i2h)
+
+
+def test_lmu_cell_loop_equals_lmu_and_streams():
+    rnn = plmu.LMU(3, 9, 5, 12.0).double()
+    x = torch.randn(2, 30, 3, dtype=torch.float64)
+    y, (_h, _m) = rnn(x)
+    state, outs = None, []
+    for t in range(30):
+        h_t, state = rnn.cell(x[:, t], state)
+        outs.append(h_t)
+    np.testing.assert_allclose(
+        torch.stack(outs, 1).detach().numpy(), y.detach().numpy(), atol=1e-12
+    )
+    y1, s1 = rnn(x[:, :11])
+    y2, _s2 = rnn(x[:, 11:], s1)
+    np.testing.assert_allclose(
+        torch.cat([y1, y2], 1).detach().numpy(), y.detach().numpy(), atol=1e-12
+    )
+
+
+def test_lmu_padded_batch_and_return_sequences():
+    rnn = plmu.LMU(3, 9, 5, 12.0, return_sequences=False).double()
+    x = torch.randn(3, 20, 3, dtype=torch.float64)
+    lengths = torch.tensor([20, 4, 11])
+    y, (_h, m) = rnn(x, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        y_b, (_h_b, m_b) = rnn(x[b : b + 1, :n])
+        np.testing.assert_allclose(y[b].detach().numpy(), y_b[0].detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(m[b].detach().numpy(), m_b[0].detach().numpy(), atol=1e-12)
+
+
+def test_lmu_psmnist_init():
+    rnn = plmu.LMU(1, 212, 256, 784.0, init="psmnist")
+    cell = rnn.cell
+    assert torch.all(cell.e_x == 1) and torch.all(cell.e_h == 0) and torch.all(cell.e_m == 0)
+    assert torch.all(cell.W_x == 0) and torch.all(cell.W_h == 0)
+    trainable = [n for n, p in rnn.named_parameters() if p.requires_grad]
+    assert trainable == ["cell.W_m"]
+    total = sum(p.numel() for p in rnn.parameters()) + 212 * 10 + 10
+    assert total == 102_027  # the original notebook's 102k (Keras counts frozen weights too)
+
+
+def test_lmu_trainable_theta():
+    rnn = plmu.LMU(2, 4, 3, 6.0, trainable_theta=True)
+    y, _ = rnn(torch.randn(2, 10, 2))
+    y.sum().backward()
+    assert rnn.cell.memory.log_theta.grad is not None

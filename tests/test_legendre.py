@@ -1,0 +1,127 @@
+"""The Legendre math: LegT matrices, discretisation, impulse responses, decoding."""
+
+import numpy as np
+import pytest
+import scipy.signal
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import plmu
+from plmu.legendre import discretize_torch, impulse_response_torch, matrix_powers_apply
+
+
+def reference_A_B(order):
+    """The LegT matrices written entry by entry from PAPER.md section 1."""
+    A = np.zeros((order, order))
+    B = np.zeros((order, 1))
+    for i in range(order):
+        B[i, 0] = (2 * i + 1) * (-1) ** i
+        for j in range(order):
+            A[i, j] = (2 * i + 1) * (-1 if i < j else (-1) ** (i - j + 1))
+    return A, B
+
+
+@pytest.mark.parametrize("order", [1, 2, 5, 32])
+def test_legendre_delay_matches_definition(order):
+    A, B = plmu.legendre_delay(order)
+    A_ref, B_ref = reference_A_B(order)
+    assert A.shape == (order, order) and B.shape == (order, 1)
+    assert A.dtype == np.float64
+    np.testing.assert_array_equal(A, A_ref)
+    np.testing.assert_array_equal(B, B_ref)
+
+
+@pytest.mark.parametrize("method", ["zoh", "euler", "bilinear"])
+@pytest.mark.parametrize(("order", "theta"), [(1, 3.0), (6, 10.0), (24, 100.0), (64, 784.0)])
+def test_discretize_matches_scipy(method, order, theta):
+    A, B = plmu.legendre_delay(order)
+    Abar, Bbar = plmu.discretize(A, B, theta, method=method)
+    C, D = np.eye(order), np.zeros((order, 1))
+    Ar, Br, *_ = scipy.signal.cont2discrete((A / theta, B / theta, C, D), dt=1, method=method)
+    np.testing.assert_allclose(Abar, Ar, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(Bbar, Br, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["zoh", "euler", "bilinear"])
+def test_discretize_torch_matches_numpy(method):
+    A, B = plmu.legendre_delay(12)
+    Abar, Bbar = plmu.discretize(A, B, 37.5, method=method)
+    At, Bt = discretize_torch(
+        torch.from_numpy(A), torch.from_numpy(B), torch.tensor(37.5, dtype=torch.float64), method
+    )
+    np.testing.assert_allclose(At.numpy(), Abar, atol=1e-12)
+    np.testing.assert_allclose(Bt.numpy(), Bbar, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(order=st.integers(1, 12), length=st.integers(0, 70), theta=st.floats(2.0, 500.0))
+def test_impulse_response_is_powers_times_B(order, length, theta):
+    Abar, Bbar = plmu.discretize(*plmu.legendre_delay(order), theta)
+    H = plmu.impulse_response(Abar, Bbar, length)
+    assert H.shape == (length, order)
+    x = Bbar[:, 0].copy()
+    for k in range(length):
+        np.testing.assert_allclose(H[k], x, rtol=1e-10, atol=1e-13)
+        x = Abar @ x
+    Ht = impulse_response_torch(torch.from_numpy(Abar), torch.from_numpy(Bbar), length)
+    np.testing.assert_allclose(Ht.numpy(), H, rtol=1e-10, atol=1e-13)
+
+
+def test_matrix_powers_apply():
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(5, 5)) / 3
+    x = rng.normal(size=(2, 5))
+    P = matrix_powers_apply(torch.from_numpy(A), torch.from_numpy(x), 9).numpy()
+    assert P.shape == (9, 2, 5)
+    for k in range(9):
+        np.testing.assert_allclose(P[k], x @ np.linalg.matrix_power(A, k + 1).T, atol=1e-12)
+    assert matrix_powers_apply(torch.from_numpy(A), torch.from_numpy(x), 0).shape == (0, 2, 5)
+
+
+def test_legendre_decoding_reproduces_delayed_signal():
+    """PAPER.md section 1: u(t - r theta) ~= sum_i P_i(2r - 1) m_i(t) (order 12, theta 200)."""
+    order, theta, n = 12, 200.0, 2000
+    t = np.arange(n)
+    u = 0.6 * np.sin(2 * np.pi * t / 400) + 0.4 * np.sin(2 * np.pi * t / 290 + 1.0)
+    Abar, Bbar = plmu.discretize(*plmu.legendre_delay(order), theta)
+    m = np.zeros(order)
+    states = np.empty((n, order))
+    for k in range(n):
+        m = Abar @ m + Bbar[:, 0] * u[k]
+        states[k] = m
+    r = np.linspace(0, 1, 11)
+    decoded = plmu.decode(states[1000:], r)  # (n - 1000, 11)
+    delays = np.rint(r * theta).astype(int)
+    truth = np.stack([u[1000 - dk : n - dk] for dk in delays], axis=1)
+    err = np.abs(decoded - truth)
+    assert err.max() < 0.05
+    assert np.sqrt((err**2).mean()) < 0.02
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_legendre_delay_rejects_small_order(bad):
+    with pytest.raises(ValueError, match="order"):
+        plmu.legendre_delay(bad)
+
+
+def test_legendre_delay_rejects_non_int_order():
+    with pytest.raises(TypeError, match="order"):
+        plmu.legendre_delay(3.5)
+
+
+@pytest.mark.parametrize("theta", [0.0, -1.0, float("nan"), float("inf")])
+def test_discretize_rejects_bad_theta(theta):
+    with pytest.raises(ValueError, match="theta"):
+        plmu.discretize(*plmu.legendre_delay(3), theta)
+
+
+def test_discretize_rejects_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        plmu.discretize(*plmu.legendre_delay(3), 5.0, method="rk4")
+
+
+def test_impulse_response_rejects_negative_length():
+    Abar, Bbar = plmu.discretize(*plmu.legendre_delay(3), 5.0)
+    with pytest.raises(ValueError, match="length"):
+        plmu.impulse_response(Abar, Bbar, -1)

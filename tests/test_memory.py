@@ -1,0 +1,193 @@
+"""LegendreMemory: every execution strategy equals the float64 recurrence."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import plmu
+from conftest import assert_close_to_reference, reference_memory
+from plmu.memory import MODES, fft_size
+
+STRATEGIES = [m for m in MODES if m != "auto"] + ["auto"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    mode=st.sampled_from(STRATEGIES),
+    batch=st.integers(1, 3),
+    time=st.integers(1, 150),
+    memory_size=st.integers(1, 3),
+    order=st.integers(1, 10),
+    theta=st.floats(1.0, 300.0),
+    with_state=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    discretizer=st.sampled_from(["zoh", "bilinear"]),
+)
+def test_every_mode_equals_recurrence(
+    mode, batch, time, memory_size, order, theta, with_state, dtype, discretizer
+):
+    mem = plmu.LegendreMemory(memory_size, order, theta, discretizer=discretizer, mode=mode)
+    u = torch.randn(batch, time, memory_size, dtype=dtype)
+    state = torch.randn(batch, memory_size * order, dtype=dtype) if with_state else None
+    ref = reference_memory(u, order, theta, state, method=discretizer)
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    m, final = mem(u, state)
+    assert m.shape == (batch, time, memory_size * order) and m.dtype == dtype
+    assert_close_to_reference(m, ref, rel)
+    assert_close_to_reference(final, ref[:, -1], rel)
+    assert_close_to_reference(mem.last_state(u, state), ref[:, -1], rel)
+    W = torch.randn(5, memory_size * order, dtype=dtype)
+    assert_close_to_reference(mem.project(u, W, state), ref @ W.double().numpy().T, rel)
+
+
+@pytest.mark.parametrize("mode", ["fft", "chunked", "last", "fused"])
+def test_long_sequences_float32(mode):
+    """Lengths past 10,000 steps in float32 stay within 1e-4 of max |m|."""
+    T, order, theta = 10_007, 16, 2_000.0
+    mem = plmu.LegendreMemory(2, order, theta, mode="auto" if mode in ("last", "fused") else mode)
+    u = torch.randn(2, T, 2)
+    state = torch.randn(2, 2 * order)
+    ref = reference_memory(u, order, theta, state)
+    if mode == "last":
+        assert_close_to_reference(mem.last_state(u, state), ref[:, -1])
+    elif mode == "fused":
+        W = torch.randn(3, 2 * order)
+        assert_close_to_reference(mem.project(u, W, state), ref @ W.double().numpy().T)
+    else:
+        m, final = mem(u, state)
+        assert_close_to_reference(m, ref)
+        assert_close_to_reference(final, ref[:, -1])
+
+
+def test_step_equals_recurrence():
+    mem = plmu.LegendreMemory(2, 6, 20.0)
+    u = torch.randn(3, 40, 2, dtype=torch.float64)
+    ref = reference_memory(u, 6, 20.0)
+    state = None
+    for t in range(40):
+        m_t, state = mem.step(u[:, t], state)
+        np.testing.assert_allclose(m_t.numpy(), ref[:, t], rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    mode=st.sampled_from(STRATEGIES),
+    cuts=st.lists(st.integers(1, 60), min_size=1, max_size=5),
+)
+def test_chunked_streaming_equals_one_call(mode, cuts):
+    mem = plmu.LegendreMemory(2, 8, 30.0, mode=mode)
+    T = sum(cuts)
+    u = torch.randn(2, T, 2, dtype=torch.float64)
+    whole, final = mem(u)
+    parts, state, start = [], None, 0
+    for n in cuts:
+        m, state = mem(u[:, start : start + n], state)
+        parts.append(m)
+        start += n
+    np.testing.assert_allclose(torch.cat(parts, 1).numpy(), whole.numpy(), atol=1e-10)
+    np.testing.assert_allclose(state.numpy(), final.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", STRATEGIES)
+def test_lengths_give_each_sequence_its_own_final_state(mode):
+    mem = plmu.LegendreMemory(2, 5, 12.0, mode=mode)
+    u = torch.randn(4, 30, 2, dtype=torch.float64)
+    state = torch.randn(4, 10, dtype=torch.float64)
+    lengths = torch.tensor([30, 1, 17, 9])
+    _, final = mem(u, state, lengths=lengths)
+    last = mem.last_state(u, state, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        _, alone = mem(u[b : b + 1, :n], state[b : b + 1])
+        np.testing.assert_allclose(final[b].numpy(), alone[0].numpy(), atol=1e-10)
+        np.testing.assert_allclose(last[b].numpy(), alone[0].numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["recurrent", "fft", "direct", "chunked"])
+def test_gradients_gradcheck(mode):
+    mem = plmu.LegendreMemory(2, 4, 7.0, mode=mode, trainable_theta=True).double()
+    u = torch.randn(2, 7, 2, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    log_theta = mem.log_theta.detach().clone().requires_grad_(True)
+
+    def f(u, s, log_theta):
+        return torch.func.functional_call(mem, {"log_theta": log_theta}, (u, s))
+
+    assert torch.autograd.gradcheck(f, (u, s, log_theta), fast_mode=True)
+
+
+class _LastAndProject(torch.nn.Module):
+    def __init__(self, mem):
+        super().__init__()
+        self.mem = mem
+
+    def forward(self, u, s, W):
+        return self.mem.last_state(u, s), self.mem.project(u, W, s)
+
+
+def test_gradients_gradcheck_last_state_and_project():
+    mem = plmu.LegendreMemory(2, 4, 7.0, trainable_theta=True).double()
+    wrap = _LastAndProject(mem)
+    u = torch.randn(2, 7, 2, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 8, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    log_theta = mem.log_theta.detach().clone().requires_grad_(True)
+
+    def f(u, s, W, log_theta):
+        return torch.func.functional_call(wrap, {"mem.log_theta": log_theta}, (u, s, W))
+
+    assert torch.autograd.gradcheck(f, (u, s, W, log_theta), fast_mode=True)
+
+
+def test_trainable_theta_learns_and_stays_positive():
+    mem = plmu.LegendreMemory(1, 6, 10.0, trainable_theta=True)
+    target_mem = plmu.LegendreMemory(1, 6, 25.0)
+    u = torch.randn(4, 80, 1)
+    target, _ = target_mem(u)
+    opt = torch.optim.Adam(mem.parameters(), lr=0.05)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ((mem(u)[0] - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0]
+    assert 15.0 < mem.theta < 35.0
+
+
+def test_cache_follows_state_dict_and_theta():
+    a = plmu.LegendreMemory(1, 4, 10.0)
+    b = plmu.LegendreMemory(1, 4, 50.0)
+    u = torch.randn(1, 100, 1)
+    a(u)  # fills a's cache
+    a.load_state_dict(b.state_dict())
+    assert a.theta == 50.0
+    np.testing.assert_allclose(a(u)[0].numpy(), b(u)[0].numpy(), atol=1e-6)
+
+
+def test_fft_size_is_smooth_and_large_enough():
+    for n in [1, 2, 7, 100, 1023, 1567, 20001]:
+        k = fft_size(n)
+        assert k >= n
+        r = k
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        assert r == 1
+        assert k < 2 * n + 2
+
+
+def test_repr_and_state_size():
+    mem = plmu.LegendreMemory(3, 5, 10.0)
+    assert mem.state_size == 15
+    assert "order=5" in repr(mem) and "theta=10" in repr(mem)
+
+
+def test_dtype_casts_keep_the_system_matrices_float64():
+    mem = plmu.LegendreMemory(1, 8, 100.0).float()
+    assert mem.A.dtype == mem.Abar.dtype == torch.float64
+    u = torch.randn(2, 300, 1)
+    ref = reference_memory(u, 8, 100.0)
+    assert_close_to_reference(mem(u)[0], ref)
