@@ -6,7 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from helpers import TINY_MACKEY_GLASS, TINY_PSMNIST
+from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train

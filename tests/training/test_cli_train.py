@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
+from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
 
 from plmu.cli import main
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_MACKEY_GLASS, sets
+from tiny_configs import TINY_MACKEY_GLASS, sets
 
 
 @pytest.mark.slow
