@@ -80,6 +80,13 @@ def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
     assert (out / "logs" / "version_1" / "metrics.csv").is_file()  # earlier logs kept
 
 
+def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _train_mg(out)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        _train_mg(out, "epochs=2", "hidden_size=9")
+
+
 class _Crash(L.Callback):
     """Simulates a run killed at the start of its third epoch."""
 

@@ -187,8 +187,10 @@ def train(
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
     base = None
+    resumed: dict[str, Any] | None = None
     if resume is not None or checkpoint_path.is_file():
-        info = read_run_info(checkpoint_path)
+        resumed = _read_checkpoint(checkpoint_path)
+        info = resumed["plmu"]
         if info["experiment"] != exp.name:
             raise CheckpointError(
                 f"{checkpoint_path} belongs to experiment {info['experiment']!r}, "
@@ -209,6 +211,9 @@ def train(
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = exp.build_model(config, datamodule)
+    if resumed is not None:
+        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
     trainer = _trainer(
@@ -401,6 +406,18 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
     return metrics
+
+
+def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> None:
+    """Refuse to resume when the (overridden) config builds a model the weights do not fit."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        names = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit the model this config builds "
+            f"(e.g. {names[0]}); train into another --out instead"
+        )
 
 
 def _set_threads(config: dict) -> None:
