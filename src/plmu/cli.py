@@ -13,13 +13,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
 # Exceptions whose message is the whole story for a user: printed as one line.
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog can be computed only when help is shown.
+
+    Listing the experiments imports the training stack (seconds); ``plmu --version`` and the
+    other subcommands' help should not pay for it.
+    """
+
+    def __init__(self, *args, epilog_factory: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+def _experiments_epilog() -> str:
+    from plmu.training import registry
+
+    lines = [f"  {name:<16} {registry.get(name).summary}" for name in registry.names()]
+    return "experiments:\n" + "\n".join(lines)
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -40,18 +64,13 @@ def _devices(value: str) -> int | str:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from plmu.training import registry
-
-    experiments = "\n".join(
-        f"  {name:<16} {registry.get(name).summary}" for name in registry.names()
-    )
     parser = subparsers.add_parser(
         "train",
         help="train an experiment, test it, write OUT/metrics.json",
         description="Train an experiment with its packaged config (the paper's "
         "hyperparameters), then test the best checkpoint. A run resumes automatically "
         "from OUT/checkpoints/last.ckpt.",
-        epilog=f"experiments:\n{experiments}",
+        epilog_factory=_experiments_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("experiment", help="experiment name (listed below)")
@@ -151,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"plmu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_train(subparsers)
     _add_evaluate(subparsers)
     _add_translate(subparsers)

@@ -77,3 +77,15 @@ def test_train_and_evaluate_plain_idx(
     assert main(["evaluate", str(out / "checkpoints" / "last.ckpt"), *common]) == 0
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert metrics["experiment"] == "psmnist" and 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "experiments:" in out and "mackey-glass" in out and "psmnist" in out
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    args = ["train", "mackey-glass", "--config", str(tmp_path / "none.yaml")]
+    assert "cannot read config file" in _one_line_error(capsys, main(args))
