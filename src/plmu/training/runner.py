@@ -227,6 +227,8 @@ def train(
         num_nodes=num_nodes,
         progress_bar=progress_bar,
     )
+    for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
+        logger.log_hyperparams({"experiment": exp.name, **config})
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
