@@ -142,6 +142,24 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify a text (or a pair) with an imdb/qqp/snli checkpoint",
+        description="Print the most probable label and its probability, tab-separated.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="one text, or two for a pair")
+    parser.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from plmu.predict import predict
+
+    print(predict(args.checkpoint, *args.texts))
+    return 0
+
+
 def _add_translate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "translate",
@@ -175,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_predict(subparsers)
     _add_translate(subparsers)
     return parser
 

@@ -104,7 +104,7 @@ def plot_prediction(module: SequenceRegression, datamodule: MackeyGlassData, out
     path = out / "prediction.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return {"plot": path.name}
+    return {"plot": str(path)}
 
 
 EXPERIMENT = register(

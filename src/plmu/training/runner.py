@@ -241,7 +241,7 @@ def train(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "seconds": round(seconds, 2),
-        "best_checkpoint": _relative(best, out) if best else None,
+        "best_checkpoint": best or None,
     }
     return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu train {exp.name}")
 
@@ -439,14 +439,6 @@ def _info(message: str) -> None:
 def _write_config(out: Path, config: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _relative(path: str | Path, root: Path) -> str:
-    """``path`` relative to ``root`` when inside it (so a run folder can be moved), else as is."""
-    try:
-        return str(Path(path).resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def _format_value(value: Any) -> str:
