@@ -1,5 +1,5 @@
-"""The ``plmu`` command line: ``plmu train EXPERIMENT``, ``plmu evaluate CHECKPOINT`` and
-``plmu generate CHECKPOINT --prompt TEXT``.
+"""The ``plmu`` command line: ``plmu train EXPERIMENT``, ``plmu evaluate CHECKPOINT``, and
+``predict``/``translate``/``generate`` for trained checkpoints.
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
@@ -14,13 +14,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
 # Exceptions whose message is the whole story for a user: printed as one line.
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog can be computed only when help is shown.
+
+    Listing the experiments imports the training stack (seconds); ``plmu --version`` and the
+    other subcommands' help should not pay for it.
+    """
+
+    def __init__(self, *args, epilog_factory: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+def _experiments_epilog() -> str:
+    from plmu.training import registry
+
+    lines = [f"  {name:<16} {registry.get(name).summary}" for name in registry.names()]
+    return "experiments:\n" + "\n".join(lines)
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -41,18 +65,13 @@ def _devices(value: str) -> int | str:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from plmu.training import registry
-
-    experiments = "\n".join(
-        f"  {name:<16} {registry.get(name).summary}" for name in registry.names()
-    )
     parser = subparsers.add_parser(
         "train",
         help="train an experiment, test it, write OUT/metrics.json",
         description="Train an experiment with its packaged config (the paper's "
         "hyperparameters), then test the best checkpoint. A run resumes automatically "
         "from OUT/checkpoints/last.ckpt.",
-        epilog=f"experiments:\n{experiments}",
+        epilog_factory=_experiments_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("experiment", help="experiment name (listed below)")
@@ -124,6 +143,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify a text (or a pair) with an imdb/qqp/snli checkpoint",
+        description="Print the most probable label and its probability, tab-separated.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train")
+    parser.add_argument("texts", nargs="+", metavar="TEXT", help="one text, or two for a pair")
+    parser.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from plmu.predict import predict
+
+    print(predict(args.checkpoint, *args.texts))
+    return 0
+
+
+def _add_translate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "translate",
+        help="translate an English sentence with an iwslt15-en-vi checkpoint",
+        description="Translate English to Vietnamese, decoding in the step (RNN) form.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt of plmu train iwslt15-en-vi")
+    parser.add_argument("sentence", help="the English sentence")
+    parser.add_argument("--beam", type=int, help="beam size (1: greedy; default: the config's)")
+    parser.set_defaults(handler=_translate)
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from plmu.translate import translate
+
+    print(translate(args.checkpoint, args.sentence, args.beam))
+    return 0
+
+
 def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
@@ -160,9 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"plmu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_predict(subparsers)
+    _add_translate(subparsers)
     _add_generate(subparsers)
     return parser
 

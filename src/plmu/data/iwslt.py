@@ -1,0 +1,471 @@
+"""IWSLT'15 English-Vietnamese: the standard splits, subword tokenisers and a LightningDataModule.
+
+Splits (Luong & Manning 2015): ``train`` (133k pairs), ``tst2012`` (validation, 1,553 pairs) and
+``tst2013`` (test, 1,268 pairs), as tokenised, line-aligned text.
+
+Sources, in order:
+
+* ``data_dir`` holding ``train.en train.vi tst2012.en tst2012.vi tst2013.en tst2013.vi`` (the
+  files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), one sentence per line;
+* otherwise the Hugging Face hub dataset ``IWSLT/mt_eng_vietnamese``, config ``iwslt2015-en-vi``
+  (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
+  ``test`` to tst2013, see the dataset's discussion #2, so pass ``--data-dir`` for a tst2012
+  validation set). The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it.
+
+Tokenisation: one BPE tokeniser per language (``tokenizers``), trained on that side of the
+training split, with the ``Metaspace`` pre-tokeniser/decoder so that decoding gives back the
+spacing of the text. Special ids: ``<pad>`` 0, ``<unk>`` 1, ``<s>`` 2, ``</s>`` 3. A source is
+its tokens followed by ``</s>``; the decoder reads ``<s> y`` and predicts ``y </s>``.
+
+Length handling (documented contract, tested):
+
+* training pairs with an empty side, or with more than ``max_source_length`` source tokens or
+  ``max_target_length`` target tokens, are dropped (the usual filtering);
+* validation/test sources longer than ``max_source_length`` are truncated to it (every reference
+  stays in the BLEU score); validation/test targets are never truncated;
+* :func:`encode_source` (used by ``plmu translate``) raises ``ValueError`` for an empty or an
+  over-long sentence instead of silently dropping text.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+
+from plmu.data import DataError
+
+__all__ = [
+    "BOS",
+    "EOS",
+    "FILES",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "IWSLTDataModule",
+    "LengthBucketSampler",
+    "TranslationBatch",
+    "TranslationDataset",
+    "collate",
+    "encode_source",
+    "load_hub",
+    "read_data_dir",
+    "train_tokenizer",
+]
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<s>", "</s>"]
+SPLITS = {"train": "train", "validation": "tst2012", "test": "tst2013"}
+FILES = tuple(f"{stem}.{lang}" for stem in SPLITS.values() for lang in ("en", "vi"))
+HUB_NAME, HUB_CONFIG = "IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi"
+STANFORD_URL = "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/"
+
+Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligned
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def _read_lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
+    """Read the six line-aligned files of ``data_dir``.
+
+    Returns:
+        ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}``, lists of lines.
+
+    Raises:
+        DataError (a ValueError): a file is missing, or the two sides of a split differ in
+            line count.
+    """
+    data_dir = Path(data_dir)
+    missing = [name for name in FILES if not (data_dir / name).is_file()]
+    if missing:
+        raise DataError(
+            f"data_dir {str(data_dir)!r} lacks {', '.join(missing)}; IWSLT'15 en-vi needs the "
+            f"line-aligned files {', '.join(FILES)}"
+        )
+    out: dict[str, Pairs] = {}
+    for split, stem in SPLITS.items():
+        en = _read_lines(data_dir / f"{stem}.en")
+        vi = _read_lines(data_dir / f"{stem}.vi")
+        if len(en) != len(vi):
+            raise DataError(
+                f"{stem}.en has {len(en)} lines but {stem}.vi has {len(vi)} in {str(data_dir)!r}; "
+                "the files must be line-aligned"
+            )
+        out[split] = (en, vi)
+    return out
+
+
+def load_hub(
+    name: str = HUB_NAME, config: str | None = HUB_CONFIG, revision: str | None = None
+) -> dict[str, Pairs]:
+    """Load the three splits from the Hugging Face hub with ``datasets.load_dataset``.
+
+    Raises:
+        DataError (a ValueError): one line naming the dataset and the files ``--data-dir``
+            needs instead (e.g. offline).
+    """
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, revision=revision)
+        out: dict[str, Pairs] = {}
+        for split in SPLITS:
+            rows = ds[split]["translation"]
+            out[split] = ([r["en"] for r in rows], [r["vi"] for r in rows])
+    except Exception as err:  # network, missing split, changed schema: one clear line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(
+            f"could not load IWSLT'15 en-vi from the hub ({name}, {config}): {reason}; "
+            f"without the hub (e.g. offline) pass --data-dir DIR holding {', '.join(FILES)} "
+            f"(from {STANFORD_URL})"
+        ) from None
+    return out
+
+
+# ------------------------------------------------------------------------------ tokenizers
+
+
+def train_tokenizer(lines: Sequence[str], vocab_size: int) -> Tokenizer:
+    """A BPE tokeniser (Metaspace pre-tokeniser and decoder, NFC normalisation) for ``lines``."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    tok.train_from_iterator(lines, trainer=trainer)
+    for i, t in enumerate(SPECIAL_TOKENS):
+        if tok.token_to_id(t) != i:
+            raise RuntimeError(f"special token {t} got id {tok.token_to_id(t)}, expected {i}")
+    return tok
+
+
+def encode_source(tokenizer: Tokenizer, sentence: str, max_length: int) -> list[int]:
+    """Token ids of one source sentence followed by ``</s>``, for translation.
+
+    Raises:
+        TypeError: ``sentence`` is not a string.
+        ValueError: ``sentence`` is empty (or only spaces), or has more than ``max_length``
+            subword tokens (the model's ``max_source_length``).
+    """
+    if not isinstance(sentence, str):
+        raise TypeError(f"sentence must be a str, got {type(sentence).__name__}")
+    if not sentence.strip():
+        raise ValueError("sentence is empty; give an English sentence to translate")
+    ids = tokenizer.encode(sentence.strip()).ids
+    if len(ids) > max_length:
+        raise ValueError(
+            f"sentence has {len(ids)} subword tokens, more than max_source_length={max_length} "
+            "of this model; split it into shorter sentences"
+        )
+    return [*ids, EOS]
+
+
+# ---------------------------------------------------------------------------------- dataset
+
+
+class TranslationDataset(Dataset):
+    """Tokenised pairs: item ``i`` is ``(source ids + </s>, target ids, reference text)``."""
+
+    def __init__(self, sources: list[list[int]], targets: list[list[int]], refs: list[str]):
+        if not len(sources) == len(targets) == len(refs):
+            raise ValueError("sources, targets and refs must have the same length")
+        self.sources, self.targets, self.refs = sources, targets, refs
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], str]:
+        return self.sources[i], self.targets[i], self.refs[i]
+
+
+@dataclass
+class TranslationBatch:
+    """A padded batch (right padding with ``PAD``).
+
+    Attributes:
+        src: ``(batch, S)`` source ids ending in ``</s>``; ``src_lengths`` ``(batch,)``.
+        tgt_in: ``(batch, T)`` decoder input ``<s> y``; ``tgt_out`` ``(batch, T)`` ``y </s>``.
+        refs: the reference translations (text), for BLEU.
+    """
+
+    src: torch.Tensor
+    src_lengths: torch.Tensor
+    tgt_in: torch.Tensor
+    tgt_out: torch.Tensor
+    refs: list[str]
+
+    def to(self, device: torch.device | str) -> TranslationBatch:
+        return TranslationBatch(
+            self.src.to(device),
+            self.src_lengths.to(device),
+            self.tgt_in.to(device),
+            self.tgt_out.to(device),
+            self.refs,
+        )
+
+
+def _pad(rows: list[list[int]]) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def collate(items: list[tuple[list[int], list[int], str]]) -> TranslationBatch:
+    """Pad a list of dataset items into a :class:`TranslationBatch`."""
+    src = [s for s, _, _ in items]
+    tgt = [t for _, t, _ in items]
+    return TranslationBatch(
+        src=_pad(src),
+        src_lengths=torch.tensor([len(s) for s in src], dtype=torch.long),
+        tgt_in=_pad([[BOS, *t] for t in tgt]),
+        tgt_out=_pad([[*t, EOS] for t in tgt]),
+        refs=[r for _, _, r in items],
+    )
+
+
+class LengthBucketSampler(BatchSampler):
+    """Batches of similar length (less padding), in a new order every epoch.
+
+    The indices come from ``sampler`` (a ``RandomSampler``; under DDP Lightning swaps in a
+    ``DistributedSampler``, so each process buckets its own shard). They are sorted by length
+    inside pools of ``pool`` batches, cut into batches of ``batch_size`` and the batches are
+    shuffled (``seed`` + epoch).
+
+    Args:
+        sampler: yields dataset indices.
+        batch_size: items per batch; drop_last: drop batches shorter than ``batch_size``.
+        lengths: ``lengths[i]`` is the length of item ``i``.
+        pool: batches per sorting pool; seed: of the batch order.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Sequence[int],
+        batch_size: int,
+        drop_last: bool,
+        lengths: Sequence[int],
+        pool: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = list(lengths)
+        self.pool = pool
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(self.sampler)
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            for i in range(0, len(chunk), self.batch_size):
+                batch = chunk[i : i + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        rng.shuffle(batches)
+        yield from batches
+
+
+# ------------------------------------------------------------------------------ datamodule
+
+
+class IWSLTDataModule(L.LightningDataModule):
+    """IWSLT'15 En-Vi for Lightning.
+
+    Args:
+        data_dir: folder with the six line-aligned files, or ``None`` for the hub dataset.
+        batch_size: pairs per batch.
+        vocab_size: BPE vocabulary size of each language.
+        max_source_length, max_target_length: subword limits (see the module docstring).
+        saved: ``saved_state()`` of a trained datamodule; its tokenisers are reused, none is
+            trained, and nothing is read until :meth:`setup`.
+        hf_dataset, hf_config, hf_revision: the hub dataset when ``data_dir`` is ``None``.
+        seed: seeds the shuffling of training batches.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        batch_size: int = 64,
+        vocab_size: int = 8000,
+        max_source_length: int = 100,
+        max_target_length: int = 100,
+        saved: dict | None = None,
+        hf_dataset: str = HUB_NAME,
+        hf_config: str | None = HUB_CONFIG,
+        hf_revision: str | None = None,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for value, name in (
+            (batch_size, "batch_size"),
+            (vocab_size, "vocab_size"),
+            (max_source_length, "max_source_length"),
+            (max_target_length, "max_target_length"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.data_dir = None if data_dir is None else Path(data_dir)
+        self.batch_size = batch_size
+        self.vocab_size = vocab_size
+        self.max_source_length = max_source_length
+        self.max_target_length = max_target_length
+        self.hub = (hf_dataset, hf_config, hf_revision)
+        self.seed = seed
+        self.num_workers = num_workers
+        self.src_tokenizer: Tokenizer | None = None
+        self.tgt_tokenizer: Tokenizer | None = None
+        if saved is not None:
+            try:
+                self.src_tokenizer = Tokenizer.from_str(saved["src_tokenizer"])
+                self.tgt_tokenizer = Tokenizer.from_str(saved["tgt_tokenizer"])
+            except KeyError as err:
+                raise ValueError(f"saved state lacks {err.args[0]!r}") from None
+        self._raw: dict[str, Pairs] | None = None
+        self.datasets: dict[str, TranslationDataset] = {}
+        self.dropped_train_pairs = 0
+        self.truncated_sources: dict[str, int] = {}
+
+    # -- state
+
+    def saved_state(self) -> dict:
+        """The tokenisers as JSON strings, ``{"src_tokenizer", "tgt_tokenizer"}``."""
+        if self.src_tokenizer is None or self.tgt_tokenizer is None:
+            raise RuntimeError("the tokenisers are trained in setup(); call it first")
+        return {
+            "src_tokenizer": self.src_tokenizer.to_str(),
+            "tgt_tokenizer": self.tgt_tokenizer.to_str(),
+        }
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self._tokenizers()[0].get_vocab_size()
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self._tokenizers()[1].get_vocab_size()
+
+    def _tokenizers(self) -> tuple[Tokenizer, Tokenizer]:
+        if self.src_tokenizer is None or self.tgt_tokenizer is None:
+            raise RuntimeError("the tokenisers are trained in setup('fit'); call it first")
+        return self.src_tokenizer, self.tgt_tokenizer
+
+    # -- data
+
+    def _load(self) -> dict[str, Pairs]:
+        if self._raw is None:
+            if self.data_dir is not None:
+                self._raw = read_data_dir(self.data_dir)
+            else:
+                self._raw = load_hub(*self.hub)
+        return self._raw
+
+    def prepare_data(self) -> None:
+        """Download (hub) or check (``data_dir``) the data once."""
+        self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        raw = self._load()
+        if self.src_tokenizer is None or self.tgt_tokenizer is None:
+            en, vi = raw["train"]
+            self.src_tokenizer = train_tokenizer(en, self.vocab_size)
+            self.tgt_tokenizer = train_tokenizer(vi, self.vocab_size)
+        wanted = {
+            "fit": ("train", "validation"),
+            "validate": ("validation",),
+            "test": ("test",),
+            "predict": ("test",),
+        }.get(stage or "", tuple(SPLITS))
+        for split in wanted:
+            if split not in self.datasets:
+                self.datasets[split] = self._tokenize(split, *raw[split])
+
+    def _tokenize(self, split: str, en: list[str], vi: list[str]) -> TranslationDataset:
+        src_tok, tgt_tok = self._tokenizers()
+        src_ids = [e.ids for e in src_tok.encode_batch([line.strip() for line in en])]
+        tgt_ids = [e.ids for e in tgt_tok.encode_batch([line.strip() for line in vi])]
+        sources, targets, refs = [], [], []
+        truncated = 0
+        for s, t, ref in zip(src_ids, tgt_ids, vi):
+            if split == "train":
+                if not s or not t:
+                    continue
+                if len(s) > self.max_source_length or len(t) > self.max_target_length:
+                    continue
+            elif len(s) > self.max_source_length:
+                s = s[: self.max_source_length]
+                truncated += 1
+            sources.append([*s, EOS])
+            targets.append(t)
+            refs.append(ref.strip())
+        if split == "train":
+            self.dropped_train_pairs = len(en) - len(sources)
+            if not sources:
+                raise ValueError(
+                    "no training pair left: every pair has an empty side or exceeds "
+                    f"max_source_length={self.max_source_length}/"
+                    f"max_target_length={self.max_target_length}"
+                )
+        else:
+            self.truncated_sources[split] = truncated
+        return TranslationDataset(sources, targets, refs)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"call setup() before asking for the {split} loader")
+        data = self.datasets[split]
+        if shuffle:
+            sampler = LengthBucketSampler(
+                RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)),
+                self.batch_size,
+                drop_last=False,
+                lengths=[len(s) + len(t) for s, t in zip(data.sources, data.targets)],
+                seed=self.seed,
+            )
+            return DataLoader(
+                data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers
+            )
+        return DataLoader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def transfer_batch_to_device(
+        self, batch: TranslationBatch, device: torch.device, dataloader_idx: int
+    ) -> TranslationBatch:
+        return batch.to(device)

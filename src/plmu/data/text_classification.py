@@ -1,0 +1,539 @@
+"""Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
+
+Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
+``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*``, each ``.jsonl``, ``.csv``
+or ``.parquet``, with the task's columns (``text``/``label``, ``question1``/``question2``/
+``label`` or ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
+label names. Without a validation split, ``val_fraction`` of the training split (shuffled with
+``seed``) is held out.
+
+A word-level vocabulary (``tokenizers``) is built on the training split only and travels in the
+checkpoint (:meth:`TextClassificationData.saved_state`), so a loaded model encodes text exactly as
+in training without reading data. Sequences longer than ``max_length`` tokens are truncated in
+the data splits (``truncation_side``: ``"right"`` keeps the first tokens, ``"left"`` the last);
+:meth:`TextClassificationData.encode` (used by ``plmu predict``) refuses them instead.
+
+Batches are right-padded with id 0 and carry each sequence's length, which the LMU layers use
+so that padding never changes a prediction: ``(ids (B, T), lengths (B,), labels (B,))`` for
+single texts, ``(ids_a, lengths_a, ids_b, lengths_b, labels)`` for pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from torch.utils.data import DataLoader, Dataset
+
+from plmu.data import DataError
+
+__all__ = [
+    "FORMATS",
+    "PAD_ID",
+    "TASKS",
+    "DataNotFoundError",
+    "EncodedTexts",
+    "TextClassificationData",
+    "TextTask",
+    "build_tokenizer",
+    "collate",
+    "load_local_split",
+]
+
+log = logging.getLogger(__name__)
+
+PAD = "[PAD]"
+UNK = "[UNK]"
+PAD_ID = 0  # the id of PAD in every vocabulary built here
+FORMATS = (".jsonl", ".csv", ".parquet")
+
+
+@dataclass(frozen=True)
+class TextTask:
+    """What distinguishes one text classification benchmark from another.
+
+    Attributes:
+        name: the experiment name, e.g. ``"imdb"``.
+        columns: the text columns, one (a text) or two (a pair).
+        label_names: the class names; class ``i`` is ``label_names[i]``.
+        hub_path, hub_config: the Hugging Face hub dataset (``load_dataset(path, config)``).
+        hub_splits: ``{"train": ..., "test": ..., "validation": ...}`` hub split names
+            (``"validation"`` optional; carved from train when absent).
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    label_names: tuple[str, ...]
+    hub_path: str
+    hub_config: str | None
+    hub_splits: dict[str, str]
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.columns) == 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+TASKS: dict[str, TextTask] = {
+    "imdb": TextTask(
+        "imdb", ("text",), ("neg", "pos"), "stanfordnlp/imdb", None,
+        {"train": "train", "test": "test"},
+    ),
+    # GLUE's QQP test labels are hidden (-1), so its validation split is the test set here.
+    "qqp": TextTask(
+        "qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), "nyu-mll/glue", "qqp",
+        {"train": "train", "test": "validation"},
+    ),
+    "snli": TextTask(
+        "snli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+        "stanfordnlp/snli", None,
+        {"train": "train", "validation": "validation", "test": "test"},
+    ),
+}  # fmt: skip
+
+
+class DataNotFoundError(DataError):
+    """Neither the hub nor ``data_dir`` could provide a dataset; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- raw splits
+
+
+@dataclass
+class RawSplit:
+    """One split as plain Python: ``texts[i]`` is a tuple (one entry per column), ``labels[i]``
+    an int class index, ``rows[i]`` its row in ``source`` (for error messages)."""
+
+    texts: list[tuple[str, ...]]
+    labels: list[int]
+    source: str
+    rows: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            self.rows = list(range(len(self.labels)))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: Sequence[int], source: str) -> RawSplit:
+        return RawSplit(
+            [self.texts[i] for i in index],
+            [self.labels[i] for i in index],
+            source,
+            [self.rows[i] for i in index],
+        )
+
+
+def _parse_label(value: Any, task: TextTask, where: str) -> int:
+    names = task.label_names
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(
+            f"{where}: label {value!r} is not one of {list(names)} or 0..{len(names) - 1}"
+        )
+    if isinstance(value, (int, np.integer)) or (
+        isinstance(value, (float, np.floating)) and float(value).is_integer()
+    ):
+        index = int(value)
+    elif isinstance(value, str) and value.strip() in names:
+        return names.index(value.strip())
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        index = int(value.strip())
+    else:
+        raise ValueError(
+            f"{where}: unknown label {value!r}; expected one of {list(names)} "
+            f"or an integer 0..{len(names) - 1}"
+        )
+    if not 0 <= index < len(names):
+        raise ValueError(
+            f"{where}: unknown label {value!r}; expected one of {list(names)} "
+            f"or an integer 0..{len(names) - 1}"
+        )
+    return index
+
+
+def _find_file(data_dir: Path, split: str) -> Path | None:
+    found = [
+        data_dir / f"{split}{ext}" for ext in FORMATS if (data_dir / f"{split}{ext}").is_file()
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            f"data_dir {data_dir} has several {split} files: {[p.name for p in found]}"
+        )
+    return found[0] if found else None
+
+
+def _read_table(path: Path):  # -> pandas.DataFrame
+    import pandas as pd  # a dependency of `datasets`; imported late to keep imports light
+
+    if path.suffix == ".csv":
+        # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    if path.suffix == ".jsonl":
+        return pd.read_json(path, lines=True, dtype=False)
+    return pd.read_parquet(path)
+
+
+def load_local_split(path: Path, task: TextTask) -> RawSplit:
+    """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
+
+    Raises:
+        ValueError: a missing column, an empty (or non-string) text, or an unknown label; the
+            message names the file, the row and the column.
+    """
+    try:
+        frame = _read_table(path)
+    except ValueError as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    needed = (*task.columns, "label")
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {missing}; {task.name} files need the columns "
+            f"{list(needed)} (found {list(frame.columns)})"
+        )
+    columns = [frame[c].tolist() for c in task.columns]
+    texts: list[tuple[str, ...]] = []
+    for row, values in enumerate(zip(*columns)):
+        for column, value in zip(task.columns, values):
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(
+                    f"{path}: row {row}: column {column!r} must be a non-empty text, got {value!r}"
+                )
+        texts.append(tuple(values))
+    labels = [
+        _parse_label(value, task, f"{path}: row {row}: column 'label'")
+        for row, value in enumerate(frame["label"].tolist())
+    ]
+    if not labels:
+        raise ValueError(f"{path}: no rows")
+    return RawSplit(texts, labels, str(path))
+
+
+def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
+    if not data_dir.is_dir():
+        raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
+    splits: dict[str, RawSplit] = {}
+    for split in ("train", "validation", "test"):
+        path = _find_file(data_dir, split)
+        if path is not None:
+            splits[split] = load_local_split(path, task)
+        elif split != "validation":
+            raise DataNotFoundError(
+                f"{data_dir} has no {split} file: put {split}.jsonl, {split}.csv or "
+                f"{split}.parquet there with the columns {[*task.columns, 'label']}"
+            )
+    return splits
+
+
+def _hint(task: TextTask) -> str:
+    return (
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; validation.* optional) with the "
+        f"columns {[*task.columns, 'label']} in a folder and pass --data-dir FOLDER"
+    )
+
+
+def _load_hub(task: TextTask) -> dict[str, RawSplit]:
+    import datasets
+
+    name = task.hub_path + (f" ({task.hub_config})" if task.hub_config else "")
+    try:
+        hub = datasets.load_dataset(task.hub_path, task.hub_config)
+    except (ConnectionError, OSError) as error:  # offline, no cache: one line, what to do
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataNotFoundError(
+            f"cannot load {name} from the Hugging Face hub ({first}); {_hint(task)}"
+        ) from None
+    splits: dict[str, RawSplit] = {}
+    for split, hub_split in task.hub_splits.items():
+        part = hub[hub_split]
+        columns = [part[c] for c in task.columns]
+        texts, labels, dropped = [], [], 0
+        for *values, label in zip(*columns, part["label"]):
+            # SNLI marks examples without a gold label with -1; a few hub rows have empty text
+            if label < 0 or any(not v or not v.strip() for v in values):
+                dropped += 1
+                continue
+            texts.append(tuple(values))
+            labels.append(int(label))
+        if dropped:
+            log.info(
+                "%s %s: dropped %d examples (no gold label or empty text)", name, split, dropped
+            )
+        splits[split] = RawSplit(texts, labels, f"{name} {hub_split}")
+    return splits
+
+
+def load_splits(
+    task: TextTask, data_dir: Path | None, val_fraction: float, seed: int
+) -> dict[str, RawSplit]:
+    """``{"train", "validation", "test"}`` raw splits from ``data_dir`` or the hub.
+
+    Without a validation split, a ``val_fraction`` of the shuffled (``seed``) training split
+    becomes the validation split and the rest stays for training.
+    """
+    splits = _load_local(task, Path(data_dir)) if data_dir is not None else _load_hub(task)
+    if "validation" not in splits:
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        train = splits["train"]
+        n_val = max(1, round(len(train) * val_fraction))
+        if n_val >= len(train):
+            raise ValueError(
+                f"{train.source}: {len(train)} examples are too few to hold out "
+                f"val_fraction={val_fraction} for validation"
+            )
+        order = np.random.default_rng(seed).permutation(len(train)).tolist()
+        splits["validation"] = train.subset(order[:n_val], f"{train.source} (held out)")
+        splits["train"] = train.subset(sorted(order[n_val:]), train.source)
+    return splits
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
+    """A word-level tokenizer trained on ``texts``: lower-cased, accents and HTML tags removed,
+    words and punctuation split. Id 0 is ``[PAD]``, id 1 ``[UNK]`` (every unseen word)."""
+    if vocab_size < 3:
+        raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
+    if min_frequency < 1:
+        raise ValueError(f"min_frequency must be >= 1, got {min_frequency}")
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.Replace(Regex(r"<[^>]*>"), " "),
+            normalizers.NFD(),
+            normalizers.StripAccents(),
+            normalizers.Lowercase(),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[PAD, UNK],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    assert tokenizer.token_to_id(PAD) == PAD_ID
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+class EncodedTexts(Dataset):
+    """Encoded examples: item ``i`` is ``(ids_1, ..., ids_k, label)`` with ``ids_j`` an int64
+    tensor ``(length_j,)`` (``k`` = 1 for texts, 2 for pairs) and ``label`` an int."""
+
+    def __init__(self, ids: list[tuple[torch.Tensor, ...]], labels: list[int]) -> None:
+        if len(ids) != len(labels):
+            raise ValueError(f"{len(ids)} encoded texts but {len(labels)} labels")
+        self.ids = ids
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        return (*self.ids[i], self.labels[i])
+
+
+def pad(sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D id tensors with :data:`PAD_ID`: ``(ids (B, T_max), lengths (B,))``."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    ids = torch.nn.utils.rnn.pad_sequence(list(sequences), batch_first=True, padding_value=PAD_ID)
+    return ids, lengths
+
+
+def collate(batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, ...]:
+    """``[(ids_1, ..., ids_k, label), ...]`` -> ``(ids_1, lengths_1, ..., ids_k, lengths_k,
+    labels)``, each ``ids_j`` ``(B, T_j)`` right-padded, ``lengths_j`` and ``labels`` ``(B,)``."""
+    *segments, labels = zip(*batch)
+    out: list[torch.Tensor] = []
+    for sequences in segments:
+        out.extend(pad(sequences))
+    out.append(torch.tensor(labels, dtype=torch.long))
+    return tuple(out)
+
+
+class TextClassificationData(L.LightningDataModule):
+    """The datamodule of one :class:`TextTask` (see the module docstring for the data layout).
+
+    Args:
+        task: the benchmark.
+        config: the run's flat config; reads ``batch_size``, ``seed``, ``max_length``,
+            ``vocab_size``, ``min_frequency``, ``truncation_side``, ``val_fraction`` and
+            ``num_workers``.
+        data_dir: local files, or ``None`` for the hub.
+        saved: :meth:`saved_state` of a checkpoint; its vocabulary is used instead of building
+            one. Nothing is read until :meth:`setup`.
+    """
+
+    def __init__(
+        self,
+        task: TextTask,
+        config: dict[str, Any],
+        data_dir: Path | None = None,
+        saved: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.batch_size = int(config["batch_size"])
+        self.seed = int(config["seed"])
+        self.max_length = int(config["max_length"])
+        self.vocab_size = int(config["vocab_size"])
+        self.min_frequency = int(config.get("min_frequency", 1))
+        self.truncation_side = str(config.get("truncation_side", "right"))
+        self.val_fraction = float(config.get("val_fraction", 0.1))
+        self.num_workers = int(config.get("num_workers") or 0)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {self.max_length}")
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(
+                f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}"
+            )
+        self.tokenizer: Tokenizer | None = None
+        if saved is not None:
+            if "tokenizer" not in saved:
+                raise ValueError("saved state has no 'tokenizer'; was it saved by this task?")
+            self.tokenizer = Tokenizer.from_str(saved["tokenizer"])
+        self.sets: dict[str, EncodedTexts] = {}
+
+    # -- vocabulary and encoding
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.task.label_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.task.num_classes
+
+    @property
+    def vocab_size_built(self) -> int:
+        """Size of the vocabulary (the embedding's rows); needs a tokenizer."""
+        return self._tokenizer().get_vocab_size()
+
+    def _tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise RuntimeError("no vocabulary yet: call setup() or pass saved=")
+        return self.tokenizer
+
+    def saved_state(self) -> dict[str, Any]:
+        """``{"tokenizer": json}``: all a checkpoint needs to encode text as in training."""
+        return {"tokenizer": self._tokenizer().to_str()}
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._tokenizer().encode_batch(texts, add_special_tokens=False)]
+
+    def encode(self, *texts: str) -> tuple[torch.Tensor, ...]:
+        """Encode one example for prediction: ``len(texts)`` must equal the task's columns.
+
+        Returns ``(ids, lengths)`` (one text) or ``(ids_a, lengths_a, ids_b, lengths_b)``
+        (a pair), each ``ids`` ``(1, T)``.
+
+        Raises:
+            ValueError: wrong number of texts, an empty text (no tokens), or a text longer than
+                ``max_length`` tokens.
+        """
+        columns = self.task.columns
+        if len(texts) != len(columns):
+            raise ValueError(
+                f"{self.task.name} expects {len(columns)} text(s) ({', '.join(columns)}), "
+                f"got {len(texts)}"
+            )
+        out: list[torch.Tensor] = []
+        for column, text in zip(columns, texts):
+            if not isinstance(text, str):
+                raise TypeError(f"{column} must be a str, got {type(text).__name__}")
+            ids = self._ids([text])[0]
+            if not ids:
+                raise ValueError(f"{column} is empty (no words): {text!r}")
+            if len(ids) > self.max_length:
+                raise ValueError(
+                    f"{column} has {len(ids)} tokens, more than max_length={self.max_length} "
+                    "the model was trained with; shorten it"
+                )
+            out.extend(pad([torch.tensor(ids, dtype=torch.long)]))
+        return tuple(out)
+
+    def _encode_split(self, split: RawSplit) -> EncodedTexts:
+        per_column = [self._ids([t[j] for t in split.texts]) for j in range(len(self.task.columns))]
+        rows: list[tuple[torch.Tensor, ...]] = []
+        truncated = 0
+        for row, segments in zip(split.rows, zip(*per_column)):
+            encoded = []
+            for column, ids in zip(self.task.columns, segments):
+                if not ids:
+                    raise ValueError(
+                        f"{split.source}: row {row}: column {column!r} has no words "
+                        f"(only markup or whitespace)"
+                    )
+                if len(ids) > self.max_length:
+                    truncated += 1
+                    keep = self.max_length
+                    ids = ids[:keep] if self.truncation_side == "right" else ids[-keep:]
+                encoded.append(torch.tensor(ids, dtype=torch.long))
+            rows.append(tuple(encoded))
+        if truncated:
+            log.info(
+                "%s: truncated %d texts to max_length=%d (%s side)",
+                split.source, truncated, self.max_length, self.truncation_side,
+            )  # fmt: skip
+        return EncodedTexts(rows, list(split.labels))
+
+    # -- LightningDataModule
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the splits (once), build the vocabulary on train unless loaded, encode."""
+        if self.sets:
+            return
+        raw = load_splits(self.task, self.data_dir, self.val_fraction, self.seed)
+        if self.tokenizer is None:
+            self.tokenizer = build_tokenizer(
+                _column_texts(raw["train"]), self.vocab_size, self.min_frequency
+            )
+        self.sets = {name: self._encode_split(split) for name, split in raw.items()}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.sets:
+            raise RuntimeError("call setup() before asking for a DataLoader")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.sets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def _column_texts(split: RawSplit) -> Iterator[str]:
+    for texts in split.texts:
+        yield from texts

@@ -1,0 +1,363 @@
+"""An LMU encoder-decoder with attention, trained in parallel and decoded as an RNN.
+
+Architecture (our choice; the paper does not spell out its IWSLT model)::
+
+    encoder:  embed(src) -> [ParallelLMU forward (+ one over the reversed sequence) -> Linear
+              -> residual + LayerNorm] x encoder_layers                       -> enc (B, S, D)
+    decoder:  embed(<s> y) -> [ParallelLMU -> residual + LayerNorm] x decoder_layers -> h (B, T, D)
+    attention (Luong, on top of the decoder, no input feeding):
+              a = softmax((W_q h) enc^T / sqrt(D)) over the valid source positions
+              c = a enc;  o = tanh(W_c [c; h]);  logits = W_o o           -> (B, T, V_tgt)
+
+Every decoder operation is causal and per-position except the LMU memories, so teacher forcing
+runs over the whole target in parallel (:meth:`LMUSeq2Seq.forward`), and the same weights decode
+step by step (:meth:`LMUSeq2Seq.decode_step`), carrying each decoder layer's memory state: the
+cost of one generated token is constant in the number already generated (``O(S)`` for the
+attention over the ``S`` source positions).
+
+Decoding (both never emit ``<pad>`` or ``<s>``; a hypothesis ends at ``</s>`` or after
+``max_len`` tokens):
+
+* :meth:`LMUSeq2Seq.greedy`: the arg-max token at every step;
+* :meth:`LMUSeq2Seq.beam_search`: ``beam_size`` hypotheses, ranked at every step *and* at the
+  end by the length-normalised score ``sum(log p) / length ** length_penalty`` (``length``
+  counts the tokens including ``</s>``; ``length_penalty = 0`` is the raw log-probability,
+  ``1`` the mean per token). A finished hypothesis keeps its score and its slot. With
+  ``beam_size = 1`` this is exactly greedy decoding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from plmu.layers import ParallelLMU
+
+__all__ = ["BANNED_TOKENS", "LMUSeq2Seq", "reverse_padded"]
+
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
+BANNED_TOKENS = (PAD_ID, BOS_ID)  # never generated
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each right-padded sequence within its length; padding stays in place.
+
+    Args:
+        x: ``(batch, time, features)``; lengths: ``(batch,)``.
+
+    Returns:
+        ``(batch, time, features)``; applying it twice gives ``x`` back.
+    """
+    B, T = x.shape[:2]
+    idx = torch.arange(T, device=x.device).expand(B, T)
+    rev = lengths.to(x.device).unsqueeze(1) - 1 - idx
+    rev = torch.where(rev >= 0, rev, idx)
+    return x.gather(1, rev.unsqueeze(-1).expand_as(x))
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self, d: int, order: int, theta: float, memory_size: int, bidirectional: bool):
+        super().__init__()
+        kw = dict(order=order, theta=theta, memory_size=memory_size)
+        self.forward_lmu = ParallelLMU(d, d, **kw)
+        self.backward_lmu = ParallelLMU(d, d, **kw) if bidirectional else None
+        self.merge = nn.Linear(2 * d if bidirectional else d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+        y, _ = self.forward_lmu(x)
+        if self.backward_lmu is not None:
+            yb, _ = self.backward_lmu(reverse_padded(x, lengths))
+            y = torch.cat([y, reverse_padded(yb, lengths)], dim=-1)
+        return self.norm(x + dropout(self.merge(y)))
+
+
+class _DecoderLayer(nn.Module):
+    def __init__(self, d: int, order: int, theta: float, memory_size: int):
+        super().__init__()
+        self.lmu = ParallelLMU(d, d, order=order, theta=theta, memory_size=memory_size)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, dropout: nn.Module) -> torch.Tensor:
+        y, _ = self.lmu(x)
+        return self.norm(x + dropout(y))
+
+    def step(
+        self, x_t: torch.Tensor, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y_t, state = self.lmu.step(x_t, state)
+        return self.norm(x_t + y_t), state
+
+
+class LMUSeq2Seq(nn.Module):
+    """LMU encoder-decoder with attention over the encoder outputs (see the module docstring).
+
+    Args:
+        src_vocab_size, tgt_vocab_size: vocabulary sizes (ids ``0..3`` are
+            ``<pad> <unk> <s> </s>``).
+        d_model: width ``D`` of embeddings, LMU outputs and attention.
+        order, theta, memory_size: of every :class:`~plmu.ParallelLMU` layer.
+        encoder_layers, decoder_layers: stack depths.
+        bidirectional: the encoder also reads each source backwards.
+        dropout: on embeddings, layer outputs and the attentional output.
+        tie_embeddings: share the target embedding with the output projection.
+    """
+
+    def __init__(
+        self,
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        d_model: int = 256,
+        order: int = 64,
+        theta: float = 64.0,
+        memory_size: int = 1,
+        encoder_layers: int = 2,
+        decoder_layers: int = 2,
+        bidirectional: bool = True,
+        dropout: float = 0.1,
+        tie_embeddings: bool = True,
+    ) -> None:
+        super().__init__()
+        for value, name in (
+            (src_vocab_size, "src_vocab_size"),
+            (tgt_vocab_size, "tgt_vocab_size"),
+            (d_model, "d_model"),
+            (encoder_layers, "encoder_layers"),
+            (decoder_layers, "decoder_layers"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if min(src_vocab_size, tgt_vocab_size) <= EOS_ID:
+            raise ValueError("vocabularies must hold the 4 special tokens and more")
+        D = d_model
+        self.d_model = D
+        self.tgt_vocab_size = tgt_vocab_size
+        self.src_embed = nn.Embedding(src_vocab_size, D, padding_idx=PAD_ID)
+        self.tgt_embed = nn.Embedding(tgt_vocab_size, D, padding_idx=PAD_ID)
+        self.encoder = nn.ModuleList(
+            _EncoderLayer(D, order, theta, memory_size, bidirectional)
+            for _ in range(encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            _DecoderLayer(D, order, theta, memory_size) for _ in range(decoder_layers)
+        )
+        self.query = nn.Linear(D, D, bias=False)
+        self.combine = nn.Linear(2 * D, D)
+        self.out = nn.Linear(D, tgt_vocab_size)
+        if tie_embeddings:
+            self.out.weight = self.tgt_embed.weight
+        self.dropout = nn.Dropout(dropout)
+        self.embed_scale = math.sqrt(D)
+        with torch.no_grad():
+            for emb in (self.src_embed, self.tgt_embed):
+                nn.init.normal_(emb.weight, std=D**-0.5)
+                emb.weight[PAD_ID].zero_()
+
+    # ------------------------------------------------------------------ shared pieces
+
+    def encode(
+        self, src: torch.Tensor, src_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode right-padded sources.
+
+        Args:
+            src: ``(batch, S)`` token ids; src_lengths: ``(batch,)``, each in ``1..S``.
+
+        Returns:
+            ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
+            valid positions.
+        """
+        if src.dim() != 2 or src.shape[1] == 0:
+            raise ValueError(f"src must be (batch, S) with S >= 1, got {tuple(src.shape)}")
+        if src_lengths.shape != src.shape[:1]:
+            raise ValueError(
+                f"src_lengths must be ({src.shape[0]},), got {tuple(src_lengths.shape)}"
+            )
+        if bool((src_lengths < 1).any()) or bool((src_lengths > src.shape[1]).any()):
+            raise ValueError(f"src_lengths must lie in 1..{src.shape[1]}")
+        x = self.dropout(self.src_embed(src) * self.embed_scale)
+        lengths = src_lengths.to(src.device)
+        for layer in self.encoder:
+            x = layer(x, lengths, self.dropout)
+        mask = torch.arange(src.shape[1], device=src.device) < lengths.unsqueeze(1)
+        return x, mask
+
+    def _attend(self, h: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Attention and output layer: h ``(B, T, D)`` -> logits ``(B, T, V)``."""
+        scores = self.query(h) @ enc.transpose(1, 2) / self.embed_scale  # (B, T, S)
+        scores = scores.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        context = torch.softmax(scores, dim=-1) @ enc
+        o = torch.tanh(self.combine(torch.cat([context, h], dim=-1)))
+        return self.out(self.dropout(o))
+
+    def forward(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+    ) -> torch.Tensor:
+        """Teacher forcing, in parallel over the target.
+
+        Args:
+            src: ``(batch, S)``; src_lengths: ``(batch,)``; tgt_in: ``(batch, T)`` the decoder
+                input ``<s> y_1 .. y_{T-1}`` (right padding is harmless: everything is causal).
+
+        Returns:
+            logits ``(batch, T, tgt_vocab_size)`` for ``y_1 .. y_T``.
+        """
+        enc, mask = self.encode(src, src_lengths)
+        return self.decode_parallel(tgt_in, enc, mask)
+
+    def decode_parallel(
+        self, tgt_in: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``."""
+        x = self.dropout(self.tgt_embed(tgt_in) * self.embed_scale)
+        for layer in self.decoder:
+            x = layer(x, self.dropout)
+        return self._attend(x, enc, mask)
+
+    def decode_step(
+        self,
+        y_prev: torch.Tensor,
+        states: list[torch.Tensor | None],
+        enc: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One decoder step, the RNN form.
+
+        Args:
+            y_prev: ``(B,)`` the previous token (``<s>`` first).
+            states: one ``(B, memory_size * order)`` memory (or ``None``) per decoder layer.
+            enc, mask: from :meth:`encode`.
+
+        Returns:
+            ``(logits (B, V), new states)``.
+        """
+        x = self.tgt_embed(y_prev) * self.embed_scale
+        new_states = []
+        for layer, state in zip(self.decoder, states):
+            x, state = layer.step(x, state)
+            new_states.append(state)
+        return self._attend(x.unsqueeze(1), enc, mask).squeeze(1), new_states
+
+    # ------------------------------------------------------------------------ decoding
+
+    @staticmethod
+    def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp[..., list(BANNED_TOKENS)] = float("-inf")
+        return logp
+
+    def _max_lengths(self, max_len: int | torch.Tensor, batch: int, device) -> torch.Tensor:
+        if isinstance(max_len, torch.Tensor):
+            out = max_len.to(device=device, dtype=torch.long)
+            if out.shape != (batch,):
+                raise ValueError(f"max_len must be an int or ({batch},), got {tuple(out.shape)}")
+        else:
+            out = torch.full((batch,), int(max_len), dtype=torch.long, device=device)
+        if bool((out < 1).any()):
+            raise ValueError("max_len must be >= 1")
+        return out
+
+    @staticmethod
+    def _strip(rows: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+        out = []
+        for row, n in zip(rows.tolist(), lengths.tolist()):
+            row = row[:n]
+            out.append(row[:-1] if row and row[-1] == EOS_ID else row)
+        return out
+
+    @torch.no_grad()
+    def greedy(
+        self, src: torch.Tensor, src_lengths: torch.Tensor, max_len: int | torch.Tensor
+    ) -> list[list[int]]:
+        """Greedy decoding in the step form.
+
+        Args:
+            src, src_lengths: as for :meth:`encode`.
+            max_len: most generated tokens (``</s>`` included), an int or ``(batch,)``.
+
+        Returns:
+            one token list per source, without ``</s>``.
+        """
+        enc, mask = self.encode(src, src_lengths)
+        B = src.shape[0]
+        limit = self._max_lengths(max_len, B, src.device)
+        y = torch.full((B,), BOS_ID, dtype=torch.long, device=src.device)
+        states: list[torch.Tensor | None] = [None] * len(self.decoder)
+        finished = torch.zeros(B, dtype=torch.bool, device=src.device)
+        lengths = torch.zeros(B, dtype=torch.long, device=src.device)
+        tokens = []
+        for t in range(int(limit.max())):
+            logits, states = self.decode_step(y, states, enc, mask)
+            y = self._log_probs(logits).argmax(-1)
+            y = torch.where(finished, torch.full_like(y, PAD_ID), y)
+            tokens.append(y)
+            lengths += (~finished).long()
+            finished |= (y == EOS_ID) | (t + 1 >= limit)
+            if bool(finished.all()):
+                break
+        return self._strip(torch.stack(tokens, 1), lengths)
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        max_len: int | torch.Tensor,
+        beam_size: int = 5,
+        length_penalty: float = 1.0,
+    ) -> list[list[int]]:
+        """Length-normalised beam search in the step form (see the module docstring).
+
+        Args:
+            src, src_lengths, max_len: as for :meth:`greedy`.
+            beam_size: hypotheses kept per source (``1`` equals :meth:`greedy`).
+            length_penalty: exponent ``alpha`` of the normaliser ``length ** alpha``.
+
+        Returns:
+            the best hypothesis per source, without ``</s>``.
+        """
+        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
+            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        if length_penalty < 0:
+            raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+        enc, mask = self.encode(src, src_lengths)
+        B, K, dev = src.shape[0], beam_size, src.device
+        limit = self._max_lengths(max_len, B, dev).unsqueeze(1)  # (B, 1)
+        enc, mask = enc.repeat_interleave(K, 0), mask.repeat_interleave(K, 0)
+        V = self.tgt_vocab_size
+        scores = torch.full((B, K), float("-inf"), device=dev)
+        scores[:, 0] = 0.0  # one live hypothesis to start with
+        lengths = torch.zeros(B, K, dtype=torch.long, device=dev)
+        finished = torch.zeros(B, K, dtype=torch.bool, device=dev)
+        tokens = torch.zeros(B, K, 0, dtype=torch.long, device=dev)
+        done_row = torch.full((V,), float("-inf"), device=dev)
+        done_row[PAD_ID] = 0.0  # a finished hypothesis only continues with free padding
+        y = torch.full((B * K,), BOS_ID, dtype=torch.long, device=dev)
+        states: list[torch.Tensor | None] = [None] * len(self.decoder)
+        offsets = torch.arange(B, device=dev).unsqueeze(1) * K
+        for t in range(int(limit.max())):
+            logits, states = self.decode_step(y, states, enc, mask)
+            logp = self._log_probs(logits).view(B, K, V)
+            logp = torch.where(finished.unsqueeze(-1), done_row, logp)
+            total = scores.unsqueeze(-1) + logp  # (B, K, V)
+            new_len = lengths + (~finished).long()
+            norm = total / new_len.clamp(min=1).unsqueeze(-1).float() ** length_penalty
+            _, idx = norm.view(B, K * V).topk(K, dim=1)
+            beam, tok = idx // V, idx % V
+            scores = total.view(B, K * V).gather(1, idx)
+            lengths = new_len.gather(1, beam)
+            finished = finished.gather(1, beam) | (tok == EOS_ID) | (lengths >= limit)
+            tokens = torch.cat(
+                [tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, t)), tok.unsqueeze(-1)], -1
+            )
+            flat = (offsets + beam).view(-1)
+            states = [s.index_select(0, flat) for s in states]
+            y = tok.view(-1)
+            if bool(finished.all()):
+                break
+        final = scores / lengths.clamp(min=1).float() ** length_penalty
+        best = final.argmax(1)
+        rows = tokens[torch.arange(B, device=dev), best]
+        return self._strip(rows, lengths[torch.arange(B, device=dev), best])

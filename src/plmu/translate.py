@@ -1,0 +1,55 @@
+"""``plmu translate CHECKPOINT "sentence" [--beam K]``: translate with a trained IWSLT model.
+
+Decoding runs in the step (RNN) form, carrying the decoder's LMU memories: greedy for
+``beam=1``, length-normalised beam search otherwise (see :mod:`plmu.models.seq2seq`). An empty
+sentence, or one with more subword tokens than the model's ``max_source_length``, raises
+``ValueError`` (nothing is silently truncated).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from plmu.data.iwslt import IWSLTDataModule, encode_source
+from plmu.training.translation import TranslationModule
+
+__all__ = ["translate", "translate_sentence"]
+
+
+def translate_sentence(
+    module: TranslationModule,
+    datamodule: IWSLTDataModule,
+    sentence: str,
+    beam: int | None = None,
+) -> str:
+    """Translate one English sentence with a loaded module (``beam=None``: the config's).
+
+    Raises:
+        ValueError: empty or over-long ``sentence``, or ``beam < 1``.
+    """
+    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
+        raise ValueError(f"beam must be a positive int, got {beam!r}")
+    src_tok, tgt_tok = datamodule.src_tokenizer, datamodule.tgt_tokenizer
+    if src_tok is None or tgt_tok is None:
+        raise ValueError("the datamodule has no tokenisers; load it from a checkpoint")
+    ids = encode_source(src_tok, sentence, datamodule.max_source_length)
+    src = torch.tensor([ids], dtype=torch.long, device=module.device)
+    lengths = torch.tensor([len(ids)], dtype=torch.long, device=module.device)
+    module.eval()
+    with torch.no_grad():
+        out = module.translate_ids(src, lengths, beam)[0]
+    return tgt_tok.decode(out)
+
+
+def translate(checkpoint: str | Path, sentence: str, beam: int | None = None) -> str:
+    """Load ``checkpoint`` (an ``iwslt15-en-vi`` run) and translate ``sentence``."""
+    from plmu.training.runner import load_checkpoint
+
+    experiment, _, module, datamodule = load_checkpoint(checkpoint)
+    if not isinstance(module, TranslationModule) or not isinstance(datamodule, IWSLTDataModule):
+        raise ValueError(
+            f"checkpoint {str(checkpoint)!r} is a {experiment.name!r} run, not a translation model"
+        )
+    return translate_sentence(module, datamodule, sentence, beam)

@@ -1,0 +1,204 @@
+"""IWSLT'15 En-Vi data: files, hub fallback, tokenisers, length handling, batching."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import RandomSampler
+
+from _iwslt_fixture import write_iwslt
+from plmu.data.iwslt import (
+    BOS,
+    EOS,
+    FILES,
+    PAD,
+    IWSLTDataModule,
+    LengthBucketSampler,
+    collate,
+    encode_source,
+    load_hub,
+    read_data_dir,
+)
+
+
+def test_read_data_dir_reads_three_aligned_splits(tmp_path):
+    data = read_data_dir(write_iwslt(tmp_path, n_train=10, n_eval=3))
+    assert {k: len(v[0]) for k, v in data.items()} == {"train": 10, "validation": 3, "test": 3}
+    for en, vi in data.values():
+        assert len(en) == len(vi)
+
+
+def test_missing_files_error_names_them(tmp_path):
+    write_iwslt(tmp_path)
+    (tmp_path / "tst2013.vi").unlink()
+    with pytest.raises(ValueError, match=r"lacks tst2013\.vi.*train\.en"):
+        read_data_dir(tmp_path)
+    with pytest.raises(ValueError, match=r"lacks train\.en"):
+        read_data_dir(tmp_path / "empty")
+
+
+def test_misaligned_files_are_an_error(tmp_path):
+    write_iwslt(tmp_path)
+    with open(tmp_path / "tst2012.vi", "a", encoding="utf-8") as f:
+        f.write("một dòng thừa\n")
+    with pytest.raises(ValueError, match=r"tst2012\.en has 8 lines but tst2012\.vi has 9"):
+        read_data_dir(tmp_path)
+    with pytest.raises(ValueError, match="line-aligned"):
+        IWSLTDataModule(tmp_path).setup("fit")
+
+
+def test_offline_hub_gives_one_line_error_naming_the_files(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'IWSLT/mt_eng_vietnamese' on the Hub\nmore detail")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ValueError) as info:
+        load_hub()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "IWSLT/mt_eng_vietnamese" in message and "--data-dir" in message
+    assert all(name in message for name in FILES)
+    with pytest.raises(ValueError, match="--data-dir"):
+        IWSLTDataModule(None).prepare_data()
+
+
+def test_hub_rows_are_read_per_split(monkeypatch):
+    rows = {
+        split: {"translation": [{"en": f"{split} a", "vi": f"{split} b"}]}
+        for split in ("train", "validation", "test")
+    }
+    calls = []
+
+    def fake(name, config, revision=None):
+        calls.append((name, config, revision))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    data = load_hub()
+    assert calls == [("IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi", None)]
+    assert data["validation"] == (["validation a"], ["validation b"])
+
+
+def test_tokenizers_trained_saved_and_restored(tmp_path):
+    dm = IWSLTDataModule(write_iwslt(tmp_path), batch_size=4, vocab_size=80)
+    dm.prepare_data()
+    dm.setup("fit")
+    src_tok, tgt_tok = dm.src_tokenizer, dm.tgt_tokenizer
+    assert [src_tok.token_to_id(t) for t in ("<pad>", "<unk>", "<s>", "</s>")] == [0, 1, 2, 3]
+    assert 20 < dm.src_vocab_size <= 80 and 20 < dm.tgt_vocab_size <= 80
+    text = "chúng tôi thích một con mèo nhỏ hôm nay ."
+    assert tgt_tok.decode(tgt_tok.encode(text).ids) == text  # Metaspace: spacing comes back
+    restored = IWSLTDataModule(None, saved=dm.saved_state())  # reads nothing
+    assert restored._raw is None
+    assert restored.src_tokenizer.encode("we like a dog").ids == src_tok.encode("we like a dog").ids
+    with pytest.raises(ValueError, match="tgt_tokenizer"):
+        IWSLTDataModule(None, saved={"src_tokenizer": dm.saved_state()["src_tokenizer"]})
+
+
+def test_length_handling_drops_train_pairs_and_truncates_test_sources(tmp_path):
+    folder = write_iwslt(tmp_path, n_train=30, extra_train=3)
+    long_en = " ".join(["house"] * 40)
+    with open(folder / "train.en", "a", encoding="utf-8") as f:
+        f.write(long_en + "\n")
+    with open(folder / "train.vi", "a", encoding="utf-8") as f:
+        f.write("ngôi nhà\n")
+    lines = (folder / "tst2013.en").read_text(encoding="utf-8").splitlines()
+    lines[0] = long_en
+    (folder / "tst2013.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dm = IWSLTDataModule(folder, vocab_size=200, max_source_length=30, max_target_length=30)
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.datasets["train"]) == 30 and dm.dropped_train_pairs == 4  # 3 empty, 1 long
+    test = dm.datasets["test"]
+    assert len(test) == 8 and dm.truncated_sources["test"] == 1
+    assert len(test.sources[0]) == 31 and test.sources[0][-1] == EOS
+    assert all(len(s) <= 31 for s in test.sources)
+
+
+def test_encode_source_rejects_empty_and_over_long(tmp_path):
+    dm = IWSLTDataModule(write_iwslt(tmp_path), vocab_size=60)
+    dm.setup("fit")
+    tok = dm.src_tokenizer
+    assert encode_source(tok, "  i see a dog . ", 20)[-1] == EOS
+    with pytest.raises(ValueError, match="sentence is empty"):
+        encode_source(tok, "   ", 20)
+    with pytest.raises(ValueError, match="max_source_length=5"):
+        encode_source(tok, "i see a big dog today .", 5)
+    with pytest.raises(TypeError, match="sentence must be a str"):
+        encode_source(tok, None, 5)
+
+
+def test_collate_pads_and_shifts():
+    batch = collate([([5, 6, EOS], [7, 8, 9], "a"), ([5, EOS], [7], "b")])
+    assert batch.src.tolist() == [[5, 6, EOS], [5, EOS, PAD]]
+    assert batch.src_lengths.tolist() == [3, 2]
+    assert batch.tgt_in.tolist() == [[BOS, 7, 8, 9], [BOS, 7, PAD, PAD]]
+    assert batch.tgt_out.tolist() == [[7, 8, 9, EOS], [7, EOS, PAD, PAD]]
+    assert batch.refs == ["a", "b"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 50), min_size=1, max_size=200),
+    batch_size=st.integers(1, 17),
+    drop_last=st.booleans(),
+)
+def test_length_buckets_cover_every_index_once(lengths, batch_size, drop_last):
+    indices = RandomSampler(range(len(lengths)), generator=torch.Generator().manual_seed(0))
+    sampler = LengthBucketSampler(indices, batch_size, drop_last, lengths, pool=3, seed=1)
+    seen = []
+    for _ in range(2):  # two epochs
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert all(1 <= len(b) <= batch_size for b in batches)
+        covered = sorted(i for b in batches for i in b)
+        if drop_last:
+            assert all(len(b) == batch_size for b in batches)
+            assert len(covered) >= len(lengths) - 3 * batch_size  # at most one short batch a pool
+        else:
+            assert covered == list(range(len(lengths)))
+        assert all(len(set(b)) == len(b) for b in batches)
+        seen.append(batches)
+    if len(seen[0]) >= 10:
+        assert seen[0] != seen[1]  # a new order every epoch
+
+
+def test_length_buckets_group_similar_lengths():
+    lengths = [i % 40 + 1 for i in range(400)]
+    sampler = LengthBucketSampler(range(400), 20, False, lengths, pool=20)
+    spreads = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in sampler]
+    assert max(spreads) <= 2  # one pool holds everything: sorted batches
+
+
+def test_length_buckets_take_lightnings_distributed_sampler(tmp_path):
+    """Under DDP Lightning re-creates the batch sampler around a DistributedSampler (its
+    internal _update_dataloader, run here as the Trainer runs it): each rank gets half."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    dm = IWSLTDataModule(write_iwslt(tmp_path, n_train=40), batch_size=4, vocab_size=60)
+    dm.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = dm.train_dataloader()
+    data = dm.datasets["train"]
+    shards = []
+    for rank in range(2):
+        sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True)
+        new = _update_dataloader(loader, sampler)
+        assert isinstance(new.batch_sampler, LengthBucketSampler) and len(new) == 5
+        shards.append({i for b in new.batch_sampler for i in b})
+    assert shards[0].isdisjoint(shards[1]) and len(shards[0] | shards[1]) == 40
+
+
+def test_dataloaders_yield_batches(tmp_path):
+    dm = IWSLTDataModule(write_iwslt(tmp_path), batch_size=5, vocab_size=60)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.src.shape[0] == 5 and batch.src.dtype == torch.long
+    assert len(list(dm.val_dataloader())) == 2
+    with pytest.raises(ValueError, match="batch_size"):
+        IWSLTDataModule(tmp_path, batch_size=0)

@@ -1,0 +1,222 @@
+"""iwslt15-en-vi end to end on a tiny fixture: train, test (BLEU), evaluate, translate."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from _iwslt_fixture import write_iwslt
+from plmu import cli
+from plmu.data.iwslt import IWSLTDataModule
+from plmu.training import registry
+from plmu.training.config import load_config
+from plmu.training.runner import load_checkpoint, train
+from plmu.training.translation import (
+    TranslationModule,
+    corpus_bleu,
+    decode_max_lengths,
+    lr_factor,
+)
+from plmu.translate import translate, translate_sentence
+
+TINY = [
+    "epochs=1",
+    "batch_size=8",
+    "vocab_size=80",
+    "d_model=16",
+    "order=4",
+    "theta=4.0",
+    "memory_size=1",
+    "encoder_layers=1",
+    "decoder_layers=1",
+    "beam_size=2",
+    "max_decode_length=20",
+    "log_every_n_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One tiny training run shared by the tests below: (out dir, data dir, metrics)."""
+    root = tmp_path_factory.mktemp("iwslt")
+    data = write_iwslt(root / "data", n_train=48, n_eval=6, extra_train=2)
+    out = root / "run"
+    metrics = train(
+        "iwslt15-en-vi",
+        out=out,
+        overrides=TINY,
+        data_dir=data,
+        accelerator="cpu",
+        devices=1,
+        progress_bar=False,
+    )
+    return out, data, metrics
+
+
+def test_registered_with_a_complete_config():
+    exp = registry.get("iwslt15-en-vi")
+    assert exp.finish is not None
+    config = load_config("iwslt15-en-vi")
+    assert config["beam_size"] >= 1 and config["hf_dataset"] == "IWSLT/mt_eng_vietnamese"
+
+
+def test_train_writes_bleu_throughput_and_translations(run):
+    out, _, metrics = run
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["test_bleu"] == metrics["test_bleu"]
+    assert written["experiment"] == "iwslt15-en-vi"
+    assert 0.0 <= written["test_bleu"] <= 100.0
+    assert written["test_loss"] > 0
+    assert written["train_tokens_per_s"] > 0 and written["decode_tokens_per_s"] > 0
+    assert written["test_beam_size"] == 2 and written["dropped_train_pairs"] == 2
+    assert written["epochs"] == 1
+    lines = (out / "tst2013.hyp.vi").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 6
+
+
+def test_checkpoint_rebuilds_without_data_and_translates(run):
+    out, _, _ = run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    exp, _, module, dm = load_checkpoint(ckpt)
+    assert exp.name == "iwslt15-en-vi" and dm._raw is None  # no data read
+    text = translate_sentence(module, dm, "we like a small cat .", beam=1)
+    assert isinstance(text, str)
+    assert translate(ckpt, "we like a small cat .", beam=1) == text
+    # beam 1 is greedy; a wider beam also gives a string
+    assert isinstance(translate(ckpt, "we like a small cat .", beam=3), str)
+
+
+def test_trained_model_step_decoding_matches_parallel_scoring(run):
+    """With trained weights: greedy step-form tokens are the parallel (teacher-forced) arg-max."""
+    out, data, _ = run
+    _, _, module, dm = load_checkpoint(out / "checkpoints" / "last.ckpt", data_dir=data)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    net = module.net
+    hyps = net.greedy(batch.src, batch.src_lengths, max_len=20)
+    for i, hyp in enumerate(hyps):
+        n = int(batch.src_lengths[i])
+        with torch.no_grad():
+            logits = net(
+                batch.src[i : i + 1, :n], batch.src_lengths[i : i + 1], torch.tensor([[2, *hyp]])
+            )
+        logits[..., [0, 2]] = float("-inf")  # never generated: <pad>, <s>
+        predicted = logits.argmax(-1)[0].tolist()
+        assert predicted[: len(hyp)] == hyp
+        assert len(hyp) == 20 or predicted[len(hyp)] == 3  # stopped at </s>
+
+
+def test_translate_bad_input(run):
+    out, _, _ = run
+    ckpt = out / "checkpoints" / "last.ckpt"
+    _, _, module, dm = load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="sentence is empty"):
+        translate_sentence(module, dm, "  ")
+    with pytest.raises(ValueError, match="max_source_length=150"):
+        translate_sentence(module, dm, " ".join(["house"] * 200))
+    with pytest.raises(ValueError, match="beam must be a positive int"):
+        translate_sentence(module, dm, "i see a dog .", beam=0)
+
+
+def test_cli_translate_and_errors(run, capsys):
+    out, _, _ = run
+    ckpt = str(out / "checkpoints" / "last.ckpt")
+    assert cli.main(["translate", ckpt, "i have a big book today .", "--beam", "1"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == translate(ckpt, "i have a big book today .", beam=1)
+    assert cli.main(["translate", ckpt, ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("plmu: error: sentence is empty") and "\n" not in err
+
+
+def test_evaluate_recomputes_bleu(run):
+    out, _, trained = run
+    assert cli.main(["evaluate", str(out / "checkpoints" / "best.ckpt"), "--no-progress-bar"]) == 0
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert metrics["test_bleu"] == pytest.approx(trained["test_bleu"])  # train tests best.ckpt
+    assert metrics["decode_tokens_per_s"] > 0 and "train_tokens_per_s" not in metrics
+
+
+def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
+    folder = write_iwslt(tmp_path / "data")
+    (folder / "train.vi").unlink()
+    code = cli.main(["train", "iwslt15-en-vi", "--data-dir", str(folder), "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "lacks train.vi" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_plain_trainer_learns_the_toy_language(tmp_path):
+    """A few hundred steps on the toy language: the loss falls and BLEU is clearly above 0."""
+    L.seed_everything(0, verbose=False)
+    exp = registry.get("iwslt15-en-vi")
+    config = load_config(
+        "iwslt15-en-vi",
+        overrides=[
+            *TINY,
+            "d_model=32",
+            "beam_size=1",
+            "batch_size=16",
+            "dropout=0.0",
+            "lr=0.01",
+            "label_smoothing=0.0",
+        ],
+    )
+    dm = exp.build_data(config, write_iwslt(tmp_path, n_train=256, n_eval=16, seed=3), None)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = exp.build_model(config, dm)
+    assert isinstance(module, TranslationModule) and isinstance(dm, IWSLTDataModule)
+    trainer = L.Trainer(
+        max_epochs=12,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+    )
+    trainer.fit(module, datamodule=dm)
+    result = trainer.test(module, datamodule=dm, verbose=False)[0]
+    assert result["test_loss"] < 1.0
+    assert result["test_bleu"] > 30.0
+    assert torch.isfinite(torch.tensor(result["test_loss"]))
+
+
+def test_corpus_bleu_and_its_tokeniser():
+    refs = ["tôi thích con mèo , nhỏ .", "bạn có một cuốn sách ."]
+    assert corpus_bleu(refs, refs) == pytest.approx(100.0)
+    assert corpus_bleu([], []) == 0.0
+    glued = ["tôi thích con mèo, nhỏ.", "bạn có một cuốn sách."]
+    # 13a splits the punctuation again; "none" (multi-bleu style) compares tokens as given
+    assert corpus_bleu(glued, refs, "13a") == pytest.approx(100.0)
+    assert corpus_bleu(glued, refs, "none") < 100.0
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        corpus_bleu(refs, refs[:1])
+
+
+def test_decode_max_lengths():
+    limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
+    assert limit.tolist() == [12, 30, 100]
+
+
+def test_lr_schedule_halves_after_eight_epochs():
+    assert [lr_factor(e, 0.5, 8) for e in range(11)] == [1.0] * 8 + [0.5, 0.25, 0.125]
+    assert lr_factor(5, 1.0, 0) == 1.0
+
+
+def test_module_rejects_bad_settings():
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    net = LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0)
+    with pytest.raises(ValueError, match="bleu_tokenize"):
+        TranslationModule(net, str, bleu_tokenize="moses")
+    with pytest.raises(ValueError, match="beam_size"):
+        TranslationModule(net, str, beam_size=0)
+    with pytest.raises(ValueError, match="lr_decay"):
+        TranslationModule(net, str, lr_decay=0.0)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TranslationModule(net, str, label_smoothing=1.0)

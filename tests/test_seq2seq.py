@@ -1,0 +1,170 @@
+"""LMUSeq2Seq: parallel teacher forcing == step-form decoding, greedy, beam search, bad input."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from plmu.models.seq2seq import BANNED_TOKENS, LMUSeq2Seq, reverse_padded
+
+EOS = 3
+
+
+def make_model(seed: int = 0, tgt_vocab: int = 30, **kw) -> LMUSeq2Seq:
+    torch.manual_seed(seed)
+    kw = {"d_model": 16, "order": 6, "theta": 8.0, "memory_size": 2, **kw}
+    return LMUSeq2Seq(25, tgt_vocab, **kw).eval()
+
+
+def padded_sources(seed: int, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    src = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, : n - 1] = torch.randint(4, 25, (n - 1,), generator=g)
+        src[i, n - 1] = EOS
+    return src, torch.tensor(lengths)
+
+
+def parallel_log_probs(model, src, lengths, prefix: list[int]) -> torch.Tensor:
+    """Full-sequence (teacher-forced) log-probabilities for ``<s> prefix``: (len+1, V)."""
+    tgt_in = torch.tensor([[2, *prefix]])
+    with torch.no_grad():
+        logits = model(src, lengths, tgt_in)[0]
+    logp = torch.log_softmax(logits.double(), -1)
+    logp[:, list(BANNED_TOKENS)] = float("-inf")
+    return logp
+
+
+def test_reverse_padded_is_an_involution_that_keeps_padding():
+    x = torch.arange(12.0).view(2, 6, 1)
+    lengths = torch.tensor([4, 6])
+    r = reverse_padded(x, lengths)
+    assert r[0, :, 0].tolist() == [3, 2, 1, 0, 4, 5]
+    assert r[1, :, 0].tolist() == [11, 10, 9, 8, 7, 6]
+    assert torch.equal(reverse_padded(r, lengths), x)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_encoder_ignores_padding(bidirectional):
+    model = make_model(bidirectional=bidirectional)
+    src, lengths = padded_sources(1, [7, 3, 5])
+    enc, mask = model.encode(src, lengths)
+    assert mask.tolist()[1] == [True] * 3 + [False] * 4
+    for i, n in enumerate(lengths.tolist()):
+        alone, _ = model.encode(src[i : i + 1, :n], lengths[i : i + 1])
+        torch.testing.assert_close(enc[i, :n], alone[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_step_form_greedy_equals_parallel_scoring(seed):
+    """Each greedily generated token is the arg-max of the parallel, teacher-forced logits."""
+    model = make_model(seed)
+    src, lengths = padded_sources(seed, [9, 4, 6, 1])
+    hyps = model.greedy(src, lengths, max_len=15)
+    assert any(len(h) > 3 for h in hyps)
+    for i, hyp in enumerate(hyps):
+        n = int(lengths[i])
+        logp = parallel_log_probs(model, src[i : i + 1, :n], lengths[i : i + 1], hyp)
+        predicted = logp.argmax(-1).tolist()
+        assert predicted[: len(hyp)] == hyp
+        if len(hyp) < 15:  # stopped early: </s> was the arg-max after the last token
+            assert predicted[len(hyp)] == EOS
+
+
+def test_step_logits_equal_parallel_logits():
+    model = make_model(3)
+    src, lengths = padded_sources(3, [6, 6])
+    tgt_in = torch.randint(4, 30, (2, 12))
+    tgt_in[:, 0] = 2
+    with torch.no_grad():
+        full = model(src, lengths, tgt_in)
+        enc, mask = model.encode(src, lengths)
+        states = [None] * len(model.decoder)
+        steps = []
+        for t in range(tgt_in.shape[1]):
+            logits, states = model.decode_step(tgt_in[:, t], states, enc, mask)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_beam_size_one_equals_greedy(seed):
+    model = make_model(seed)
+    src, lengths = padded_sources(seed, [5, 8, 2])
+    limit = torch.tensor([4, 12, 7])
+    greedy = model.greedy(src, lengths, limit)
+    assert model.beam_search(src, lengths, limit, beam_size=1) == greedy
+    assert model.beam_search(src, lengths, limit, beam_size=1, length_penalty=0.0) == greedy
+    assert [len(h) <= m for h, m in zip(greedy, limit.tolist())] == [True] * 3
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_wide_beam_finds_the_best_normalised_hypothesis(length_penalty):
+    """With a beam wider than the search space, beam search is exhaustive: compare brute force."""
+    model = make_model(5, tgt_vocab=6)  # generable: <unk>, </s>, 4, 5
+    src, lengths = padded_sources(5, [5])
+    max_len = 3
+    words = [1, 4, 5]
+    hyps = [[*body, EOS] for n in range(max_len) for body in itertools.product(words, repeat=n)]
+    hyps += [list(body) for body in itertools.product(words, repeat=max_len)]  # cut at max_len
+    tgt_in = torch.tensor([[2, *h[:-1]] + [0] * (max_len - len(h)) for h in hyps])
+    with torch.no_grad():
+        logits = model(src.expand(len(hyps), -1), lengths.expand(len(hyps)), tgt_in)
+    logp = torch.log_softmax(logits.double(), -1)
+    scores = [
+        sum(logp[i, t, tok].item() for t, tok in enumerate(h)) / len(h) ** length_penalty
+        for i, h in enumerate(hyps)
+    ]
+    best = hyps[max(range(len(hyps)), key=scores.__getitem__)]
+    best = [t for t in best if t != EOS]
+    found = model.beam_search(src, lengths, max_len, beam_size=64, length_penalty=length_penalty)
+    assert found == [best]
+
+
+def test_beam_search_batches_independently():
+    model = make_model(6)
+    src, lengths = padded_sources(6, [7, 3, 5])
+    together = model.beam_search(src, lengths, 10, beam_size=3)
+    for i, n in enumerate(lengths.tolist()):
+        alone = model.beam_search(src[i : i + 1, :n], lengths[i : i + 1], 10, beam_size=3)
+        assert alone == [together[i]]
+
+
+def test_bad_input_is_rejected():
+    model = make_model()
+    src, lengths = padded_sources(0, [4, 2])
+    with pytest.raises(ValueError, match=r"src_lengths must lie in 1\.\.4"):
+        model.encode(src, torch.tensor([5, 2]))
+    with pytest.raises(ValueError, match="src must be"):
+        model.encode(src[:, :0], torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="beam_size"):
+        model.beam_search(src, lengths, 5, beam_size=0)
+    with pytest.raises(ValueError, match="max_len"):
+        model.greedy(src, lengths, 0)
+    with pytest.raises(ValueError, match="d_model"):
+        LMUSeq2Seq(10, 10, d_model=0)
+
+
+@pytest.mark.slow
+def test_step_decoding_cost_does_not_grow_with_generated_length():
+    """The carried state has a fixed size: the median time of tokens 751-1000 stays within
+    1.5x of tokens 11-260 (timing on a shared CPU, hence slow-marked and medians)."""
+    import time
+
+    torch.manual_seed(0)
+    model = LMUSeq2Seq(1000, 1000, d_model=128, order=64, theta=64.0, memory_size=4).eval()
+    src, lengths = padded_sources(0, [30])
+    with torch.no_grad():
+        enc, mask = model.encode(src, lengths)
+        states = [None] * len(model.decoder)
+        y, times = torch.tensor([2]), []
+        for _ in range(1000):
+            start = time.perf_counter()
+            logits, states = model.decode_step(y, states, enc, mask)
+            y = logits.argmax(-1)
+            times.append(time.perf_counter() - start)
+    early, late = sorted(times[10:260])[125], sorted(times[750:])[125]
+    assert all(s.shape == (1, 4 * 64) for s in states)
+    assert late <= 1.5 * early, (early, late)

@@ -1,0 +1,135 @@
+"""imdb, qqp, snli end to end on fixture files: train a few steps, evaluate, predict (CLI too)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from plmu.cli import main
+from plmu.data.text_classification import TASKS
+from plmu.predict import predict, predict_loaded
+from plmu.training.runner import evaluate, load_checkpoint, train
+from text_fixtures import pair_rows, sentiment_rows, write_rows
+
+# a tiny network and a few steps: fast, and enough to check every piece fits
+TINY = [
+    "epochs=2",
+    "batch_size=4",
+    "max_length=12",
+    "vocab_size=60",
+    "min_frequency=1",
+    "embedding_dim=8",
+    "hidden_size=8",
+    "memory_size=2",
+    "order=4",
+    "theta=12",
+    "num_layers=2",
+    "log_every_n_steps=1",
+]
+
+
+def _write_task(tmp_path, task: str, fmt: str):
+    spec = TASKS[task]
+    data = tmp_path / "data"
+    if spec.is_pair:
+        names = list(spec.label_names) if fmt == ".csv" else None  # names in csv, ints elsewhere
+        write_rows(data / f"train{fmt}", pair_rows(24, spec.columns, spec.num_classes, names))
+        write_rows(data / f"test{fmt}", pair_rows(6, spec.columns, spec.num_classes, names))
+    else:
+        write_rows(data / f"train{fmt}", sentiment_rows(24, labels_as_names=fmt == ".csv"))
+        write_rows(data / f"validation{fmt}", sentiment_rows(4))
+        write_rows(data / f"test{fmt}", sentiment_rows(6))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("task", "fmt", "example", "model"),
+    [
+        ("imdb", ".jsonl", ["a great film"], "parallel-lmu"),
+        ("imdb", ".csv", ["boring and awful"], "parallel-lmu"),
+        ("imdb", ".parquet", ["i hated it"], "lstm"),
+        ("qqp", ".parquet", ["what is the colour of sky 1", "how do fish swim"], "parallel-lmu"),
+        ("snli", ".csv", ["what is the colour of sky 2", "no birds fly here"], "parallel-lmu"),
+    ],
+)
+def test_train_evaluate_predict(tmp_path, capsys, task, fmt, example, model):
+    data = _write_task(tmp_path, task, fmt)
+    out = tmp_path / "run"
+    overrides = [*TINY, f"model={model}"]
+    metrics = train(task, out=out, overrides=overrides, data_dir=data, progress_bar=False)
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == pytest.approx(
+        metrics["test_accuracy"]
+    )
+    checkpoint = metrics["best_checkpoint"]  # the one train tested
+
+    again = evaluate(checkpoint, data_dir=data, out=tmp_path / "eval", progress_bar=False)
+    assert again["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert again["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+
+    prediction = predict(checkpoint, *example)
+    names = TASKS[task].label_names
+    assert prediction.label in names
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert prediction.probability == max(prediction.probabilities.values())
+
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), *example]) == 0
+    label, probability = capsys.readouterr().out.split()
+    assert label == prediction.label and float(probability) == pytest.approx(
+        prediction.probability, abs=1e-4
+    )
+
+
+def test_prediction_alone_equals_prediction_in_a_padded_batch(tmp_path):
+    data = _write_task(tmp_path, "imdb", ".jsonl")
+    out = tmp_path / "run"
+    train("imdb", out=out, overrides=TINY, data_dir=data, progress_bar=False)
+    _, _, module, datamodule = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    texts = ["i loved it", "a great film number 3 but boring and awful", "dull", "superb fun !"]
+    alone = [predict_loaded(module, datamodule, t).probabilities for t in texts]
+    encoded = [datamodule.encode(t) for t in texts]
+    width = max(ids.shape[1] for ids, _ in encoded)
+    ids = torch.zeros(len(texts), width, dtype=torch.long)
+    for i, (row, _) in enumerate(encoded):
+        ids[i, : row.shape[1]] = row[0]
+    lengths = torch.cat([n for _, n in encoded])
+    with torch.no_grad():
+        batched = torch.softmax(module(ids, lengths), dim=-1)
+    for i, probabilities in enumerate(alone):
+        torch.testing.assert_close(
+            batched[i], torch.tensor(list(probabilities.values())), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_predict_errors_are_one_line(tmp_path, capsys):
+    data = _write_task(tmp_path, "qqp", ".jsonl")
+    out = tmp_path / "run"
+    train("qqp", out=out, overrides=TINY, data_dir=data, progress_bar=False)
+    checkpoint = str(out / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    cases = [
+        (["only one question"], "qqp expects 2 text(s) (question1, question2), got 1"),
+        (["", "how do fish swim"], "question1 is empty"),
+        (["sky " * 13, "how do fish swim"], "question1 has 13 tokens, more than max_length=12"),
+    ]
+    for texts, message in cases:
+        assert main(["predict", checkpoint, *texts]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+
+
+def test_train_without_data_offline_says_what_to_put_where(tmp_path, capsys):
+    assert main(["train", "imdb", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "has no train file: put train.jsonl, train.csv or train.parquet there" in err
+
+
+def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
+    import lightning as L
+
+    with pytest.raises(ValueError, match="needs a text classification checkpoint"):
+        predict_loaded(torch.nn.Linear(1, 1), L.LightningDataModule(), "some text")
