@@ -1,4 +1,4 @@
-"""Write the Python 3.11 manual as a text8-format file: real English text, available offline.
+r"""Write the Python 3.11 manual as a text8-format file: real English text, available offline.
 
 Debian's ``python3.11-doc`` package (the CPython documentation, PSF License Version 2) ships the
 whole manual as one Texinfo file, ``usr/share/info/python3.11.info.gz``. This script keeps the
@@ -8,7 +8,8 @@ references by their text, and cleans the rest with ``plmu.data.text8.to_text8_al
 case, digits spelled out, everything else a space). English technical prose with code examples.
 
     apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb pydoc
-    python benchmarks/text8/prepare_python_docs.py pydoc/usr/share/info/python3.11.info.gz data/pydoc
+    python benchmarks/text8/prepare_python_docs.py \
+        pydoc/usr/share/info/python3.11.info.gz data/pydoc
 
 writes ``data/pydoc/text8`` (11.83M characters from 3.11.2-6+deb12u9), ready for
 ``plmu train text8 --data-dir data/pydoc``.
