@@ -57,10 +57,15 @@ def zip_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, zip_dir) -> tuple[Path, dict]:
+def trained(tmp_path_factory, zip_dir):
+    """A tiny run trained once for the module: ``(out, metrics)``."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("run")
-    metrics = train("text8", out=out, overrides=TINY, data_dir=zip_dir, **DEVICE)
+    try:
+        metrics = train("text8", out=out, overrides=TINY, data_dir=zip_dir, **DEVICE)
+    finally:
+        torch.set_num_threads(threads)
     return out, metrics
 
 
