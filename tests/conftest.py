@@ -44,9 +44,15 @@ def assert_close_to_reference(actual, reference, rel=1e-4):
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    """Seeds, and one torch thread: the tests check numbers, not speed, and on a small shared
+    CPU two OpenMP threads made step-by-step loops up to 200x slower (measured here)."""
     torch.manual_seed(0)
     np.random.seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:
