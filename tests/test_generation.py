@@ -12,15 +12,6 @@ from plmu.layers import ParallelLMU
 from plmu.models.language_model import LMULanguageModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Step-by-step loops of tiny matrices: one thread avoids oversubscribed shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(dtype=torch.float64) -> LMULanguageModel:
     model = LMULanguageModel(27, d_model=32, num_layers=2, order=16, theta=64.0, memory_size=2)
     return model.to(dtype).eval()

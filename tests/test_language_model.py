@@ -8,15 +8,6 @@ from hypothesis import strategies as st
 from plmu.models.language_model import LMULanguageModel
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Step-by-step loops of tiny matrices: one thread avoids oversubscribed shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_model(dtype=torch.float64, **kwargs) -> LMULanguageModel:
     args = {"vocab_size": 27, "d_model": 24, "num_layers": 3, "order": 12, "theta": 40.0}
     args.update(kwargs)

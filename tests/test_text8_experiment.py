@@ -39,14 +39,6 @@ TINY = [
 DEVICE = {"accelerator": "cpu", "devices": 1, "progress_bar": False}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def zip_dir(tmp_path_factory) -> Path:
     """A data directory holding only text8.zip (the original archive's format)."""
