@@ -1,4 +1,5 @@
-"""The ``plmu`` command line: train, evaluate, predict, translate and bench.
+"""The ``plmu`` command line: ``plmu train EXPERIMENT``, ``plmu evaluate CHECKPOINT``,
+``predict``/``translate``/``generate`` for trained checkpoints, and ``plmu bench``.
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
@@ -13,13 +14,37 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
 # Exceptions whose message is the whole story for a user: printed as one line.
 _USER_ERRORS = (ValueError, TypeError, OSError, KeyError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog can be computed only when help is shown.
+
+    Listing the experiments imports the training stack (seconds); ``plmu --version`` and the
+    other subcommands' help should not pay for it.
+    """
+
+    def __init__(self, *args, epilog_factory: Callable[[], str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
+
+def _experiments_epilog() -> str:
+    from plmu.training import registry
+
+    lines = [f"  {name:<16} {registry.get(name).summary}" for name in registry.names()]
+    return "experiments:\n" + "\n".join(lines)
 
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
@@ -40,18 +65,13 @@ def _devices(value: str) -> int | str:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from plmu.training import registry
-
-    experiments = "\n".join(
-        f"  {name:<16} {registry.get(name).summary}" for name in registry.names()
-    )
     parser = subparsers.add_parser(
         "train",
         help="train an experiment, test it, write OUT/metrics.json",
         description="Train an experiment with its packaged config (the paper's "
         "hyperparameters), then test the best checkpoint. A run resumes automatically "
         "from OUT/checkpoints/last.ckpt.",
-        epilog=f"experiments:\n{experiments}",
+        epilog_factory=_experiments_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("experiment", help="experiment name (listed below)")
@@ -173,6 +193,33 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_generate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="continue a prompt with a trained language model (text8)",
+        description="Continue PROMPT by LENGTH characters, one step at a time with the carried "
+        "recurrent state (constant cost per character). The prompt is lower-cased; other "
+        "characters outside a-z and space are an error.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train text8")
+    parser.add_argument("--prompt", required=True, help="text to continue (a-z and space)")
+    parser.add_argument("--length", type=int, default=500, help="characters to generate")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    parser.add_argument("--greedy", action="store_true", help="always the most likely character")
+    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.set_defaults(handler=_generate)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from plmu.generation import generate_from_checkpoint
+
+    text = generate_from_checkpoint(
+        args.checkpoint, args.prompt, args.length, args.temperature, args.greedy, args.seed
+    )
+    print(args.prompt.lower() + text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``plmu`` argument parser with all subcommands."""
     from plmu import __version__
@@ -182,11 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"plmu {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     _add_train(subparsers)
     _add_evaluate(subparsers)
     _add_predict(subparsers)
     _add_translate(subparsers)
+    _add_generate(subparsers)
     _add_bench(subparsers)
     return parser
 

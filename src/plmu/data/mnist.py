@@ -190,7 +190,7 @@ class PixelSequences(Dataset):
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.pixels = torch.from_numpy(np.ascontiguousarray(images)).reshape(len(images), -1)
+        self.pixels = torch.tensor(np.asarray(images, dtype=np.uint8)).reshape(len(images), -1)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
         if order is not None:
             if sorted(order.tolist()) != list(range(self.pixels.shape[1])):

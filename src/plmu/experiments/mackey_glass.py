@@ -1,8 +1,8 @@
 """Mackey-Glass: predict the chaotic series 15 steps ahead (NRMSE); the `make demo` experiment.
 
 The data protocol is in :mod:`plmu.data.mackey_glass`. ``model`` picks the network: the
-4-layer parallel LMU (default), the original LMU or an LSTM, each near the paper's 18k
-parameters (``hidden_size``, ``lmu_hidden_size``, ``lstm_hidden_size``).
+4-layer parallel LMU (default), the original LMU (the paper's order 4, theta 4, hidden 49) or an
+LSTM, each near the paper's 18k parameters.
 """
 
 from __future__ import annotations
@@ -51,21 +51,22 @@ class MackeyGlassData(SplitDataModule):
 def build_net(config: dict) -> SequenceRegressor:
     """The regressor the config's ``model`` names: ``(B, T, 1) -> (B, T, 1)``."""
     model = config["model"]
-    hidden = {
-        "parallel-lmu": config["hidden_size"],
-        "lmu": config["lmu_hidden_size"],
-        "lstm": config["lstm_hidden_size"],
+    sizes = {  # (hidden_size, order, theta) per model
+        "parallel-lmu": (config["hidden_size"], config["order"], config["theta"]),
+        "lmu": (config["lmu_hidden_size"], config["lmu_order"], config["lmu_theta"]),
+        "lstm": (config["lstm_hidden_size"], None, None),
     }
-    if model not in hidden:
-        raise ValueError(f"config key 'model' must be one of {sorted(hidden)}, got {model!r}")
+    if model not in sizes:
+        raise ValueError(f"config key 'model' must be one of {sorted(sizes)}, got {model!r}")
+    hidden_size, order, theta = sizes[model]
     return SequenceRegressor(
         input_size=1,
         output_size=1,
         model=model,
-        hidden_size=hidden[model],
+        hidden_size=hidden_size,
         num_layers=config["num_layers"],
-        order=config["order"],
-        theta=config["theta"],
+        order=order,
+        theta=theta,
         memory_size=config["memory_size"],
         dropout=config["dropout"],
     )

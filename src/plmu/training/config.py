@@ -47,6 +47,7 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     "limit_test_batches": None,
     "patience": None,  # early stopping on the monitored validation metric (epochs)
     "num_workers": 0,  # DataLoader worker processes
+    "num_threads": None,  # torch intra-op threads per process (None: torch's default)
     "log_every_n_steps": 10,
 }
 

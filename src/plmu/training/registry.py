@@ -31,8 +31,11 @@ class Experiment:
             ``saved_state()`` returned at save time. With ``saved`` given and ``data_dir`` None
             it must not read data.
         build_model: ``(config, datamodule) -> LightningModule``. On a fresh run it is called
-            after ``datamodule.prepare_data()`` and ``datamodule.setup("fit")``; when loading a
-            checkpoint right after ``build_data(saved=...)``.
+            after ``datamodule.prepare_data()`` and ``datamodule.setup("fit")`` (Lightning calls
+            both again in ``fit``, so they must be idempotent); when loading a checkpoint right
+            after ``build_data(saved=...)``. The module names the validation metric that picks
+            the best checkpoint in its ``monitor`` and ``monitor_mode`` attributes (default
+            ``"val_loss"``, ``"min"``) and logs test metrics as ``test_<metric>``.
         finish: optional ``(module, datamodule, out) -> dict``, called after testing on rank 0:
             writes artefacts (plots, samples) into ``out`` and returns extra metrics that are
             merged into ``OUT/metrics.json``.

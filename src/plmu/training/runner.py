@@ -57,6 +57,10 @@ __all__ = [
 # Lightning suggests worker processes for every DataLoader; num_workers is a config key instead.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*log_every_n_steps.*")
+# Lightning's own internals (torch.utils._pytree) warn about a deprecated API on every run.
+warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+# A resumed run writes into its own checkpoint folder on purpose.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 class CheckpointError(ValueError):
@@ -161,6 +165,7 @@ def train(
     strategy: str = "auto",
     num_nodes: int = 1,
     progress_bar: bool = True,
+    callbacks: Iterable[Callback] = (),
 ) -> dict[str, Any]:
     """Train ``experiment``, test the best checkpoint, write ``OUT/metrics.json``; return it.
 
@@ -169,53 +174,65 @@ def train(
         out: the output directory (default ``runs/<experiment>``).
         config_file: YAML file overriding any config keys.
         overrides: ``"key=value"`` strings applied last.
-        data_dir: where the experiment reads (or downloads) its data.
+        data_dir: where the experiment reads (or downloads) its data (a resumed run defaults to
+            the directory it was started with).
         resume: a checkpoint to resume from; by default ``OUT/checkpoints/last.ckpt`` when it
             exists.
         devices, accelerator, strategy, num_nodes: passed to ``lightning.Trainer``.
         progress_bar: show Lightning's progress bar.
+        callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
     out = Path(out) if out is not None else Path("runs") / exp.name
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
     base = None
+    resumed: dict[str, Any] | None = None
     if resume is not None or checkpoint_path.is_file():
-        info = read_run_info(checkpoint_path)
+        resumed = _read_checkpoint(checkpoint_path)
+        info = resumed["plmu"]
         if info["experiment"] != exp.name:
             raise CheckpointError(
                 f"{checkpoint_path} belongs to experiment {info['experiment']!r}, "
                 f"not {exp.name!r}; use another --out"
             )
         base = info["config"]
+        if data_dir is None and info.get("data_dir"):
+            data_dir = Path(info["data_dir"])  # the resumed run reads the same data
         _info(f"resuming from {checkpoint_path}")
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
     _write_config(out, config)
 
+    _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
     datamodule = exp.build_data(config, data_dir, None)
     datamodule.prepare_data()
     datamodule.setup("fit")
     module = exp.build_model(config, datamodule)
+    if resumed is not None:
+        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
     trainer = _trainer(
         config,
         out,
         module,
-        [run_info],
+        [run_info, *callbacks],
         devices=devices,
         accelerator=accelerator,
         strategy=strategy,
         num_nodes=num_nodes,
         progress_bar=progress_bar,
     )
+    for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
+        logger.log_hyperparams({"experiment": exp.name, **config})
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    results = trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
     metrics = {
         "experiment": exp.name,
         "model": config.get("model"),
@@ -259,6 +276,7 @@ def evaluate(
         out = run_dir / "evaluate"
     out = Path(out)
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
+    _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
     trainer = _trainer(
         config,
@@ -317,17 +335,25 @@ def _trainer(
     callbacks = list(callbacks)
     loggers: list = [CSVLogger(out, name="logs")]
     if fitting:
-        callbacks.append(
+        # Two callbacks: Lightning >= 2.5 refreshes `save_last` only when the top-k checkpoint
+        # changes, so a separate unmonitored one writes last.ckpt after every epoch.
+        callbacks += [
             ModelCheckpoint(
                 dirpath=out / "checkpoints",
                 filename="best",
                 monitor=monitor,
                 mode=mode,
                 save_top_k=1,
-                save_last=True,
                 enable_version_counter=False,
-            )
-        )
+            ),
+            ModelCheckpoint(
+                dirpath=out / "checkpoints",
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+            ),
+        ]
         if config.get("patience") is not None:
             callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
@@ -382,6 +408,26 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
     return metrics
+
+
+def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> None:
+    """Refuse to resume when the (overridden) config builds a model the weights do not fit."""
+    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if expected != found:
+        names = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+        raise CheckpointError(
+            f"cannot resume from {path}: its weights do not fit the model this config builds "
+            f"(e.g. {names[0]}); train into another --out instead"
+        )
+
+
+def _set_threads(config: dict) -> None:
+    threads = config.get("num_threads")
+    if threads is not None:
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"config key 'num_threads' must be an int >= 1, got {threads!r}")
+        torch.set_num_threads(threads)
 
 
 @rank_zero_only

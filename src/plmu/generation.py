@@ -1,0 +1,140 @@
+"""Text generation with a trained LMU language model, run as an RNN.
+
+The prompt is scored once in parallel (``LMULanguageModel.forward`` returns every layer's
+memory after it); each new character then goes through ``LMULanguageModel.step`` with the carried
+state. No step ever re-reads the prefix, so the cost per character is constant.
+
+Prompt handling (text8 alphabet, a-z and space): upper-case letters are lower-cased; an empty
+prompt or any other character (digits, punctuation, newlines, accents) is a ``ValueError`` that
+names the offending characters. ``plmu.data.text8.to_text8_alphabet`` cleans arbitrary text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from plmu.data.text8 import decode, encode
+from plmu.models.language_model import LMULanguageModel
+
+__all__ = ["generate_from_checkpoint", "generate_text", "iter_tokens"]
+
+
+def _check_length(length: object) -> int:
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(f"length must be an int >= 1, got {type(length).__name__}")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    return length
+
+
+def _check_temperature(temperature: object) -> float:
+    t = float(temperature)  # type: ignore[arg-type]
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    return t
+
+
+@torch.no_grad()
+def iter_tokens(
+    model: LMULanguageModel,
+    prompt: torch.Tensor,
+    length: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield ``length`` token ids continuing ``prompt``, one at a time (the step form).
+
+    Args:
+        model: the language model (put in eval mode by the caller for dropout-free sampling).
+        prompt: ``(prompt_len,)`` int64 token ids, ``prompt_len >= 1``.
+        length: tokens to generate, ``>= 1``.
+        temperature: divides the logits before sampling (ignored when ``greedy``).
+        greedy: take the most likely token instead of sampling.
+        generator: random source for sampling (``None``: torch's global one).
+    """
+    length = _check_length(length)
+    temperature = _check_temperature(temperature)
+    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
+        raise ValueError("prompt must be a non-empty 1-D tensor of token ids")
+    device = next(model.parameters()).device
+    logits, state = model(prompt.to(device).unsqueeze(0))
+    logits = logits[:, -1]
+    for i in range(length):
+        if greedy:
+            token = logits.argmax(dim=-1)
+        else:
+            probs = torch.softmax(logits.double() / temperature, dim=-1)
+            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
+            token = token.to(device)
+        yield int(token)
+        if i + 1 < length:
+            logits, state = model.step(token, state)
+
+
+def generate_text(
+    model: LMULanguageModel,
+    prompt: str,
+    length: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+) -> str:
+    """Continue ``prompt`` by ``length`` characters; returns only the new characters.
+
+    Raises:
+        ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
+            ``length < 1`` or ``temperature <= 0``.
+    """
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError("prompt must contain at least one character")
+    ids = encode(prompt.lower(), name="prompt")
+    length = _check_length(length)
+    _check_temperature(temperature)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(int(seed))
+    was_training = model.training
+    model.eval()
+    try:
+        tokens = list(iter_tokens(model, ids, length, temperature, greedy, generator))
+    finally:
+        model.train(was_training)
+    return decode(tokens)
+
+
+def generate_from_checkpoint(
+    checkpoint: str | Path,
+    prompt: str,
+    length: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+) -> str:
+    """``plmu generate``: load a language-model checkpoint and continue ``prompt``.
+
+    Returns the new characters only. Raises ``ValueError`` for bad arguments or for a checkpoint
+    of an experiment that is not a character language model.
+    """
+    from plmu.training.runner import load_checkpoint
+
+    # validate cheap arguments before loading anything
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError("prompt must contain at least one character")
+    encode(prompt.lower(), name="prompt")
+    _check_length(length)
+    _check_temperature(temperature)
+    experiment, _config, module, _dm = load_checkpoint(checkpoint)
+    model = getattr(module, "net", None)
+    if not isinstance(model, LMULanguageModel):
+        raise ValueError(
+            f"checkpoint {checkpoint} holds a {experiment.name!r} model, not a language model "
+            f"(plmu generate needs e.g. a text8 checkpoint)"
+        )
+    return generate_text(model, prompt, length, temperature, greedy, seed)

@@ -1,0 +1,126 @@
+import gzip
+import io
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_idx, write_mnist
+from plmu.data import DataError, mnist
+from plmu.data.mnist import (
+    PixelSequences,
+    find_idx,
+    load_mnist,
+    permutation,
+    psmnist_splits,
+    read_idx,
+)
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images-idx3-ubyte.gz"])
+def test_read_idx_roundtrip(tmp_path: Path, name: str) -> None:
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    assert np.array_equal(read_idx(write_idx(tmp_path / name, array)), array)
+
+
+def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
+    path = tmp_path / "bad"
+    path.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_truncated(tmp_path: Path) -> None:
+    path = write_idx(tmp_path / "x", np.zeros((5, 4, 4), np.uint8))
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(DataError, match="size mismatch"):
+        read_idx(path)
+
+
+def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "x.gz"
+    path.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(path)
+
+
+def test_find_idx_prefers_plain(tmp_path: Path) -> None:
+    write_idx(tmp_path / "a.gz", np.zeros(3, np.uint8))
+    assert find_idx(tmp_path, "a") == tmp_path / "a.gz"
+    write_idx(tmp_path / "a", np.zeros(3, np.uint8))
+    assert find_idx(tmp_path, "a") == tmp_path / "a"
+    assert find_idx(tmp_path, "b") is None
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_load_mnist_reads_both_formats(tmp_path: Path, gz: bool) -> None:
+    train_x, train_y, test_x, _ = load_mnist(write_mnist(tmp_path, 12, 6, gz=gz))
+    assert train_x.shape == (12, 28, 28) and train_x.dtype == np.uint8
+    assert test_x.shape == (6, 28, 28)
+    assert train_y.dtype == np.int64 and list(train_y[:3]) == [0, 1, 2]
+
+
+def test_load_mnist_count_mismatch(tmp_path: Path) -> None:
+    write_mnist(tmp_path, 12, 6, gz=False)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(11, np.uint8))
+    with pytest.raises(DataError, match="12 images but 11 labels"):
+        load_mnist(tmp_path)
+
+
+def test_missing_files_offline_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_mnist(tmp_path / "empty")
+    message = str(info.value)
+    assert "could not be downloaded" in message and "\n" not in message
+
+
+def test_missing_files_without_download(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="missing"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_download_verifies_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    with pytest.raises(DataError, match="checksum"):
+        mnist.download_mnist(tmp_path)
+    assert not list(tmp_path.iterdir())  # no partial or unverified file left behind
+
+
+def test_download_keeps_verified_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    import hashlib
+
+    digest = hashlib.md5(payload).hexdigest()
+    monkeypatch.setattr(mnist, "FILES", {"tiny-idx1-ubyte": digest})
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
+    mnist.download_mnist(tmp_path)
+    assert read_idx(tmp_path / "tiny-idx1-ubyte.gz").tolist() == [7]
+
+
+def test_permutation_is_fixed_by_seed() -> None:
+    assert torch.equal(permutation(784, 0), permutation(784, 0))
+    assert not torch.equal(permutation(784, 0), permutation(784, 1))
+    assert sorted(permutation(784, 3).tolist()) == list(range(784))
+
+
+def test_pixel_sequences_scale_and_permute() -> None:
+    images = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) * 20
+    order = torch.tensor([5, 0, 1, 2, 3, 4])
+    data = PixelSequences(images, np.array([3, 4]), order)
+    x, label = data[1]
+    assert x.shape == (6, 1) and x.dtype == torch.float32 and int(label) == 4
+    expected = torch.tensor(images[1].reshape(-1)[order.numpy()], dtype=torch.float32) / 255
+    assert torch.allclose(x.squeeze(-1), expected)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+def test_psmnist_splits_validation_is_last_images(tmp_path: Path) -> None:
+    write_mnist(tmp_path, 30, 10, gz=True)
+    train, val, test = psmnist_splits(tmp_path, val_size=8, permutation_seed=0)
+    assert (len(train), len(val), len(test)) == (22, 8, 10)
+    assert [int(val[i][1]) for i in range(3)] == [22 % 10, 23 % 10, 24 % 10]
+    with pytest.raises(ValueError, match="val_size"):
+        psmnist_splits(tmp_path, val_size=30)

@@ -1,0 +1,168 @@
+"""`plmu train text8`, `plmu evaluate`, `plmu generate` end to end on a tiny fixture."""
+
+import json
+import math
+import shutil
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from plmu import cli
+from plmu.data.text8 import ALPHABET
+from plmu.experiments import text8 as experiment
+from plmu.generation import generate_from_checkpoint, iter_tokens
+from plmu.models.language_model import LMULanguageModel
+from plmu.training import registry
+from plmu.training.config import load_config
+from plmu.training.runner import evaluate, load_checkpoint, train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "text8" / "text8"
+TINY = [
+    "d_model=16",
+    "num_layers=2",
+    "order=8",
+    "theta=32",
+    "memory_size=2",
+    "seq_len=32",
+    "eval_context=8",
+    "batch_size=8",
+    "epochs=2",
+    "warmup_steps=2",
+    "num_workers=0",
+    "sample_length=300",
+    "lr=0.01",
+]
+DEVICE = {"accelerator": "cpu", "devices": 1, "progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def zip_dir(tmp_path_factory) -> Path:
+    """A data directory holding only text8.zip (the original archive's format)."""
+    path = tmp_path_factory.mktemp("text8zip")
+    with zipfile.ZipFile(path / "text8.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.write(FIXTURE, "text8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, zip_dir):
+    """A tiny run trained once for the module: ``(out, metrics)``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("run")
+    try:
+        metrics = train("text8", out=out, overrides=TINY, data_dir=zip_dir, **DEVICE)
+    finally:
+        torch.set_num_threads(threads)
+    return out, metrics
+
+
+def test_registered_with_a_complete_config():
+    exp = registry.get("text8")
+    assert exp is experiment.EXPERIMENT and exp.finish is not None
+    config = load_config("text8")
+    net = experiment.build_net(config)
+    params = sum(p.numel() for p in net.parameters())
+    assert 1_500_000 < params < 3_000_000  # the documented ~2.2M
+    assert config["theta"] == config["seq_len"]
+
+
+def test_train_writes_metrics_sample_and_checkpoints(trained):
+    out, metrics = trained
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    # two epochs of a 2.5k-character text: better than uniform (log2 27 = 4.75 bits)
+    assert 1.0 < saved["test_bpc"] < math.log2(27)
+    assert saved["test_loss"] == pytest.approx(saved["test_bpc"] * math.log(2), rel=1e-5)
+    assert saved["train_chars_per_second"] > 0 and saved["generate_chars_per_second"] > 0
+    assert saved["epochs"] == 2
+    sample = (out / "sample.txt").read_text()
+    assert sample.startswith("the ") and len(sample) == 4 + 300 + 1
+    assert set(sample.rstrip("\n")) <= set(ALPHABET)
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_evaluate_reproduces_test_bpc_from_plain_file(trained, tmp_path):
+    out, metrics = trained
+    shutil.copy(FIXTURE, tmp_path / "text8")  # the unzipped format gives the same numbers
+    again = evaluate(
+        out / "checkpoints" / "best.ckpt", data_dir=tmp_path, out=tmp_path / "eval", **DEVICE
+    )
+    assert again["test_bpc"] == pytest.approx(metrics["test_bpc"], rel=1e-5)
+    assert "train_chars_per_second" not in again and again["generate_chars_per_second"] > 0
+
+
+def test_checkpoint_rebuilds_without_data(trained):
+    out, _ = trained
+    exp, _config, module, datamodule = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    assert exp.name == "text8" and isinstance(module.net, LMULanguageModel)
+    with pytest.raises(ValueError, match="--data-dir"):
+        datamodule.setup("test")
+
+
+def test_trained_model_step_form_equals_parallel_scoring(trained):
+    """float32, trained weights: each greedy step-form token is the parallel argmax (or a tie
+    within float32 rounding)."""
+    out, _ = trained
+    _, _, module, _ = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    net = module.net
+    prompt = torch.tensor([ALPHABET.index(c) for c in "the river "])
+    generated = torch.tensor(list(iter_tokens(net, prompt, 400, greedy=True)))
+    with torch.no_grad():
+        logits, _ = net(torch.cat([prompt, generated])[None, :-1])
+    logits = logits[0, len(prompt) - 1 :]
+    parallel = logits.argmax(-1)
+    differ = parallel != generated
+    gap = logits.gather(1, parallel[:, None]) - logits.gather(1, generated[:, None])
+    assert (gap[differ] < 1e-4).all()
+    assert differ.float().mean() < 0.01
+
+
+def test_generate_command(trained, capsys):
+    out, _ = trained
+    checkpoint = out / "checkpoints" / "best.ckpt"
+    status = cli.main(
+        ["generate", str(checkpoint), "--prompt", "The ", "--length", "50", "--greedy"]
+    )
+    assert status == 0
+    printed = capsys.readouterr().out.rstrip("\n")
+    assert printed.startswith("the ") and len(printed) == 54
+    assert printed[4:] == generate_from_checkpoint(checkpoint, "the ", 50, greedy=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prompt", "", "--length", "5"], "prompt must contain at least one character"),
+        (["--prompt", "hi!", "--length", "5"], "outside the text8 alphabet"),
+        (["--prompt", "hi", "--length", "0"], "length must be >= 1"),
+        (["--prompt", "hi", "--temperature", "-1"], "temperature"),
+    ],
+)
+def test_generate_command_bad_input(trained, capsys, args, message):
+    out, _ = trained
+    status = cli.main(["generate", str(out / "checkpoints" / "best.ckpt"), *args])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_generate_command_missing_checkpoint(tmp_path, capsys):
+    status = cli.main(["generate", str(tmp_path / "nope.ckpt"), "--prompt", "a"])
+    assert status == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_train_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    status = cli.main(
+        ["train", "text8", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
+    )
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("plmu: error: text8 not found") and err.count("\n") == 1

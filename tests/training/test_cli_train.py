@@ -1,0 +1,91 @@
+"""The command line: one-line errors, and train/evaluate through main()."""
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
+
+from plmu.cli import main
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, status: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("plmu: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_unknown_experiment(capsys: pytest.CaptureFixture) -> None:
+    err = _one_line_error(capsys, main(["train", "mnist-typo"]))
+    assert "unknown experiment 'mnist-typo'" in err and "psmnist" in err
+
+
+def test_unknown_config_key(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    status = main(["train", "mackey-glass", "--out", str(tmp_path), "--set", "lrr=0.1"])
+    err = _one_line_error(capsys, status)
+    assert "unknown config key 'lrr'" in err and "did you mean 'lr'" in err
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bad_override_value(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    status = main(["train", "mackey-glass", "--out", str(tmp_path), "--set", "epochs=two"])
+    assert "'epochs' in --set expects int" in _one_line_error(capsys, status)
+
+
+def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
+    status = main([*args, "--set", "model=gru"])
+    assert "'model' must be one of" in _one_line_error(capsys, status)
+
+
+def test_missing_mnist_offline(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    args = ["train", "psmnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]
+    err = _one_line_error(capsys, main([*args, *sets(TINY_PSMNIST)]))
+    assert "could not be downloaded" in err
+
+
+def test_corrupt_mnist_file(capsys: pytest.CaptureFixture, tmp_path: Path, mnist_dir: Path) -> None:
+    (mnist_dir / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b garbage")
+    args = ["train", "psmnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "run")]
+    err = _one_line_error(capsys, main([*args, *sets(TINY_PSMNIST), "--no-progress-bar"]))
+    assert "train-images-idx3-ubyte.gz" in err
+
+
+def test_missing_and_corrupt_checkpoint(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    err = _one_line_error(capsys, main(["evaluate", str(tmp_path / "none.ckpt")]))
+    assert "does not exist" in err
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert "cannot be read" in _one_line_error(capsys, main(["evaluate", str(bad)]))
+
+
+def test_debug_shows_the_traceback() -> None:
+    with pytest.raises(ValueError, match="unknown experiment"):
+        main(["--debug", "train", "nope"])
+
+
+def test_train_and_evaluate_plain_idx(
+    capsys: pytest.CaptureFixture, tmp_path: Path, mnist_plain_dir: Path
+) -> None:
+    out = tmp_path / "run"
+    common = ["--accelerator", "cpu", "--devices", "1", "--no-progress-bar"]
+    args = ["train", "psmnist", "--data-dir", str(mnist_plain_dir), "--out", str(out)]
+    assert main([*args, *sets(TINY_PSMNIST), *common]) == 0
+    summary = capsys.readouterr().out
+    assert "test_accuracy" in summary and "params" in summary
+    assert main(["evaluate", str(out / "checkpoints" / "last.ckpt"), *common]) == 0
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert metrics["experiment"] == "psmnist" and 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "experiments:" in out and "mackey-glass" in out and "psmnist" in out
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    args = ["train", "mackey-glass", "--config", str(tmp_path / "none.yaml")]
+    assert "cannot read config file" in _one_line_error(capsys, main(args))

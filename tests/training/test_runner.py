@@ -1,0 +1,158 @@
+"""End-to-end runs of every experiment on tiny fixtures: train, evaluate, resume."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
+
+from plmu.training.regression import SequenceRegression
+from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
+
+
+def _train_mg(out: Path, *extra: str, **kwargs) -> dict:
+    return train(
+        "mackey-glass",
+        out=out,
+        overrides=[*TINY_MACKEY_GLASS, *extra],
+        accelerator="cpu",
+        devices=1,
+        progress_bar=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("model", ["parallel-lmu", "lstm", "lmu"])
+def test_mackey_glass_end_to_end(tmp_path: Path, model: str) -> None:
+    out = tmp_path / "run"
+    metrics = _train_mg(out, f"model={model}")
+    written = json.loads((out / "metrics.json").read_text())
+    assert written == json.loads(json.dumps(metrics, default=str))
+    assert written["model"] == model and written["epochs"] == 1
+    assert 0.0 < written["test_nrmse"] < 5.0
+    assert written["params"] > 0 and written["seconds"] > 0
+    assert (out / "checkpoints" / "best.ckpt").is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "prediction.png").stat().st_size > 1000
+    assert (out / "config.yaml").is_file()
+    assert list((out / "logs").glob("version_0/metrics.csv"))
+    assert list((out / "tensorboard").glob("version_0/events.*"))
+    info = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["plmu"]
+    assert info["experiment"] == "mackey-glass" and info["config"]["model"] == model
+    assert set(info["saved"]["normaliser"]) == {"mean", "std"}
+
+
+def test_evaluate_from_checkpoint_matches_training(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    trained = _train_mg(out)
+    evaluated = evaluate(out / "checkpoints" / "best.ckpt", accelerator="cpu", progress_bar=False)
+    assert evaluated["test_nrmse"] == pytest.approx(trained["test_nrmse"], rel=1e-5)
+    assert evaluated["epochs"] == 1
+    assert json.loads((out / "evaluate" / "metrics.json").read_text())["test_nrmse"] == (
+        pytest.approx(trained["test_nrmse"], rel=1e-5)
+    )
+    assert (out / "evaluate" / "prediction.png").is_file()
+
+
+def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _train_mg(out)
+    experiment, _, module, datamodule = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert experiment.name == "mackey-glass" and not module.training
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    for name, tensor in module.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    datamodule.setup("test")
+    x, _, _ = datamodule.test_set[0]
+    assert module(x.unsqueeze(0)).shape == (1, x.shape[0], 1)
+
+
+def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = _train_mg(out)
+    steps_per_epoch = first["global_step"]
+    second = _train_mg(out, "epochs=2")
+    assert second["epochs"] == 2
+    assert second["global_step"] == 2 * steps_per_epoch
+    assert second["seconds"] > first["seconds"]
+    assert (out / "logs" / "version_1" / "metrics.csv").is_file()  # earlier logs kept
+
+
+def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _train_mg(out)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        _train_mg(out, "epochs=2", "hidden_size=9")
+
+
+class _Crash(L.Callback):
+    """Simulates a run killed at the start of its third epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 2:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_run_loses_no_completed_epoch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The best checkpoint stays at epoch 0 ("epoch" is always a monitor candidate), so
+    # last.ckpt must be written after every epoch on its own, not only when the best changes.
+    monkeypatch.setattr(SequenceRegression, "monitor", "epoch")
+    monkeypatch.setattr(SequenceRegression, "monitor_mode", "min")
+    reference = _train_mg(tmp_path / "reference", "epochs=4")
+    steps_per_epoch = reference["global_step"] // 4
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_mg(out, "epochs=4", callbacks=[_Crash()])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2 * steps_per_epoch  # epochs 0 and 1 kept
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == steps_per_epoch
+    resumed = _train_mg(out, "epochs=4")  # the same command again resumes
+    assert resumed["epochs"] == 4
+    assert resumed["global_step"] == reference["global_step"]
+
+
+def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
+    out = tmp_path / "run"
+    _train_mg(out)
+    with pytest.raises(CheckpointError, match="belongs to experiment 'mackey-glass'"):
+        train(
+            "psmnist",
+            out=out,
+            overrides=TINY_PSMNIST,
+            data_dir=mnist_dir,
+            accelerator="cpu",
+            progress_bar=False,
+        )
+
+
+@pytest.mark.parametrize("model", ["parallel-lmu", "lstm", "lmu"])
+def test_psmnist_end_to_end(tmp_path: Path, mnist_dir: Path, model: str) -> None:
+    out = tmp_path / "run"
+    metrics = train(
+        "psmnist",
+        out=out,
+        overrides=[*TINY_PSMNIST, f"model={model}"],
+        data_dir=mnist_dir,
+        accelerator="cpu",
+        devices=1,
+        progress_bar=False,
+    )
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["epochs"] == 1
+    assert json.loads((out / "metrics.json").read_text())["test_accuracy"] == pytest.approx(
+        metrics["test_accuracy"]
+    )
+    evaluated = evaluate(out / "checkpoints" / "best.ckpt", accelerator="cpu", progress_bar=False)
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def test_psmnist_paper_model_size() -> None:
+    from plmu.experiments.psmnist import build_net
+    from plmu.training.base import count_parameters
+    from plmu.training.config import default_config
+
+    assert count_parameters(build_net(default_config("psmnist"))) == 166_092

@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from plmu.training.config import (
+    REQUIRED_KEYS,
+    ConfigError,
+    default_config,
+    load_config,
+    parse_override,
+)
+
+
+@pytest.mark.parametrize("name", ["mackey-glass", "psmnist"])
+def test_packaged_configs_have_required_keys(name: str) -> None:
+    config = default_config(name)
+    assert all(key in config for key in REQUIRED_KEYS)
+    assert config["model"] == "parallel-lmu"
+
+
+def test_overrides_are_yaml_scalars() -> None:
+    config = load_config("mackey-glass", overrides=["lr=1e-3", "epochs=7", "model=lstm"])
+    assert config["lr"] == 0.001 and isinstance(config["lr"], float)
+    assert config["epochs"] == 7 and config["model"] == "lstm"
+    assert load_config("mackey-glass", overrides=["theta=8"])["theta"] == 8.0
+    assert load_config("mackey-glass", overrides=["patience=3"])["patience"] == 3
+
+
+def test_unknown_key_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'lrr' in --set; did you mean 'lr'"):
+        load_config("mackey-glass", overrides=["lrr=0.1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=1.5", "'epochs' in --set expects int"),
+        ("lr=fast", "'lr' in --set expects float"),
+        ("epochs=null", "cannot be null"),
+        ("model=[1, 2]", "expected a scalar"),
+    ],
+)
+def test_wrong_types_rejected(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config("mackey-glass", overrides=[override])
+
+
+@pytest.mark.parametrize("text", ["epochs", "=3", ""])
+def test_malformed_override(text: str) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override(text)
+
+
+def test_config_file_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "my.yaml"
+    path.write_text("epochs: 3\nlr: 0.01\n")
+    config = load_config("mackey-glass", path, overrides=["epochs=4"])
+    assert (config["epochs"], config["lr"]) == (4, 0.01)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("mackey-glass", bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config("mackey-glass", bad)
+    bad.write_text("epochz: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'epochz' in config file"):
+        load_config("mackey-glass", bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("mackey-glass", tmp_path / "missing.yaml")
+
+
+def test_base_config_fills_new_keys() -> None:
+    base = {"epochs": 9, "lr": 0.5}
+    config = load_config("mackey-glass", base=base, overrides=["epochs=10"])
+    assert config["epochs"] == 10 and config["lr"] == 0.5 and "window" in config
