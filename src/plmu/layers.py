@@ -188,20 +188,24 @@ class ParallelLMU(nn.Module):
         Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
         xH = x.reshape(Bn, T) @ Hrev  # (B, d): data only, no gradient needed
         W = self.output.weight
-        W_m = W[:, :S]
+        # one split (its backward writes W's gradient once; two slices would each zero-fill it)
+        W_m, W_x = W.split([S, W.shape[1] - S], dim=1)
         e = self.encoder.weight.view(())
-        pre = e * (xH @ W_m.T)  # (B, hidden)
-        m = e * xH
-        if self.encoder.bias is not None:
-            h_sum = Hrev.sum(0)  # (d,)
-            pre = pre + self.encoder.bias * (W_m @ h_sum)
-            m = m + self.encoder.bias * h_sum
+        b_u = self.encoder.bias
+        if b_u is None:
+            pre = e * (xH @ W_m.T)  # (B, hidden)
+            m = e * xH
+        else:  # the bias row rides along in the same product: W_m [xH; sum_k H[k]]^T
+            h_sum = Hrev.sum(0, keepdim=True)  # (1, d)
+            P = torch.cat([xH, h_sum]) @ W_m.T  # (B + 1, hidden)
+            pre = e * P[:Bn] + b_u * P[Bn]
+            m = e * xH + b_u * h_sum
         if state is not None:
             free = mem._power_apply(state.to(x.dtype), T)
             m = m + free
             pre = pre + free @ W_m.T
         if self.input_to_output:
-            pre = pre + x[:, -1] @ W[:, S:].T
+            pre = pre + x[:, -1] @ W_x.T
         if self.output.bias is not None:
             pre = pre + self.output.bias
         return self.dropout(self.hidden_activation(pre)), m
