@@ -196,7 +196,7 @@ class ParallelLMU(nn.Module):
             pre = e * (xH @ W_m.T)  # (B, hidden)
             m = e * xH
         else:  # the bias row rides along in the same product: W_m [xH; sum_k H[k]]^T
-            h_sum = Hrev.sum(0, keepdim=True)  # (1, d)
+            h_sum = mem._kernel_sum(T, x.dtype)  # (1, d): sum_k H[k], cached
             P = torch.cat([xH, h_sum]) @ W_m.T  # (B + 1, hidden)
             pre = e * P[:Bn] + b_u * P[Bn]
             m = e * xH + b_u * h_sum
@@ -233,7 +233,7 @@ class ParallelLMU(nn.Module):
         m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, -1)
         m = m.transpose(1, 2)  # (B, C, d)
         if self.encoder.bias is not None:
-            m = m + self.encoder.bias.view(-1, 1) * Hrev.sum(0)
+            m = m + self.encoder.bias.view(-1, 1) * mem._kernel_sum(T, x.dtype)[0]
         m = m.reshape(Bn, self.state_size)
         if state is not None:
             m = m + mem._power_apply(state.to(x.dtype), T)

@@ -310,6 +310,13 @@ class LegendreMemory(nn.Module):
             lambda: self.kernel(length, dtype).flip(0).contiguous(),
         )
 
+    def _kernel_sum(self, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """``sum_k H[k]`` over ``length`` steps, ``(1, order)`` (the response to a constant 1)."""
+        return self._cached(
+            ("kernel_sum", length, dtype),
+            lambda: self.kernel(length).sum(0, keepdim=True).to(dtype),
+        )
+
     def _kernel_rfft_stacked(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
         """``[Re; Im]`` of ``rfft(H, n_fft)`` along time: ``(2 * (n_fft // 2 + 1), order)``.
 
