@@ -64,6 +64,17 @@ def _devices(value: str) -> int | str:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
+def _trainer_options(args: argparse.Namespace) -> dict:
+    """The device options shared by ``train`` and ``evaluate``, as runner keyword arguments."""
+    return {
+        "devices": _devices(args.devices),
+        "accelerator": args.accelerator,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
+        "progress_bar": not args.no_progress_bar,
+    }
+
+
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
@@ -101,11 +112,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides=args.overrides,
         data_dir=args.data_dir,
         resume=args.resume,
-        devices=_devices(args.devices),
-        accelerator=args.accelerator,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        progress_bar=not args.no_progress_bar,
+        **_trainer_options(args),
     )
     return 0
 
@@ -134,11 +141,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.checkpoint,
         data_dir=args.data_dir,
         out=args.out,
-        devices=_devices(args.devices),
-        accelerator=args.accelerator,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        progress_bar=not args.no_progress_bar,
+        **_trainer_options(args),
     )
     return 0
 
