@@ -72,6 +72,46 @@ def test_folded_last_state_equals_memory_last_state(bias, with_state):
         np.testing.assert_allclose(g.numpy(), p.grad.numpy(), atol=1e-9)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("input_to_output", [True, False])
+@pytest.mark.parametrize("use_state_output", [True, False])
+def test_scalar_last_output_training_form_equals_autograd(bias, input_to_output, use_state_output):
+    """The hand-written backward of the psMNIST path gives autograd's gradients (float64)."""
+    layer = plmu.ParallelLMU(
+        1, 5, 12, 30.0, return_sequences=False, bias=bias, input_to_output=input_to_output
+    ).double()
+    x = torch.randn(4, 40, 1, dtype=torch.float64)
+    y, m = layer(x)
+    assert y.grad_fn is not None and "ScalarLastOutput" in type(m.grad_fn).__name__
+    ref = layer.memory.last_state(layer._encode(x))
+    y_ref = layer._readout(ref, x[:, -1])
+    np.testing.assert_allclose(y.detach().numpy(), y_ref.detach().numpy(), atol=1e-12)
+    np.testing.assert_allclose(m.detach().numpy(), ref.detach().numpy(), atol=1e-12)
+    wy, wm = torch.randn_like(y), torch.randn_like(m)
+
+    def loss(out, state):
+        return (out * wy).sum() + ((state * wm).sum() if use_state_output else 0.0)
+
+    loss(y, m).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    loss(y_ref, ref).backward()
+    for g, p in zip(grads, layer.parameters()):
+        np.testing.assert_allclose(g.numpy(), p.grad.numpy(), atol=1e-10)
+
+
+def test_scalar_last_output_training_form_gradcheck():
+    layer = plmu.ParallelLMU(1, 3, 6, 15.0, return_sequences=False).double()
+    x = torch.randn(2, 20, 1, dtype=torch.float64)
+    params = [layer.encoder.weight, layer.encoder.bias, layer.output.weight, layer.output.bias]
+
+    def f(e, b_u, w, b):
+        weights = {"encoder.weight": e, "encoder.bias": b_u, "output.weight": w, "output.bias": b}
+        return torch.func.functional_call(layer, weights, (x,))
+
+    assert torch.autograd.gradcheck(f, [p.detach().clone().requires_grad_() for p in params])
+
+
 def test_folded_last_state_several_channels():
     layer = plmu.ParallelLMU(2, 5, 6, 30.0, memory_size=3, return_sequences=False).double()
     x = torch.randn(4, 50, 2, dtype=torch.float64)

@@ -60,6 +60,91 @@ def _activation(name: str | None, argument: str) -> nn.Module:
     return ACTIVATIONS[key]()
 
 
+class _ScalarLastOutput(torch.autograd.Function):
+    """Training form of :meth:`ParallelLMU._last_output_scalar`: three GEMMs and nothing else.
+
+    With ``xH = sum_t H[n-1-t] x_t`` (data, no gradient), ``u = e x + b_u``::
+
+        m   = e xH + b_u h_sum                         h_sum = sum_k H[k]
+        pre = e (xH W_m^T) + b_u (W_m h_sum) + W_x x_n + b
+
+    Backward needs no gradient of ``m`` through ``W_m``: the weight gradient is one product
+    ``grad_pre^T [m, x_n]`` (the whole ``[W_m, W_x]`` at once), and ``e``/``b_u`` get theirs from
+    the saved ``xH W_m^T`` and ``W_m h_sum``. Autograd of the plain expression spends about as long
+    again on the concatenations, slices and zero-filled gradients around the same three GEMMs.
+
+    Shapes: ``xH`` ``(B, d)``, ``h_sum`` ``(d,)`` or ``None``, ``e`` ``(1, 1)``, ``b_u`` ``(1,)`` or
+    ``None``, ``weight`` ``(hidden, d + n_x)``, ``x_last`` ``(B, n_x)`` or ``None`` (then
+    ``n_x = 0``), ``bias`` ``(hidden,)`` or ``None``. Returns ``pre`` ``(B, hidden)`` and ``m``
+    ``(B, d)``.
+    """
+
+    @staticmethod
+    def applies(xH, x, weight, e, b_u, bias) -> bool:
+        """Whether to use it: recording a gradient, but not for the data, and not when traced."""
+        params = [t for t in (weight, e, b_u, bias) if t is not None]
+        return (
+            torch.is_grad_enabled()
+            and not xH.requires_grad
+            and not x.requires_grad
+            and any(t.requires_grad for t in params)
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        )
+
+    @staticmethod
+    def forward(ctx, xH, h_sum, e, b_u, weight, x_last, bias):  # type: ignore[override]
+        d = xH.shape[1]
+        W_m = weight[:, :d]
+        ev = e.reshape(())
+        P = xH @ W_m.T  # (B, hidden)
+        pre = P * ev
+        m = xH * ev
+        c = None
+        if b_u is not None:
+            c = W_m @ h_sum  # (hidden,)
+            pre += b_u * c
+            m += b_u * h_sum
+        if x_last is not None:
+            pre.addmm_(x_last, weight[:, d:].T)
+            Z = torch.cat([m, x_last], dim=1)  # (B, d + n_x): the input of the whole weight
+        else:
+            Z = m
+        if bias is not None:
+            pre += bias
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(xH, h_sum, P, c, Z)
+        return pre, m
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_pre, grad_m):  # type: ignore[override]
+        xH, h_sum, P, c, Z = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g_e = g_bu = g_w = g_b = None
+        g_sum = None if grad_pre is None else grad_pre.sum(0)  # (hidden,)
+        if need[2]:
+            g_e = xH.new_zeros(())
+            if grad_pre is not None:
+                g_e = g_e + torch.vdot(grad_pre.reshape(-1), P.reshape(-1))
+            if grad_m is not None:
+                g_e = g_e + torch.vdot(grad_m.reshape(-1), xH.reshape(-1))
+            g_e = g_e.view(1, 1)
+        if need[3]:
+            g_bu = xH.new_zeros(())
+            if grad_pre is not None:
+                g_bu = g_bu + torch.vdot(g_sum, c)
+            if grad_m is not None:
+                g_bu = g_bu + torch.vdot(grad_m.sum(0), h_sum)
+            g_bu = g_bu.view(1)
+        if grad_pre is not None:
+            if need[4]:
+                g_w = grad_pre.T @ Z  # (hidden, d + n_x)
+            if need[6]:
+                g_b = g_sum
+        return None, None, g_e, g_bu, g_w, None, g_b
+
+
 class ParallelLMU(nn.Module):
     r"""The parallel-trainable LMU layer (Chilkuri & Eliasmith 2021, PAPER.md section 3).
 
@@ -188,24 +273,29 @@ class ParallelLMU(nn.Module):
         Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
         xH = x.reshape(Bn, T) @ Hrev  # (B, d): data only, no gradient needed
         W = self.output.weight
+        e = self.encoder.weight
+        b_u = self.encoder.bias
+        h_sum = None if b_u is None else mem._kernel_sum(T, x.dtype)[0]  # (d,): sum_k H[k]
+        x_last = x[:, -1] if self.input_to_output else None
+        if state is None and _ScalarLastOutput.applies(xH, x, W, e, b_u, self.output.bias):
+            pre, m = _ScalarLastOutput.apply(xH, h_sum, e, b_u, W, x_last, self.output.bias)
+            return self.dropout(self.hidden_activation(pre)), m
         # one split (its backward writes W's gradient once; two slices would each zero-fill it)
         W_m, W_x = W.split([S, W.shape[1] - S], dim=1)
-        e = self.encoder.weight.view(())
-        b_u = self.encoder.bias
+        e = e.view(())
         if b_u is None:
             pre = e * (xH @ W_m.T)  # (B, hidden)
             m = e * xH
         else:  # the bias row rides along in the same product: W_m [xH; sum_k H[k]]^T
-            h_sum = mem._kernel_sum(T, x.dtype)  # (1, d): sum_k H[k], cached
-            P = torch.cat([xH, h_sum]) @ W_m.T  # (B + 1, hidden)
+            P = torch.cat([xH, h_sum.view(1, -1)]) @ W_m.T  # (B + 1, hidden)
             pre = e * P[:Bn] + b_u * P[Bn]
             m = e * xH + b_u * h_sum
         if state is not None:
             free = mem._power_apply(state.to(x.dtype), T)
             m = m + free
             pre = pre + free @ W_m.T
-        if self.input_to_output:
-            pre = pre + x[:, -1] @ W_x.T
+        if x_last is not None:
+            pre = pre + x_last @ W_x.T
         if self.output.bias is not None:
             pre = pre + self.output.bias
         return self.dropout(self.hidden_activation(pre)), m
