@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import plmu
 from conftest import assert_close_to_reference, reference_memory
+from plmu.memory import BLOCK_RATIO
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -150,3 +153,69 @@ def test_long_stream_in_chunks_with_truncated_free_response(memory_size):
     assert mem.free_horizon(torch.float64) < 500
     assert_close_to_reference(torch.cat(parts, 1), ref @ W.numpy().T, 1e-9)
     assert_close_to_reference(state, ref[:, -1], 1e-9)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    memory_size=st.integers(1, 3),
+    order=st.integers(1, 8),
+    theta=st.floats(2.0, 12.0),
+    horizons=st.floats(1.0, 12.0),
+    with_state=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_fused_projection_in_blocks_equals_recurrence(
+    batch, memory_size, order, theta, horizons, with_state, dtype
+):
+    """Sequences many free-response horizons long run in overlap-save blocks, exactly."""
+    mem = plmu.LegendreMemory(memory_size, order, theta)
+    h = mem.free_horizon(dtype)
+    T = max(2, int(horizons * h))
+    kernel_length, block = mem.projection_blocks(T, dtype)
+    assert kernel_length == min(T, h) and (block < T) == (T > BLOCK_RATIO * h)
+    u = torch.randn(batch, T, memory_size, dtype=dtype)
+    state = torch.randn(batch, memory_size * order, dtype=dtype) if with_state else None
+    W = torch.randn(4, memory_size * order, dtype=dtype)
+    ref = reference_memory(u, order, theta, state) @ W.double().numpy().T
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    assert_close_to_reference(mem.project(u, W, state), ref, rel)
+
+
+def test_fused_projection_in_blocks_gradients():
+    mem = plmu.LegendreMemory(3, 6, 10.0)
+    T = 7 * mem.free_horizon(torch.float64) + 5
+    assert mem.projection_blocks(T, torch.float64)[1] < T  # several blocks
+    u = torch.randn(2, T, 3, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 18, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, T, 4, dtype=torch.float64)
+    grads = torch.autograd.grad((mem.project(u, W) * g).sum(), (u, W))
+    ref = torch.autograd.grad(((mem(u, mode="recurrent")[0] @ W.T) * g).sum(), (u, W))
+    for a, b in zip(grads, ref):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-9, atol=1e-9 * b.abs().max())
+
+
+@pytest.mark.parametrize("input_size", [1, 2])
+def test_last_state_reads_only_the_last_horizon(input_size):
+    """Eq. 25 past the free-response horizon uses only the last h inputs, exactly."""
+    # one input on one channel: the scalar path; two on two: the folded-encoder path
+    layer = plmu.ParallelLMU(
+        input_size, 5, 6, 10.0, memory_size=input_size, return_sequences=False
+    ).double()
+    mem = layer.memory
+    h = mem.free_horizon(torch.float64)
+    T = 4 * h + 3
+    assert mem.last_window(T, torch.float64) == h
+    x = torch.randn(3, T, input_size, dtype=torch.float64)
+    state = torch.randn(3, layer.state_size, dtype=torch.float64)
+    lengths = torch.tensor([T, T - 7, h // 2])
+    u = layer._encode(x).detach()
+    ref = reference_memory(u, 6, 10.0, state)
+    for s in (None, state):
+        ref_s = reference_memory(u, 6, 10.0, s)
+        assert_close_to_reference(mem.last_state(u, s), ref_s[:, -1], 1e-9)
+        y, m = layer(x, s)
+        assert_close_to_reference(m, ref_s[:, -1], 1e-9)
+    m_len = mem.last_state(u, state, lengths)
+    expected = np.stack([ref[i, int(n) - 1] for i, n in enumerate(lengths)])
+    assert_close_to_reference(m_len, expected, 1e-9)

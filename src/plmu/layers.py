@@ -270,8 +270,9 @@ class ParallelLMU(nn.Module):
         """
         Bn, T, _ = x.shape
         mem, S = self.memory, self.state_size
-        Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
-        xH = x.reshape(Bn, T) @ Hrev  # (B, d): data only, no gradient needed
+        W_in = mem.last_window(T, x.dtype)  # earlier inputs are below working precision
+        Hrev = mem._kernel_reversed(W_in, x.dtype)  # (W_in, d)
+        xH = x.reshape(Bn, T)[:, T - W_in :] @ Hrev  # (B, d): data only, no gradient needed
         W = self.output.weight
         e = self.encoder.weight
         b_u = self.encoder.bias
@@ -316,8 +317,10 @@ class ParallelLMU(nn.Module):
         """
         Bn, T, n_in = x.shape
         mem = self.memory
-        Hrev = mem._kernel_reversed(T, x.dtype)  # (T, d)
-        xH = (x.transpose(1, 2).reshape(Bn * n_in, T) @ Hrev).view(Bn, n_in, mem.order)
+        W_in = mem.last_window(T, x.dtype)  # earlier inputs are below working precision
+        Hrev = mem._kernel_reversed(W_in, x.dtype)  # (W_in, d)
+        xH = x[:, T - W_in :].transpose(1, 2).reshape(Bn * n_in, W_in) @ Hrev
+        xH = xH.view(Bn, n_in, mem.order)
         U = self.encoder.weight  # (C, in)
         # (B * d, in) @ (in, C): one GEMM (a broadcast matmul would expand U over the batch)
         m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, -1)

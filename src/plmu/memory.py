@@ -48,6 +48,9 @@ MODES = ("auto", "recurrent", "fft", "direct", "chunked")
 AUTO_DIRECT_MAX_TIME = 64
 AUTO_RECURRENT_MAX_ORDER = 64
 AUTO_FUSED_MIN_TIME = 5
+# fused projection past the free-response horizon h: blocks of up to this many times h outputs
+# (overlap-save, FFT length about (ratio + 1) * h)
+BLOCK_RATIO = 3
 
 
 # ------------------------------------------------------------------------------ validation
@@ -536,9 +539,10 @@ class LegendreMemory(nn.Module):
             return state
         if lengths is not None:
             u = right_align(u, lengths)
-        Hrev = self._kernel_reversed(T, u.dtype)  # (T, d): H[T-1], ..., H[0]
-        # one (B*C, T) @ (T, d) product: a plain GEMM, much faster than a batched matmul
-        m = u.transpose(1, 2).reshape(Bn * _C, T) @ Hrev
+        W = self.last_window(T, u.dtype)  # inputs before the last W steps are forgotten
+        Hrev = self._kernel_reversed(W, u.dtype)  # (W, d): H[W-1], ..., H[0]
+        # one (B*C, W) @ (W, d) product: a plain GEMM, much faster than a batched matmul
+        m = u[:, T - W :].transpose(1, 2).reshape(Bn * _C, W) @ Hrev
         m = m.reshape(Bn, self.state_size)
         if has_state:
             if lengths is None:
@@ -663,17 +667,31 @@ class LegendreMemory(nn.Module):
         out = weight.shape[0]
         if T == 0:
             return u.new_zeros((Bn, 0, out))
-        n_fft = fft_size(2 * T - 1)
-        Kf = self._folded_kernel_rfft(weight, T, n_fft, u.dtype)  # (F, C, out) complex
+        Lk, L = self.projection_blocks(T, u.dtype)
+        nb = -(-T // L)  # blocks of L outputs
+        n_fft = fft_size(L + Lk - 1)
+        lead = n_fft - L  # >= Lk - 1 earlier inputs in front of each block's L new ones
+        Kf = self._folded_kernel_rfft(weight, Lk, n_fft, u.dtype)  # (F, C, out) complex
         # Layout: every FFT runs over a contiguous last axis (strided FFTs cost 2-4x more here,
         # in forward and in backward), the channel contraction is one batched complex GEMM
-        # (F, B, C) @ (F, C, out); two explicit transposing copies join the two.
-        Uf = torch.fft.rfft(u.transpose(1, 2).contiguous(), n=n_fft)  # (B, C, F)
+        # (F, B * blocks, C) @ (F, C, out); two explicit transposing copies join the two.
+        ut = u.transpose(1, 2)  # (B, C, T)
+        if nb == 1:  # one block: linear convolution by zero padding after the sequence
+            Uf = torch.fft.rfft(ut.contiguous(), n=n_fft).unsqueeze(2)  # (B, C, 1, F)
+        else:  # overlap-save: block k sees inputs [k L - lead, k L + L), keeps its last L
+            frames = F.pad(ut, (lead, nb * L - T)).unfold(-1, n_fft, L)  # (B, C, nb, n_fft)
+            Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, C, nb, F)
+        Fq = Uf.shape[-1]
         if self.memory_size == 1:  # a broadcast product, already in the irfft's layout
-            Yf = Uf * Kf[:, 0].T  # (B, 1, F) * (out, F) -> (B, out, F)
+            Yf = Uf * Kf[:, 0].T.unsqueeze(1)  # (B, 1, nb, F) * (out, 1, F) -> (B, out, nb, F)
         else:
-            Yf = _batched_matmul(Uf.permute(2, 0, 1), Kf).permute(1, 2, 0)  # (B, out, F)
-        y = torch.fft.irfft(Yf.contiguous(), n=n_fft)[..., :T]  # (B, out, T)
+            Ub = Uf.permute(3, 0, 2, 1).reshape(Fq, Bn * nb, self.memory_size)  # (F, B nb, C)
+            Yf = _batched_matmul(Ub, Kf).view(Fq, Bn, nb, out).permute(1, 3, 2, 0)
+        y = torch.fft.irfft(Yf.contiguous(), n=n_fft)  # (B, out, nb, n_fft)
+        if nb == 1:
+            y = y[..., 0, :T]
+        else:
+            y = y[..., lead:].reshape(Bn, out, nb * L)[..., :T]  # (B, out, T)
         if state is not None:
             free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
             h = free.shape[-1]
@@ -684,6 +702,34 @@ class LegendreMemory(nn.Module):
             else:
                 y = y + F.pad(free, (0, T - h))
         return y.transpose(1, 2)
+
+    def last_window(self, time: int, dtype: torch.dtype) -> int:
+        """How many of the last ``time`` inputs the final state depends on in ``dtype``.
+
+        ``min(time, free_horizon)``: an input ``h`` or more steps back reaches the state through
+        ``Abar^h``, below working precision (see :meth:`free_horizon`).
+        """
+        horizon = self.free_horizon(dtype)
+        return time if horizon is None else min(time, horizon)
+
+    def projection_blocks(self, time: int, dtype: torch.dtype) -> tuple[int, int]:
+        """Kernel length and block length :meth:`project` uses for ``time`` steps.
+
+        The impulse response is cut at :meth:`free_horizon` ``h`` (``H[j] = Abar^j Bbar`` is below
+        working precision beyond it, the same bound as for the free response), so the
+        convolution needs only ``min(time, h)`` kernel steps. Sequences longer than
+        ``BLOCK_RATIO * h`` run in blocks (overlap-save): the batch-independent kernel work and
+        the FFT lengths then stop growing with ``time``.
+
+        Returns:
+            ``(kernel_length, block_length)``; ``block_length == time`` means one block.
+        """
+        Lk = self.last_window(time, dtype)
+        longest = BLOCK_RATIO * Lk
+        if time <= longest:
+            return Lk, time
+        blocks = -(-time // longest)
+        return Lk, -(-time // blocks)
 
     def _folded_kernel_rfft(
         self, weight: torch.Tensor, T: int, n_fft: int, dtype: torch.dtype
