@@ -173,7 +173,7 @@ def test_fused_projection_in_blocks_equals_recurrence(
     h = mem.free_horizon(dtype)
     T = max(2, int(horizons * h))
     kernel_length, block = mem.projection_blocks(T, dtype)
-    assert kernel_length == min(T, h) and (block < T) == (T > BLOCK_RATIO * h)
+    assert kernel_length == min(T, h) and (block < T) == (BLOCK_RATIO * h < T)
     u = torch.randn(batch, T, memory_size, dtype=dtype)
     state = torch.randn(batch, memory_size * order, dtype=dtype) if with_state else None
     W = torch.randn(4, memory_size * order, dtype=dtype)
@@ -214,7 +214,7 @@ def test_last_state_reads_only_the_last_horizon(input_size):
     for s in (None, state):
         ref_s = reference_memory(u, 6, 10.0, s)
         assert_close_to_reference(mem.last_state(u, s), ref_s[:, -1], 1e-9)
-        y, m = layer(x, s)
+        _, m = layer(x, s)
         assert_close_to_reference(m, ref_s[:, -1], 1e-9)
     m_len = mem.last_state(u, state, lengths)
     expected = np.stack([ref[i, int(n) - 1] for i, n in enumerate(lengths)])

@@ -688,10 +688,8 @@ class LegendreMemory(nn.Module):
             Ub = Uf.permute(3, 0, 2, 1).reshape(Fq, Bn * nb, self.memory_size)  # (F, B nb, C)
             Yf = _batched_matmul(Ub, Kf).view(Fq, Bn, nb, out).permute(1, 3, 2, 0)
         y = torch.fft.irfft(Yf.contiguous(), n=n_fft)  # (B, out, nb, n_fft)
-        if nb == 1:
-            y = y[..., 0, :T]
-        else:
-            y = y[..., lead:].reshape(Bn, out, nb * L)[..., :T]  # (B, out, T)
+        # keep each block's valid outputs: (B, out, T)
+        y = y[..., 0, :T] if nb == 1 else y[..., lead:].reshape(Bn, out, nb * L)[..., :T]
         if state is not None:
             free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
             h = free.shape[-1]
