@@ -759,8 +759,11 @@ class LegendreMemory(nn.Module):
             return self._cache[key]
         Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
         Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
-        K = (Hs @ Wp).view(2, Fq, C, out)
-        Kf = torch.complex(K[0], K[1])
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            K = (Hs @ Wp).view(2, Fq, C, out)
+            Kf = torch.complex(K[0], K[1])
+        else:
+            Kf = _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
         if key is not None:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
             self._cache[key] = Kf
@@ -784,6 +787,34 @@ class LegendreMemory(nn.Module):
             f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
             f"discretizer={self.discretizer!r}, mode={self.mode!r}"
         )
+
+
+class _FoldedKernel(torch.autograd.Function):
+    """``[Re; Im] rfft(H) @ W`` as one complex ``(F, C * out)`` tensor: ``Kf = K[:F] + i K[F:]``.
+
+    Autograd of ``torch.complex(K[:F], K[F:])`` zero-fills a ``(2F, C * out)`` gradient for
+    each half and adds them; the kernel is batch-independent but as large as the batch work at
+    small batches, so backward here makes one ``[Re; Im]`` copy of the gradient and one GEMM.
+
+    Shapes: ``Hs`` ``(2F, d)``, ``Wp`` ``(d, C * out)``; returns ``(F, C * out)`` complex.
+    """
+
+    @staticmethod
+    def forward(ctx, Hs: torch.Tensor, Wp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(Hs, Wp)
+        K = Hs @ Wp
+        Fq = K.shape[0] // 2
+        return torch.complex(K[:Fq], K[Fq:])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        Hs, Wp = ctx.saved_tensors
+        # (F, n, 2) -> (2, F, n) -> (2F, n): [Re; Im], matching the rows of Hs
+        G = torch.view_as_real(grad.resolve_conj()).permute(2, 0, 1).reshape(Hs.shape[0], -1)
+        g_hs = G @ Wp.T if ctx.needs_input_grad[0] else None  # trainable theta
+        g_wp = Hs.T @ G if ctx.needs_input_grad[1] else None
+        return g_hs, g_wp
 
 
 class _ContiguousBmm(torch.autograd.Function):
