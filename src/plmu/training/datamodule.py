@@ -18,6 +18,11 @@ class SplitDataModule(L.LightningDataModule):
     override :meth:`saved_state` to store what a loaded checkpoint needs to rebuild the model
     without reading data (a vocabulary, a normaliser).
 
+    The three loaders share :meth:`_loader`; a subclass changes them through
+    :meth:`loader_options` (a ``collate_fn``, a ``batch_sampler``, a ``generator``, ...) and, when
+    it keeps its datasets elsewhere, :meth:`split_set`. The splits are named ``"train"``,
+    ``"validation"`` and ``"test"``.
+
     Args:
         batch_size: examples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
@@ -44,6 +49,7 @@ class SplitDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the three sets with :meth:`build` the first time (any ``stage``)."""
         if self.train_set is None:
             self.train_set, self.val_set, self.test_set = self.build()
 
@@ -51,22 +57,53 @@ class SplitDataModule(L.LightningDataModule):
         """What a checkpoint stores to rebuild this datamodule without data (default: nothing)."""
         return {}
 
-    def _loader(self, dataset: Dataset | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def split_set(self, split: str) -> Dataset:
+        """The Dataset served by ``split``'s loader (``"train"``, ``"validation"``, ``"test"``).
+
+        Raises:
+            RuntimeError: ``setup`` has not built it yet.
+        """
+        sets = {"train": self.train_set, "validation": self.val_set, "test": self.test_set}
+        dataset = sets[split]
         if dataset is None:
             raise RuntimeError("call setup() before asking for a DataLoader")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return dataset
+
+    def loader_options(
+        self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
+    ) -> dict[str, Any]:
+        """Extra ``DataLoader`` keyword arguments for ``split`` (default: none).
+
+        They are applied last, so they may also replace ``num_workers`` or
+        ``persistent_workers``. When they hold a ``batch_sampler``, ``batch_size`` and
+        ``shuffle`` are not passed (the sampler does the batching).
+
+        Args:
+            split: ``"train"``, ``"validation"`` or ``"test"``.
+            dataset: the split's Dataset.
+            batch_size: ``batch_size`` for training, ``eval_batch_size`` otherwise.
+            shuffle: whether the split is shuffled (training only).
+        """
+        return {}
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        """``split``'s DataLoader: :meth:`split_set` with :meth:`loader_options` applied."""
+        dataset = self.split_set(split)
+        options = self.loader_options(split, dataset, batch_size, shuffle)
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+        }
+        if "batch_sampler" not in options:
+            kwargs.update(batch_size=batch_size, shuffle=shuffle)
+        kwargs.update(options)
+        return DataLoader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return self._loader("validation", self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return self._loader("test", self.eval_batch_size, shuffle=False)
