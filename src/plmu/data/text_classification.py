@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from plmu.data import DataError
+from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "FORMATS",
@@ -368,7 +368,7 @@ def collate(batch: Sequence[tuple[Any, ...]]) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-class TextClassificationData(L.LightningDataModule):
+class TextClassificationData(SplitDataModule):
     """The datamodule of one :class:`TextTask` (see the module docstring for the data layout).
 
     Args:
@@ -379,6 +379,9 @@ class TextClassificationData(L.LightningDataModule):
         data_dir: local files, or ``None`` for the hub.
         saved: :meth:`saved_state` of a checkpoint; its vocabulary is used instead of building
             one. Nothing is read until :meth:`setup`.
+
+    The encoded splits are ``sets`` (``{"train", "validation", "test"}``, empty before
+    :meth:`setup`), also served as ``train_set``, ``val_set`` and ``test_set``.
     """
 
     def __init__(
@@ -388,19 +391,15 @@ class TextClassificationData(L.LightningDataModule):
         data_dir: Path | None = None,
         saved: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(int(config["batch_size"]), int(config.get("num_workers") or 0))
         self.task = task
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self.batch_size = int(config["batch_size"])
         self.seed = int(config["seed"])
         self.max_length = int(config["max_length"])
         self.vocab_size = int(config["vocab_size"])
         self.min_frequency = int(config.get("min_frequency", 1))
         self.truncation_side = str(config.get("truncation_side", "right"))
         self.val_fraction = float(config.get("val_fraction", 0.1))
-        self.num_workers = int(config.get("num_workers") or 0)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {self.max_length}")
         if self.truncation_side not in ("right", "left"):
@@ -497,41 +496,26 @@ class TextClassificationData(L.LightningDataModule):
             )  # fmt: skip
         return EncodedTexts(rows, list(split.labels))
 
-    # -- LightningDataModule
+    # -- SplitDataModule
 
-    def setup(self, stage: str | None = None) -> None:
-        """Read the splits (once), build the vocabulary on train unless loaded, encode."""
-        if self.sets:
-            return
+    def build(self) -> tuple[EncodedTexts, EncodedTexts, EncodedTexts]:
+        """Read the splits, build the vocabulary on train unless loaded, encode (first setup)."""
         raw = load_splits(self.task, self.data_dir, self.val_fraction, self.seed)
         if self.tokenizer is None:
             self.tokenizer = build_tokenizer(
                 _column_texts(raw["train"]), self.vocab_size, self.min_frequency
             )
         self.sets = {name: self._encode_split(split) for name, split in raw.items()}
+        return self.sets["train"], self.sets["validation"], self.sets["test"]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.sets:
-            raise RuntimeError("call setup() before asking for a DataLoader")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.sets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=generator,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def loader_options(
+        self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
+    ) -> dict[str, Any]:
+        """Pad with :func:`collate`; shuffle the training split with a ``seed`` generator."""
+        options: dict[str, Any] = {"collate_fn": collate}
+        if shuffle:
+            options["generator"] = torch.Generator().manual_seed(self.seed)
+        return options
 
 
 def _column_texts(split: RawSplit) -> Iterator[str]:
