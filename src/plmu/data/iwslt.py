@@ -33,13 +33,14 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import lightning as L
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, Dataset, RandomSampler, Sampler
 
 from plmu.data import DataError
+from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "BOS",
@@ -291,7 +292,7 @@ class LengthBucketSampler(BatchSampler):
 # ------------------------------------------------------------------------------ datamodule
 
 
-class IWSLTDataModule(L.LightningDataModule):
+class IWSLTDataModule(SplitDataModule):
     """IWSLT'15 En-Vi for Lightning.
 
     Args:
@@ -303,6 +304,12 @@ class IWSLTDataModule(L.LightningDataModule):
             trained, and nothing is read until :meth:`setup`.
         hf_dataset, hf_config, hf_revision: the hub dataset when ``data_dir`` is ``None``.
         seed: seeds the shuffling of training batches.
+        num_workers: DataLoader worker processes.
+
+    :meth:`setup` tokenises only the splits its stage needs (``"fit"``: train and validation,
+    ``"validate"``: validation, ``"test"``/``"predict"``: test, ``None``: all three) into
+    ``datasets`` (``{"train", "validation", "test"}``), also served as ``train_set``,
+    ``val_set`` and ``test_set`` (``None`` until tokenised).
     """
 
     def __init__(
@@ -319,7 +326,6 @@ class IWSLTDataModule(L.LightningDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
         for value, name in (
             (batch_size, "batch_size"),
             (vocab_size, "vocab_size"),
@@ -328,14 +334,13 @@ class IWSLTDataModule(L.LightningDataModule):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        super().__init__(batch_size, num_workers)
         self.data_dir = None if data_dir is None else Path(data_dir)
-        self.batch_size = batch_size
         self.vocab_size = vocab_size
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self.hub = (hf_dataset, hf_config, hf_revision)
         self.seed = seed
-        self.num_workers = num_workers
         self.src_tokenizer: Tokenizer | None = None
         self.tgt_tokenizer: Tokenizer | None = None
         if saved is not None:
@@ -388,6 +393,7 @@ class IWSLTDataModule(L.LightningDataModule):
         self._load()
 
     def setup(self, stage: str | None = None) -> None:
+        """Train the tokenisers (unless loaded) and tokenise the splits ``stage`` needs."""
         raw = self._load()
         if self.src_tokenizer is None or self.tgt_tokenizer is None:
             en, vi = raw["train"]
@@ -402,6 +408,9 @@ class IWSLTDataModule(L.LightningDataModule):
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self._tokenize(split, *raw[split])
+        self.train_set = self.datasets.get("train")
+        self.val_set = self.datasets.get("validation")
+        self.test_set = self.datasets.get("test")
 
     def _tokenize(self, split: str, en: list[str], vi: list[str]) -> TranslationDataset:
         src_tok, tgt_tok = self._tokenizers()
@@ -433,37 +442,27 @@ class IWSLTDataModule(L.LightningDataModule):
             self.truncated_sources[split] = truncated
         return TranslationDataset(sources, targets, refs)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def split_set(self, split: str) -> TranslationDataset:
+        """The tokenised ``split``; ``RuntimeError`` before :meth:`setup` tokenised it."""
         if split not in self.datasets:
             raise RuntimeError(f"call setup() before asking for the {split} loader")
-        data = self.datasets[split]
+        return self.datasets[split]
+
+    def loader_options(
+        self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
+    ) -> dict[str, Any]:
+        """Pad with :func:`collate`; training batches come from a :class:`LengthBucketSampler`
+        (seeded with ``seed``). Worker processes are not kept between epochs."""
+        options: dict[str, Any] = {"collate_fn": collate, "persistent_workers": False}
         if shuffle:
-            sampler = LengthBucketSampler(
-                RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)),
-                self.batch_size,
+            options["batch_sampler"] = LengthBucketSampler(
+                RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed)),
+                batch_size,
                 drop_last=False,
-                lengths=[len(s) + len(t) for s, t in zip(data.sources, data.targets)],
+                lengths=[len(s) + len(t) for s, t in zip(dataset.sources, dataset.targets)],
                 seed=self.seed,
             )
-            return DataLoader(
-                data, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers
-            )
-        return DataLoader(
-            data,
-            batch_size=self.batch_size,
-            shuffle=False,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return options
 
     def transfer_batch_to_device(
         self, batch: TranslationBatch, device: torch.device, dataloader_idx: int
