@@ -12,6 +12,12 @@ from plmu.models.seq2seq import BANNED_TOKENS, LMUSeq2Seq, reverse_padded
 EOS = 3
 
 
+def test_exported_from_plmu_models():
+    from plmu.models import LMUSeq2Seq as Exported
+
+    assert Exported is LMUSeq2Seq
+
+
 def make_model(seed: int = 0, tgt_vocab: int = 30, **kw) -> LMUSeq2Seq:
     torch.manual_seed(seed)
     kw = {"d_model": 16, "order": 6, "theta": 8.0, "memory_size": 2, **kw}
