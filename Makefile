@@ -33,7 +33,7 @@ format: setup
 	$(VENV)/bin/ruff format src tests
 
 bench: setup
-	$(VENV)/bin/plmu bench --threads 1 --json benchmarks/cpu.json --plot benchmarks/cpu.png > benchmarks/cpu.txt
+	THP_MEM_ALLOC_ENABLE=1 $(VENV)/bin/plmu bench --threads 1 --json benchmarks/cpu.json --plot benchmarks/cpu.png > benchmarks/cpu.txt
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

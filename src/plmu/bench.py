@@ -13,7 +13,7 @@ round and the median taken, because a shared machine is noisy):
 * **Modes by length**: the parallel layer's execution modes at short lengths (the measurements
   behind ``mode="auto"``).
 * **Sweep**: training-step time of the parallel LMU and the LSTM for lengths 256 to 16384
-  (full-sequence sizes, batch 8), plotted log-log.
+  (the full-sequence configuration, batch 32), plotted log-log.
 * **Inference**: one-step latency at batch 1 (order 256), and streaming a long signal (1M steps)
   through the layer in chunks versus one step at a time, checking that the outputs agree.
 
@@ -81,8 +81,8 @@ class BenchConfig:
     fs_theta: float = 1024.0
     # modes by length (full-sequence sizes)
     mode_lengths: tuple[int, ...] = (2, 8, 32, 128, 512)
-    # sweep (full-sequence sizes at a smaller batch)
-    sweep_batch: int = 8
+    # sweep (the full-sequence configuration, batch included, at every length)
+    sweep_batch: int = 32
     sweep_lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
     # inference
     inf_order: int = 256
@@ -677,6 +677,12 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 def format_report(res: dict) -> str:
     """Plain-text tables of a :func:`run` result."""
     lines: list[str] = []
+    meta = res.get("meta")
+    if meta:
+        lines.append(
+            f"{meta['device_name']} ({meta['device']}), {meta['threads']} thread(s), "
+            f"torch {meta['torch']}, THP_MEM_ALLOC_ENABLE={meta.get('THP_MEM_ALLOC_ENABLE')}"
+        )
     for key, title, ratio_key, ratio_name in (
         ("psmnist", "psMNIST training step", "x_slower_than_parallel", "x parallel"),
         ("full_sequence", "full-sequence training step", "time_vs_lstm", "time/LSTM"),
@@ -781,6 +787,10 @@ def _meta(device: torch.device, cfg: BenchConfig, quick: bool) -> dict:
         "warmup": cfg.warmup,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "argv": sys.argv,
+        # PyTorch's CPU allocator backs buffers of 2 MB and more with transparent huge pages
+        # when this is set (read once, at the first large allocation): far fewer page faults
+        # for every model's large activations
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
 
 
