@@ -683,7 +683,10 @@ class LegendreMemory(nn.Module):
             Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, C, nb, F)
         Fq = Uf.shape[-1]
         if self.memory_size == 1:  # a broadcast product, already in the irfft's layout
-            Yf = Uf * Kf[:, 0].T.unsqueeze(1)  # (B, 1, nb, F) * (out, 1, F) -> (B, out, nb, F)
+            Kt = (
+                Kf[:, 0].T.contiguous().unsqueeze(1)
+            )  # (out, 1, F): the product comes out contiguous
+            Yf = Uf * Kt  # (B, 1, nb, F) * (out, 1, F) -> (B, out, nb, F)
         else:
             Ub = Uf.permute(3, 0, 2, 1).reshape(Fq, Bn * nb, self.memory_size)  # (F, B nb, C)
             Yf = _batched_matmul(Ub, Kf).view(Fq, Bn, nb, out).permute(1, 3, 2, 0)
