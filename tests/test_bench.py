@@ -4,6 +4,7 @@ No timed assertions: timings on a shared machine prove nothing; the harness's lo
 """
 
 import json
+import time
 
 import pytest
 import torch
@@ -81,8 +82,24 @@ def test_time_interleaved_runs_in_rounds():
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     times = bench.time_interleaved(fns, repeats=3, warmup=1, device=torch.device("cpu"))
-    assert calls == ["a", "b"] + ["a", "b"] * 3
+    # warm-up, then one timed call that sets the round length, then the interleaved rounds
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
     assert all(len(v) == 3 and min(v) >= 0 for v in times.values())
+
+
+def test_round_length_is_set_after_the_warm_up():
+    """A slow first call (building caches) must not shrink the rounds of a fast step."""
+    seen = []
+
+    def fast_after_first():
+        seen.append(1)
+        if len(seen) == 1:
+            time.sleep(0.05)
+
+    bench.time_interleaved(
+        {"x": fast_after_first}, repeats=2, warmup=1, device=torch.device("cpu"), min_round_s=0.02
+    )
+    assert len(seen) > 2 + 2 * 5  # a round of a ~free call repeats it many times
 
 
 def test_peak_memory_sees_a_large_buffer():

@@ -150,23 +150,25 @@ def time_interleaved(
 ) -> dict[str, list[float]]:
     """Wall-clock seconds per call of each function, ``repeats`` rounds interleaved.
 
-    Every function runs ``warmup`` times first (kernel caches, lazy optimizer state); the last
-    warm-up call also sets how many calls a round makes, enough to last ``min_round_s`` (a
-    5 ms step timed once is mostly timer and scheduler noise). Within a round the cases run one
-    after another, so slow phases of a shared machine hit all of them.
+    Every function runs ``warmup`` times first (kernel caches, lazy optimizer state), then once
+    more, timed, to set how many calls a round makes: enough to last ``min_round_s`` (a 5 ms
+    step timed once is mostly timer and scheduler noise, and the first calls after another case
+    ran are slower). The count comes from a call after the warm-up because a first call that
+    builds caches can take a hundred times a steady step. Within a round the cases run one after
+    another, so slow phases of a shared machine hit all of them.
 
     Returns:
         ``{name: [seconds per call, one value per round]}``.
     """
     calls: dict[str, int] = {}
     for name, fn in fns.items():
-        elapsed = 0.0
         for _ in range(warmup):
-            _sync(device)
-            start = time.perf_counter()
             fn()
-            _sync(device)
-            elapsed = time.perf_counter() - start
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        elapsed = time.perf_counter() - start
         calls[name] = 1 if elapsed <= 0 else max(1, min(1000, math.ceil(min_round_s / elapsed)))
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
