@@ -154,7 +154,7 @@ def time_interleaved(
     more, timed, to set how many calls a round makes: enough to last ``min_round_s`` (a 5 ms
     step timed once is mostly timer and scheduler noise, and the first calls after another case
     ran are slower). The count comes from a call after the warm-up because a first call that
-    builds caches can take a hundred times a steady step. Within a round the cases run one after
+    builds caches can take far longer than a steady step. Within a round the cases run one after
     another, so slow phases of a shared machine hit all of them.
 
     Returns:

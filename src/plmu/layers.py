@@ -70,8 +70,8 @@ class _ScalarLastOutput(torch.autograd.Function):
 
     Backward needs no gradient of ``m`` through ``W_m``: the weight gradient is one product
     ``grad_pre^T [m, x_n]`` (the whole ``[W_m, W_x]`` at once), and ``e``/``b_u`` get theirs from
-    the saved ``xH W_m^T`` and ``W_m h_sum``. Autograd of the plain expression spends about as long
-    again on the concatenations, slices and zero-filled gradients around the same three GEMMs.
+    the saved ``xH W_m^T`` and ``W_m h_sum``. Autograd of the plain expression adds
+    concatenations, slices and zero-filled gradients around the same three GEMMs.
 
     Shapes: ``xH`` ``(B, d)``, ``h_sum`` ``(d,)`` or ``None``, ``e`` ``(1, 1)``, ``b_u`` ``(1,)`` or
     ``None``, ``weight`` ``(hidden, d + n_x)``, ``x_last`` ``(B, n_x)`` or ``None`` (then
