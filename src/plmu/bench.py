@@ -790,7 +790,7 @@ def _meta(device: torch.device, cfg: BenchConfig, quick: bool) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "argv": sys.argv,
         # PyTorch's CPU allocator backs buffers of 2 MB and more with transparent huge pages
-        # when this is set (read once, at the first large allocation): far fewer page faults
+        # when this is set (read once, before the first tensor): far fewer page faults
         # for every model's large activations
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }

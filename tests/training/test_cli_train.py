@@ -1,6 +1,7 @@
 """The command line: one-line errors, and train/evaluate through main()."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,13 @@ def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
 def test_missing_config_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     args = ["train", "mackey-glass", "--config", str(tmp_path / "none.yaml")]
     assert "cannot read config file" in _one_line_error(capsys, main(args))
+
+
+def test_plmu_turns_on_huge_pages_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "")  # recorded, so the test leaves it as found
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
+    main(["train", "no-such-experiment"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    main(["train", "no-such-experiment"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
