@@ -653,7 +653,9 @@ class LegendreMemory(nn.Module):
 
         The linear map is folded into the impulse response, ``K[j] = W (I_C (x) H[j])``, and the
         ``memory_size`` input channels are convolved with ``K`` by FFT, so the work scales with
-        ``out_features`` instead of ``memory_size * order``.
+        ``out_features`` instead of ``memory_size * order``. ``K`` stops at :meth:`free_horizon`,
+        and sequences several horizons long run in overlap-save blocks
+        (:meth:`projection_blocks`).
 
         Args:
             u: ``(batch, time, memory_size)``.
