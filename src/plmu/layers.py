@@ -26,6 +26,7 @@ from plmu.memory import (
     MODES,
     LegendreMemory,
     _check_positive_int,
+    autocast_enabled,
     check_lengths,
     check_sequence,
     check_state,
@@ -60,6 +61,14 @@ def _activation(name: str | None, argument: str) -> nn.Module:
     return ACTIVATIONS[key]()
 
 
+def _data_product(x: torch.Tensor, Hrev: torch.Tensor) -> torch.Tensor:
+    """``x @ Hrev`` (eq. 25 on the raw inputs), in float32 even under autocast, like the memory."""
+    if autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return x.float() @ Hrev.float()
+    return x @ Hrev
+
+
 class _ScalarLastOutput(torch.autograd.Function):
     """Training form of :meth:`ParallelLMU._last_output_scalar`: three GEMMs and nothing else.
 
@@ -85,6 +94,7 @@ class _ScalarLastOutput(torch.autograd.Function):
         params = [t for t in (weight, e, b_u, bias) if t is not None]
         return (
             torch.is_grad_enabled()
+            and not autocast_enabled(xH.device.type)  # mixed precision: autograd's plain path
             and not xH.requires_grad
             and not x.requires_grad
             and any(t.requires_grad for t in params)
@@ -272,7 +282,7 @@ class ParallelLMU(nn.Module):
         mem, S = self.memory, self.state_size
         W_in = mem.last_window(T, x.dtype)  # earlier inputs are below working precision
         Hrev = mem._kernel_reversed(W_in, x.dtype)  # (W_in, d)
-        xH = x.reshape(Bn, T)[:, T - W_in :] @ Hrev  # (B, d): data only, no gradient needed
+        xH = _data_product(x.reshape(Bn, T)[:, T - W_in :], Hrev)  # (B, d): data, no gradient
         W = self.output.weight
         e = self.encoder.weight
         b_u = self.encoder.bias
@@ -319,7 +329,7 @@ class ParallelLMU(nn.Module):
         mem = self.memory
         W_in = mem.last_window(T, x.dtype)  # earlier inputs are below working precision
         Hrev = mem._kernel_reversed(W_in, x.dtype)  # (W_in, d)
-        xH = x[:, T - W_in :].transpose(1, 2).reshape(Bn * n_in, W_in) @ Hrev
+        xH = _data_product(x[:, T - W_in :].transpose(1, 2).reshape(Bn * n_in, W_in), Hrev)
         xH = xH.view(Bn, n_in, mem.order)
         U = self.encoder.weight  # (C, in)
         # (B * d, in) @ (in, C): one GEMM (a broadcast matmul would expand U over the batch)

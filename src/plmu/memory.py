@@ -23,7 +23,10 @@ modelling one.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +57,49 @@ BLOCK_RATIO = 3
 
 
 # ------------------------------------------------------------------------------ validation
+
+
+_Method = TypeVar("_Method", bound=Callable)
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether ``torch.autocast`` is on for ``device_type`` (any torch >= 2.2)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled()
+        return torch.is_autocast_enabled()
+
+
+def _float32(value: object) -> object:
+    if isinstance(value, torch.Tensor) and value.dtype in _LOW_PRECISION:
+        return value.float()
+    return value
+
+
+def full_precision_under_autocast(method: _Method) -> _Method:
+    """Run a memory method in float32, with autocast off, whenever autocast is on.
+
+    Under mixed precision the encoder hands the memory ``float16``/``bfloat16`` inputs: FFTs do
+    not take ``bfloat16`` (nor, on CPU, ``float16``), and a state carried through thousands of
+    steps must not be rounded to 8 bits each step. So, like ``torch.amp.custom_fwd(cast_inputs=
+    torch.float32)``, low-precision tensor arguments become float32 and the result stays float32;
+    autocast then casts it again where the next operation wants. Without autocast nothing changes.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        device_type = self.A.device.type
+        if not autocast_enabled(device_type):
+            return method(self, *args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            args = tuple(_float32(a) for a in args)
+            kwargs = {k: _float32(v) for k, v in kwargs.items()}
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -451,6 +497,7 @@ class LegendreMemory(nn.Module):
             return "recurrent"
         return "fft"
 
+    @full_precision_under_autocast
     def forward(
         self,
         u: torch.Tensor,
@@ -491,6 +538,7 @@ class LegendreMemory(nn.Module):
         final = m[:, -1] if lengths is None else gather_time(m, lengths)
         return m, final
 
+    @full_precision_under_autocast
     def step(
         self, u_t: torch.Tensor, state: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -513,6 +561,7 @@ class LegendreMemory(nn.Module):
         m = m.reshape(-1, self.state_size)
         return m, m
 
+    @full_precision_under_autocast
     def last_state(
         self,
         u: torch.Tensor,
@@ -643,6 +692,7 @@ class LegendreMemory(nn.Module):
 
     # -------------------------------------------------------------------- fused projection
 
+    @full_precision_under_autocast
     def project(
         self,
         u: torch.Tensor,

@@ -156,3 +156,20 @@ def test_psmnist_paper_model_size() -> None:
     from plmu.training.config import default_config
 
     assert count_parameters(build_net(default_config("psmnist"))) == 166_092
+
+
+@pytest.mark.parametrize("experiment", ["mackey-glass", "psmnist"])
+def test_mixed_precision_training_runs(tmp_path: Path, mnist_dir: Path, experiment: str) -> None:
+    """precision=bf16-mixed: the fused and last-state paths train under autocast."""
+    overrides = TINY_MACKEY_GLASS if experiment == "mackey-glass" else TINY_PSMNIST
+    metrics = train(
+        experiment,
+        out=tmp_path / "run",
+        overrides=[*overrides, "model=parallel-lmu", "precision=bf16-mixed"],
+        data_dir=mnist_dir if experiment == "psmnist" else None,
+        accelerator="cpu",
+        devices=1,
+        progress_bar=False,
+    )
+    key = "test_nrmse" if experiment == "mackey-glass" else "test_accuracy"
+    assert metrics["epochs"] == 1 and 0.0 <= metrics[key] < 5.0

@@ -1,0 +1,53 @@
+"""Mixed precision: under ``torch.autocast`` every path runs, and the memory stays float32."""
+
+import numpy as np
+import pytest
+import torch
+
+import plmu
+
+CASES = {
+    "scalar last output (psMNIST)": dict(input_size=1, memory_size=1, return_sequences=False),
+    "folded last state": dict(input_size=2, memory_size=3, return_sequences=False),
+    "last state": dict(input_size=3, memory_size=2, return_sequences=False),
+    "fused, one channel": dict(input_size=1, memory_size=1, mode="fused"),
+    "fused, several channels": dict(input_size=3, memory_size=4, mode="fused"),
+    "fft": dict(input_size=3, memory_size=2, mode="fft"),
+    "recurrent": dict(input_size=3, memory_size=2, mode="recurrent"),
+    "chunked": dict(input_size=3, memory_size=2, mode="chunked"),
+    "direct": dict(input_size=3, memory_size=2, mode="direct"),
+}
+
+
+def _run(layer, x, state):
+    y, m = layer(x, state)
+    (y.float().square().mean() + m.float().square().mean()).backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    return y.detach().float(), m.detach(), grads
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("time", [40, 700])  # 700: several free-response horizons (blocks)
+def test_autocast_bfloat16_runs_every_path(case, time):
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(hidden_size=6, order=8, theta=20.0, **CASES[case])
+    x = torch.randn(2, time, layer.input_size)
+    state = 0.1 * torch.randn(2, layer.state_size)
+    y32, m32, g32 = _run(layer, x, state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16, m16, g16 = _run(layer, x, state)
+    assert m16.dtype == torch.float32  # the memory itself never runs in bfloat16
+    for got, want in [(y16, y32), (m16, m32), *zip(g16, g32)]:
+        assert torch.isfinite(got).all()
+        scale = float(want.abs().max()) + 1e-6
+        np.testing.assert_allclose(got.float().numpy(), want.numpy(), atol=0.05 * scale)
+
+
+def test_autocast_step_keeps_a_float32_state():
+    layer = plmu.ParallelLMU(2, 5, 8, 20.0)
+    x = torch.randn(3, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, state = layer.step(x)
+        _, state = layer.step(x, state)
+    assert state.dtype == torch.float32
