@@ -56,7 +56,7 @@ AUTO_FUSED_MIN_TIME = 5
 BLOCK_RATIO = 3
 
 
-# ------------------------------------------------------------------------------ validation
+# ------------------------------------------------------------------------- mixed precision
 
 
 _Method = TypeVar("_Method", bound=Callable)
@@ -100,6 +100,9 @@ def full_precision_under_autocast(method: _Method) -> _Method:
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------ validation
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
@@ -815,8 +818,7 @@ class LegendreMemory(nn.Module):
         Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
         Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            K = (Hs @ Wp).view(2, Fq, C, out)
-            Kf = torch.complex(K[0], K[1])
+            Kf = _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
         else:
             Kf = _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
         if key is not None:
@@ -844,6 +846,13 @@ class LegendreMemory(nn.Module):
         )
 
 
+def _fold(Hs: torch.Tensor, Wp: torch.Tensor) -> torch.Tensor:
+    """``(F, n)`` complex ``K[:F] + i K[F:]`` with ``K = Hs @ Wp`` (``Hs`` stacks ``[Re; Im]``)."""
+    K = Hs @ Wp
+    Fq = K.shape[0] // 2
+    return torch.complex(K[:Fq], K[Fq:])
+
+
 class _FoldedKernel(torch.autograd.Function):
     """``[Re; Im] rfft(H) @ W`` as one complex ``(F, C * out)`` tensor: ``Kf = K[:F] + i K[F:]``.
 
@@ -857,9 +866,7 @@ class _FoldedKernel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Hs: torch.Tensor, Wp: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(Hs, Wp)
-        K = Hs @ Wp
-        Fq = K.shape[0] // 2
-        return torch.complex(K[:Fq], K[Fq:])
+        return _fold(Hs, Wp)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -872,9 +879,12 @@ class _FoldedKernel(torch.autograd.Function):
         return g_hs, g_wp
 
 
-# frequencies per tile of _SpectralMix on CPU: the fastest of 16, 32, 64 and 128 for the forward
-# product at batch 32, 16 channels, 128 outputs and 2049 frequencies
+# frequencies per tile of _SpectralMix on CPU: 16 was the fastest of 16, 32, 64 and 128 for the
+# forward product at batch 32, 16 channels, 128 outputs and 2049 frequencies; smaller products get
+# wider tiles of about the same size in memory (batch * (channels + outputs) * tile values), so
+# the Python loop stays short
 MIX_TILE = 16
+MIX_TILE_VALUES = MIX_TILE * 32 * (16 + 128)
 
 
 def _mix(U: torch.Tensor, K: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
@@ -895,8 +905,8 @@ class _SpectralMix(torch.autograd.Function):
 
     A batched GEMM over frequencies needs the frequency axis first, the FFTs need it last; whole-
     array transposes of ``(B, out, F)`` cost more than the GEMMs themselves on CPU. So the
-    product runs in tiles of :data:`MIX_TILE` frequencies, whose transposes stay in cache (one
-    tile on CUDA, where a launch per tile would cost more).
+    product runs in tiles of at least :data:`MIX_TILE` frequencies (:func:`_tiles`), whose
+    transposes stay in cache (one tile on CUDA, where a launch per tile would cost more).
 
     Shapes: ``U`` ``(B, C, F)``, ``K`` ``(F, C, out)`` (complex); returns ``(B, out, F)``.
     """
@@ -906,7 +916,7 @@ class _SpectralMix(torch.autograd.Function):
         ctx.save_for_backward(U, K)
         Bn, Fq, out = U.shape[0], U.shape[2], K.shape[2]
         Y = U.new_empty((Bn, out, Fq))
-        for f0, f1 in _tiles(Fq, U.device):
+        for f0, f1 in _tiles(U, K):
             Y[:, :, f0:f1] = _mix(U, K, f0, f1).permute(1, 2, 0)
         return Y
 
@@ -917,7 +927,7 @@ class _SpectralMix(torch.autograd.Function):
         need_u, need_k = ctx.needs_input_grad[:2]
         gU = torch.empty_like(U) if need_u else None
         gK = torch.empty_like(K) if need_k else None
-        for f0, f1 in _tiles(U.shape[2], U.device):
+        for f0, f1 in _tiles(U, K):
             g = _tile(gY, f0, f1)  # (t, B, out)
             if gU is not None:  # gU[b, c, f] = sum_o gY[b, o, f] conj(K[f, c, o])
                 gU[:, :, f0:f1] = torch.bmm(g, K[f0:f1].mH).permute(1, 2, 0)
@@ -926,8 +936,12 @@ class _SpectralMix(torch.autograd.Function):
         return gU, gK
 
 
-def _tiles(n: int, device: torch.device) -> list[tuple[int, int]]:
-    tile = n if device.type == "cuda" else MIX_TILE
+def _tiles(U: torch.Tensor, K: torch.Tensor) -> list[tuple[int, int]]:
+    """Frequency ranges ``[f0, f1)`` for ``U`` ``(B, C, F)`` and ``K`` ``(F, C, out)``."""
+    n = U.shape[2]
+    if U.device.type == "cuda":
+        return [(0, n)]
+    tile = max(MIX_TILE, MIX_TILE_VALUES // (U.shape[0] * (U.shape[1] + K.shape[2])))
     return [(f0, min(n, f0 + tile)) for f0 in range(0, n, tile)]
 
 
