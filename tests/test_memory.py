@@ -189,6 +189,17 @@ def test_fft_size_is_smooth_and_large_enough():
                 r //= p
         assert r == 1
         assert k < 2 * n + 2
+        assert k % min(32, 1 << (n.bit_length() - 1)) == 0  # pocketfft is slow on odd-heavy sizes
+    # smallest such length: no 5-smooth multiple of 32 lies in [n, k)
+    for n in range(1, 3000):
+        k = fft_size(n)
+        step = min(32, 1 << max(0, n.bit_length() - 1))
+        for m in range(n, k):
+            r = m
+            for p in (2, 3, 5):
+                while r % p == 0:
+                    r //= p
+            assert r != 1 or m % step != 0, (n, k, m)
 
 
 def test_repr_and_state_size():
