@@ -30,6 +30,28 @@ def test_folded_inference_step_equals_forward(bias, input_to_output, activation)
     np.testing.assert_allclose(state.numpy(), final.numpy(), atol=1e-10)
 
 
+@pytest.mark.parametrize("input_to_output", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "gelu", "identity"])
+def test_fused_inference_forward_equals_training_forward(input_to_output, activation):
+    """Without autograd the fused forward adds and activates in place: same numbers."""
+    layer = plmu.ParallelLMU(
+        1, 5, 12, 30.0, input_to_output=input_to_output, hidden_activation=activation, mode="fused"
+    ).double()
+    x = torch.randn(2, 3000, 1, dtype=torch.float64)  # several overlap-save blocks
+    s = torch.randn(2, 12, dtype=torch.float64)
+    assert layer.memory.projection_blocks(3000, torch.float64)[1] < 3000
+    y, final = layer(x, s)
+    with torch.no_grad():
+        y0, final0 = layer(x, s)
+    x_before = x.clone()
+    with torch.inference_mode():
+        y1, _ = layer(x, s)
+    assert torch.equal(x, x_before)
+    for got in (y0, y1):
+        np.testing.assert_allclose(got.numpy(), y.detach().numpy(), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(final0.numpy(), final.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_folded_step_follows_weight_updates_and_state_dict():
     layer = plmu.ParallelLMU(1, 4, 8, 20.0).eval()
     other = plmu.ParallelLMU(1, 4, 8, 60.0).eval()
@@ -180,6 +202,27 @@ def test_fused_projection_in_blocks_equals_recurrence(
     ref = reference_memory(u, order, theta, state) @ W.double().numpy().T
     rel = 1e-4 if dtype == torch.float32 else 1e-9
     assert_close_to_reference(mem.project(u, W, state), ref, rel)
+    # added in place, block by block, to a given output
+    acc = torch.randn(batch, T, 4, dtype=dtype)
+    out = mem.project(u, W, state, accumulate=acc.clone())
+    assert_close_to_reference(out - acc, ref, rel)
+
+
+def test_project_accumulate_is_checked_and_differentiable():
+    mem = plmu.LegendreMemory(2, 6, 10.0)
+    T = 5 * mem.free_horizon(torch.float64) + 3
+    u = torch.randn(2, T, 2, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="accumulate"):
+        mem.project(u, W, accumulate=torch.zeros(2, T, 5, dtype=torch.float64))
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, T, 4, dtype=torch.float64)
+    got = torch.autograd.grad(
+        (mem.project(u, W, accumulate=b.expand(2, T, 4) * 1.0) * g).sum(), (u, W, b)
+    )
+    ref = torch.autograd.grad(((mem(u, mode="recurrent")[0] @ W.T + b) * g).sum(), (u, W, b))
+    for a, r in zip(got, ref):
+        np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-9, atol=1e-9 * r.abs().max())
 
 
 def test_fused_projection_in_blocks_gradients():

@@ -52,6 +52,9 @@ def test_every_mode_equals_recurrence(
     assert_close_to_reference(mem.last_state(u, state), ref[:, -1], rel)
     W = torch.randn(5, memory_size * order, dtype=dtype)
     assert_close_to_reference(mem.project(u, W, state), ref @ W.double().numpy().T, rel)
+    acc = torch.randn(batch, time, 5, dtype=dtype)
+    out = mem.project(u, W, state, accumulate=acc.clone())
+    assert_close_to_reference(out - acc, ref @ W.double().numpy().T, rel)
 
 
 @pytest.mark.parametrize("mode", ["fft", "chunked", "last", "fused"])

@@ -45,7 +45,7 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
 }
 LAYER_MODES = (*MODES, "fused")
-# in-place forms used by the folded inference step (the step's output is a fresh buffer)
+# in-place forms used at inference (the folded step, the fused forward), on fresh buffers
 _INPLACE_ACTIVATIONS = {
     nn.Identity: None,
     nn.ReLU: torch.relu_,
@@ -394,12 +394,20 @@ class ParallelLMU(nn.Module):
             m, final = self.memory(u, state, lengths)
             return self._readout(m, x), final
         S = self.state_size
-        pre = self.memory.project(u, self.output.weight[:, :S], state)
-        if self.input_to_output:  # W_x x + b, then W_m m added in place: one pass, no copies
-            pre = F.linear(x, self.output.weight[:, S:], self.output.bias).add_(pre)
-        elif self.output.bias is not None:
-            pre = pre + self.output.bias
+        W_m = self.output.weight[:, :S]
+        if self.input_to_output:  # W_x x + b, then W_m m added in place, block by block
+            base = F.linear(x, self.output.weight[:, S:], self.output.bias)
+            pre = self.memory.project(u, W_m, state, accumulate=base)
+        else:
+            pre = self.memory.project(u, W_m, state)
+            if self.output.bias is not None:
+                pre = pre + self.output.bias
         final = self.memory.last_state(u, state, lengths)
+        if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
+            act = _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
+            if act is None:
+                return pre, final
+            return act(pre), final  # inference: pre is this call's own buffer
         return self.dropout(self.hidden_activation(pre)), final
 
     def step(

@@ -703,6 +703,7 @@ class LegendreMemory(nn.Module):
         u: torch.Tensor,
         weight: torch.Tensor,
         state: torch.Tensor | None = None,
+        accumulate: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``W m_t`` for every ``t`` without building the memory sequence.
 
@@ -716,14 +717,24 @@ class LegendreMemory(nn.Module):
             u: ``(batch, time, memory_size)``.
             weight: ``(out_features, memory_size * order)``.
             state: initial state ``(batch, memory_size * order)`` or ``None``.
+            accumulate: ``(batch, time, out_features)`` to add the result to in place (the
+                output is then written once, straight from the inverse FFT's blocks), or
+                ``None``. Use the returned tensor: under autocast a low-precision
+                ``accumulate`` is first copied to float32.
 
         Returns:
-            ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``.
+            ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``
+            (plus ``accumulate`` when given).
         """
         Bn, T, _ = u.shape
         out = weight.shape[0]
+        if accumulate is not None and tuple(accumulate.shape) != (Bn, T, out):
+            raise ValueError(
+                f"accumulate must have shape (batch, time, out_features) = {(Bn, T, out)}, "
+                f"got {tuple(accumulate.shape)}"
+            )
         if T == 0:
-            return u.new_zeros((Bn, 0, out))
+            return u.new_zeros((Bn, 0, out)) if accumulate is None else accumulate
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
@@ -745,6 +756,9 @@ class LegendreMemory(nn.Module):
         else:
             Yf = _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, out, Fq)
         y = torch.fft.irfft(Yf, n=n_fft)  # (B, nb, out, n_fft)
+        if accumulate is not None:
+            first = 0 if nb == 1 else lead  # where each block's valid outputs start
+            return self._accumulate_blocks(accumulate, y, first, L, state, weight)
         # keep each block's valid outputs: (B, out, T)
         if nb == 1:
             y = y[:, 0, :, :T]
@@ -827,6 +841,33 @@ class LegendreMemory(nn.Module):
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
             self._cache[key] = Kf
         return Kf
+
+    def _accumulate_blocks(
+        self,
+        acc: torch.Tensor,
+        y: torch.Tensor,
+        lead: int,
+        L: int,
+        state: torch.Tensor | None,
+        weight: torch.Tensor,
+    ) -> torch.Tensor:
+        """Add the valid part of every block of ``y`` ``(B, nb, out, n_fft)`` to ``acc``
+        ``(B, T, out)`` in place (block ``k`` gives steps ``[k L, k L + L)`` from its entries
+        ``[lead, lead + L)``), and the free response of ``state``; returns ``acc``. One
+        transposing pass, no intermediate copy."""
+        Bn, T, out = acc.shape
+        nb = y.shape[1]
+        full = min(nb, T // L)  # blocks that fit whole
+        if full:
+            dst = acc[:, : full * L].view(Bn, full, L, out)
+            dst.add_(y[:, :full, :, lead : lead + L].transpose(-1, -2))
+        if full < nb:
+            rest = T - full * L
+            acc[:, full * L :].add_(y[:, full, :, lead : lead + rest].transpose(-1, -2))
+        if state is not None:
+            free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
+            acc[:, : free.shape[-1]].add_(free.transpose(1, 2))
+        return acc
 
     def _free_projected(self, state: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
         """``W Abar^(t+1) m_{-1}`` for ``t < h``: ``(batch, out, h)`` with ``h <= T``.
