@@ -1,5 +1,7 @@
 """The performance paths added for speed give the same numbers as the plain ones."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 
 import plmu
 from conftest import assert_close_to_reference, reference_memory
-from plmu.memory import BLOCK_RATIO
+from plmu.memory import BLOCK_RATIO, fft_size
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -186,9 +188,10 @@ def test_long_stream_in_chunks_with_truncated_free_response(memory_size):
     horizons=st.floats(1.0, 12.0),
     with_state=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
+    group_blocks=st.sampled_from([1, 2]),
 )
 def test_fused_projection_in_blocks_equals_recurrence(
-    batch, memory_size, order, theta, horizons, with_state, dtype
+    batch, memory_size, order, theta, horizons, with_state, dtype, group_blocks
 ):
     """Sequences many free-response horizons long run in overlap-save blocks, exactly."""
     mem = plmu.LegendreMemory(memory_size, order, theta)
@@ -205,6 +208,11 @@ def test_fused_projection_in_blocks_equals_recurrence(
     # added in place, block by block, to a given output
     acc = torch.randn(batch, T, 4, dtype=dtype)
     out = mem.project(u, W, state, accumulate=acc.clone())
+    assert_close_to_reference(out - acc, ref, rel)
+    # at inference, a block (here: 1 or 2 blocks) at a time
+    group = int(group_blocks * 4 * batch * fft_size(sum(mem.projection_blocks(T, dtype)) - 1))
+    with torch.no_grad(), mock.patch.object(plmu.memory, "INFERENCE_GROUP_ELEMENTS", group):
+        out = mem.project(u, W, state, accumulate=acc.clone())
     assert_close_to_reference(out - acc, ref, rel)
 
 

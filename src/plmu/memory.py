@@ -56,6 +56,8 @@ AUTO_FUSED_MIN_TIME = 5
 BLOCK_RATIO = 3
 # FFT lengths keep a factor of at least 2**FFT_MIN_TWO_POWER (see fft_size)
 FFT_MIN_TWO_POWER = 5
+# inference with an output to add to: inverse FFTs of about this many values at a time (8 MB)
+INFERENCE_GROUP_ELEMENTS = 1 << 21
 
 
 # ------------------------------------------------------------------------- mixed precision
@@ -743,22 +745,27 @@ class LegendreMemory(nn.Module):
         # Layout: every FFT runs over a contiguous last axis (strided FFTs cost 2-4x more here,
         # in forward and in backward); the per-frequency channel contraction runs in tiles of
         # frequencies (_SpectralMix), so its transposes stay in cache.
-        C = self.memory_size
         ut = u.transpose(1, 2)  # (B, C, T)
         if nb == 1:  # one block: linear convolution by zero padding after the sequence
             frames = ut.unsqueeze(1)  # (B, 1, C, T)
         else:  # overlap-save: block k sees inputs [k L - lead, k L + L), keeps its last L
             frames = F.pad(ut, (lead, nb * L - T)).unfold(-1, n_fft, L).transpose(1, 2)
         Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, nb, C, F)
-        Fq = Uf.shape[-1]
-        if C == 1:  # a broadcast product: (B, nb, 1, F) * (out, F) -> (B, nb, out, F)
-            Yf = Uf * Kf[:, 0].T.contiguous()
-        else:
-            Yf = _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, out, Fq)
-        y = torch.fft.irfft(Yf, n=n_fft)  # (B, nb, out, n_fft)
+        if Uf.shape[2] == 1:
+            Kf = Kf[:, 0].T.contiguous()  # (out, F): one memory channel, a broadcast product
+        first = 0 if nb == 1 else lead  # where each block's valid outputs start
+        if accumulate is not None and not torch.is_grad_enabled():
+            # inference: a group of blocks at a time, so each group's spectra and inverse FFT
+            # stay in cache on their way into the output
+            group = max(1, INFERENCE_GROUP_ELEMENTS // (Bn * out * n_fft))
+            for k in range(0, nb, group):
+                y = torch.fft.irfft(self._mix(Uf[:, k : k + group], Kf), n=n_fft)
+                self._add_blocks(accumulate, y, k, first, L)
+            return self._add_free(accumulate, state, weight)
+        y = torch.fft.irfft(self._mix(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
         if accumulate is not None:
-            first = 0 if nb == 1 else lead  # where each block's valid outputs start
-            return self._accumulate_blocks(accumulate, y, first, L, state, weight)
+            self._add_blocks(accumulate, y, 0, first, L)
+            return self._add_free(accumulate, state, weight)
         # keep each block's valid outputs: (B, out, T)
         if nb == 1:
             y = y[:, 0, :, :T]
@@ -842,30 +849,38 @@ class LegendreMemory(nn.Module):
             self._cache[key] = Kf
         return Kf
 
-    def _accumulate_blocks(
-        self,
-        acc: torch.Tensor,
-        y: torch.Tensor,
-        lead: int,
-        L: int,
-        state: torch.Tensor | None,
-        weight: torch.Tensor,
-    ) -> torch.Tensor:
-        """Add the valid part of every block of ``y`` ``(B, nb, out, n_fft)`` to ``acc``
-        ``(B, T, out)`` in place (block ``k`` gives steps ``[k L, k L + L)`` from its entries
-        ``[lead, lead + L)``), and the free response of ``state``; returns ``acc``. One
-        transposing pass, no intermediate copy."""
+    @staticmethod
+    def _mix(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
+        """Spectra of the projected blocks: ``(B, nb, C, F)`` with ``Kf`` -> ``(B, nb, out, F)``
+        complex. ``Kf`` is ``(F, C, out)``, or ``(out, F)`` contiguous when ``C == 1``."""
+        Bn, nb, C, Fq = Uf.shape
+        if C == 1:  # a broadcast product: (B, nb, 1, F) * (out, F)
+            return Uf * Kf
+        return _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, Kf.shape[-1], Fq)
+
+    @staticmethod
+    def _add_blocks(acc: torch.Tensor, y: torch.Tensor, k0: int, first: int, L: int) -> None:
+        """Add blocks ``k0, k0 + 1, ...`` of ``y`` ``(B, g, out, n_fft)`` to ``acc``
+        ``(B, T, out)`` in place: block ``k`` gives steps ``[k L, k L + L)`` (cut at ``T``) from
+        its entries ``[first, first + L)``. One transposing pass, no intermediate copy."""
         Bn, T, out = acc.shape
-        nb = y.shape[1]
-        full = min(nb, T // L)  # blocks that fit whole
+        start = k0 * L
+        g = min(y.shape[1], -(-(T - start) // L))
+        full = min(g, (T - start) // L)  # blocks that fit whole
         if full:
-            dst = acc[:, : full * L].view(Bn, full, L, out)
-            dst.add_(y[:, :full, :, lead : lead + L].transpose(-1, -2))
-        if full < nb:
-            rest = T - full * L
-            acc[:, full * L :].add_(y[:, full, :, lead : lead + rest].transpose(-1, -2))
+            dst = acc[:, start : start + full * L].view(Bn, full, L, out)
+            dst.add_(y[:, :full, :, first : first + L].transpose(-1, -2))
+        if full < g:
+            rest = T - start - full * L
+            dst = acc[:, start + full * L :]
+            dst.add_(y[:, full, :, first : first + rest].transpose(-1, -2))
+
+    def _add_free(
+        self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """``acc`` ``(B, T, out)`` plus the projected free response of ``state``, in place."""
         if state is not None:
-            free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
+            free = self._free_projected(state, weight, acc.shape[1])  # (B, out, h), h <= T
             acc[:, : free.shape[-1]].add_(free.transpose(1, 2))
         return acc
 
