@@ -209,26 +209,37 @@ def test_fused_projection_in_blocks_equals_recurrence(
     acc = torch.randn(batch, T, 4, dtype=dtype)
     out = mem.project(u, W, state, accumulate=acc.clone())
     assert_close_to_reference(out - acc, ref, rel)
-    # at inference, a block (here: 1 or 2 blocks) at a time
-    group = int(group_blocks * 4 * batch * fft_size(sum(mem.projection_blocks(T, dtype)) - 1))
-    with torch.no_grad(), mock.patch.object(plmu.memory, "INFERENCE_GROUP_ELEMENTS", group):
+    # in tiles of one or two frames (batch element x block)
+    tile = int(group_blocks * 4 * fft_size(sum(mem.projection_blocks(T, dtype)) - 1))
+    with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", tile):
         out = mem.project(u, W, state, accumulate=acc.clone())
     assert_close_to_reference(out - acc, ref, rel)
 
 
-def test_project_accumulate_is_checked_and_differentiable():
-    mem = plmu.LegendreMemory(2, 6, 10.0)
-    T = 5 * mem.free_horizon(torch.float64) + 3
-    u = torch.randn(2, T, 2, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("memory_size", [1, 2])
+@pytest.mark.parametrize("tile", ["all", 1, 2, "row"])
+def test_project_accumulate_is_checked_and_differentiable(memory_size, tile):
+    """Gradients through the tiled block convolution (frames a tile: all, 1, 2, one row)."""
+    mem = plmu.LegendreMemory(memory_size, 6, 10.0)
+    T = 8 * mem.free_horizon(torch.float64) + 3
+    S = memory_size * 6
+    u = torch.randn(2, T, memory_size, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(4, S, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, S, dtype=torch.float64, requires_grad=True)
     with pytest.raises(ValueError, match="accumulate"):
         mem.project(u, W, accumulate=torch.zeros(2, T, 5, dtype=torch.float64))
     b = torch.randn(4, dtype=torch.float64, requires_grad=True)
     g = torch.randn(2, T, 4, dtype=torch.float64)
-    got = torch.autograd.grad(
-        (mem.project(u, W, accumulate=b.expand(2, T, 4) * 1.0) * g).sum(), (u, W, b)
-    )
-    ref = torch.autograd.grad(((mem(u, mode="recurrent")[0] @ W.T + b) * g).sum(), (u, W, b))
+    kernel_length, block = mem.projection_blocks(T, torch.float64)
+    n_blocks = -(-T // block)
+    assert n_blocks > 2
+    frames = {"all": 2 * n_blocks, "row": n_blocks}.get(tile, tile)
+    elements = frames * 4 * fft_size(kernel_length + block - 1)
+    with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", elements):
+        y = mem.project(u, W, s, accumulate=b.expand(2, T, 4) * 1.0)
+        got = torch.autograd.grad((y * g).sum(), (u, W, s, b))
+    ref_y = mem(u, s, mode="recurrent")[0] @ W.T + b
+    ref = torch.autograd.grad((ref_y * g).sum(), (u, W, s, b))
     for a, r in zip(got, ref):
         np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-9, atol=1e-9 * r.abs().max())
 

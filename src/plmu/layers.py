@@ -61,6 +61,17 @@ def _activation(name: str | None, argument: str) -> nn.Module:
     return ACTIVATIONS[key]()
 
 
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` for ``x`` ``(batch, time, in)`` as a tensor of its own.
+
+    ``F.linear`` returns a view of a 2-D product; adding to a view in place makes autograd copy
+    the whole gradient (``CopySlices``). The fused forward adds ``W_m m`` into this result.
+    """
+    if bias is None:
+        return torch.matmul(x, weight.T)  # an unsafe view: no view tracking
+    return torch.baddbmm(bias, x, weight.T.expand(x.shape[0], -1, -1))
+
+
 def _data_product(x: torch.Tensor, Hrev: torch.Tensor) -> torch.Tensor:
     """``x @ Hrev`` (eq. 25 on the raw inputs), in float32 even under autocast, like the memory."""
     if autocast_enabled(x.device.type):
@@ -396,7 +407,7 @@ class ParallelLMU(nn.Module):
         S = self.state_size
         W_m = self.output.weight[:, :S]
         if self.input_to_output:  # W_x x + b, then W_m m added in place, block by block
-            base = F.linear(x, self.output.weight[:, S:], self.output.bias)
+            base = _affine(x, self.output.weight[:, S:], self.output.bias)
             pre = self.memory.project(u, W_m, state, accumulate=base)
         else:
             pre = self.memory.project(u, W_m, state)

@@ -56,8 +56,9 @@ AUTO_FUSED_MIN_TIME = 5
 BLOCK_RATIO = 3
 # FFT lengths keep a factor of at least 2**FFT_MIN_TWO_POWER (see fft_size)
 FFT_MIN_TWO_POWER = 5
-# inference with an output to add to: inverse FFTs of about this many values at a time (8 MB)
-INFERENCE_GROUP_ELEMENTS = 1 << 21
+# the fused projection's overlap-save frames run in tiles of about this many output values
+# (8 MB in float32; see _BlockConvolution)
+BLOCK_TILE_ELEMENTS = 1 << 21
 
 
 # ------------------------------------------------------------------------- mixed precision
@@ -754,17 +755,14 @@ class LegendreMemory(nn.Module):
         if Uf.shape[2] == 1:
             Kf = Kf[:, 0].T.contiguous()  # (out, F): one memory channel, a broadcast product
         first = 0 if nb == 1 else lead  # where each block's valid outputs start
-        if accumulate is not None and not torch.is_grad_enabled():
-            # inference: a group of blocks at a time, so each group's spectra and inverse FFT
-            # stay in cache on their way into the output
-            group = max(1, INFERENCE_GROUP_ELEMENTS // (Bn * out * n_fft))
-            for k in range(0, nb, group):
-                y = torch.fft.irfft(self._mix(Uf[:, k : k + group], Kf), n=n_fft)
-                self._add_blocks(accumulate, y, k, first, L)
-            return self._add_free(accumulate, state, weight)
-        y = torch.fft.irfft(self._mix(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
+        if Uf.shape[2] == 1 and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+            acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
+            return self._add_free(acc, state, weight)
+        # traced or compiled (export): whole-tensor operations, plain autograd
+        y = torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
         if accumulate is not None:
-            self._add_blocks(accumulate, y, 0, first, L)
+            _add_blocks(accumulate, y, 0, first, L)
             return self._add_free(accumulate, state, weight)
         # keep each block's valid outputs: (B, out, T)
         if nb == 1:
@@ -849,32 +847,6 @@ class LegendreMemory(nn.Module):
             self._cache[key] = Kf
         return Kf
 
-    @staticmethod
-    def _mix(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
-        """Spectra of the projected blocks: ``(B, nb, C, F)`` with ``Kf`` -> ``(B, nb, out, F)``
-        complex. ``Kf`` is ``(F, C, out)``, or ``(out, F)`` contiguous when ``C == 1``."""
-        Bn, nb, C, Fq = Uf.shape
-        if C == 1:  # a broadcast product: (B, nb, 1, F) * (out, F)
-            return Uf * Kf
-        return _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, Kf.shape[-1], Fq)
-
-    @staticmethod
-    def _add_blocks(acc: torch.Tensor, y: torch.Tensor, k0: int, first: int, L: int) -> None:
-        """Add blocks ``k0, k0 + 1, ...`` of ``y`` ``(B, g, out, n_fft)`` to ``acc``
-        ``(B, T, out)`` in place: block ``k`` gives steps ``[k L, k L + L)`` (cut at ``T``) from
-        its entries ``[first, first + L)``. One transposing pass, no intermediate copy."""
-        Bn, T, out = acc.shape
-        start = k0 * L
-        g = min(y.shape[1], -(-(T - start) // L))
-        full = min(g, (T - start) // L)  # blocks that fit whole
-        if full:
-            dst = acc[:, start : start + full * L].view(Bn, full, L, out)
-            dst.add_(y[:, :full, :, first : first + L].transpose(-1, -2))
-        if full < g:
-            rest = T - start - full * L
-            dst = acc[:, start + full * L :]
-            dst.add_(y[:, full, :, first : first + rest].transpose(-1, -2))
-
     def _add_free(
         self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
     ) -> torch.Tensor:
@@ -958,6 +930,30 @@ def _tile(X: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
     return X[:, :, f0:f1].permute(2, 0, 1).contiguous()
 
 
+def _mix_forward(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """``Y[b, o, f] = sum_c U[b, c, f] K[f, c, o]`` in frequency tiles: ``(B, out, F)``."""
+    Bn, Fq, out = U.shape[0], U.shape[2], K.shape[2]
+    Y = U.new_empty((Bn, out, Fq))
+    for f0, f1 in _tiles(U, K):
+        Y[:, :, f0:f1] = _mix(U, K, f0, f1).permute(1, 2, 0)
+    return Y
+
+
+def _mix_backward(
+    U: torch.Tensor, K: torch.Tensor, gY: torch.Tensor, need_u: bool, need_k: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`_mix_forward` for ``U`` and ``K`` (each ``None`` when not needed)."""
+    gU = torch.empty_like(U) if need_u else None
+    gK = torch.empty_like(K) if need_k else None
+    for f0, f1 in _tiles(U, K):
+        g = _tile(gY, f0, f1)  # (t, B, out)
+        if gU is not None:  # gU[b, c, f] = sum_o gY[b, o, f] conj(K[f, c, o])
+            gU[:, :, f0:f1] = torch.bmm(g, K[f0:f1].mH).permute(1, 2, 0)
+        if gK is not None:  # gK[f, c, o] = sum_b conj(U[b, c, f]) gY[b, o, f]
+            gK[f0:f1] = torch.bmm(_tile(U, f0, f1).mH, g)
+    return gU, gK
+
+
 class _SpectralMix(torch.autograd.Function):
     """``Y[b, o, f] = sum_c U[b, c, f] K[f, c, o]``, the per-frequency channel contraction.
 
@@ -972,26 +968,131 @@ class _SpectralMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(U, K)
-        Bn, Fq, out = U.shape[0], U.shape[2], K.shape[2]
-        Y = U.new_empty((Bn, out, Fq))
-        for f0, f1 in _tiles(U, K):
-            Y[:, :, f0:f1] = _mix(U, K, f0, f1).permute(1, 2, 0)
-        return Y
+        return _mix_forward(U, K)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gY: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         U, K = ctx.saved_tensors
-        need_u, need_k = ctx.needs_input_grad[:2]
-        gU = torch.empty_like(U) if need_u else None
-        gK = torch.empty_like(K) if need_k else None
-        for f0, f1 in _tiles(U, K):
-            g = _tile(gY, f0, f1)  # (t, B, out)
-            if gU is not None:  # gU[b, c, f] = sum_o gY[b, o, f] conj(K[f, c, o])
-                gU[:, :, f0:f1] = torch.bmm(g, K[f0:f1].mH).permute(1, 2, 0)
-            if gK is not None:  # gK[f, c, o] = sum_b conj(U[b, c, f]) gY[b, o, f]
-                gK[f0:f1] = torch.bmm(_tile(U, f0, f1).mH, g)
-        return gU, gK
+        return _mix_backward(U, K, gY, *ctx.needs_input_grad[:2])
+
+
+class _BlockConvolution(torch.autograd.Function):
+    """Add the projected overlap-save blocks to ``acc`` in place, a tile of frames at a time.
+
+    ``acc[b, k L + t, o] += irfft(sum_c Uf[b, k, c] Kf[:, c, o], n)[first + t]`` for
+    ``0 <= t < L`` (cut at ``T``). Each tile's spectra, inverse FFT and, in backward, the
+    zero-padded gradient and its FFT hold about :data:`BLOCK_TILE_ELEMENTS` values: whole-batch
+    intermediates of ``(B, nb, out, n_fft)`` are hundreds of MB, fresh pages each step, and
+    cost more than the FFTs themselves. The backward is the exact adjoint: ``irfft``'s
+    adjoint is ``rfft`` scaled by ``1/n`` (DC and Nyquist) or ``2/n`` (the rest).
+
+    Shapes: ``acc`` ``(B, T, out)``; ``Uf`` ``(B, nb, C, F)`` complex; ``Kf`` ``(F, C, out)``,
+    or ``(out, F)`` when ``C == 1`` (a broadcast product). Returns ``acc``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, acc: torch.Tensor, Uf: torch.Tensor, Kf: torch.Tensor, n_fft: int, first: int, L: int
+    ) -> torch.Tensor:
+        ctx.mark_dirty(acc)
+        ctx.save_for_backward(Uf, Kf)
+        ctx.geometry = (n_fft, first, L)
+        out = acc.shape[2]
+        for b0, b1, k0, k1 in _frame_tiles(Uf.shape[0], Uf.shape[1], out * n_fft):
+            Yf = _block_spectra(Uf[b0:b1, k0:k1], Kf)
+            y = torch.fft.irfft(Yf, n=n_fft)  # (b, g, out, n_fft)
+            _add_blocks(acc[b0:b1], y, k0, first, L)
+        return acc
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        Uf, Kf = ctx.saved_tensors
+        n_fft, first, L = ctx.geometry
+        need_u, need_k = ctx.needs_input_grad[1:3]
+        if not (need_u or need_k):
+            return g, None, None, None, None, None
+        Bn, nb, C, Fq = Uf.shape
+        out = g.shape[2]
+        gU = torch.empty_like(Uf) if need_u else None
+        gK = torch.zeros_like(Kf) if need_k else None
+        scale = g.new_full((Fq,), 2.0 / n_fft)  # irfft's adjoint: 2/n inside, 1/n at the edges
+        scale[0] = 1.0 / n_fft
+        if n_fft % 2 == 0:
+            scale[-1] = 1.0 / n_fft
+        for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft):
+            frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
+            _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
+            gY = torch.fft.rfft(frames) * scale  # (b, k, out, F)
+            U = Uf[b0:b1, k0:k1]
+            if C == 1:  # Kf is (out, F)
+                if gU is not None:
+                    gU[b0:b1, k0:k1] = (gY * Kf.conj()).sum(2, keepdim=True)
+                if gK is not None:
+                    gK += (gY * U.conj()).sum((0, 1))
+            else:
+                b, k = U.shape[:2]
+                gu, gk = _mix_backward(
+                    U.reshape(b * k, C, Fq), Kf, gY.view(b * k, out, Fq), need_u, need_k
+                )
+                if gU is not None:
+                    gU[b0:b1, k0:k1] = gu.view(b, k, C, Fq)
+                if gK is not None:
+                    gK += gk
+        return g, gU, gK, None, None, None
+
+
+def _block_spectra(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
+    """``(B, nb, C, F)`` block spectra times the folded kernel: ``(B, nb, out, F)`` complex.
+
+    ``Kf`` is ``(F, C, out)``, or ``(out, F)`` when ``C == 1`` (then a broadcast product)."""
+    Bn, nb, C, Fq = Uf.shape
+    if C == 1:
+        return Uf * Kf
+    return _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, Kf.shape[-1], Fq)
+
+
+def _frame_tiles(Bn: int, nb: int, per_frame: int) -> list[tuple[int, int, int, int]]:
+    """Tiles ``(b0, b1, k0, k1)`` of the ``Bn x nb`` frames, about :data:`BLOCK_TILE_ELEMENTS`
+    values (``per_frame`` each) a tile: whole rows of blocks while they fit, else part of one
+    sequence's blocks."""
+    frames = max(1, BLOCK_TILE_ELEMENTS // per_frame)
+    if frames >= nb:
+        step = frames // nb
+        return [(b, min(Bn, b + step), 0, nb) for b in range(0, Bn, step)]
+    return [(b, b + 1, k, min(nb, k + frames)) for b in range(Bn) for k in range(0, nb, frames)]
+
+
+def _add_blocks(
+    acc: torch.Tensor, y: torch.Tensor, k0: int, first: int, L: int, gather: bool = False
+) -> None:
+    """Add blocks ``k0, k0 + 1, ...`` of ``y`` ``(B, g, out, n_fft)`` to ``acc`` ``(B, T, out)``
+    in place: block ``k`` gives steps ``[k L, k L + L)`` (cut at ``T``) from its entries
+    ``[first, first + L)``. With ``gather`` the other way: those steps of ``acc`` are added to
+    those entries of ``y``. One transposing pass, no intermediate copy."""
+    Bn, T, out = acc.shape
+    start = k0 * L
+    g = min(y.shape[1], -(-(T - start) // L))
+    full = min(g, (T - start) // L)  # blocks that fit whole
+    pairs = []
+    if start == 0 and T <= L:  # one block: acc itself, not a view (autograd copies less)
+        pairs.append((acc, y[:, 0, :, first : first + T].mT))
+    elif full:
+        pairs.append(
+            (
+                acc[:, start : start + full * L].view(Bn, full, L, out),
+                y[:, :full, :, first : first + L].transpose(-1, -2),
+            )
+        )
+    if full < g:
+        rest = T - start - full * L
+        pairs.append((acc[:, start + full * L :], y[:, full, :, first : first + rest].mT))
+    for a, b in pairs:
+        if gather:
+            b.add_(a)
+        else:
+            a.add_(b)
 
 
 def _tiles(U: torch.Tensor, K: torch.Tensor) -> list[tuple[int, int]]:
