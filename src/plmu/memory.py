@@ -744,8 +744,10 @@ class LegendreMemory(nn.Module):
         lead = n_fft - L  # >= Lk - 1 earlier inputs in front of each block's L new ones
         Kf = self._folded_kernel_rfft(weight, Lk, n_fft, u.dtype)  # (F, C, out) complex
         # Layout: every FFT runs over a contiguous last axis (strided FFTs cost 2-4x more here,
-        # in forward and in backward); the per-frequency channel contraction runs in tiles of
-        # frequencies (_SpectralMix), so its transposes stay in cache.
+        # in forward and in backward). One channel: the product, inverse FFT and add into the
+        # output run in tiles of frames (_BlockConvolution). Several: the per-frequency channel
+        # contraction runs in tiles of frequencies (_SpectralMix), so its transposes stay in
+        # cache, over the whole batch (a tile of frames would re-read the whole kernel).
         ut = u.transpose(1, 2)  # (B, C, T)
         if nb == 1:  # one block: linear convolution by zero padding after the sequence
             frames = ut.unsqueeze(1)  # (B, 1, C, T)
