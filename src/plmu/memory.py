@@ -754,13 +754,13 @@ class LegendreMemory(nn.Module):
         else:  # overlap-save: block k sees inputs [k L - lead, k L + L), keeps its last L
             frames = F.pad(ut, (lead, nb * L - T)).unfold(-1, n_fft, L).transpose(1, 2)
         Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, nb, C, F)
-        if Uf.shape[2] == 1:
-            Kf = Kf[:, 0].T.contiguous()  # (out, F): one memory channel, a broadcast product
         first = 0 if nb == 1 else lead  # where each block's valid outputs start
-        if Uf.shape[2] == 1 and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-            acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
-            acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
-            return self._add_free(acc, state, weight)
+        if self.memory_size == 1:
+            Kf = Kf[:, 0].T.contiguous()  # (out, F): a broadcast product
+            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+                acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+                acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
+                return self._add_free(acc, state, weight)
         # traced or compiled (export): whole-tensor operations, plain autograd
         y = torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
         if accumulate is not None:
@@ -932,30 +932,6 @@ def _tile(X: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
     return X[:, :, f0:f1].permute(2, 0, 1).contiguous()
 
 
-def _mix_forward(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """``Y[b, o, f] = sum_c U[b, c, f] K[f, c, o]`` in frequency tiles: ``(B, out, F)``."""
-    Bn, Fq, out = U.shape[0], U.shape[2], K.shape[2]
-    Y = U.new_empty((Bn, out, Fq))
-    for f0, f1 in _tiles(U, K):
-        Y[:, :, f0:f1] = _mix(U, K, f0, f1).permute(1, 2, 0)
-    return Y
-
-
-def _mix_backward(
-    U: torch.Tensor, K: torch.Tensor, gY: torch.Tensor, need_u: bool, need_k: bool
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of :func:`_mix_forward` for ``U`` and ``K`` (each ``None`` when not needed)."""
-    gU = torch.empty_like(U) if need_u else None
-    gK = torch.empty_like(K) if need_k else None
-    for f0, f1 in _tiles(U, K):
-        g = _tile(gY, f0, f1)  # (t, B, out)
-        if gU is not None:  # gU[b, c, f] = sum_o gY[b, o, f] conj(K[f, c, o])
-            gU[:, :, f0:f1] = torch.bmm(g, K[f0:f1].mH).permute(1, 2, 0)
-        if gK is not None:  # gK[f, c, o] = sum_b conj(U[b, c, f]) gY[b, o, f]
-            gK[f0:f1] = torch.bmm(_tile(U, f0, f1).mH, g)
-    return gU, gK
-
-
 class _SpectralMix(torch.autograd.Function):
     """``Y[b, o, f] = sum_c U[b, c, f] K[f, c, o]``, the per-frequency channel contraction.
 
@@ -970,27 +946,44 @@ class _SpectralMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(U, K)
-        return _mix_forward(U, K)
+        Bn, Fq, out = U.shape[0], U.shape[2], K.shape[2]
+        Y = U.new_empty((Bn, out, Fq))
+        for f0, f1 in _tiles(U, K):
+            Y[:, :, f0:f1] = _mix(U, K, f0, f1).permute(1, 2, 0)
+        return Y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gY: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         U, K = ctx.saved_tensors
-        return _mix_backward(U, K, gY, *ctx.needs_input_grad[:2])
+        need_u, need_k = ctx.needs_input_grad[:2]
+        gU = torch.empty_like(U) if need_u else None
+        gK = torch.empty_like(K) if need_k else None
+        for f0, f1 in _tiles(U, K):
+            g = _tile(gY, f0, f1)  # (t, B, out)
+            if gU is not None:  # gU[b, c, f] = sum_o gY[b, o, f] conj(K[f, c, o])
+                gU[:, :, f0:f1] = torch.bmm(g, K[f0:f1].mH).permute(1, 2, 0)
+            if gK is not None:  # gK[f, c, o] = sum_b conj(U[b, c, f]) gY[b, o, f]
+                gK[f0:f1] = torch.bmm(_tile(U, f0, f1).mH, g)
+        return gU, gK
 
 
 class _BlockConvolution(torch.autograd.Function):
-    """Add the projected overlap-save blocks to ``acc`` in place, a tile of frames at a time.
+    """Add the projected overlap-save blocks of one memory channel to ``acc`` in place, a tile
+    of frames at a time.
 
-    ``acc[b, k L + t, o] += irfft(sum_c Uf[b, k, c] Kf[:, c, o], n)[first + t]`` for
-    ``0 <= t < L`` (cut at ``T``). Each tile's spectra, inverse FFT and, in backward, the
+    ``acc[b, k L + t, o] += irfft(Uf[b, k, 0] Kf[o], n)[first + t]`` for ``0 <= t < L`` (cut at
+    ``T``). Each tile's spectra, inverse FFT and, in backward, the
     zero-padded gradient and its FFT hold about :data:`BLOCK_TILE_ELEMENTS` values: whole-batch
     intermediates of ``(B, nb, out, n_fft)`` are hundreds of MB, fresh pages each step, and
     cost more than the FFTs themselves. The backward is the exact adjoint: ``irfft``'s
     adjoint is ``rfft`` scaled by ``1/n`` (DC and Nyquist) or ``2/n`` (the rest).
 
-    Shapes: ``acc`` ``(B, T, out)``; ``Uf`` ``(B, nb, C, F)`` complex; ``Kf`` ``(F, C, out)``,
-    or ``(out, F)`` when ``C == 1`` (a broadcast product). Returns ``acc``.
+    With several channels the kernel ``(F, C, out)`` is as large as many frames' outputs and a
+    tile would re-read all of it; those run whole-batch (:class:`_SpectralMix`).
+
+    Shapes: ``acc`` ``(B, T, out)``; ``Uf`` ``(B, nb, 1, F)`` and ``Kf`` ``(out, F)``, complex.
+    Returns ``acc``.
     """
 
     @staticmethod
@@ -1002,8 +995,7 @@ class _BlockConvolution(torch.autograd.Function):
         ctx.geometry = (n_fft, first, L)
         out = acc.shape[2]
         for b0, b1, k0, k1 in _frame_tiles(Uf.shape[0], Uf.shape[1], out * n_fft):
-            Yf = _block_spectra(Uf[b0:b1, k0:k1], Kf)
-            y = torch.fft.irfft(Yf, n=n_fft)  # (b, g, out, n_fft)
+            y = torch.fft.irfft(Uf[b0:b1, k0:k1] * Kf, n=n_fft)  # (b, g, out, n_fft)
             _add_blocks(acc[b0:b1], y, k0, first, L)
         return acc
 
@@ -1015,7 +1007,7 @@ class _BlockConvolution(torch.autograd.Function):
         need_u, need_k = ctx.needs_input_grad[1:3]
         if not (need_u or need_k):
             return g, None, None, None, None, None
-        Bn, nb, C, Fq = Uf.shape
+        Bn, nb, _, Fq = Uf.shape
         out = g.shape[2]
         gU = torch.empty_like(Uf) if need_u else None
         gK = torch.zeros_like(Kf) if need_k else None
@@ -1027,21 +1019,10 @@ class _BlockConvolution(torch.autograd.Function):
             frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
             _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
             gY = torch.fft.rfft(frames) * scale  # (b, k, out, F)
-            U = Uf[b0:b1, k0:k1]
-            if C == 1:  # Kf is (out, F)
-                if gU is not None:
-                    gU[b0:b1, k0:k1] = (gY * Kf.conj()).sum(2, keepdim=True)
-                if gK is not None:
-                    gK += (gY * U.conj()).sum((0, 1))
-            else:
-                b, k = U.shape[:2]
-                gu, gk = _mix_backward(
-                    U.reshape(b * k, C, Fq), Kf, gY.view(b * k, out, Fq), need_u, need_k
-                )
-                if gU is not None:
-                    gU[b0:b1, k0:k1] = gu.view(b, k, C, Fq)
-                if gK is not None:
-                    gK += gk
+            if gU is not None:
+                gU[b0:b1, k0:k1] = (gY * Kf.conj()).sum(2, keepdim=True)
+            if gK is not None:
+                gK += (gY * Uf[b0:b1, k0:k1].conj()).sum((0, 1))
         return g, gU, gK, None, None, None
 
 
@@ -1116,10 +1097,10 @@ def _spectral_mix(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 def fft_size(n: int) -> int:
     """Smallest ``2^a 3^b 5^c >= n`` with ``a >= min(5, log2 n)``: an FFT length that is fast.
 
-    pocketfft (CPU) runs a real FFT whose length has a small power-of-two factor 1.4 to 3
-    times slower per element (``11250 = 2 * 3^2 * 5^4`` against ``11520 = 2^8 * 3^2 * 5``,
-    ``12500`` against ``12800``), so the factor of two is kept at least ``2^5`` (measured: see
-    docs/performance.md). cuFFT is fast on all of these lengths.
+    pocketfft (CPU) runs a real FFT whose length has a small power-of-two factor up to about
+    twice as slow per element (``11250 = 2 * 3^2 * 5^4`` against ``11520 = 2^8 * 3^2 * 5``,
+    ``12500`` against ``12800``), so the factor of two is kept at least ``2^5`` (measured:
+    ``scripts/fft_lengths.py``, docs/performance.md).
     """
     if n <= 1:
         return 1
