@@ -31,6 +31,7 @@ from plmu.memory import (
     check_sequence,
     check_state,
     check_step_input,
+    create_graph_backward,
     gather_time,
 )
 
@@ -114,7 +115,9 @@ class _ScalarLastOutput(torch.autograd.Function):
         )
 
     @staticmethod
-    def forward(ctx, xH, h_sum, e, b_u, weight, x_last, bias):  # type: ignore[override]
+    def compute(xH, h_sum, e, b_u, weight, x_last, bias):
+        """The forward as plain operations: ``(pre, m, P, c, Z)`` (``P``, ``c``, ``Z`` for
+        backward)."""
         d = xH.shape[1]
         W_m = weight[:, :d]
         ev = e.reshape(())
@@ -124,23 +127,34 @@ class _ScalarLastOutput(torch.autograd.Function):
         c = None
         if b_u is not None:
             c = W_m @ h_sum  # (hidden,)
-            pre += b_u * c
-            m += b_u * h_sum
+            pre = pre + b_u * c
+            m = m + b_u * h_sum
         if x_last is not None:
-            pre.addmm_(x_last, weight[:, d:].T)
+            pre = pre.addmm(x_last, weight[:, d:].T)
             Z = torch.cat([m, x_last], dim=1)  # (B, d + n_x): the input of the whole weight
         else:
             Z = m
         if bias is not None:
-            pre += bias
+            pre = pre + bias
+        return pre, m, P, c, Z
+
+    @staticmethod
+    def forward(ctx, xH, h_sum, e, b_u, weight, x_last, bias):  # type: ignore[override]
+        pre, m, P, c, Z = _ScalarLastOutput.compute(xH, h_sum, e, b_u, weight, x_last, bias)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xH, h_sum, P, c, Z)
+        ctx.save_for_backward(xH, h_sum, P, c, Z, e, b_u, weight, x_last, bias)
         return pre, m
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_pre, grad_m):  # type: ignore[override]
-        xH, h_sum, P, c, Z = ctx.saved_tensors
+        xH, h_sum, P, c, Z, *params = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
+            return create_graph_backward(
+                lambda *a: _ScalarLastOutput.compute(*a)[:2],
+                (xH, h_sum, *params),
+                ctx.needs_input_grad,
+                (grad_pre, grad_m),
+            )
         need = ctx.needs_input_grad
         g_e = g_bu = g_w = g_b = None
         g_sum = None if grad_pre is None else grad_pre.sum(0)  # (hidden,)

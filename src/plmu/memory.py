@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import torch
@@ -878,6 +878,48 @@ class LegendreMemory(nn.Module):
         )
 
 
+def create_graph_backward(
+    forward: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+    inputs: Sequence[object],
+    needs: Sequence[bool],
+    grads: Sequence[torch.Tensor | None],
+) -> tuple[torch.Tensor | None, ...]:
+    """A custom Function's backward by autograd of its plain ``forward(*inputs)``.
+
+    The hand-written backward passes are first-order: their results are computed from values
+    saved in forward, which do not carry their dependence on the inputs. When the gradient is
+    itself to be differentiated (``create_graph=True``: gradient penalties, Hessian-vector
+    products, meta-learning) the Functions call this instead, which recomputes the forward from
+    the saved inputs with plain operations and differentiates that, keeping the graph.
+
+    Args:
+        forward: the Function's computation as plain differentiable operations.
+        inputs: the Function's inputs as saved (tensors keep their graph), non-tensors as is.
+        needs: ``ctx.needs_input_grad``.
+        grads: the incoming gradients, one per output of ``forward`` (``None`` for none).
+
+    Returns:
+        One gradient (or ``None``) per input.
+    """
+    with torch.enable_grad():
+        outs = forward(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    wrt = [t for t, n in zip(inputs, needs) if n]
+    if not pairs or not wrt:
+        return tuple(None for _ in inputs)
+    got = iter(
+        torch.autograd.grad(
+            [o for o, _ in pairs],
+            wrt,
+            [g for _, g in pairs],
+            create_graph=True,
+            allow_unused=True,
+        )
+    )
+    return tuple(next(got) if n else None for n in needs)
+
+
 def _fold(Hs: torch.Tensor, Wp: torch.Tensor) -> torch.Tensor:
     """``(F, n)`` complex ``K[:F] + i K[F:]`` with ``K = Hs @ Wp`` (``Hs`` stacks ``[Re; Im]``)."""
     K = Hs @ Wp
@@ -901,9 +943,10 @@ class _FoldedKernel(torch.autograd.Function):
         return _fold(Hs, Wp)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         Hs, Wp = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
+            return create_graph_backward(_fold, (Hs, Wp), ctx.needs_input_grad, (grad,))
         # (F, n, 2) -> (2, F, n) -> (2F, n): [Re; Im], matching the rows of Hs
         G = torch.view_as_real(grad.resolve_conj()).permute(2, 0, 1).reshape(Hs.shape[0], -1)
         g_hs = G @ Wp.T if ctx.needs_input_grad[0] else None  # trainable theta
@@ -953,9 +996,10 @@ class _SpectralMix(torch.autograd.Function):
         return Y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, gY: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         U, K = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
+            return create_graph_backward(_plain_mix, (U, K), ctx.needs_input_grad, (gY,))
         need_u, need_k = ctx.needs_input_grad[:2]
         gU = torch.empty_like(U) if need_u else None
         gK = torch.empty_like(K) if need_k else None
@@ -992,7 +1036,7 @@ class _BlockConvolution(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.mark_dirty(acc)
         ctx.save_for_backward(Uf, Kf)
-        ctx.geometry = (n_fft, first, L)
+        ctx.geometry = (acc.shape[1], n_fft, first, L)
         out = acc.shape[2]
         for b0, b1, k0, k1 in _frame_tiles(Uf.shape[0], Uf.shape[1], out * n_fft):
             y = torch.fft.irfft(Uf[b0:b1, k0:k1] * Kf, n=n_fft)  # (b, g, out, n_fft)
@@ -1000,13 +1044,22 @@ class _BlockConvolution(torch.autograd.Function):
         return acc
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         Uf, Kf = ctx.saved_tensors
-        n_fft, first, L = ctx.geometry
+        T, n_fft, first, L = ctx.geometry
         need_u, need_k = ctx.needs_input_grad[1:3]
         if not (need_u or need_k):
             return g, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
+
+            def plain(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
+                y = torch.fft.irfft(Uf * Kf, n=n_fft)
+                out = y.new_zeros((y.shape[0], T, y.shape[2]))
+                _add_blocks(out, y, 0, first, L)
+                return out
+
+            gU, gK = create_graph_backward(plain, (Uf, Kf), (need_u, need_k), (g,))
+            return g, gU, gK, None, None, None
         Bn, nb, _, Fq = Uf.shape
         out = g.shape[2]
         gU = torch.empty_like(Uf) if need_u else None
@@ -1078,6 +1131,11 @@ def _add_blocks(
             a.add_(b)
 
 
+def _plain_mix(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """:class:`_SpectralMix` as one ``einsum`` (plain autograd)."""
+    return torch.einsum("bcf,fco->bof", U, K)
+
+
 def _tiles(U: torch.Tensor, K: torch.Tensor) -> list[tuple[int, int]]:
     """Frequency ranges ``[f0, f1)`` for ``U`` ``(B, C, F)`` and ``K`` ``(F, C, out)``."""
     n = U.shape[2]
@@ -1090,7 +1148,7 @@ def _tiles(U: torch.Tensor, K: torch.Tensor) -> list[tuple[int, int]]:
 def _spectral_mix(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """:class:`_SpectralMix` (one ``einsum`` when traced or compiled, for export)."""
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return torch.einsum("bcf,fco->bof", U, K)
+        return _plain_mix(U, K)
     return _SpectralMix.apply(U, K)
 
 
