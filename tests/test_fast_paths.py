@@ -244,6 +244,22 @@ def test_project_accumulate_is_checked_and_differentiable(memory_size, tile):
         np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-9, atol=1e-9 * r.abs().max())
 
 
+def test_frame_tiles_cover_every_frame_once():
+    from plmu.memory import _frame_tiles
+
+    cpu = torch.device("cpu")
+    for Bn, nb, per_frame, limit in [(5, 3, 10, 40), (5, 3, 10, 20), (2, 7, 10, 30), (3, 1, 9, 1)]:
+        with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", limit):
+            tiles = _frame_tiles(Bn, nb, per_frame, cpu)
+        seen = [(b, k) for b0, b1, k0, k1 in tiles for b in range(b0, b1) for k in range(k0, k1)]
+        assert sorted(seen) == [(b, k) for b in range(Bn) for k in range(nb)]
+        assert all(
+            (b1 - b0) * (k1 - k0) * per_frame <= max(limit, per_frame) for b0, b1, k0, k1 in tiles
+        )
+    # CUDA: one tile (no page faults to avoid; a launch per tile would cost more)
+    assert _frame_tiles(5, 3, 10, torch.device("cuda")) == [(0, 5, 0, 3)]
+
+
 def test_fused_projection_in_blocks_gradients():
     mem = plmu.LegendreMemory(3, 6, 10.0)
     T = 7 * mem.free_horizon(torch.float64) + 5

@@ -1038,7 +1038,7 @@ class _BlockConvolution(torch.autograd.Function):
         ctx.save_for_backward(Uf, Kf)
         ctx.geometry = (acc.shape[1], n_fft, first, L)
         out = acc.shape[2]
-        for b0, b1, k0, k1 in _frame_tiles(Uf.shape[0], Uf.shape[1], out * n_fft):
+        for b0, b1, k0, k1 in _frame_tiles(Uf.shape[0], Uf.shape[1], out * n_fft, Uf.device):
             y = torch.fft.irfft(Uf[b0:b1, k0:k1] * Kf, n=n_fft)  # (b, g, out, n_fft)
             _add_blocks(acc[b0:b1], y, k0, first, L)
         return acc
@@ -1068,7 +1068,7 @@ class _BlockConvolution(torch.autograd.Function):
         scale[0] = 1.0 / n_fft
         if n_fft % 2 == 0:
             scale[-1] = 1.0 / n_fft
-        for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft):
+        for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft, Uf.device):
             frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
             _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
             gY = torch.fft.rfft(frames) * scale  # (b, k, out, F)
@@ -1089,10 +1089,15 @@ def _block_spectra(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
     return _spectral_mix(Uf.reshape(Bn * nb, C, Fq), Kf).view(Bn, nb, Kf.shape[-1], Fq)
 
 
-def _frame_tiles(Bn: int, nb: int, per_frame: int) -> list[tuple[int, int, int, int]]:
+def _frame_tiles(
+    Bn: int, nb: int, per_frame: int, device: torch.device
+) -> list[tuple[int, int, int, int]]:
     """Tiles ``(b0, b1, k0, k1)`` of the ``Bn x nb`` frames, about :data:`BLOCK_TILE_ELEMENTS`
     values (``per_frame`` each) a tile: whole rows of blocks while they fit, else part of one
-    sequence's blocks."""
+    sequence's blocks. One tile on CUDA: its caching allocator reuses memory without page
+    faults, and a launch per tile would cost more."""
+    if device.type == "cuda":
+        return [(0, Bn, 0, nb)]
     frames = max(1, BLOCK_TILE_ELEMENTS // per_frame)
     if frames >= nb:
         step = frames // nb
