@@ -38,6 +38,9 @@ def test_quick_run_writes_json_and_png(tmp_path, capsys):
     assert set(res["full_sequence"]["cases"]) >= {f"parallel {m}" for m in bench.PARALLEL_MODES}
     sw = res["sweep"]
     assert len(sw["parallel_ms"]) == len(sw["lstm_ms"]) == len(sw["lengths"])
+    for rounds in (sw["parallel_times_ms"], sw["lstm_times_ms"]):
+        assert len(rounds) == len(sw["lengths"])
+        assert all(len(r) == res["meta"]["repeats"] for r in rounds)
     assert all(r["identical_within_fp32"] for r in res["streaming"]["runs"])
     assert all("met" in t for t in res["targets"].values())
     out = capsys.readouterr().out

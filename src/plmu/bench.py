@@ -429,18 +429,23 @@ def bench_modes(cfg: BenchConfig, device: torch.device) -> dict:
 
 def bench_sweep(cfg: BenchConfig, device: torch.device) -> dict:
     """Parallel LMU (auto) and LSTM training steps over sequence lengths; ratio and crossing."""
-    parallel_ms, lstm_ms = [], []
+    parallel_ms, lstm_ms, parallel_rounds, lstm_rounds = [], [], [], []
     for steps in cfg.sweep_lengths:
         par, _, lstm = _full_sequence_builders(cfg, device, cfg.sweep_batch, steps, ("auto",))
         cases = _measure_group({**par, **lstm}, cfg, device, memory=False)
-        parallel_ms.append(cases["parallel auto"]["median_ms"])
-        lstm_ms.append(cases[next(iter(lstm))]["median_ms"])
+        p, q = cases["parallel auto"], cases[next(iter(lstm))]
+        parallel_ms.append(p["median_ms"])
+        lstm_ms.append(q["median_ms"])
+        parallel_rounds.append(p["times_ms"])
+        lstm_rounds.append(q["times_ms"])
     ratio = [p / q for p, q in zip(parallel_ms, lstm_ms)]
     return {
         "batch": cfg.sweep_batch,
         "lengths": list(cfg.sweep_lengths),
         "parallel_ms": parallel_ms,
         "lstm_ms": lstm_ms,
+        "parallel_times_ms": parallel_rounds,  # every round, per length (medians above)
+        "lstm_times_ms": lstm_rounds,
         "parallel_over_lstm": ratio,
         "crossing_length": crossing(list(cfg.sweep_lengths), ratio),
     }
