@@ -297,3 +297,34 @@ def test_last_state_reads_only_the_last_horizon(input_size):
     m_len = mem.last_state(u, state, lengths)
     expected = np.stack([ref[i, int(n) - 1] for i, n in enumerate(lengths)])
     assert_close_to_reference(m_len, expected, 1e-9)
+
+
+@pytest.mark.parametrize("memory_size", [1, 2])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_whole_tensor_projection_equals_eager(memory_size, accumulate, grad):
+    """The whole-tensor path that ``project`` takes under ``torch.compile`` / ``torch.export``
+    (plain autograd, no custom Functions) gives the eager numbers and gradients: several
+    overlap-save blocks, a carried state, with and without an output to add to. Run eagerly
+    here with ``is_compiling`` reporting true, which selects exactly that branch."""
+    mem = plmu.LegendreMemory(memory_size, 6, 10.0)
+    T = 7 * mem.free_horizon(torch.float64) + 5
+    assert mem.projection_blocks(T, torch.float64)[1] < T
+    S = memory_size * 6
+    u = torch.randn(2, T, memory_size, dtype=torch.float64, requires_grad=grad)
+    W = torch.randn(4, S, dtype=torch.float64, requires_grad=grad)
+    s = torch.randn(2, S, dtype=torch.float64)
+    base = torch.randn(2, T, 4, dtype=torch.float64)
+    g = torch.randn(2, T, 4, dtype=torch.float64)
+
+    def run():
+        y = mem.project(u, W, s, accumulate=base.clone() if accumulate else None)
+        return y, (torch.autograd.grad((y * g).sum(), (u, W)) if grad else ())
+
+    eager, eager_grads = run()
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+        whole, whole_grads = run()
+    ref = reference_memory(u.detach(), 6, 10.0, s) @ W.detach().numpy().T
+    assert_close_to_reference(whole.detach() - (base if accumulate else 0), ref, 1e-9)
+    for a, b in zip((whole, *whole_grads), (eager, *eager_grads)):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-9, atol=1e-9)

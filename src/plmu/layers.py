@@ -16,6 +16,7 @@ All tensors are batch-first ``(batch, time, features)``, like ``torch.nn.LSTM(ba
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -429,7 +430,7 @@ class ParallelLMU(nn.Module):
                 pre = pre + self.output.bias
         final = self.memory.last_state(u, state, lengths)
         if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
-            act = _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
+            act = self._inplace_activation()
             if act is None:
                 return pre, final
             return act(pre), final  # inference: pre is this call's own buffer
@@ -458,6 +459,11 @@ class ParallelLMU(nn.Module):
             return (o if act is None else act(o)), m
         m, _ = self.memory.step(self._encode(x_t), state)
         return self._readout(m, x_t), m
+
+    def _inplace_activation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``f_o`` in place where torch has that form (else the module), ``None`` for identity:
+        for inference on a buffer of this call's own."""
+        return _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
 
     def _can_fold_step(self) -> bool:
         """Whether :meth:`step` may use the folded inference matrices (no autograd, no dropout,
@@ -512,8 +518,7 @@ class ParallelLMU(nn.Module):
         G = torch.cat([top, bottom], dim=0).T.contiguous().to(device=device, dtype=dtype)
         Bb = Bbar[:, 0] * b_u[0]
         g = torch.cat([Bb, W_m @ Bb + b]).to(device=device, dtype=dtype)
-        act = _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
-        value = (G, g, S, act)
+        value = (G, g, S, self._inplace_activation())
         self._step_cache = (tensors, (dtype, device, [t._version for t in tensors]), value)
         return value
 

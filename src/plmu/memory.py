@@ -762,25 +762,8 @@ class LegendreMemory(nn.Module):
                 acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
                 return self._add_free(acc, state, weight)
         # traced or compiled (export): whole-tensor operations, plain autograd
-        y = torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
-        if accumulate is not None:
-            _add_blocks(accumulate, y, 0, first, L)
-            return self._add_free(accumulate, state, weight)
-        # keep each block's valid outputs: (B, out, T)
-        if nb == 1:
-            y = y[:, 0, :, :T]
-        else:
-            y = y[..., lead:].transpose(1, 2).reshape(Bn, out, nb * L)[..., :T]
-        if state is not None:
-            free = self._free_projected(state, weight, T)  # (B, out, h), h <= T
-            h = free.shape[-1]
-            if h == T:
-                y = y + free
-            elif not torch.is_grad_enabled():
-                y[..., :h] += free  # streaming inference: touch only the first h steps
-            else:
-                y = y + F.pad(free, (0, T - h))
-        return y.transpose(1, 2)
+        acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+        return self._add_free(_plain_blocks(acc, Uf, Kf, n_fft, first, L), state, weight)
 
     def last_window(self, time: int, dtype: torch.dtype) -> int:
         """How many of the last ``time`` inputs the final state depends on in ``dtype``.
@@ -1053,10 +1036,8 @@ class _BlockConvolution(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
 
             def plain(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
-                y = torch.fft.irfft(Uf * Kf, n=n_fft)
-                out = y.new_zeros((y.shape[0], T, y.shape[2]))
-                _add_blocks(out, y, 0, first, L)
-                return out
+                acc = g.new_zeros((Uf.shape[0], T, Kf.shape[0]))
+                return _plain_blocks(acc, Uf, Kf, n_fft, first, L)
 
             gU, gK = create_graph_backward(plain, (Uf, Kf), (need_u, need_k), (g,))
             return g, gU, gK, None, None, None
@@ -1077,6 +1058,15 @@ class _BlockConvolution(torch.autograd.Function):
             if gK is not None:
                 gK += (gY * Uf[b0:b1, k0:k1].conj()).sum((0, 1))
         return g, gU, gK, None, None, None
+
+
+def _plain_blocks(
+    acc: torch.Tensor, Uf: torch.Tensor, Kf: torch.Tensor, n_fft: int, first: int, L: int
+) -> torch.Tensor:
+    """What :class:`_BlockConvolution` computes, as whole-tensor operations (plain autograd):
+    for export, and for its backward when that is differentiated again. Returns ``acc``."""
+    _add_blocks(acc, torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft), 0, first, L)
+    return acc
 
 
 def _block_spectra(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
