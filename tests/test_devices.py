@@ -1,0 +1,162 @@
+"""Every execution path on every device torch offers here: CPU always, CUDA when there is one.
+
+The CUDA cases run only where a GPU is visible (``scripts/gpu_check.sh`` runs them); on CPU the
+same tests check the CPU paths, so the tests themselves are exercised everywhere. Float32 on the
+device is compared with float64 on the CPU: the recurrence for the memory, autograd through the
+same layer for gradients.
+"""
+
+import copy
+
+import pytest
+import torch
+
+import plmu
+from conftest import assert_close_to_reference, reference_memory
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
+    ),
+]
+
+MEMORY_MODES = ["recurrent", "fft", "direct", "chunked", "auto"]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.mark.parametrize("mode", MEMORY_MODES)
+@pytest.mark.parametrize("memory_size", [1, 3])
+def test_memory_modes_equal_recurrence(device, mode, memory_size):
+    """Short and long sequences (past the free-response horizon), with an initial state."""
+    mem = plmu.LegendreMemory(memory_size, 8, 20.0, mode=mode).to(device)
+    for T in (1, 37, 900):
+        u = torch.randn(2, T, memory_size)
+        state = torch.randn(2, memory_size * 8)
+        m, last = mem(u.to(device), state.to(device))
+        assert m.device.type == device.type and m.dtype == torch.float32
+        ref = reference_memory(u, 8, 20.0, state)
+        assert_close_to_reference(m, ref)
+        assert_close_to_reference(last, ref[:, -1])
+        assert_close_to_reference(mem.last_state(u.to(device), state.to(device)), ref[:, -1])
+
+
+def _layer_pair(device, **kw):
+    """A float32 layer on ``device`` and its float64 CPU copy (same weights)."""
+    args = dict(input_size=3, hidden_size=5, order=8, theta=20.0, memory_size=1)
+    args.update(kw)
+    ref = plmu.ParallelLMU(**args).double()
+    return copy.deepcopy(ref).float().to(device), ref
+
+
+def _check_forward_backward(layer, ref, x, state=None):
+    """Outputs, final state, input and parameter gradients of ``layer`` against ``ref``."""
+    device = next(layer.parameters()).device
+    xd = x.detach().float().to(device).clone().requires_grad_()
+    xr = x.detach().double().clone().requires_grad_()
+    sd = None if state is None else state.float().to(device)
+    sr = None if state is None else state.double()
+    y, last = layer(xd, sd)
+    y_ref, last_ref = ref(xr, sr)
+    assert y.device.type == device.type
+    assert_close_to_reference(y, y_ref.detach().numpy())
+    assert_close_to_reference(last, last_ref.detach().numpy())
+    weights = torch.randn_like(y_ref)  # a loss that weighs every output
+    (y * weights.float().to(device)).sum().backward()
+    (y_ref * weights).sum().backward()
+    assert_close_to_reference(xd.grad, xr.grad.numpy())
+    for (name, p), p_ref in zip(layer.named_parameters(), ref.parameters()):
+        if p_ref.grad is not None:
+            assert p.grad is not None, name
+            assert_close_to_reference(p.grad, p_ref.grad.numpy())
+
+
+@pytest.mark.parametrize("mode", ["fused", "fft", "chunked", "auto"])
+@pytest.mark.parametrize("memory_size", [1, 4])
+@pytest.mark.parametrize("T", [50, 2000])  # 2000: several free-response horizons (blocks)
+def test_layer_training_step_matches_float64(device, mode, memory_size, T):
+    layer, ref = _layer_pair(device, memory_size=memory_size, mode=mode)
+    if T > 1000:
+        _, block = layer.memory.projection_blocks(T, torch.float32)
+        assert block < T  # the overlap-save blocks are exercised
+    x, state = torch.randn(2, T, 3), torch.randn(2, memory_size * 8)
+    _check_forward_backward(layer, ref, x, state)
+
+
+@pytest.mark.parametrize("input_size", [1, 3])
+def test_last_output_training_step_matches_float64(device, input_size):
+    """``return_sequences=False``: the last-state product (and psMNIST's scalar-input path)."""
+    layer, ref = _layer_pair(device, input_size=input_size, return_sequences=False)
+    _check_forward_backward(layer, ref, torch.randn(3, 300, input_size))
+
+
+def test_trainable_theta_gradient_matches_float64(device):
+    layer, ref = _layer_pair(device, trainable_theta=True, mode="fused")
+    _check_forward_backward(layer, ref, torch.randn(2, 120, 3))
+    assert layer.memory.log_theta.grad is not None
+
+
+def test_streaming_and_steps_equal_one_call(device):
+    """Inference on the device: chunks with carried state, and the step form, equal one call
+    (the cached kernels are built on the device)."""
+    layer = plmu.ParallelLMU(1, 6, 16, 40.0).to(device).eval()
+    x = torch.randn(1, 1000, 1, device=device)
+    with torch.inference_mode():
+        y, last = layer(x)
+        parts, state = [], None
+        for s in range(0, 1000, 300):
+            out, state = layer(x[:, s : s + 300], state)
+            parts.append(out)
+        assert_close_to_reference(torch.cat(parts, 1), y.double().cpu().numpy())
+        assert_close_to_reference(state, last.double().cpu().numpy())
+        steps, state = [], None
+        for t in range(60):
+            out, state = layer.step(x[:, t], state)
+            steps.append(out)
+        assert_close_to_reference(torch.stack(steps, 1), y[:, :60].double().cpu().numpy())
+
+
+def test_moving_after_use_rebuilds_cached_kernels(device):
+    """A layer run (and its kernels cached) on the CPU, then moved, computes on the new device."""
+    layer = plmu.ParallelLMU(2, 4, 8, 20.0, memory_size=2).eval()
+    x = torch.randn(2, 500, 2)
+    with torch.inference_mode():
+        y_cpu, _ = layer(x)
+        layer.step(x[:, 0])
+        layer.to(device)
+        y, _ = layer(x.to(device))
+        y_t, _ = layer.step(x[:, 0].to(device))
+    assert y.device.type == device.type and y_t.device.type == device.type
+    assert_close_to_reference(y, y_cpu.double().numpy())
+    assert_close_to_reference(y_t, y_cpu[:, 0].double().numpy())
+
+
+def test_autocast_bfloat16_keeps_the_memory_in_float32(device):
+    layer = plmu.ParallelLMU(3, 8, 8, 20.0, memory_size=2).to(device)
+    x = torch.randn(2, 400, 3, device=device)
+    y32, s32 = layer(x)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y, state = layer(x)
+        y.float().sum().backward()
+    assert state.dtype == torch.float32  # the memory state is never rounded to bfloat16
+    # its input u = f_u(U_x x + b_u) is a bfloat16 product under autocast: bfloat16 tolerance
+    assert_close_to_reference(state, s32.detach().double().cpu().numpy(), rel=3e-2)
+    assert_close_to_reference(y.float(), y32.detach().double().cpu().numpy(), rel=3e-2)
+    assert all(p.grad is not None for p in layer.parameters() if p.requires_grad)
+
+
+def test_original_lmu_matches_float64(device):
+    ref = plmu.LMU(2, 5, 8, 20.0).double()
+    rnn = copy.deepcopy(ref).float().to(device)
+    x = torch.randn(2, 60, 2)
+    y, (h, m) = rnn(x.to(device))
+    y_ref, (h_ref, m_ref) = ref(x.double())
+    assert y.device.type == device.type
+    assert_close_to_reference(y, y_ref.detach().numpy())
+    assert_close_to_reference(h, h_ref.detach().numpy())
+    assert_close_to_reference(m, m_ref.detach().numpy())
