@@ -231,3 +231,36 @@ def test_hub_trailing_empty_pair_is_not_a_test_reference(monkeypatch, tmp_path):
     module = IWSLTDataModule(None, batch_size=4, vocab_size=60)
     module.setup("test")
     assert len(module.test_set) == 5 and all(module.test_set.refs)
+
+
+@pytest.mark.parametrize("revision", [None, "refs/convert/parquet"])
+def test_hub_script_dataset_is_read_from_its_parquet_export(monkeypatch, tmp_path, revision):
+    """``datasets`` >= 4 refuses the repository's loading script; the hub's parquet export
+    (``refs/convert/parquet``) holds one folder per config, ``CONFIG/SPLIT/0000.parquet``, where
+    the config is a folder, not a config name (both configs' files would otherwise mix)."""
+    export = tmp_path / "export"
+    for config, tag in (("iwslt2015-en-vi", "ok"), ("iwslt2015-vi-en", "other")):
+        for split in ("train", "validation", "test"):
+            (export / config / split).mkdir(parents=True)
+            rows = [
+                {"translation": {"en": f"{tag} {split} {i}", "vi": f"vi {i}"}} for i in range(3)
+            ]
+            datasets.Dataset.from_list(rows).to_parquet(
+                str(export / config / split / "0000.parquet")
+            )
+    real_load_dataset = datasets.load_dataset
+
+    def hub(path, name=None, revision=None, data_dir=None):
+        assert path == "IWSLT/mt_eng_vietnamese"
+        if revision != "refs/convert/parquet":
+            raise RuntimeError(
+                "Dataset scripts are no longer supported, but found mt_eng_vietnamese.py"
+            )
+        return real_load_dataset(str(export), name, data_dir=data_dir)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    data = load_hub(revision=revision)
+    assert data["test"] == ([f"ok test {i}" for i in range(3)], [f"vi {i}" for i in range(3)])
+    assert len(data["train"][0]) == 3
+    with pytest.raises(ValueError, match=r"scripts are no longer supported.*--data-dir"):
+        load_hub(revision="main")  # another revision: one line, as before
