@@ -202,3 +202,65 @@ def test_dataloaders_yield_batches(tmp_path):
     assert len(list(dm.val_dataloader())) == 2
     with pytest.raises(ValueError, match="batch_size"):
         IWSLTDataModule(tmp_path, batch_size=0)
+
+
+def test_hub_trailing_empty_pair_is_not_a_test_reference(monkeypatch, tmp_path):
+    """The hub's loader reads each file with ``read().split("\\n")``, so every split ends with
+    an empty pair (1,269 test rows for tst2013's 1,268 lines); it must not be scored."""
+    folder = write_iwslt(tmp_path, n_train=40, n_eval=5)
+    translation = datasets.Translation(languages=["en", "vi"])
+
+    def split_rows(stem):
+        en = (folder / f"{stem}.en").read_text(encoding="utf-8").split("\n")
+        vi = (folder / f"{stem}.vi").read_text(encoding="utf-8").split("\n")
+        rows = [{"translation": {"en": a, "vi": b}} for a, b in zip(en, vi)]
+        return datasets.Dataset.from_list(
+            rows, features=datasets.Features({"translation": translation})
+        )
+
+    def fake(name, config, revision=None):
+        return datasets.DatasetDict(
+            {"train": split_rows("train"), "validation": split_rows("tst2013"),
+             "test": split_rows("tst2013")}
+        )  # fmt: skip
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert len(fake(None, None)["test"]) == 6  # the hub's extra row
+    data = load_hub()
+    assert data["test"] == read_data_dir(folder)["test"]
+    module = IWSLTDataModule(None, batch_size=4, vocab_size=60)
+    module.setup("test")
+    assert len(module.test_set) == 5 and all(module.test_set.refs)
+
+
+@pytest.mark.parametrize("revision", [None, "refs/convert/parquet"])
+def test_hub_script_dataset_is_read_from_its_parquet_export(monkeypatch, tmp_path, revision):
+    """``datasets`` >= 4 refuses the repository's loading script; the hub's parquet export
+    (``refs/convert/parquet``) holds one folder per config, ``CONFIG/SPLIT/0000.parquet``, where
+    the config is a folder, not a config name (both configs' files would otherwise mix)."""
+    export = tmp_path / "export"
+    for config, tag in (("iwslt2015-en-vi", "ok"), ("iwslt2015-vi-en", "other")):
+        for split in ("train", "validation", "test"):
+            (export / config / split).mkdir(parents=True)
+            rows = [
+                {"translation": {"en": f"{tag} {split} {i}", "vi": f"vi {i}"}} for i in range(3)
+            ]
+            datasets.Dataset.from_list(rows).to_parquet(
+                str(export / config / split / "0000.parquet")
+            )
+    real_load_dataset = datasets.load_dataset
+
+    def hub(path, name=None, revision=None, data_dir=None):
+        assert path == "IWSLT/mt_eng_vietnamese"
+        if revision != "refs/convert/parquet":
+            raise RuntimeError(
+                "Dataset scripts are no longer supported, but found mt_eng_vietnamese.py"
+            )
+        return real_load_dataset(str(export), name, data_dir=data_dir)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    data = load_hub(revision=revision)
+    assert data["test"] == ([f"ok test {i}" for i in range(3)], [f"vi {i}" for i in range(3)])
+    assert len(data["train"][0]) == 3
+    with pytest.raises(ValueError, match=r"scripts are no longer supported.*--data-dir"):
+        load_hub(revision="main")  # another revision: one line, as before

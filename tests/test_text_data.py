@@ -251,3 +251,49 @@ def test_qqp_tests_on_glue_validation_and_holds_out_part_of_train(monkeypatch):
     assert (
         splits["test"].texts[0] == ("val one 0", "val two 0") and splits["test"].labels == [0] * 5
     )
+
+
+@pytest.mark.parametrize("fmt", [".parquet", ".jsonl"])
+def test_local_snli_exported_from_the_hub_drops_pairs_without_gold_label(tmp_path, fmt):
+    """SNLI saved from the hub (``to_parquet``/``to_json``) marks pairs without a gold label
+    with -1; like the hub route, they are dropped, not an 'unknown label' error."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "premise": datasets.Value("string"),
+            "hypothesis": datasets.Value("string"),
+            "label": datasets.ClassLabel(names=list(TASKS["snli"].label_names)),
+        }
+    )
+    part = datasets.Dataset.from_dict(
+        {
+            "premise": ["a man sleeps", "a dog runs", "two kids play", "rain falls"],
+            "hypothesis": ["a man is awake", "an animal moves", "kids are outside", "it is wet"],
+            "label": [2, -1, 1, 0],
+        },
+        features=features,
+    )
+    for split in ("train", "test"):
+        path = tmp_path / f"{split}{fmt}"
+        if fmt == ".parquet":
+            part.to_parquet(str(path))
+        else:
+            part.to_json(str(path), lines=True)
+    splits = load_splits(TASKS["snli"], tmp_path, 0.34, 0)
+    assert splits["test"].labels == [2, 1, 0]
+    assert splits["test"].texts[1] == ("two kids play", "kids are outside")
+    assert splits["test"].rows == [0, 2, 3]  # error messages keep the file's row numbers
+    assert len(splits["train"]) + len(splits["validation"]) == 3
+
+
+def test_local_snli_gold_label_dash_is_dropped_and_other_labels_still_checked(tmp_path):
+    """The original SNLI files write '-' for no consensus; -2 is still an unknown label."""
+    rows = pair_rows(4, TASKS["snli"].columns, 3, ["entailment", "neutral", "contradiction"])
+    write_rows(tmp_path / "train.csv", [*rows, {**rows[0], "label": "-"}])
+    write_rows(tmp_path / "test.csv", [{**rows[1], "label": "-1"}, rows[2]])
+    splits = load_splits(TASKS["snli"], tmp_path, 0.25, 0)
+    assert splits["test"].labels == [2] and len(splits["train"]) == 3
+    write_rows(tmp_path / "test.csv", [{**rows[1], "label": "-2"}, rows[2]])
+    with pytest.raises(ValueError, match=r"row 0: column 'label': unknown label '-2'"):
+        load_splits(TASKS["snli"], tmp_path, 0.25, 0)

@@ -11,6 +11,9 @@ Sources, in order:
   (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
   ``test`` to tst2013, see the dataset's discussion #2, so pass ``--data-dir`` for a tst2012
   validation set). The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it.
+  Where the repository holds a loading script, which ``datasets`` >= 4 does not run, the data
+  is read from the hub's parquet export instead (revision ``refs/convert/parquet``, folder
+  ``hf_config``), as it is when ``hf_revision`` names that branch.
 
 Tokenisation: one BPE tokeniser per language (``tokenizers``), trained on that side of the
 training split, with the ``Metaspace`` pre-tokeniser/decoder so that decoding gives back the
@@ -66,6 +69,7 @@ SPLITS = {"train": "train", "validation": "tst2012", "test": "tst2013"}
 FILES = tuple(f"{stem}.{lang}" for stem in SPLITS.values() for lang in ("en", "vi"))
 HUB_NAME, HUB_CONFIG = "IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi"
 STANFORD_URL = "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/"
+PARQUET_EXPORT = "refs/convert/parquet"  # the hub's parquet export branch of a dataset
 
 Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligned
 
@@ -120,10 +124,21 @@ def load_hub(
     import datasets
 
     try:
-        ds = datasets.load_dataset(name, config, revision=revision)
+        if revision == PARQUET_EXPORT:
+            ds = _load_parquet_export(name, config)
+        else:
+            try:
+                ds = datasets.load_dataset(name, config, revision=revision)
+            except RuntimeError as err:
+                # datasets >= 4 runs no loading scripts; the hub's parquet export has the data
+                if "scripts are no longer supported" not in str(err) or revision is not None:
+                    raise
+                ds = _load_parquet_export(name, config)
         out: dict[str, Pairs] = {}
         for split in SPLITS:
-            rows = ds[split]["translation"]
+            # the hub's loader splits each file on "\n", so every split ends with an empty
+            # pair (133,318 / 1,269 rows for the files' 133,317 / 1,268 lines): not a sentence
+            rows = [r for r in ds[split]["translation"] if r["en"].strip() or r["vi"].strip()]
             out[split] = ([r["en"] for r in rows], [r["vi"] for r in rows])
     except Exception as err:  # network, missing split, changed schema: one clear line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -133,6 +148,14 @@ def load_hub(
             f"(from {STANFORD_URL})"
         ) from None
     return out
+
+
+def _load_parquet_export(name: str, config: str | None) -> Any:
+    """The hub's parquet export of a script dataset: one folder per config
+    (``CONFIG/SPLIT/0000.parquet``), so the config is a ``data_dir``, not a config name."""
+    import datasets
+
+    return datasets.load_dataset(name, revision=PARQUET_EXPORT, data_dir=config)
 
 
 # ------------------------------------------------------------------------------ tokenizers

@@ -4,8 +4,8 @@ Data comes from the Hugging Face hub through ``datasets`` by default, or from lo
 ``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*``, each ``.jsonl``, ``.csv``
 or ``.parquet``, with the task's columns (``text``/``label``, ``question1``/``question2``/
 ``label`` or ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
-label names. Without a validation split, ``val_fraction`` of the training split (shuffled with
-``seed``) is held out.
+label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. Without a validation
+split, ``val_fraction`` of the training split (shuffled with ``seed``) is held out.
 
 A word-level vocabulary (``tokenizers``) is built on the training split only and travels in the
 checkpoint (:meth:`TextClassificationData.saved_state`), so a loaded model encodes text exactly as
@@ -162,6 +162,16 @@ def _parse_label(value: Any, task: TextTask, where: str) -> int:
     return index
 
 
+def _is_unlabelled(value: Any) -> bool:
+    """True for the marks of an example without a gold label: ``-1`` (the hub's, e.g. SNLI's)
+    and ``"-"`` (the original SNLI files' ``gold_label``)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, (int, np.integer, float, np.floating)):
+        return value == -1
+    return isinstance(value, str) and value.strip() in ("-1", "-")
+
+
 def _find_file(data_dir: Path, split: str) -> Path | None:
     found = [
         data_dir / f"{split}{ext}" for ext in FORMATS if (data_dir / f"{split}{ext}").is_file()
@@ -187,6 +197,9 @@ def _read_table(path: Path):  # -> pandas.DataFrame
 def load_local_split(path: Path, task: TextTask) -> RawSplit:
     """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
 
+    Rows whose label is ``-1`` or ``"-"`` (no gold label, as in SNLI) are dropped, as on the
+    hub route.
+
     Raises:
         ValueError: a missing column, an empty (or non-string) text, or an unknown label; the
             message names the file, the row and the column.
@@ -204,20 +217,24 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
         )
     columns = [frame[c].tolist() for c in task.columns]
     texts: list[tuple[str, ...]] = []
-    for row, values in enumerate(zip(*columns)):
+    labels: list[int] = []
+    rows: list[int] = []
+    for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist())):
+        if _is_unlabelled(label):
+            continue
         for column, value in zip(task.columns, values):
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(
                     f"{path}: row {row}: column {column!r} must be a non-empty text, got {value!r}"
                 )
         texts.append(tuple(values))
-    labels = [
-        _parse_label(value, task, f"{path}: row {row}: column 'label'")
-        for row, value in enumerate(frame["label"].tolist())
-    ]
+        labels.append(_parse_label(label, task, f"{path}: row {row}: column 'label'"))
+        rows.append(row)
     if not labels:
-        raise ValueError(f"{path}: no rows")
-    return RawSplit(texts, labels, str(path))
+        raise ValueError(f"{path}: no rows with a gold label")
+    if len(labels) < len(frame):
+        log.info("%s: dropped %d rows without a gold label", path, len(frame) - len(labels))
+    return RawSplit(texts, labels, str(path), rows)
 
 
 def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:

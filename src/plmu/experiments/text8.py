@@ -2,8 +2,9 @@
 
 Data: :mod:`plmu.data.text8` (27 symbols, 90M/5M/5M split by position). Model:
 :class:`~plmu.models.language_model.LMULanguageModel`, trained on whole windows in parallel;
-metric ``test_bpc``, bits per character over every character of the test split, each scored
-with at least ``eval_context`` characters of history. The ``finish`` hook generates
+metric ``test_bpc``, bits per character over every character of the test split but the first,
+each scored once, with at least ``eval_context`` characters of history past the split's first
+``eval_context``. The ``finish`` hook generates
 ``sample_length`` characters in the step form into ``OUT/sample.txt`` and adds
 ``train_chars_per_second`` and ``generate_chars_per_second`` to ``OUT/metrics.json``.
 """
