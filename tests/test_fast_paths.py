@@ -328,3 +328,29 @@ def test_whole_tensor_projection_equals_eager(memory_size, accumulate, grad):
     assert_close_to_reference(whole.detach() - (base if accumulate else 0), ref, 1e-9)
     for a, b in zip((whole, *whole_grads), (eager, *eager_grads)):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ kernel caches
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "direct", "chunked", "recurrent"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_training_after_an_inference_mode_call(mode, return_sequences):
+    """Kernels first cached under ``torch.inference_mode`` (Lightning's validate/test/predict)
+    are normal tensors: later calls that record a gradient can save them for backward."""
+    layer = plmu.ParallelLMU(1, 5, 8, 20.0, mode=mode, return_sequences=return_sequences).double()
+    x = torch.randn(2, 40, 1, dtype=torch.float64)
+    state = torch.randn(2, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        expected, _ = layer(x, state)
+        layer(x)
+    layer.requires_grad_(False)  # frozen weights: the folded kernel comes from the cache too
+    x_grad = x.clone().requires_grad_(True)
+    y, final = layer(x_grad, state)
+    (y.sum() + final.sum()).backward()
+    assert x_grad.grad is not None
+    layer.requires_grad_(True)
+    y, final = layer(x, state)
+    (y.sum() + final.sum()).backward()
+    assert layer.output.weight.grad is not None
+    np.testing.assert_allclose(y.detach().numpy(), expected.numpy(), atol=1e-12)

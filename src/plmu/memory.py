@@ -107,6 +107,17 @@ def full_precision_under_autocast(method: _Method) -> _Method:
     return wrapper  # type: ignore[return-value]
 
 
+def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()`` for a cache: under ``torch.inference_mode`` it runs with inference mode off
+    (and no gradient), so the cached tensor is a normal one. A cached inference tensor would make
+    every later call that records a gradient fail ("Inference tensors cannot be saved for
+    backward")."""
+    if not torch.is_inference_mode_enabled():
+        return build()
+    with torch.inference_mode(False), torch.no_grad():
+        return build()
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -291,7 +302,7 @@ class LegendreMemory(nn.Module):
         if value is None:
             if len(self._cache) > 64:
                 self._cache.clear()
-            value = build()
+            value = _outside_inference_mode(build)
             self._cache[full_key] = value
         return value
 
@@ -821,12 +832,15 @@ class LegendreMemory(nn.Module):
                 key = None
         if key is not None and key in self._cache:
             return self._cache[key]
-        Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
-        Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            Kf = _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
-        else:
-            Kf = _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
+
+        def build() -> torch.Tensor:
+            Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
+            Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+                return _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
+            return _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
+
+        Kf = build() if key is None else _outside_inference_mode(build)
         if key is not None:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
             self._cache[key] = Kf
