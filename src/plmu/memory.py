@@ -269,7 +269,7 @@ class LegendreMemory(nn.Module):
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
-        self._cache: dict[tuple, torch.Tensor] = {}
+        self._cache: dict[tuple, object] = {}
         self._refresh_discrete()
 
     # ---------------------------------------------------------------- parameters and kernels
@@ -293,11 +293,26 @@ class LegendreMemory(nn.Module):
     def _cacheable(self) -> bool:
         return not (self.trainable_theta and torch.is_grad_enabled())
 
+    def _forget_stale_theta(self) -> None:
+        """Clear the cache if a trainable theta changed since its kernels were built.
+
+        An in-place update (an optimizer step) shows in the version counter; another tensor
+        (``torch.func.functional_call``, assignment) in identity: the cache holds the tensor it
+        was built from, so a fresh tensor at a reused address cannot pass for it.
+        """
+        if not self.trainable_theta:
+            return
+        theta = self.log_theta
+        seen = self._cache.get(("theta",))
+        if seen is None or seen[0] is not theta or seen[1] != theta._version:
+            self._cache.clear()
+            self._cache[("theta",)] = (theta, theta._version)
+
     def _cached(self, key: tuple, build) -> torch.Tensor:
         if not self._cacheable():
             return build()
-        version = self.log_theta._version if self.trainable_theta else 0
-        full_key = (*key, self.A.device, version)
+        self._forget_stale_theta()
+        full_key = (*key, self.A.device)
         value = self._cache.get(full_key)
         if value is None:
             if len(self._cache) > 64:
@@ -816,7 +831,10 @@ class LegendreMemory(nn.Module):
         out, d, C = weight.shape[0], self.order, self.memory_size
         Fq = n_fft // 2 + 1
         key = None
+        # the weight is usually a fresh view of a parameter: its base is what stays the same
+        base = weight if weight._base is None else weight._base
         if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+            self._forget_stale_theta()
             try:
                 key = (
                     "folded",
@@ -830,8 +848,12 @@ class LegendreMemory(nn.Module):
                 )
             except RuntimeError:  # inference tensors carry no version counter
                 key = None
-        if key is not None and key in self._cache:
-            return self._cache[key]
+        if key is not None:
+            hit = self._cache.get(key)
+            # the address alone can be reused by a new tensor (torch.func.functional_call with
+            # fresh weights each call): the entry holds the tensor it was built from
+            if hit is not None and hit[0] is base:
+                return hit[1]
 
         def build() -> torch.Tensor:
             Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
@@ -843,7 +865,7 @@ class LegendreMemory(nn.Module):
         Kf = build() if key is None else _outside_inference_mode(build)
         if key is not None:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
-            self._cache[key] = Kf
+            self._cache[key] = (base, Kf)
         return Kf
 
     def _add_free(
