@@ -560,8 +560,8 @@ class LegendreMemory(nn.Module):
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if T == 0:
-            return u.new_zeros((Bn, 0, self.state_size)), state
+        if T == 0 or Bn == 0:  # nothing to run (FFTs reject empty batches)
+            return u.new_zeros((Bn, T, self.state_size)), state
         if mode == "auto":
             mode = self.resolve_mode(T, Bn, u.device)
         if mode == "recurrent":
@@ -762,8 +762,8 @@ class LegendreMemory(nn.Module):
                 f"accumulate must have shape (batch, time, out_features) = {(Bn, T, out)}, "
                 f"got {tuple(accumulate.shape)}"
             )
-        if T == 0:
-            return u.new_zeros((Bn, 0, out)) if accumulate is None else accumulate
+        if T == 0 or Bn == 0:  # nothing to add (FFTs reject empty batches)
+            return u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
