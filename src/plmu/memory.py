@@ -669,6 +669,8 @@ class LegendreMemory(nn.Module):
         return m if state is None else m + self.free_response(state, m.shape[1])
 
     def _fft(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
+            return self._fft(u.float(), _float32(state)).to(u.dtype)
         Bn, T, _C = u.shape
         n_fft = fft_size(2 * T - 1)
         Hf = self._kernel_rfft(T, n_fft, u.dtype)  # (d, F)
@@ -748,8 +750,8 @@ class LegendreMemory(nn.Module):
             state: initial state ``(batch, memory_size * order)`` or ``None``.
             accumulate: ``(batch, time, out_features)`` to add the result to in place (the
                 output is then written once, straight from the inverse FFT's blocks), or
-                ``None``. Use the returned tensor: under autocast a low-precision
-                ``accumulate`` is first copied to float32.
+                ``None``. Use the returned tensor: under autocast, or with float16/bfloat16
+                inputs (run in float32), a low-precision ``accumulate`` is first copied.
 
         Returns:
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``
@@ -764,6 +766,9 @@ class LegendreMemory(nn.Module):
             )
         if T == 0 or Bn == 0:  # nothing to add (FFTs reject empty batches)
             return u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+        if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
+            y = self.project(u.float(), weight.float(), _float32(state), _float32(accumulate))
+            return y.to(u.dtype)
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
