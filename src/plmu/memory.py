@@ -263,14 +263,16 @@ class LegendreMemory(nn.Module):
         self.mode = mode
         self.chunk_size = chunk_size
         A, B = legendre_delay(self.order)
-        self.register_buffer("A", torch.from_numpy(A), persistent=False)
-        self.register_buffer("B", torch.from_numpy(B), persistent=False)
+        # torch.tensor, not from_numpy: under `with torch.device(...)` (e.g. Lightning's
+        # init_module) the buffers go where the parameters go
+        self.register_buffer("A", torch.tensor(A), persistent=False)
+        self.register_buffer("B", torch.tensor(B), persistent=False)
         if self.trainable_theta:
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
         self._cache: dict[tuple, object] = {}
-        self._refresh_discrete()
+        self._refresh_discrete(theta)
 
     # ---------------------------------------------------------------- parameters and kernels
 
@@ -326,8 +328,11 @@ class LegendreMemory(nn.Module):
             self.A.double(), self.B.double(), self.theta_tensor().double(), self.discretizer
         )
 
-    def _refresh_discrete(self) -> None:
+    def _refresh_discrete(self, theta: float | None = None) -> None:
         """Recompute the fixed-theta ``Abar``/``Bbar`` buffers and forget cached kernels.
+
+        ``theta`` defaults to the ``theta_`` buffer's value (given at construction, where the
+        buffer may be on a device without values, e.g. ``meta``).
 
         A fixed theta is discretised by :func:`plmu.discretize` (``scipy.linalg.expm``):
         ``torch.linalg.matrix_exp`` loses up to ~1e-9 relative accuracy for small-norm
@@ -336,8 +341,9 @@ class LegendreMemory(nn.Module):
         """
         self._cache.clear()
         if not self.trainable_theta:
-            A, B = self.A.detach().cpu().numpy(), self.B.detach().cpu().numpy()
-            Abar, Bbar = discretize(A, B, float(self.theta_), self.discretizer)
+            A, B = legendre_delay(self.order)
+            theta = float(self.theta_) if theta is None else theta
+            Abar, Bbar = discretize(A, B, theta, self.discretizer)
             device = self.A.device
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
