@@ -279,3 +279,9 @@ def test_lmu_trainable_theta():
     y, _ = rnn(torch.randn(2, 10, 2))
     y.sum().backward()
     assert rnn.cell.memory.log_theta.grad is not None
+
+
+def test_lmu_repr_shows_sizes_and_switches():
+    text = repr(plmu.LMU(3, 9, 5, 12.0, memory_to_memory=False))
+    assert "input_size=3, hidden_size=9" in text and "memory_to_memory=False" in text
+    assert "order=5" in text and "theta=12" in text

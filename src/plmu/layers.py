@@ -615,6 +615,14 @@ class LMUCell(nn.Module):
     def state_size(self) -> int:
         return self.memory.state_size
 
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"hidden_to_memory={self.e_h is not None}, memory_to_memory={self.e_m is not None}, "
+            f"input_to_hidden={self.W_x is not None}, bias={self.bias is not None}, "
+            f"init={self.init!r}"
+        )
+
     def reset_parameters(self) -> None:
         psmnist = self.init == "psmnist"
         with torch.no_grad():
