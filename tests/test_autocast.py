@@ -51,3 +51,24 @@ def test_autocast_step_keeps_a_float32_state():
         _, state = layer.step(x)
         _, state = layer.step(x, state)
     assert state.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "recurrent", "chunked", "direct"])
+@pytest.mark.parametrize("memory_size", [1, 3])
+def test_low_precision_module_runs_every_mode(dtype, mode, memory_size):
+    """``layer.to(torch.bfloat16)`` without autocast: every mode runs (the FFTs inside in
+    float32, as no FFT takes bfloat16) and returns ``dtype``, close to the float32 layer."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 6, 8, 20.0, memory_size=memory_size, mode=mode)
+    x, state = torch.randn(2, 300, 2), 0.1 * torch.randn(2, layer.state_size)
+    with torch.no_grad():
+        want, want_m = layer(x, state)
+    layer.to(dtype)
+    y, m = layer(x.to(dtype), state.to(dtype))
+    assert y.dtype == m.dtype == dtype
+    y.float().square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    for got, ref in [(y, want), (m, want_m)]:
+        scale = float(ref.abs().max())
+        np.testing.assert_allclose(got.float().detach().numpy(), ref.numpy(), atol=0.05 * scale)

@@ -328,3 +328,91 @@ def test_whole_tensor_projection_equals_eager(memory_size, accumulate, grad):
     assert_close_to_reference(whole.detach() - (base if accumulate else 0), ref, 1e-9)
     for a, b in zip((whole, *whole_grads), (eager, *eager_grads)):
         np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------ kernel caches
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "direct", "chunked", "recurrent"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_training_after_an_inference_mode_call(mode, return_sequences):
+    """Kernels first cached under ``torch.inference_mode`` (Lightning's validate/test/predict)
+    are normal tensors: later calls that record a gradient can save them for backward."""
+    layer = plmu.ParallelLMU(1, 5, 8, 20.0, mode=mode, return_sequences=return_sequences).double()
+    x = torch.randn(2, 40, 1, dtype=torch.float64)
+    state = torch.randn(2, 8, dtype=torch.float64)
+    with torch.inference_mode():
+        expected, _ = layer(x, state)
+        layer(x)
+    layer.requires_grad_(False)  # frozen weights: the folded kernel comes from the cache too
+    x_grad = x.clone().requires_grad_(True)
+    y, final = layer(x_grad, state)
+    (y.sum() + final.sum()).backward()
+    assert x_grad.grad is not None
+    layer.requires_grad_(True)
+    y, final = layer(x, state)
+    (y.sum() + final.sum()).backward()
+    assert layer.output.weight.grad is not None
+    np.testing.assert_allclose(y.detach().numpy(), expected.numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["fused", "fft", "recurrent"])
+def test_inference_follows_trainable_theta_updates(mode):
+    """An optimizer step on ``log_theta`` between two calls without autograd: the second call
+    uses the new theta, also in the fused path's folded kernel."""
+    layer = plmu.ParallelLMU(2, 5, 6, 15.0, memory_size=2, trainable_theta=True, mode=mode).double()
+    x = torch.randn(2, 40, 2, dtype=torch.float64)
+    state = torch.randn(2, 12, dtype=torch.float64)
+    for _ in range(2):
+        with torch.no_grad():
+            y, final = layer(x, state)
+        expected, expected_final = layer(x, state)  # autograd on: nothing comes from a cache
+        np.testing.assert_allclose(y.numpy(), expected.detach().numpy(), atol=1e-12)
+        np.testing.assert_allclose(final.numpy(), expected_final.detach().numpy(), atol=1e-12)
+        with torch.no_grad():
+            layer.memory.log_theta.add_(0.5)
+
+
+class _Step(torch.nn.Module):
+    """``layer.step`` as a module's forward, for ``torch.func.functional_call``."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, state):
+        return self.layer.step(x, state)
+
+
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_caches_follow_tensors_swapped_in_by_functional_call(trainable_theta):
+    """``torch.func.functional_call`` with new weights each call (ensembles, hypernetworks):
+    a new tensor must not get the kernels of an older one, even at the same address with the
+    same version (here every tensor wraps one NumPy buffer, so the address is always reused)."""
+    from torch.func import functional_call
+
+    layer = plmu.ParallelLMU(1, 4, 8, 20.0, trainable_theta=trainable_theta).eval()
+    x, s = torch.randn(2, 30, 1), torch.randn(2, 8)
+    weight, bias = np.zeros((4, 9), np.float32), np.zeros(4, np.float32)
+    log_theta = np.zeros((), np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        weight[:], bias[:] = rng.standard_normal(weight.shape), rng.standard_normal(4)
+        log_theta[...] = rng.uniform(2.0, 4.0)
+        params = {"output.weight": torch.from_numpy(weight), "output.bias": torch.from_numpy(bias)}
+        if trainable_theta:
+            params["memory.log_theta"] = torch.from_numpy(log_theta)
+        # the step's cache also checks the weights' identity: swap the others alone there
+        step_params = {f"layer.{k}": v for k, v in params.items() if k != "output.weight"}
+        with torch.no_grad():  # cached kernels: the fused forward and the folded step
+            y, _ = functional_call(layer, params, (x, s))
+            y_t, _ = functional_call(_Step(layer), step_params, (x[:, 0], s))
+        with torch.enable_grad():  # the plain paths
+            layer.mode = "recurrent"
+            expected, _ = functional_call(layer, params, (x, s))
+            layer.mode = "auto"
+            expected_t, _ = functional_call(
+                _Step(layer), step_params, (x[:, 0], s.requires_grad_())
+            )
+        np.testing.assert_allclose(y.numpy(), expected.detach().numpy(), atol=1e-5)
+        np.testing.assert_allclose(y_t.numpy(), expected_t.detach().numpy(), atol=1e-5)

@@ -119,6 +119,22 @@ def test_padded_batch_equals_each_sequence_alone(mode, return_sequences):
             )
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_empty_batch(mode, return_sequences):
+    """A batch of zero sequences (e.g. the last, empty shard of a split) gives empty outputs in
+    every mode, like torch.nn.LSTM; the FFT paths must not reach an FFT of nothing."""
+    layer = make_layer(mode, return_sequences=return_sequences)
+    x = torch.randn(0, 40, 3, dtype=torch.float64, requires_grad=True)
+    for state in (None, torch.zeros(0, 12, dtype=torch.float64)):
+        y, final = layer(x, state)
+        assert y.shape == ((0, 40, 7) if return_sequences else (0, 7))
+        assert final.shape == (0, 12)
+        y.sum().backward()
+    m, m_final = layer.memory(torch.randn(0, 40, 2), mode=None if mode == "fused" else mode)
+    assert m.shape == (0, 40, 12) and m_final.shape == (0, 12)
+
+
 def test_psmnist_model_has_the_papers_parameter_count():
     """Order 468, hidden 346, theta 784, one channel, x to the output, then Dense(10)."""
     model = torch.nn.ModuleDict(
@@ -263,3 +279,9 @@ def test_lmu_trainable_theta():
     y, _ = rnn(torch.randn(2, 10, 2))
     y.sum().backward()
     assert rnn.cell.memory.log_theta.grad is not None
+
+
+def test_lmu_repr_shows_sizes_and_switches():
+    text = repr(plmu.LMU(3, 9, 5, 12.0, memory_to_memory=False))
+    assert "input_size=3, hidden_size=9" in text and "memory_to_memory=False" in text
+    assert "order=5" in text and "theta=12" in text

@@ -125,3 +125,17 @@ def test_impulse_response_rejects_negative_length():
     Abar, Bbar = plmu.discretize(*plmu.legendre_delay(3), 5.0)
     with pytest.raises(ValueError, match="length"):
         plmu.impulse_response(Abar, Bbar, -1)
+
+
+def test_system_matrices_of_the_wrong_shape_are_named():
+    A, B = plmu.legendre_delay(4)
+    with pytest.raises(ValueError, match=r"A must have shape \(order, order\), got \(4, 3\)"):
+        plmu.discretize(A[:, :3], B, 10.0)
+    with pytest.raises(ValueError, match=r"B must have shape \(4, 1\) or \(4,\), got \(5,\)"):
+        plmu.discretize(A, np.ones(5), 10.0)
+    Abar, Bbar = plmu.discretize(A, B, 10.0)
+    with pytest.raises(ValueError, match=r"Bbar must have shape \(3, 1\) or \(3,\), got \(4, 1\)"):
+        plmu.impulse_response(Abar[:3, :3], Bbar, 5)
+    with pytest.raises(ValueError, match=r"Abar must have shape \(order, order\)"):
+        plmu.impulse_response(Abar[0], Bbar, 5)
+    assert plmu.impulse_response(Abar, Bbar[:, 0], 5).shape == (5, 4)  # (order,) is fine

@@ -217,3 +217,14 @@ def test_dtype_casts_keep_the_system_matrices_float64():
     u = torch.randn(2, 300, 1)
     ref = reference_memory(u, 8, 100.0)
     assert_close_to_reference(mem(u)[0], ref)
+
+
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_built_under_a_default_device_everything_is_there(trainable_theta):
+    """``with torch.device(...)`` (e.g. Lightning's ``init_module``) puts the buffers where the
+    parameters go; ``meta`` stands in for ``cuda`` here (and has no values to read)."""
+    with torch.device("meta"):
+        layer = plmu.ParallelLMU(3, 5, 6, 20.0, memory_size=2, trainable_theta=trainable_theta)
+    tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
+    assert "memory.A" in tensors and (trainable_theta or "memory.Abar" in tensors)
+    assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")

@@ -490,20 +490,23 @@ class ParallelLMU(nn.Module):
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
             the output activation to apply in place (``None`` for identity).
         """
+        # the tensors it is built from, as the module holds them now (torch.func.functional_call
+        # swaps in others): the cache holds them, so identity and version are a safe check
+        enc, out, mem = self.encoder._parameters, self.output._parameters, self.memory
+        tensors = [enc["weight"], out["weight"]]
+        tensors += [t for t in (enc["bias"], out["bias"]) if t is not None]
+        tensors.append(mem.log_theta if mem.trainable_theta else mem.Abar)
         cached = self._step_cache
         if cached is not None:
-            tensors, key, value = cached
+            held, key, value = cached
             if (
                 key[0] is dtype
                 and key[1] == device
-                and key[2] == [t._version for t in tensors]
-                and tensors[0] is self.encoder._parameters["weight"]
-                and tensors[1] is self.output._parameters["weight"]
+                and len(held) == len(tensors)
+                and all(a is b for a, b in zip(held, tensors))
+                and key[2] == [t._version for t in held]
             ):
                 return value
-        tensors = [self.encoder.weight, self.output.weight]
-        tensors += [t for t in (self.encoder.bias, self.output.bias) if t is not None]
-        tensors += [self.memory.log_theta if self.memory.trainable_theta else self.memory.Abar]
         S, H, n_in = self.state_size, self.hidden_size, self.input_size
         Abar, Bbar = (t.double() for t in self.memory.discrete())
         e = self.encoder.weight.double()  # (1, in)
@@ -611,6 +614,14 @@ class LMUCell(nn.Module):
     @property
     def state_size(self) -> int:
         return self.memory.state_size
+
+    def extra_repr(self) -> str:
+        return (
+            f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"hidden_to_memory={self.e_h is not None}, memory_to_memory={self.e_m is not None}, "
+            f"input_to_hidden={self.W_x is not None}, bias={self.bias is not None}, "
+            f"init={self.init!r}"
+        )
 
     def reset_parameters(self) -> None:
         psmnist = self.init == "psmnist"

@@ -59,6 +59,18 @@ def _check_theta(theta: object) -> float:
     return value
 
 
+def _check_system(A: object, B: object, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` as a float64 ``(order, order)`` array and ``B`` as ``(order, 1)``."""
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"{names[0]} must have shape (order, order), got {A.shape}")
+    d = A.shape[0]
+    B = np.asarray(B, dtype=np.float64)
+    if B.size != d or B.ndim > 2:
+        raise ValueError(f"{names[1]} must have shape ({d}, 1) or ({d},), got {B.shape}")
+    return A, B.reshape(d, 1)
+
+
 def _check_method(method: str) -> str:
     if method not in DISCRETIZERS:
         raise ValueError(f"method must be one of {DISCRETIZERS}, got {method!r}")
@@ -105,8 +117,7 @@ def discretize(
     """
     theta = _check_theta(theta)
     method = _check_method(method)
-    A = np.asarray(A, dtype=np.float64)
-    B = np.asarray(B, dtype=np.float64).reshape(A.shape[0], 1)
+    A, B = _check_system(A, B, ("A", "B"))
     d = A.shape[0]
     Ac, Bc = A / theta, B / theta
     if method == "zoh":
@@ -137,8 +148,8 @@ def impulse_response(Abar: np.ndarray, Bbar: np.ndarray, length: int) -> np.ndar
     """
     if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
         raise ValueError(f"length must be an int >= 0, got {length!r}")
-    Abar = np.asarray(Abar, dtype=np.float64)
-    Bbar = np.asarray(Bbar, dtype=np.float64).reshape(-1)
+    Abar, Bbar = _check_system(Abar, Bbar, ("Abar", "Bbar"))
+    Bbar = Bbar.reshape(-1)
     H = np.empty((int(length), Bbar.shape[0]))
     if length == 0:
         return H

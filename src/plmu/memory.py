@@ -107,6 +107,17 @@ def full_precision_under_autocast(method: _Method) -> _Method:
     return wrapper  # type: ignore[return-value]
 
 
+def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``build()`` for a cache: under ``torch.inference_mode`` it runs with inference mode off
+    (and no gradient), so the cached tensor is a normal one. A cached inference tensor would make
+    every later call that records a gradient fail ("Inference tensors cannot be saved for
+    backward")."""
+    if not torch.is_inference_mode_enabled():
+        return build()
+    with torch.inference_mode(False), torch.no_grad():
+        return build()
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -252,14 +263,16 @@ class LegendreMemory(nn.Module):
         self.mode = mode
         self.chunk_size = chunk_size
         A, B = legendre_delay(self.order)
-        self.register_buffer("A", torch.from_numpy(A), persistent=False)
-        self.register_buffer("B", torch.from_numpy(B), persistent=False)
+        # torch.tensor, not from_numpy: under `with torch.device(...)` (e.g. Lightning's
+        # init_module) the buffers go where the parameters go
+        self.register_buffer("A", torch.tensor(A), persistent=False)
+        self.register_buffer("B", torch.tensor(B), persistent=False)
         if self.trainable_theta:
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
-        self._cache: dict[tuple, torch.Tensor] = {}
-        self._refresh_discrete()
+        self._cache: dict[tuple, object] = {}
+        self._refresh_discrete(theta)
 
     # ---------------------------------------------------------------- parameters and kernels
 
@@ -282,16 +295,31 @@ class LegendreMemory(nn.Module):
     def _cacheable(self) -> bool:
         return not (self.trainable_theta and torch.is_grad_enabled())
 
+    def _forget_stale_theta(self) -> None:
+        """Clear the cache if a trainable theta changed since its kernels were built.
+
+        An in-place update (an optimizer step) shows in the version counter; another tensor
+        (``torch.func.functional_call``, assignment) in identity: the cache holds the tensor it
+        was built from, so a fresh tensor at a reused address cannot pass for it.
+        """
+        if not self.trainable_theta:
+            return
+        theta = self.log_theta
+        seen = self._cache.get(("theta",))
+        if seen is None or seen[0] is not theta or seen[1] != theta._version:
+            self._cache.clear()
+            self._cache[("theta",)] = (theta, theta._version)
+
     def _cached(self, key: tuple, build) -> torch.Tensor:
         if not self._cacheable():
             return build()
-        version = self.log_theta._version if self.trainable_theta else 0
-        full_key = (*key, self.A.device, version)
+        self._forget_stale_theta()
+        full_key = (*key, self.A.device)
         value = self._cache.get(full_key)
         if value is None:
             if len(self._cache) > 64:
                 self._cache.clear()
-            value = build()
+            value = _outside_inference_mode(build)
             self._cache[full_key] = value
         return value
 
@@ -300,8 +328,11 @@ class LegendreMemory(nn.Module):
             self.A.double(), self.B.double(), self.theta_tensor().double(), self.discretizer
         )
 
-    def _refresh_discrete(self) -> None:
+    def _refresh_discrete(self, theta: float | None = None) -> None:
         """Recompute the fixed-theta ``Abar``/``Bbar`` buffers and forget cached kernels.
+
+        ``theta`` defaults to the ``theta_`` buffer's value (given at construction, where the
+        buffer may be on a device without values, e.g. ``meta``).
 
         A fixed theta is discretised by :func:`plmu.discretize` (``scipy.linalg.expm``):
         ``torch.linalg.matrix_exp`` loses up to ~1e-9 relative accuracy for small-norm
@@ -310,8 +341,9 @@ class LegendreMemory(nn.Module):
         """
         self._cache.clear()
         if not self.trainable_theta:
-            A, B = self.A.detach().cpu().numpy(), self.B.detach().cpu().numpy()
-            Abar, Bbar = discretize(A, B, float(self.theta_), self.discretizer)
+            A, B = legendre_delay(self.order)
+            theta = float(self.theta_) if theta is None else theta
+            Abar, Bbar = discretize(A, B, theta, self.discretizer)
             device = self.A.device
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
@@ -534,8 +566,8 @@ class LegendreMemory(nn.Module):
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if T == 0:
-            return u.new_zeros((Bn, 0, self.state_size)), state
+        if T == 0 or Bn == 0:  # nothing to run (FFTs reject empty batches)
+            return u.new_zeros((Bn, T, self.state_size)), state
         if mode == "auto":
             mode = self.resolve_mode(T, Bn, u.device)
         if mode == "recurrent":
@@ -643,6 +675,8 @@ class LegendreMemory(nn.Module):
         return m if state is None else m + self.free_response(state, m.shape[1])
 
     def _fft(self, u: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
+        if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
+            return self._fft(u.float(), _float32(state)).to(u.dtype)
         Bn, T, _C = u.shape
         n_fft = fft_size(2 * T - 1)
         Hf = self._kernel_rfft(T, n_fft, u.dtype)  # (d, F)
@@ -722,8 +756,8 @@ class LegendreMemory(nn.Module):
             state: initial state ``(batch, memory_size * order)`` or ``None``.
             accumulate: ``(batch, time, out_features)`` to add the result to in place (the
                 output is then written once, straight from the inverse FFT's blocks), or
-                ``None``. Use the returned tensor: under autocast a low-precision
-                ``accumulate`` is first copied to float32.
+                ``None``. Use the returned tensor: under autocast, or with float16/bfloat16
+                inputs (run in float32), a low-precision ``accumulate`` is first copied.
 
         Returns:
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``
@@ -736,8 +770,11 @@ class LegendreMemory(nn.Module):
                 f"accumulate must have shape (batch, time, out_features) = {(Bn, T, out)}, "
                 f"got {tuple(accumulate.shape)}"
             )
-        if T == 0:
-            return u.new_zeros((Bn, 0, out)) if accumulate is None else accumulate
+        if T == 0 or Bn == 0:  # nothing to add (FFTs reject empty batches)
+            return u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+        if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
+            y = self.project(u.float(), weight.float(), _float32(state), _float32(accumulate))
+            return y.to(u.dtype)
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
@@ -805,7 +842,10 @@ class LegendreMemory(nn.Module):
         out, d, C = weight.shape[0], self.order, self.memory_size
         Fq = n_fft // 2 + 1
         key = None
+        # the weight is usually a fresh view of a parameter: its base is what stays the same
+        base = weight if weight._base is None else weight._base
         if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+            self._forget_stale_theta()
             try:
                 key = (
                     "folded",
@@ -819,17 +859,24 @@ class LegendreMemory(nn.Module):
                 )
             except RuntimeError:  # inference tensors carry no version counter
                 key = None
-        if key is not None and key in self._cache:
-            return self._cache[key]
-        Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
-        Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            Kf = _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
-        else:
-            Kf = _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
+        if key is not None:
+            hit = self._cache.get(key)
+            # the address alone can be reused by a new tensor (torch.func.functional_call with
+            # fresh weights each call): the entry holds the tensor it was built from
+            if hit is not None and hit[0] is base:
+                return hit[1]
+
+        def build() -> torch.Tensor:
+            Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
+            Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
+            if torch.jit.is_tracing() or torch.compiler.is_compiling():
+                return _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
+            return _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
+
+        Kf = build() if key is None else _outside_inference_mode(build)
         if key is not None:
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
-            self._cache[key] = Kf
+            self._cache[key] = (base, Kf)
         return Kf
 
     def _add_free(
