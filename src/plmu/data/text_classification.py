@@ -112,12 +112,13 @@ class DataNotFoundError(DataError):
 @dataclass
 class RawSplit:
     """One split as plain Python: ``texts[i]`` is a tuple (one entry per column), ``labels[i]``
-    an int class index, ``rows[i]`` its row in ``source`` (for error messages)."""
+    an int class index, ``rows[i]`` its row in ``source`` or, for an example that is a file of
+    its own, the file's path relative to ``source`` (for error messages)."""
 
     texts: list[tuple[str, ...]]
     labels: list[int]
     source: str
-    rows: list[int] | None = None
+    rows: list[int | str] | None = None
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -194,6 +195,62 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     return pd.read_parquet(path)
 
 
+def _at(source: str, row: int | str) -> str:
+    """Where an example is, for messages: ``"FILE: row N"``, or ``"FOLDER: NAME"`` for an
+    example that is a file of its own (an IMDB review)."""
+    return f"{source}: row {row}" if isinstance(row, int) else f"{source}: {row}"
+
+
+def _labelled(
+    records: Iterable[tuple[int | str, Sequence[Any], Any]],
+    task: TextTask,
+    source: str,
+    drop_empty: bool = False,
+) -> RawSplit:
+    """Check and collect the ``(row, texts, label)`` records of one split into a
+    :class:`RawSplit`.
+
+    Records labelled ``-1`` or ``"-"`` (no gold label) are dropped. An empty (or non-string)
+    text is an error, or, with ``drop_empty`` (the original distributions, as on the hub
+    route), dropped and counted.
+
+    Raises:
+        ValueError: an empty text (without ``drop_empty``), an unknown label, or no example
+            left; the message names the source, the row and the column.
+    """
+    texts: list[tuple[str, ...]] = []
+    labels: list[int] = []
+    rows: list[int | str] = []
+    unlabelled = empty = 0
+    for row, values, label in records:
+        if _is_unlabelled(label):
+            unlabelled += 1
+            continue
+        bad = [
+            (column, value)
+            for column, value in zip(task.columns, values)
+            if not isinstance(value, str) or not value.strip()
+        ]
+        if bad and drop_empty:
+            empty += 1
+            continue
+        if bad:
+            column, value = bad[0]
+            raise ValueError(
+                f"{_at(source, row)}: column {column!r} must be a non-empty text, got {value!r}"
+            )
+        labels.append(_parse_label(label, task, f"{_at(source, row)}: column 'label'"))
+        texts.append(tuple(values))
+        rows.append(row)
+    if not labels:
+        raise ValueError(f"{source}: no rows with a gold label")
+    if unlabelled:
+        log.info("%s: dropped %d rows without a gold label", source, unlabelled)
+    if empty:
+        log.info("%s: dropped %d rows with an empty text", source, empty)
+    return RawSplit(texts, labels, source, rows)
+
+
 def load_local_split(path: Path, task: TextTask) -> RawSplit:
     """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
 
@@ -216,25 +273,11 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
             f"{list(needed)} (found {list(frame.columns)})"
         )
     columns = [frame[c].tolist() for c in task.columns]
-    texts: list[tuple[str, ...]] = []
-    labels: list[int] = []
-    rows: list[int] = []
-    for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist())):
-        if _is_unlabelled(label):
-            continue
-        for column, value in zip(task.columns, values):
-            if not isinstance(value, str) or not value.strip():
-                raise ValueError(
-                    f"{path}: row {row}: column {column!r} must be a non-empty text, got {value!r}"
-                )
-        texts.append(tuple(values))
-        labels.append(_parse_label(label, task, f"{path}: row {row}: column 'label'"))
-        rows.append(row)
-    if not labels:
-        raise ValueError(f"{path}: no rows with a gold label")
-    if len(labels) < len(frame):
-        log.info("%s: dropped %d rows without a gold label", path, len(frame) - len(labels))
-    return RawSplit(texts, labels, str(path), rows)
+    records = (
+        (row, values, label)
+        for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist()))
+    )
+    return _labelled(records, task, str(path))
 
 
 def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
@@ -497,7 +540,7 @@ class TextClassificationData(SplitDataModule):
             for column, ids in zip(self.task.columns, segments):
                 if not ids:
                     raise ValueError(
-                        f"{split.source}: row {row}: column {column!r} has no words "
+                        f"{_at(split.source, row)}: column {column!r} has no words "
                         f"(only markup or whitespace)"
                     )
                 if len(ids) > self.max_length:
