@@ -309,7 +309,7 @@ def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
     for split in ("train", "test"):
         folder = root / split
         records = [
-            (f"{label}/{path.name}", (path.read_text(encoding="utf-8"),), index)
+            (f"{label}/{path.name}", (path.read_bytes().decode("utf-8"),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
         ]
