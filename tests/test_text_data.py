@@ -13,7 +13,16 @@ from plmu.data.text_classification import (
     collate,
     load_splits,
 )
-from text_fixtures import pair_rows, sentiment_rows, write_rows
+from text_fixtures import (
+    pair_rows,
+    qqp_lines,
+    sentiment_rows,
+    snli_line,
+    write_aclimdb,
+    write_glue_qqp,
+    write_rows,
+    write_snli,
+)
 
 CONFIG = {
     "batch_size": 4,
@@ -165,6 +174,9 @@ def test_missing_files_say_which_files_to_put_where(tmp_path):
     write_rows(tmp_path / "train.jsonl", sentiment_rows(4))
     with pytest.raises(DataNotFoundError, match=r"has no test file: put test.jsonl, test.csv"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    (tmp_path / "train.jsonl").unlink()
+    with pytest.raises(DataNotFoundError, match=r"\['text', 'label'\], or put the aclImdb/ folder"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
     with pytest.raises(DataNotFoundError, match="not a directory"):
         load_splits(TASKS["imdb"], tmp_path / "nowhere", 0.5, 0)
 
@@ -183,6 +195,7 @@ def test_offline_hub_gives_one_line_with_what_to_do(monkeypatch):
     assert "\n" not in message
     assert "stanfordnlp/snli" in message
     assert "['premise', 'hypothesis', 'label']" in message and "--data-dir" in message
+    assert "or put the snli_1.0/ folder (snli_1.0_train.jsonl" in message
 
 
 def test_collate_pairs():
@@ -297,3 +310,128 @@ def test_local_snli_gold_label_dash_is_dropped_and_other_labels_still_checked(tm
     write_rows(tmp_path / "test.csv", [{**rows[1], "label": "-2"}, rows[2]])
     with pytest.raises(ValueError, match=r"row 0: column 'label': unknown label '-2'"):
         load_splits(TASKS["snli"], tmp_path, 0.25, 0)
+
+
+# ------------------------------------------------------------------ the original distributions
+
+
+@pytest.mark.parametrize("given", ["parent", "aclImdb"])
+def test_aclimdb_tree_loads_with_folder_labels_and_text_as_is(tmp_path, given):
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(12), "test": sentiment_rows(4)}
+    )
+    data_dir = tmp_path if given == "parent" else root
+    splits = load_splits(TASKS["imdb"], data_dir, val_fraction=0.25, seed=0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 4]  # no unsup
+    test = splits["test"]
+    assert test.labels == [0, 0, 1, 1]  # neg (0) files first, then pos (1), by file name
+    assert test.rows == ["neg/1_2.txt", "neg/3_4.txt", "pos/0_8.txt", "pos/2_10.txt"]
+    assert test.texts[2] == ("a<br /><br />great film number 0",)  # tags kept, as on the hub
+    assert test.source == str(root / "test")
+    data = TextClassificationData(TASKS["imdb"], CONFIG, data_dir)
+    data.setup()
+    assert data.tokenizer.decode(data.sets["test"].ids[2][0].tolist()) == "a great film number 0"
+
+
+def test_aclimdb_tree_with_a_missing_folder_names_it(tmp_path):
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(4), "test": sentiment_rows(1)}
+    )  # the test split has only a positive review, so no test/neg folder
+    with pytest.raises(DataNotFoundError, match=r"aclImdb/test/neg is missing"):
+        load_splits(TASKS["imdb"], tmp_path, 0.25, 0)
+    (root / "test" / "neg").mkdir()
+    (root / "test" / "neg" / "5_1.txt").write_text("<br /><br />")  # no words at all
+    data = TextClassificationData(TASKS["imdb"], CONFIG, tmp_path)
+    with pytest.raises(ValueError, match=r"aclImdb/test: neg/5_1.txt: column 'text' has no words"):
+        data.setup()
+
+
+def test_schema_files_take_precedence_over_an_original_tree(tmp_path):
+    write_aclimdb(tmp_path / "aclImdb", {"train": sentiment_rows(12), "test": sentiment_rows(4)})
+    write_rows(tmp_path / "train.jsonl", sentiment_rows(8))
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    splits = load_splits(TASKS["imdb"], tmp_path, 0.25, 0)
+    assert splits["test"].source == str(tmp_path / "test.jsonl") and len(splits["test"]) == 2
+
+
+@pytest.mark.parametrize("given", ["parent", "QQP"])
+def test_glue_qqp_skips_malformed_lines_and_tests_on_dev(tmp_path, caplog, given):
+    train = pair_rows(12, TASKS["qqp"].columns, 2)
+    train[3]["question1"] = 'What does "quoted" mean in a "TSV file?'  # quotes, one unbalanced
+    lines = qqp_lines(train)
+    lines[5:5] = [
+        "97931\t1\t2\tWhat is a question cut by a line break",  # 5 fields: the line broke...
+        '"\tWas it a real question?\t0',  # ...and its rest: 3 fields
+        "97932\t3\t4\tWhy is the second question empty?\t\t0",  # an empty question
+        "97933\t5\t6\ta\ttab\tinside\t1",  # 7 fields
+    ]
+    root = write_glue_qqp(
+        tmp_path / "QQP", lines, qqp_lines(pair_rows(5, ("question1", "question2"), 2))
+    )
+    with caplog.at_level("WARNING"):
+        splits = load_splits(TASKS["qqp"], tmp_path if given == "parent" else root, 0.25, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 5]
+    assert splits["test"].source == str(root / "dev.tsv")  # GLUE's test.tsv has no labels
+    assert splits["test"].labels == [0, 1, 0, 1, 0]
+    everything = splits["train"].texts + splits["validation"].texts
+    assert ('What does "quoted" mean in a "TSV file?', train[3]["question2"]) in everything
+    assert not any("cut by a line break" in q or "second question" in q for q, _ in everything)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "train.tsv: skipped 4 malformed rows" in warning and "rows 5, 6, 7, 8" in warning
+
+
+def test_glue_qqp_wrong_label_or_header_is_an_error(tmp_path):
+    rows = qqp_lines(pair_rows(4, ("question1", "question2"), 2))
+    write_glue_qqp(tmp_path / "QQP", [*rows, "9\t1\t2\tis it?\tis it not?\tmaybe"], rows)
+    with pytest.raises(
+        ValueError, match=r"train.tsv: row 4: column 'label': unknown label 'maybe'"
+    ):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+    (tmp_path / "QQP" / "train.tsv").write_text("id\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['question1', 'question2', 'is_"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+    write_glue_qqp(tmp_path / "QQP", rows, rows)
+    (tmp_path / "QQP" / "dev.tsv").unlink()
+    with pytest.raises(DataNotFoundError, match=r"QQP/dev.tsv is missing"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+
+
+@pytest.mark.parametrize("given", ["parent", "snli_1.0"])
+def test_stanford_snli_maps_gold_labels_and_drops_dashes(tmp_path, given):
+    root = write_snli(
+        tmp_path / "snli_1.0",
+        {
+            "train": [
+                snli_line("a man sleeps", "a man is awake", "contradiction"),
+                snli_line("a dog runs", "an animal moves", "entailment"),
+                snli_line("two kids play", "kids are outside", "-", ["neutral", "entailment"]),
+                snli_line("rain falls", "", "neutral"),  # an empty hypothesis: dropped
+                snli_line("a cat naps", "a cat is tired", "neutral"),
+            ],
+            "dev": [snli_line("a bird sings", "a bird is loud", "neutral")],
+            "test": [
+                snli_line("people swim", "people are wet", "entailment"),
+                snli_line("a car stops", "a car moves", "-"),
+                snli_line("a car stops", "the car is red", "neutral"),
+            ],
+        },
+    )
+    splits = load_splits(TASKS["snli"], tmp_path if given == "parent" else root, 0.5, 0)
+    assert splits["train"].labels == [2, 0, 1]  # entailment 0, neutral 1, contradiction 2
+    assert splits["train"].rows == [0, 1, 4]
+    assert splits["validation"].texts == [("a bird sings", "a bird is loud")]  # dev, not carved
+    assert splits["test"].labels == [0, 1] and splits["test"].rows == [0, 2]
+    assert splits["test"].source == str(root / "snli_1.0_test.jsonl")
+
+
+def test_stanford_snli_bad_lines_are_errors(tmp_path):
+    good = snli_line("a man sleeps", "a man is awake", "contradiction")
+    root = write_snli(tmp_path, {"train": [good], "dev": [good], "test": [good, "{not json"]})
+    with pytest.raises(ValueError, match=r"snli_1.0_test.jsonl: row 1: not JSON"):
+        load_splits(TASKS["snli"], root, 0.5, 0)
+    write_snli(root, {"test": [good, '{"sentence1": "a", "sentence2": "b", "label": "neutral"}']})
+    with pytest.raises(ValueError, match=r"row 1: missing field\(s\) \['gold_label'\]"):
+        load_splits(TASKS["snli"], root, 0.5, 0)
+    write_snli(root, {"test": [snli_line("a", "b", "unrelated")]})
+    with pytest.raises(ValueError, match=r"row 0: column 'label': unknown label 'unrelated'"):
+        load_splits(TASKS["snli"], root, 0.5, 0)

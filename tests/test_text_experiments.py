@@ -11,7 +11,16 @@ from plmu.cli import main
 from plmu.data.text_classification import TASKS
 from plmu.predict import predict, predict_loaded
 from plmu.training.runner import evaluate, load_checkpoint, train
-from text_fixtures import pair_rows, sentiment_rows, write_rows
+from text_fixtures import (
+    pair_rows,
+    qqp_lines,
+    sentiment_rows,
+    snli_line,
+    write_aclimdb,
+    write_glue_qqp,
+    write_rows,
+    write_snli,
+)
 
 # a tiny network and a few steps: fast, and enough to check every piece fits
 TINY = [
@@ -81,6 +90,46 @@ def test_train_evaluate_predict(tmp_path, capsys, task, fmt, example, model):
     assert label == prediction.label and float(probability) == pytest.approx(
         prediction.probability, abs=1e-4
     )
+
+
+def _write_original(tmp_path, task: str):
+    """``tmp_path/data`` holding ``task``'s original distribution (learnable fixture rows)."""
+    data = tmp_path / "data"
+    if task == "imdb":
+        write_aclimdb(data / "aclImdb", {"train": sentiment_rows(24), "test": sentiment_rows(6)})
+    elif task == "qqp":
+        columns = TASKS["qqp"].columns
+        train = [*qqp_lines(pair_rows(24, columns, 2)), "broken\tline"]
+        write_glue_qqp(data / "QQP", train, qqp_lines(pair_rows(6, columns, 2)))
+    else:
+        names = TASKS["snli"].label_names
+
+        def lines(n: int) -> list[str]:
+            rows = pair_rows(n, TASKS["snli"].columns, 3, names)
+            return [snli_line(r["premise"], r["hypothesis"], r["label"]) for r in rows]
+
+        write_snli(data / "snli_1.0", {"train": lines(24), "dev": lines(6), "test": lines(6)})
+    return data
+
+
+@pytest.mark.parametrize(
+    ("task", "example"),
+    [
+        ("imdb", ["a great<br />film"]),
+        ("qqp", ["what is the colour of sky 1", "how do fish swim"]),
+        ("snli", ["what is the colour of sky 2", "no birds fly here"]),
+    ],
+)
+def test_cli_trains_on_the_original_distribution(tmp_path, capsys, task, example):
+    data = _write_original(tmp_path, task)
+    out = tmp_path / "run"
+    overrides = [arg for key in TINY for arg in ("--set", key)]
+    command = ["train", task, "--data-dir", str(data), "--out", str(out), *overrides]
+    assert main([*command, "--set", "epochs=1", "--accelerator", "cpu"]) == 0
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["test_accuracy"] <= 1.0
+    capsys.readouterr()
+    assert main(["predict", str(out / "checkpoints" / "last.ckpt"), *example]) == 0
+    assert capsys.readouterr().out.split()[0] in TASKS[task].label_names
 
 
 def test_prediction_alone_equals_prediction_in_a_padded_batch(tmp_path):

@@ -4,8 +4,11 @@ Data comes from the Hugging Face hub through ``datasets`` by default, or from lo
 ``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*``, each ``.jsonl``, ``.csv``
 or ``.parquet``, with the task's columns (``text``/``label``, ``question1``/``question2``/
 ``label`` or ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
-label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. Without a validation
-split, ``val_fraction`` of the training split (shuffled with ``seed``) is held out.
+label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
+no such files, it may hold (or be) the dataset's original distribution instead
+(:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's ``QQP/`` or Stanford's ``snli_1.0/``.
+Without a validation split, ``val_fraction`` of the training split (shuffled with ``seed``) is
+held out.
 
 A word-level vocabulary (``tokenizers``) is built on the training split only and travels in the
 checkpoint (:meth:`TextClassificationData.saved_state`), so a loaded model encodes text exactly as
@@ -20,8 +23,9 @@ single texts, ``(ids_a, lengths_a, ids_b, lengths_b, labels)`` for pairs.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "FORMATS",
+    "ORIGINAL_LAYOUTS",
     "PAD_ID",
     "TASKS",
     "DataNotFoundError",
@@ -45,6 +50,9 @@ __all__ = [
     "build_tokenizer",
     "collate",
     "load_local_split",
+    "read_aclimdb",
+    "read_glue_qqp",
+    "read_snli",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,12 +120,13 @@ class DataNotFoundError(DataError):
 @dataclass
 class RawSplit:
     """One split as plain Python: ``texts[i]`` is a tuple (one entry per column), ``labels[i]``
-    an int class index, ``rows[i]`` its row in ``source`` (for error messages)."""
+    an int class index, ``rows[i]`` its row in ``source`` or, for an example that is a file of
+    its own, the file's path relative to ``source`` (for error messages)."""
 
     texts: list[tuple[str, ...]]
     labels: list[int]
     source: str
-    rows: list[int] | None = None
+    rows: list[int | str] | None = None
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -194,6 +203,62 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     return pd.read_parquet(path)
 
 
+def _at(source: str, row: int | str) -> str:
+    """Where an example is, for messages: ``"FILE: row N"``, or ``"FOLDER: NAME"`` for an
+    example that is a file of its own (an IMDB review)."""
+    return f"{source}: row {row}" if isinstance(row, int) else f"{source}: {row}"
+
+
+def _labelled(
+    records: Iterable[tuple[int | str, Sequence[Any], Any]],
+    task: TextTask,
+    source: str,
+    drop_empty: bool = False,
+) -> RawSplit:
+    """Check and collect the ``(row, texts, label)`` records of one split into a
+    :class:`RawSplit`.
+
+    Records labelled ``-1`` or ``"-"`` (no gold label) are dropped. An empty (or non-string)
+    text is an error, or, with ``drop_empty`` (the original distributions, as on the hub
+    route), dropped and counted.
+
+    Raises:
+        ValueError: an empty text (without ``drop_empty``), an unknown label, or no example
+            left; the message names the source, the row and the column.
+    """
+    texts: list[tuple[str, ...]] = []
+    labels: list[int] = []
+    rows: list[int | str] = []
+    unlabelled = empty = 0
+    for row, values, label in records:
+        if _is_unlabelled(label):
+            unlabelled += 1
+            continue
+        bad = [
+            (column, value)
+            for column, value in zip(task.columns, values)
+            if not isinstance(value, str) or not value.strip()
+        ]
+        if bad and drop_empty:
+            empty += 1
+            continue
+        if bad:
+            column, value = bad[0]
+            raise ValueError(
+                f"{_at(source, row)}: column {column!r} must be a non-empty text, got {value!r}"
+            )
+        labels.append(_parse_label(label, task, f"{_at(source, row)}: column 'label'"))
+        texts.append(tuple(values))
+        rows.append(row)
+    if not labels:
+        raise ValueError(f"{source}: no rows with a gold label")
+    if unlabelled:
+        log.info("%s: dropped %d rows without a gold label", source, unlabelled)
+    if empty:
+        log.info("%s: dropped %d rows with an empty text", source, empty)
+    return RawSplit(texts, labels, source, rows)
+
+
 def load_local_split(path: Path, task: TextTask) -> RawSplit:
     """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
 
@@ -216,39 +281,189 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
             f"{list(needed)} (found {list(frame.columns)})"
         )
     columns = [frame[c].tolist() for c in task.columns]
-    texts: list[tuple[str, ...]] = []
-    labels: list[int] = []
-    rows: list[int] = []
-    for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist())):
-        if _is_unlabelled(label):
-            continue
-        for column, value in zip(task.columns, values):
-            if not isinstance(value, str) or not value.strip():
+    records = (
+        (row, values, label)
+        for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist()))
+    )
+    return _labelled(records, task, str(path))
+
+
+# ----------------------------------------------------------------------------- original files
+# The datasets as their authors distribute them, read when data_dir has no train.*/test.* files.
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        raise DataNotFoundError(f"{path} is missing")
+    return path
+
+
+def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
+    """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
+
+    One review a file, read as is (``<br />`` tags included, as on the hub); the label is the
+    folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup`` and the
+    other files are ignored; a split's reviews are in file-name order, negatives first.
+    """
+    splits: dict[str, RawSplit] = {}
+    for split in ("train", "test"):
+        folder = root / split
+        records = [
+            (f"{label}/{path.name}", (path.read_bytes().decode("utf-8"),), index)
+            for index, label in enumerate(task.label_names)
+            for path in sorted(_require(folder / label).glob("*.txt"))
+        ]
+        splits[split] = _labelled(records, task, str(folder), drop_empty=True)
+    return splits
+
+
+def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
+    """One GLUE QQP file (``train.tsv``/``dev.tsv``): tab-separated, a header naming
+    ``question1``, ``question2`` and ``is_duplicate``, no quoting (a ``"`` is a character).
+
+    The real files have broken lines (a question cut by a line break, so too few or too many
+    fields) and empty questions: such rows are skipped and reported in one warning.
+    """
+    needed = ("question1", "question2", "is_duplicate")
+    with path.open(encoding="utf-8") as lines:
+        header = lines.readline().rstrip("\n").split("\t")
+        missing = [c for c in needed if c not in header]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {missing}; GLUE's QQP files have a header with "
+                f"{list(needed)} (found {header})"
+            )
+        first, second, label = (header.index(c) for c in needed)
+        records, skipped = [], []
+        for row, line in enumerate(lines):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) != len(header) or not (fields[first].strip() and fields[second].strip()):
+                skipped.append(row)
+                continue
+            records.append((row, (fields[first], fields[second]), fields[label]))
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        log.warning(
+            "%s: skipped %d malformed rows (not %d tab-separated fields, or an empty question): "
+            "rows %s (row 0 is the line after the header)",
+            path, len(skipped), len(header), shown,
+        )  # fmt: skip
+    return _labelled(records, task, str(path))
+
+
+def read_glue_qqp(root: Path, task: TextTask) -> dict[str, RawSplit]:
+    """QQP as GLUE distributes it: ``root/train.tsv`` and ``root/dev.tsv``
+    (:func:`read_glue_tsv`).
+
+    GLUE's ``test.tsv`` has no labels, so, as on the hub route, ``dev.tsv`` is the test split
+    and the validation split is held out of train.
+    """
+    return {
+        "train": read_glue_tsv(_require(root / "train.tsv"), task),
+        "test": read_glue_tsv(_require(root / "dev.tsv"), task),
+    }
+
+
+def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
+    """One Stanford SNLI file (``snli_1.0_*.jsonl``): a JSON object a line, of which
+    ``sentence1`` (the premise), ``sentence2`` (the hypothesis) and ``gold_label`` are read.
+
+    ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route.
+    """
+    needed = ("sentence1", "sentence2", "gold_label")
+    records = []
+    with path.open(encoding="utf-8") as lines:
+        for row, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                pair = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{_at(str(path), row)}: not JSON ({error})") from None
+            missing = [f for f in needed if f not in pair] if isinstance(pair, dict) else needed
+            if missing:
                 raise ValueError(
-                    f"{path}: row {row}: column {column!r} must be a non-empty text, got {value!r}"
+                    f"{_at(str(path), row)}: missing field(s) {list(missing)}; SNLI lines "
+                    f"need {list(needed)}"
                 )
-        texts.append(tuple(values))
-        labels.append(_parse_label(label, task, f"{path}: row {row}: column 'label'"))
-        rows.append(row)
-    if not labels:
-        raise ValueError(f"{path}: no rows with a gold label")
-    if len(labels) < len(frame):
-        log.info("%s: dropped %d rows without a gold label", path, len(frame) - len(labels))
-    return RawSplit(texts, labels, str(path), rows)
+            records.append((row, (pair["sentence1"], pair["sentence2"]), pair["gold_label"]))
+    return _labelled(records, task, str(path), drop_empty=True)
+
+
+def read_snli(root: Path, task: TextTask) -> dict[str, RawSplit]:
+    """SNLI as Stanford distributes it: ``root/snli_1.0_{train,dev,test}.jsonl``
+    (:func:`read_snli_jsonl`); ``dev`` is the validation split."""
+    files = {"train": "train", "validation": "dev", "test": "test"}
+    return {
+        split: read_snli_jsonl(_require(root / f"snli_1.0_{name}.jsonl"), task)
+        for split, name in files.items()
+    }
+
+
+@dataclass(frozen=True)
+class OriginalLayout:
+    """A task's original distribution: its ``folder`` (in ``data_dir``, or ``data_dir`` itself)
+    holds ``marker``, which identifies it; ``read(folder, task)`` gives its splits."""
+
+    folder: str
+    marker: str
+    description: str
+    read: Callable[[Path, TextTask], dict[str, RawSplit]]
+
+
+ORIGINAL_LAYOUTS: dict[str, OriginalLayout] = {
+    "imdb": OriginalLayout(
+        "aclImdb", "train/pos",
+        "the aclImdb/ folder of aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)",
+        read_aclimdb,
+    ),
+    "qqp": OriginalLayout(
+        "QQP", "train.tsv", "GLUE's QQP/ folder (train.tsv, dev.tsv)", read_glue_qqp,
+    ),
+    "snli": OriginalLayout(
+        "snli_1.0", "snli_1.0_train.jsonl",
+        "the snli_1.0/ folder (snli_1.0_train.jsonl, snli_1.0_dev.jsonl, snli_1.0_test.jsonl)",
+        read_snli,
+    ),
+}  # fmt: skip
+
+
+def _find_original(task: TextTask, data_dir: Path) -> Path | None:
+    """The folder of ``task``'s original distribution: ``data_dir/FOLDER`` or ``data_dir``."""
+    layout = ORIGINAL_LAYOUTS.get(task.name)
+    if layout is None:
+        return None
+    for root in (data_dir / layout.folder, data_dir):
+        if (root / layout.marker).exists():
+            return root
+    return None
+
+
+def _or_original(task: TextTask) -> str:
+    layout = ORIGINAL_LAYOUTS.get(task.name)
+    return f", or put {layout.description} there" if layout else ""
 
 
 def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
+    """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` files in the
+    task's schema when it has any, else the task's original distribution
+    (:data:`ORIGINAL_LAYOUTS`)."""
     if not data_dir.is_dir():
         raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
+    files = {split: _find_file(data_dir, split) for split in ("train", "validation", "test")}
+    if not any(files.values()):
+        root = _find_original(task, data_dir)
+        if root is not None:
+            return ORIGINAL_LAYOUTS[task.name].read(root, task)
     splits: dict[str, RawSplit] = {}
-    for split in ("train", "validation", "test"):
-        path = _find_file(data_dir, split)
+    for split, path in files.items():
         if path is not None:
             splits[split] = load_local_split(path, task)
         elif split != "validation":
             raise DataNotFoundError(
                 f"{data_dir} has no {split} file: put {split}.jsonl, {split}.csv or "
                 f"{split}.parquet there with the columns {[*task.columns, 'label']}"
+                f"{_or_original(task)}"
             )
     return splits
 
@@ -256,7 +471,8 @@ def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
 def _hint(task: TextTask) -> str:
     return (
         f"put train.jsonl and test.jsonl (or .csv/.parquet; validation.* optional) with the "
-        f"columns {[*task.columns, 'label']} in a folder and pass --data-dir FOLDER"
+        f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
+        f"and pass --data-dir FOLDER"
     )
 
 
@@ -497,7 +713,7 @@ class TextClassificationData(SplitDataModule):
             for column, ids in zip(self.task.columns, segments):
                 if not ids:
                     raise ValueError(
-                        f"{split.source}: row {row}: column {column!r} has no words "
+                        f"{_at(split.source, row)}: column {column!r} has no words "
                         f"(only markup or whitespace)"
                     )
                 if len(ids) > self.max_length:
