@@ -114,6 +114,12 @@ def test_interrupted_run_loses_no_completed_epoch(
     resumed = _train_mg(out, "epochs=4")  # the same command again resumes
     assert resumed["epochs"] == 4
     assert resumed["global_step"] == reference["global_step"]
+    # ... and trains on as the uninterrupted run did: same shuffles, same weights
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)
+    found = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(found["state_dict"][name], tensor), name
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
 def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -68,7 +70,9 @@ class CheckpointError(ValueError):
 
 
 class RunInfo(Callback):
-    """Stores ``checkpoint["plmu"]`` and the training time accumulated over resumed sessions."""
+    """Stores ``checkpoint["plmu"]``, the training time accumulated over resumed sessions and the
+    random number generators' states, so that a resumed run shuffles and drops out exactly as the
+    uninterrupted run would have."""
 
     def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
         self.experiment = experiment
@@ -86,10 +90,12 @@ class RunInfo(Callback):
         self.started = time.perf_counter()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds}
+        return {"seconds": self.seconds, "rng": _rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous_seconds = float(state_dict.get("seconds", 0.0))
+        if state_dict.get("rng") is not None:  # restored before the next epoch's shuffle
+            _set_rng_states(state_dict["rng"])
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -428,6 +434,30 @@ def _set_threads(config: dict) -> None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"config key 'num_threads' must be an int >= 1, got {threads!r}")
         torch.set_num_threads(threads)
+
+
+def _rng_states() -> dict[str, Any]:
+    """The states of the generators training draws from (torch, CUDA, NumPy, Python)."""
+    # Tensors and plain Python values only: Lightning loads checkpoints with weights_only=True.
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @rank_zero_only
