@@ -258,6 +258,14 @@ def enable_huge_pages() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+def _user_error(error: Exception) -> bool:
+    """Whether ``error``'s message is the whole story: one of :data:`_USER_ERRORS` or Lightning's
+    ``MisconfigurationException`` (``--devices 0``, ``--accelerator gpu`` without one, ...)."""
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    misconfiguration = () if exceptions is None else (exceptions.MisconfigurationException,)
+    return isinstance(error, (*_USER_ERRORS, *misconfiguration))
+
+
 def _terminated(error: SystemExit) -> bool:
     """Whether ``error`` is how Lightning stops a run on SIGTERM: a ``SIGTERMException``, which
     is a ``SystemExit`` with status 0, although the run did not finish."""
@@ -280,8 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("plmu: terminated by SIGTERM", file=sys.stderr)
         return 143
-    except _USER_ERRORS as error:
-        if args.debug:
+    except Exception as error:
+        if args.debug or not _user_error(error):
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, KeyError):

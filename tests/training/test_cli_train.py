@@ -38,6 +38,21 @@ def test_bad_override_value(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
     assert "'epochs' in --set expects int" in _one_line_error(capsys, status)
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--devices", "0"], "devices=0"),
+        (["--set", "max_steps=-5"], "max_steps"),
+    ],
+)
+def test_bad_trainer_option(
+    capsys: pytest.CaptureFixture, tmp_path: Path, option: list[str], message: str
+) -> None:
+    args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
+    status = main([*args, "--accelerator", "cpu", *option])
+    assert message in _one_line_error(capsys, status)
+
+
 def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
     status = main([*args, "--set", "model=gru"])
