@@ -83,8 +83,10 @@ def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
 def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
+    written = (out / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match="weights do not fit"):
         _train_mg(out, "epochs=2", "hidden_size=9")
+    assert (out / "config.yaml").read_text() == written  # still the run's config
 
 
 class _Crash(L.Callback):

@@ -209,7 +209,6 @@ def train(
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
-    _write_config(out, config)
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -233,6 +232,7 @@ def train(
         num_nodes=num_nodes,
         progress_bar=progress_bar,
     )
+    _write_config(out, config)  # only now: a refused command leaves a run's config.yaml alone
     for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
         logger.log_hyperparams({"experiment": exp.name, **config})
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
