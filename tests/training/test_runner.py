@@ -89,6 +89,14 @@ def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     assert (out / "config.yaml").read_text() == written  # still the run's config
 
 
+def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
+    # The restored optimizer state would keep lr=0.001 whatever the config says.
+    out = tmp_path / "run"
+    _train_mg(out)
+    with pytest.raises(CheckpointError, match="cannot change 'lr' when resuming"):
+        _train_mg(out, "epochs=2", "lr=0.5")
+
+
 class _Crash(L.Callback):
     """Simulates a run killed at the start of its third epoch."""
 

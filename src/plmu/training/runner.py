@@ -19,7 +19,8 @@ Everything a run writes lies under its output directory ``OUT``:
 
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it (an interrupted run loses at
 most the epoch in progress); the resumed run starts from the checkpoint's config, and
-``--config``/``--set`` given again apply on top (e.g. ``--set epochs=20`` to train longer).
+``--config``/``--set`` given again apply on top (e.g. ``--set epochs=20`` to train longer;
+``lr`` and ``weight_decay`` cannot change, the restored optimizer state holds them).
 """
 
 from __future__ import annotations
@@ -209,6 +210,8 @@ def train(
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
+    if base is not None:
+        _check_optimizer_settings(base, config, checkpoint_path)
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -426,6 +429,17 @@ def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> No
             f"cannot resume from {path}: its weights do not fit the model this config builds "
             f"(e.g. {names[0]}); train into another --out instead"
         )
+
+
+def _check_optimizer_settings(base: dict, config: dict, path: Path) -> None:
+    """Refuse a resumed run's new ``lr``/``weight_decay``: the optimizer state restored from the
+    checkpoint would silently keep the old values."""
+    for key in ("lr", "weight_decay"):
+        if key in base and config.get(key) != base[key]:
+            raise CheckpointError(
+                f"cannot change {key!r} when resuming from {path}: the optimizer state restored "
+                f"from it keeps {key}={base[key]!r}; train into another --out instead"
+            )
 
 
 def _set_threads(config: dict) -> None:
