@@ -3,7 +3,8 @@
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
-traceback instead.
+traceback instead. A run stopped by SIGTERM exits with status 143 (``kill`` a training run and
+run the same command again to resume it).
 
 To add a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler`` (a function of the parsed arguments returning an exit status), and call it in
@@ -257,6 +258,21 @@ def enable_huge_pages() -> None:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
+def _user_error(error: Exception) -> bool:
+    """Whether ``error``'s message is the whole story: one of :data:`_USER_ERRORS` or Lightning's
+    ``MisconfigurationException`` (``--devices 0``, ``--accelerator gpu`` without one, ...)."""
+    exceptions = sys.modules.get("lightning.fabric.utilities.exceptions")
+    misconfiguration = () if exceptions is None else (exceptions.MisconfigurationException,)
+    return isinstance(error, (*_USER_ERRORS, *misconfiguration))
+
+
+def _terminated(error: SystemExit) -> bool:
+    """Whether ``error`` is how Lightning stops a run on SIGTERM: a ``SIGTERMException``, which
+    is a ``SystemExit`` with status 0, although the run did not finish."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+    return exceptions is not None and isinstance(error, exceptions.SIGTERMException)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plmu`` console script; returns the exit status."""
     enable_huge_pages()
@@ -267,8 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("plmu: interrupted", file=sys.stderr)
         return 130
-    except _USER_ERRORS as error:
-        if args.debug:
+    except SystemExit as error:
+        if not _terminated(error):
+            raise
+        print("plmu: terminated by SIGTERM", file=sys.stderr)
+        return 143
+    except Exception as error:
+        if args.debug or not _user_error(error):
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, KeyError):

@@ -1,13 +1,17 @@
 """The command line: one-line errors, and train/evaluate through main()."""
 
+import functools
 import json
 import os
+import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
 
 from plmu.cli import main
+from plmu.training import runner
 
 
 def _one_line_error(capsys: pytest.CaptureFixture, status: int) -> str:
@@ -32,6 +36,21 @@ def test_unknown_config_key(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
 def test_bad_override_value(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     status = main(["train", "mackey-glass", "--out", str(tmp_path), "--set", "epochs=two"])
     assert "'epochs' in --set expects int" in _one_line_error(capsys, status)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--devices", "0"], "devices=0"),
+        (["--set", "max_steps=-5"], "max_steps"),
+    ],
+)
+def test_bad_trainer_option(
+    capsys: pytest.CaptureFixture, tmp_path: Path, option: list[str], message: str
+) -> None:
+    args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
+    status = main([*args, "--accelerator", "cpu", *option])
+    assert message in _one_line_error(capsys, status)
 
 
 def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -100,3 +119,22 @@ def test_plmu_turns_on_huge_pages_unless_told_otherwise(monkeypatch: pytest.Monk
     monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
     main(["train", "no-such-experiment"])
     assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
+
+
+class _SendSigterm(L.Callback):
+    """Sends this process SIGTERM (as `kill` or a cluster's scheduler does) in the first epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_is_a_failure(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning stops on SIGTERM with a SystemExit of status 0; a killed run must not succeed.
+    sending = functools.partial(runner.train, callbacks=[_SendSigterm()])
+    monkeypatch.setattr(runner, "train", sending)
+    args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
+    assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 143
+    assert "plmu: terminated by SIGTERM" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()

@@ -83,8 +83,18 @@ def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
 def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
+    written = (out / "config.yaml").read_text()
     with pytest.raises(CheckpointError, match="weights do not fit"):
         _train_mg(out, "epochs=2", "hidden_size=9")
+    assert (out / "config.yaml").read_text() == written  # still the run's config
+
+
+def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
+    # The restored optimizer state would keep lr=0.001 whatever the config says.
+    out = tmp_path / "run"
+    _train_mg(out)
+    with pytest.raises(CheckpointError, match="cannot change 'lr' when resuming"):
+        _train_mg(out, "epochs=2", "lr=0.5")
 
 
 class _Crash(L.Callback):
@@ -114,6 +124,12 @@ def test_interrupted_run_loses_no_completed_epoch(
     resumed = _train_mg(out, "epochs=4")  # the same command again resumes
     assert resumed["epochs"] == 4
     assert resumed["global_step"] == reference["global_step"]
+    # ... and trains on as the uninterrupted run did: same shuffles, same weights
+    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)
+    found = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(found["state_dict"][name], tensor), name
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
 def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:

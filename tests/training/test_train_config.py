@@ -24,6 +24,9 @@ def test_overrides_are_yaml_scalars() -> None:
     assert config["epochs"] == 7 and config["model"] == "lstm"
     assert load_config("mackey-glass", overrides=["theta=8"])["theta"] == 8.0
     assert load_config("mackey-glass", overrides=["patience=3"])["patience"] == 3
+    assert load_config("mackey-glass", overrides=["patience=null"])["patience"] is None
+    half = load_config("mackey-glass", overrides=["limit_train_batches=0.5"])
+    assert half["limit_train_batches"] == 0.5
 
 
 def test_unknown_key_suggests_the_closest() -> None:
@@ -38,6 +41,10 @@ def test_unknown_key_suggests_the_closest() -> None:
         ("lr=fast", "'lr' in --set expects float"),
         ("epochs=null", "cannot be null"),
         ("model=[1, 2]", "expected a scalar"),
+        ("patience=abc", "'patience' in --set expects int or null"),
+        ("limit_train_batches=all", "'limit_train_batches' in --set expects int or float"),
+        ("epochs=-1", "'epochs' in --set must be >= 0"),  # Lightning: train forever
+        ("accumulate_grad_batches=0", "'accumulate_grad_batches' in --set must be >= 1"),
     ],
 )
 def test_wrong_types_rejected(override: str, message: str) -> None:

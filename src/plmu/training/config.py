@@ -51,6 +51,19 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     "log_every_n_steps": 10,
 }
 
+# What the runner keys without a default accept besides null (any value would pass otherwise).
+_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "gradient_clip_val": (int, float),
+    "limit_train_batches": (int, float),
+    "limit_val_batches": (int, float),
+    "limit_test_batches": (int, float),
+    "patience": (int,),
+    "num_threads": (int,),
+}
+
+# The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever).
+_MINIMUM: dict[str, int] = {"epochs": 0, "accumulate_grad_batches": 1, "patience": 0}
+
 
 class ConfigError(ValueError):
     """A config file or an override is malformed, names an unknown key or has a wrong type."""
@@ -107,6 +120,11 @@ def merge_config(
                 f"(known keys: {', '.join(sorted(base))})"
             )
         merged[key] = _coerce(key, value, base[key], source)
+        minimum = _MINIMUM.get(key)
+        if minimum is not None and merged[key] is not None and merged[key] < minimum:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be >= {minimum}, got {merged[key]!r}"
+            )
     return merged
 
 
@@ -149,9 +167,19 @@ def _parse_mapping(text: str, source: str) -> dict[str, Any]:
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """Check ``value`` against the type of ``default`` (None accepts anything)."""
+    """Check ``value`` against the type of ``default`` (None accepts anything, except for the
+    runner keys in :data:`_OPTIONAL_TYPES`)."""
     if default is None:
-        return value
+        types = _OPTIONAL_TYPES.get(key)
+        if value is None or types is None:
+            return value
+        if isinstance(value, types) and not isinstance(value, bool):
+            return value
+        names = " or ".join(t.__name__ for t in types)
+        raise ConfigError(
+            f"config key {key!r} in {source} expects {names} or null, "
+            f"got {value!r} ({type(value).__name__})"
+        )
     expected = type(default).__name__
     if value is None:
         raise ConfigError(f"config key {key!r} in {source} cannot be null (expected {expected})")

@@ -19,13 +19,15 @@ Everything a run writes lies under its output directory ``OUT``:
 
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it (an interrupted run loses at
 most the epoch in progress); the resumed run starts from the checkpoint's config, and
-``--config``/``--set`` given again apply on top (e.g. ``--set epochs=20`` to train longer).
+``--config``/``--set`` given again apply on top (e.g. ``--set epochs=20`` to train longer;
+``lr`` and ``weight_decay`` cannot change, the restored optimizer state holds them).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterable
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -68,7 +71,9 @@ class CheckpointError(ValueError):
 
 
 class RunInfo(Callback):
-    """Stores ``checkpoint["plmu"]`` and the training time accumulated over resumed sessions."""
+    """Stores ``checkpoint["plmu"]``, the training time accumulated over resumed sessions and the
+    random number generators' states, so that a resumed run shuffles and drops out exactly as the
+    uninterrupted run would have."""
 
     def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
         self.experiment = experiment
@@ -86,10 +91,12 @@ class RunInfo(Callback):
         self.started = time.perf_counter()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds}
+        return {"seconds": self.seconds, "rng": _rng_states()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.previous_seconds = float(state_dict.get("seconds", 0.0))
+        if state_dict.get("rng") is not None:  # restored before the next epoch's shuffle
+            _set_rng_states(state_dict["rng"])
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -203,7 +210,8 @@ def train(
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
-    _write_config(out, config)
+    if base is not None:
+        _check_optimizer_settings(base, config, checkpoint_path)
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -227,6 +235,7 @@ def train(
         num_nodes=num_nodes,
         progress_bar=progress_bar,
     )
+    _write_config(out, config)  # only now: a refused command leaves a run's config.yaml alone
     for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
         logger.log_hyperparams({"experiment": exp.name, **config})
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
@@ -422,12 +431,47 @@ def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> No
         )
 
 
+def _check_optimizer_settings(base: dict, config: dict, path: Path) -> None:
+    """Refuse a resumed run's new ``lr``/``weight_decay``: the optimizer state restored from the
+    checkpoint would silently keep the old values."""
+    for key in ("lr", "weight_decay"):
+        if key in base and config.get(key) != base[key]:
+            raise CheckpointError(
+                f"cannot change {key!r} when resuming from {path}: the optimizer state restored "
+                f"from it keeps {key}={base[key]!r}; train into another --out instead"
+            )
+
+
 def _set_threads(config: dict) -> None:
     threads = config.get("num_threads")
     if threads is not None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"config key 'num_threads' must be an int >= 1, got {threads!r}")
         torch.set_num_threads(threads)
+
+
+def _rng_states() -> dict[str, Any]:
+    """The states of the generators training draws from (torch, CUDA, NumPy, Python)."""
+    # Tensors and plain Python values only: Lightning loads checkpoints with weights_only=True.
+    name, keys, position, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    name, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(states["python"])
+    cuda = states.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @rank_zero_only
