@@ -220,3 +220,27 @@ def test_module_rejects_bad_settings():
         TranslationModule(net, str, lr_decay=0.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         TranslationModule(net, str, label_smoothing=1.0)
+
+
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
+    """Stopped after epoch 1 and resumed: the length buckets of epoch 2 (seed + epoch, through
+    the sampler's set_epoch) and so the weights are those of one run of 2 epochs."""
+    data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6)
+    overrides = [o for o in TINY if not o.startswith(("epochs=", "beam_size="))] + ["beam_size=1"]
+    for out, epochs in (("ref", 2), ("run", 1), ("run", 2)):
+        train(
+            "iwslt15-en-vi",
+            out=tmp_path / out,
+            overrides=[*overrides, f"epochs={epochs}"],
+            data_dir=data,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+        )
+    expected, found = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
+        for run in ("ref", "run")
+    )
+    assert found["global_step"] == expected["global_step"]
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(found["state_dict"][name], tensor), name

@@ -182,3 +182,20 @@ def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
 
     with pytest.raises(ValueError, match="needs a text classification checkpoint"):
         predict_loaded(torch.nn.Linear(1, 1), L.LightningDataModule(), "some text")
+
+
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
+    """Stopped after epoch 1 and resumed: the shuffles of epochs 2 and 3 (seed + epoch) and so
+    the weights are those of one run of 3 epochs."""
+    data = _write_task(tmp_path, "imdb", ".jsonl")
+    overrides = [o for o in TINY if not o.startswith("epochs=")]
+    for out, epochs in (("ref", 3), ("run", 1), ("run", 3)):
+        options = [*overrides, f"epochs={epochs}"]
+        train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)
+    expected, found = (
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
+        for run in ("ref", "run")
+    )
+    assert found["global_step"] == expected["global_step"]
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(found["state_dict"][name], tensor), name

@@ -40,10 +40,10 @@ from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from torch.utils.data import BatchSampler, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from plmu.data import DataError
-from plmu.training.datamodule import SplitDataModule
+from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
 __all__ = [
     "BOS",
@@ -265,10 +265,12 @@ def collate(items: list[tuple[list[int], list[int], str]]) -> TranslationBatch:
 class LengthBucketSampler(BatchSampler):
     """Batches of similar length (less padding), in a new order every epoch.
 
-    The indices come from ``sampler`` (a ``RandomSampler``; under DDP Lightning swaps in a
-    ``DistributedSampler``, so each process buckets its own shard). They are sorted by length
-    inside pools of ``pool`` batches, cut into batches of ``batch_size`` and the batches are
-    shuffled (``seed`` + epoch).
+    The indices come from ``sampler`` (an :class:`~plmu.training.datamodule.EpochRandomSampler`;
+    under DDP Lightning swaps in a ``DistributedSampler``, so each process buckets its own
+    shard). They are sorted by length inside pools of ``pool`` batches, cut into batches of
+    ``batch_size`` and the batches are shuffled (``seed`` + epoch). The epoch is the one
+    Lightning gives ``sampler`` (``set_epoch``, also after a resume, so a resumed run sees the
+    batches of the uninterrupted run) when it has one, else a count of the passes.
 
     Args:
         sampler: yields dataset indices.
@@ -297,8 +299,10 @@ class LengthBucketSampler(BatchSampler):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
+        epoch = getattr(self.sampler, "epoch", None)  # read before the sampler's pass
+        if epoch is None:
+            epoch, self.epoch = self.epoch, self.epoch + 1
+        rng = random.Random(self.seed + epoch)
         order = list(self.sampler)
         size = self.batch_size * self.pool
         batches = []
@@ -479,7 +483,7 @@ class IWSLTDataModule(SplitDataModule):
         options: dict[str, Any] = {"collate_fn": collate, "persistent_workers": False}
         if shuffle:
             options["batch_sampler"] = LengthBucketSampler(
-                RandomSampler(dataset, generator=torch.Generator().manual_seed(self.seed)),
+                EpochRandomSampler(dataset, self.seed),
                 batch_size,
                 drop_last=False,
                 lengths=[len(s) + len(t) for s, t in zip(dataset.sources, dataset.targets)],

@@ -36,7 +36,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 from torch.utils.data import Dataset
 
 from plmu.data import DataError
-from plmu.training.datamodule import SplitDataModule
+from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
 __all__ = [
     "FORMATS",
@@ -744,10 +744,12 @@ class TextClassificationData(SplitDataModule):
     def loader_options(
         self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
     ) -> dict[str, Any]:
-        """Pad with :func:`collate`; shuffle the training split with a ``seed`` generator."""
+        """Pad with :func:`collate`; shuffle the training split in an order given by ``seed``
+        and the epoch (:class:`~plmu.training.datamodule.EpochRandomSampler`: a resumed run
+        shuffles as the uninterrupted one)."""
         options: dict[str, Any] = {"collate_fn": collate}
         if shuffle:
-            options["generator"] = torch.Generator().manual_seed(self.seed)
+            options["sampler"] = EpochRandomSampler(dataset, self.seed)
         return options
 
 

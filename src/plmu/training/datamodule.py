@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sized
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-__all__ = ["SplitDataModule"]
+__all__ = ["EpochRandomSampler", "SplitDataModule"]
+
+
+class EpochRandomSampler(RandomSampler):
+    """A random order of ``data_source`` that depends only on ``seed`` and the epoch.
+
+    Lightning calls :meth:`set_epoch` with the epoch about to run, also after a resume, so a
+    resumed run visits the examples in the order the uninterrupted run would have (a generator
+    carried from epoch to epoch starts again from its seed on resume). Without ``set_epoch`` the
+    epoch advances by one per pass. It is a ``RandomSampler``, so under DDP Lightning sees a
+    shuffled loader and puts a ``DistributedSampler`` (``shuffle=True``, also seeded by epoch) in
+    its place.
+
+    Args:
+        data_source: the dataset (only its length is used).
+        seed: the order of epoch ``e`` is ``torch.randperm`` seeded with ``seed + e``.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order the next pass yields."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -76,7 +108,8 @@ class SplitDataModule(L.LightningDataModule):
 
         They are applied last, so they may also replace ``num_workers`` or
         ``persistent_workers``. When they hold a ``batch_sampler``, ``batch_size`` and
-        ``shuffle`` are not passed (the sampler does the batching).
+        ``shuffle`` are not passed (the sampler does the batching); when they hold a
+        ``sampler`` (e.g. an :class:`EpochRandomSampler`), ``shuffle`` is not passed.
 
         Args:
             split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -95,7 +128,9 @@ class SplitDataModule(L.LightningDataModule):
             "persistent_workers": self.num_workers > 0,
         }
         if "batch_sampler" not in options:
-            kwargs.update(batch_size=batch_size, shuffle=shuffle)
+            kwargs["batch_size"] = batch_size
+            if "sampler" not in options:
+                kwargs["shuffle"] = shuffle
         kwargs.update(options)
         return DataLoader(dataset, **kwargs)
 
