@@ -138,7 +138,7 @@ def test_download_saves_the_archive(tmp_path, monkeypatch):
 
 
 def test_default_data_dir_follows_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("PLMU_DATA", str(tmp_path))
+    monkeypatch.setenv("PLMU_DATA_DIR", str(tmp_path))
     assert t8.default_data_dir() == tmp_path / "text8"
 
 

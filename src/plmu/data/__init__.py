@@ -1,6 +1,16 @@
 """Datasets for the benchmarks: one module per benchmark, each returning torch Datasets."""
 
-__all__ = ["DataError"]
+import os
+from pathlib import Path
+
+__all__ = ["DataError", "download_dir"]
+
+
+def download_dir(name: str) -> Path:
+    """Where the data set ``name`` is downloaded when no ``--data-dir`` is given:
+    ``$PLMU_DATA_DIR/NAME``, else ``~/.cache/plmu/NAME``."""
+    root = os.environ.get("PLMU_DATA_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "plmu") / name
 
 
 class DataError(ValueError):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data import DataError
+from plmu.data import DataError, download_dir
 
 __all__ = [
     "FILES",
@@ -59,8 +59,7 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
 
 def default_data_dir() -> Path:
     """``$PLMU_DATA_DIR/mnist``, else ``~/.cache/plmu/mnist``."""
-    root = os.environ.get("PLMU_DATA_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "plmu") / "mnist"
+    return download_dir("mnist")
 
 
 def read_idx(path: str | Path) -> np.ndarray:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data import DataError
+from plmu.data import DataError, download_dir
 
 __all__ = [
     "ALPHABET",
@@ -63,10 +63,9 @@ _DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight
 
 
 def default_data_dir() -> Path:
-    """Where ``text8.zip`` goes when no ``--data-dir`` is given: ``$PLMU_DATA/text8``, else
+    """Where ``text8.zip`` goes when no ``--data-dir`` is given: ``$PLMU_DATA_DIR/text8``, else
     ``~/.cache/plmu/text8``."""
-    root = os.environ.get("PLMU_DATA")
-    return (Path(root) if root else Path.home() / ".cache" / "plmu") / "text8"
+    return download_dir("text8")
 
 
 def encode(text: str, name: str = "text") -> torch.Tensor:
