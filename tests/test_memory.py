@@ -228,3 +228,43 @@ def test_built_under_a_default_device_everything_is_there(trainable_theta):
     tensors = dict(layer.named_parameters()) | dict(layer.named_buffers())
     assert "memory.A" in tensors and (trainable_theta or "memory.Abar" in tensors)
     assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")
+
+
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta):
+    """Meta-device init (``to_empty`` leaves every buffer without values), then
+    ``load_state_dict``: the non-persistent system matrices are rebuilt too."""
+    args = dict(input_size=3, hidden_size=5, order=6, theta=20.0, memory_size=2)
+    ref = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
+    with torch.device("meta"):
+        layer = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
+    layer.to_empty(device="cpu")
+    layer.load_state_dict(ref.state_dict())
+    for name, tensor in ref.memory.named_buffers():
+        assert torch.equal(getattr(layer.memory, name), tensor), name
+    x = torch.randn(2, 40, 3)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+def test_reset_parameters_gives_a_trainable_theta_back_its_initial_value():
+    layer = plmu.ParallelLMU(2, 4, 6, 20.0, trainable_theta=True)
+    with torch.no_grad():
+        layer.memory.log_theta.add_(1.0)
+    assert layer.memory.theta == pytest.approx(20.0 * np.e, rel=1e-5)
+    layer.reset_parameters()
+    assert layer.memory.theta == pytest.approx(20.0, rel=1e-6)
+    cell = plmu.LMUCell(2, 4, 6, 20.0, trainable_theta=True)
+    with torch.no_grad():
+        cell.memory.log_theta.add_(1.0)
+    cell.reset_parameters()
+    assert cell.memory.theta == pytest.approx(20.0, rel=1e-6)
+
+
+def test_sizes_may_be_numpy_integers():
+    layer = plmu.ParallelLMU(np.int64(3), np.int32(5), np.int64(6), 20.0, memory_size=np.int64(2))
+    assert type(layer.input_size) is int and type(layer.memory.memory_size) is int
+    assert layer(torch.randn(1, 7, 3))[0].shape == (1, 7, 5)
+    with pytest.raises(TypeError, match="hidden_size must be an int"):
+        plmu.ParallelLMU(3, 5.0, 6, 20.0)
+    with pytest.raises(TypeError, match="memory_size must be an int"):
+        plmu.LegendreMemory(np.True_, 6, 20.0)

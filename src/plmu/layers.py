@@ -281,6 +281,7 @@ class ParallelLMU(nn.Module):
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
         self.output.reset_parameters()
+        self.memory.reset_parameters()
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.memory_activation(self.encoder(x))
@@ -647,6 +648,7 @@ class LMUCell(nn.Module):
             _glorot_normal_(self.W_m)
             if self.bias is not None:
                 self.bias.zero_()
+        self.memory.reset_parameters()
         if psmnist:
             for p in (self.e_x, self.e_h, self.e_m, self.W_x, self.W_h):
                 if p is not None:

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -122,8 +124,10 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 
 def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    """``value`` as an ``int`` (NumPy integers too), checked ``>= minimum``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    value = int(value)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -267,6 +271,7 @@ class LegendreMemory(nn.Module):
         # init_module) the buffers go where the parameters go
         self.register_buffer("A", torch.tensor(A), persistent=False)
         self.register_buffer("B", torch.tensor(B), persistent=False)
+        self.initial_theta = theta  # what reset_parameters gives a trainable theta back
         if self.trainable_theta:
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
         else:
@@ -275,6 +280,12 @@ class LegendreMemory(nn.Module):
         self._refresh_discrete(theta)
 
     # ---------------------------------------------------------------- parameters and kernels
+
+    def reset_parameters(self) -> None:
+        """A trainable ``theta`` back to its initial value (a fixed one never changes)."""
+        if self.trainable_theta:
+            with torch.no_grad():
+                self.log_theta.fill_(math.log(self.initial_theta))
 
     @property
     def state_size(self) -> int:
@@ -340,11 +351,14 @@ class LegendreMemory(nn.Module):
         float64 reference. A trainable theta needs the differentiable torch version.
         """
         self._cache.clear()
+        A, B = legendre_delay(self.order)
+        device = self.A.device
+        # A and B again too: after meta-device init and to_empty() they hold no values
+        self.register_buffer("A", torch.from_numpy(A).to(device), persistent=False)
+        self.register_buffer("B", torch.from_numpy(B).to(device), persistent=False)
         if not self.trainable_theta:
-            A, B = legendre_delay(self.order)
             theta = float(self.theta_) if theta is None else theta
             Abar, Bbar = discretize(A, B, theta, self.discretizer)
-            device = self.A.device
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
 
