@@ -3,8 +3,8 @@
 
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
-traceback instead. A run stopped by SIGTERM exits with status 143 (``kill`` a training run and
-run the same command again to resume it).
+traceback instead. A run stopped by SIGTERM exits with status 143, one stopped by Ctrl-C with
+130 (run the same command again to resume it).
 
 To add a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler`` (a function of the parsed arguments returning an exit status), and call it in
@@ -284,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("plmu: interrupted", file=sys.stderr)
         return 130
     except SystemExit as error:
+        if isinstance(error.__context__, KeyboardInterrupt):  # Lightning's exit after Ctrl-C
+            print("plmu: interrupted", file=sys.stderr)
+            return 130
         if not _terminated(error):
             raise
         print("plmu: terminated by SIGTERM", file=sys.stderr)

@@ -138,3 +138,32 @@ def test_sigterm_is_a_failure(
     assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 143
     assert "plmu: terminated by SIGTERM" in capsys.readouterr().err
     assert not (tmp_path / "metrics.json").exists()
+
+
+class _PressCtrlC(L.Callback):
+    """A Ctrl-C (KeyboardInterrupt) in the first epoch; Lightning turns it into exit(1)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_training_is_an_interruption(
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after the first
+    pressing = functools.partial(runner.train, callbacks=[_PressCtrlC()])
+    monkeypatch.setattr(runner, "train", pressing)
+    args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
+    try:
+        assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert "plmu: interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_folder_given_as_checkpoint_says_which_file_to_give(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    message = _one_line_error(capsys, main(["evaluate", str(tmp_path)]))
+    assert "is a folder" in message and "best.ckpt" in message

@@ -114,6 +114,11 @@ class RunInfo(Callback):
 
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; give a checkpoint file, e.g. "
+            f"{path / 'checkpoints' / 'best.ckpt'}"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
