@@ -264,3 +264,17 @@ def test_hub_script_dataset_is_read_from_its_parquet_export(monkeypatch, tmp_pat
     assert len(data["train"][0]) == 3
     with pytest.raises(ValueError, match=r"scripts are no longer supported.*--data-dir"):
         load_hub(revision="main")  # another revision: one line, as before
+
+
+def test_references_are_nfc_as_the_decoded_hypotheses(tmp_path):
+    """A reference stored decomposed (e.g. 'e' + combining circumflex + acute) is scored in the
+    composed form the NFC tokeniser decodes to."""
+    import unicodedata
+
+    data = write_iwslt(tmp_path, n_train=20, n_eval=3)
+    lines = (data / "tst2013.vi").read_text(encoding="utf-8").splitlines()
+    lines[0] = unicodedata.normalize("NFD", "tiếng Việt")
+    (data / "tst2013.vi").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dm = IWSLTDataModule(data, batch_size=4, vocab_size=60)
+    dm.setup("test")
+    assert dm.test_set.refs[0] == unicodedata.normalize("NFC", "tiếng Việt") != lines[0]

@@ -67,6 +67,19 @@ def test_local_pair_files_load(tmp_path, task, names):
     assert len(splits["train"].texts[0]) == 2
 
 
+@pytest.mark.parametrize("stem", ["validation", "valid", "dev"])
+def test_a_validation_file_may_be_named_valid_or_dev(tmp_path, stem):
+    write_rows(tmp_path / "train.jsonl", sentiment_rows(10))
+    write_rows(tmp_path / f"{stem}.csv", sentiment_rows(3))
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(4))
+    splits = load_splits(TASKS["imdb"], tmp_path, val_fraction=0.5, seed=0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [10, 3, 4]
+    other = "dev" if stem == "validation" else "validation"
+    write_rows(tmp_path / f"{other}.jsonl", sentiment_rows(3))
+    with pytest.raises(ValueError, match="several validation files"):
+        load_splits(TASKS["imdb"], tmp_path, val_fraction=0.5, seed=0)
+
+
 def test_validation_is_carved_from_train_reproducibly_and_disjointly(tmp_path):
     write_rows(tmp_path / "train.jsonl", sentiment_rows(40))
     write_rows(tmp_path / "test.jsonl", sentiment_rows(4))

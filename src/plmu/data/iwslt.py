@@ -33,6 +33,7 @@ Length handling (documented contract, tested):
 from __future__ import annotations
 
 import random
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,7 +457,9 @@ class IWSLTDataModule(SplitDataModule):
                 truncated += 1
             sources.append([*s, EOS])
             targets.append(t)
-            refs.append(ref.strip())
+            # NFC, as the tokeniser normalises (and so decodes): a reference in decomposed
+            # Unicode would otherwise never match a hypothesis letter for letter in BLEU
+            refs.append(unicodedata.normalize("NFC", ref.strip()))
         if split == "train":
             self.dropped_train_pairs = len(en) - len(sources)
             if not sources:

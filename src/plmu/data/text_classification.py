@@ -1,9 +1,10 @@
 """Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
 
 Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
-``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*``, each ``.jsonl``, ``.csv``
-or ``.parquet``, with the task's columns (``text``/``label``, ``question1``/``question2``/
-``label`` or ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
+``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*`` or
+``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
+(``text``/``label``, ``question1``/``question2``/``label`` or
+``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
 no such files, it may hold (or be) the dataset's original distribution instead
 (:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's ``QQP/`` or Stanford's ``snli_1.0/``.
@@ -181,9 +182,16 @@ def _is_unlabelled(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ("-1", "-")
 
 
+# the file stems each split may have in data_dir (validation sets are often named dev or valid)
+SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+
+
 def _find_file(data_dir: Path, split: str) -> Path | None:
     found = [
-        data_dir / f"{split}{ext}" for ext in FORMATS if (data_dir / f"{split}{ext}").is_file()
+        data_dir / f"{stem}{ext}"
+        for stem in SPLIT_STEMS[split]
+        for ext in FORMATS
+        if (data_dir / f"{stem}{ext}").is_file()
     ]
     if len(found) > 1:
         raise ValueError(
