@@ -129,6 +129,26 @@ def test_wide_beam_finds_the_best_normalised_hypothesis(length_penalty):
     assert found == [best]
 
 
+@pytest.mark.parametrize("seed", [3, 16, 26])
+def test_beam_search_keeps_a_finished_hypothesis_pushed_out_of_the_beam(seed):
+    """``</s>`` among the first step's top ``K``: the empty hypothesis is found, and whatever
+    beam search returns must score at least as high, even after live hypotheses (whose raw
+    log-probabilities only fall) pushed it out of the beam."""
+    model = make_model(seed, tgt_vocab=8, tie_embeddings=False)
+    with torch.no_grad():  # sharper, more uneven distributions
+        model.out.weight.mul_(6.0)
+        model.out.bias.normal_(0, 2, generator=torch.Generator().manual_seed(seed))
+    src, lengths = padded_sources(seed, [6])
+    K, max_len = 4, 12
+    first = parallel_log_probs(model, src, lengths, [])[0]
+    assert EOS in first.topk(K).indices.tolist()  # the empty hypothesis enters the beam
+    found = model.beam_search(src, lengths, max_len, beam_size=K, length_penalty=0.0)[0]
+    logp = parallel_log_probs(model, src, lengths, found)
+    ending = [EOS] if len(found) < max_len else []
+    score = sum(logp[t, tok].item() for t, tok in enumerate(found + ending))
+    assert score >= first[EOS].item() - 1e-6
+
+
 def test_beam_search_batches_independently():
     model = make_model(6)
     src, lengths = padded_sources(6, [7, 3, 5])

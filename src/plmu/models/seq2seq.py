@@ -22,8 +22,10 @@ Decoding (both never emit ``<pad>`` or ``<s>``; a hypothesis ends at ``</s>`` or
 * :meth:`LMUSeq2Seq.beam_search`: ``beam_size`` hypotheses, ranked at every step *and* at the
   end by the length-normalised score ``sum(log p) / length ** length_penalty`` (``length``
   counts the tokens including ``</s>``; ``length_penalty = 0`` is the raw log-probability,
-  ``1`` the mean per token). A finished hypothesis keeps its score and its slot. With
-  ``beam_size = 1`` this is exactly greedy decoding.
+  ``1`` the mean per token). A finished hypothesis keeps its score and competes for a slot
+  with the live ones; the result is the best finished hypothesis found, even one that live
+  hypotheses later pushed out of the beam. With ``beam_size = 1`` this is exactly greedy
+  decoding.
 """
 
 from __future__ import annotations
@@ -337,7 +339,14 @@ class LMUSeq2Seq(nn.Module):
         y = torch.full((B * K,), BOS_ID, dtype=torch.long, device=dev)
         states: list[torch.Tensor | None] = [None] * len(self.decoder)
         offsets = torch.arange(B, device=dev).unsqueeze(1) * K
-        for t in range(int(limit.max())):
+        rows_b = torch.arange(B, device=dev)
+        T_max = int(limit.max())
+        # the best finished hypothesis so far per source: a finished hypothesis can later be
+        # pushed out of the beam by live ones whose score then falls, but it was found
+        best_score = torch.full((B,), float("-inf"), device=dev)
+        best_tokens = torch.zeros(B, T_max, dtype=torch.long, device=dev)
+        best_len = torch.zeros(B, dtype=torch.long, device=dev)
+        for t in range(T_max):
             logits, states = self.decode_step(y, states, enc, mask)
             logp = self._log_probs(logits).view(B, K, V)
             logp = torch.where(finished.unsqueeze(-1), done_row, logp)
@@ -348,16 +357,24 @@ class LMUSeq2Seq(nn.Module):
             beam, tok = idx // V, idx % V
             scores = total.view(B, K * V).gather(1, idx)
             lengths = new_len.gather(1, beam)
-            finished = finished.gather(1, beam) | (tok == EOS_ID) | (lengths >= limit)
+            was_finished = finished.gather(1, beam)
+            finished = was_finished | (tok == EOS_ID) | (lengths >= limit)
             tokens = torch.cat(
                 [tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, t)), tok.unsqueeze(-1)], -1
             )
+            just = finished & ~was_finished
+            now = scores / lengths.clamp(min=1).float() ** length_penalty
+            cand, k = torch.where(just, now, float("-inf")).max(1)
+            better = cand > best_score
+            if bool(better.any()):
+                best_score = torch.where(better, cand, best_score)
+                best_len = torch.where(better, lengths[rows_b, k], best_len)
+                best_tokens[better] = 0
+                best_tokens[better, : t + 1] = tokens[rows_b, k][better]
             flat = (offsets + beam).view(-1)
             states = [s.index_select(0, flat) for s in states]
             y = tok.view(-1)
             if bool(finished.all()):
                 break
-        final = scores / lengths.clamp(min=1).float() ** length_penalty
-        best = final.argmax(1)
-        rows = tokens[torch.arange(B, device=dev), best]
-        return self._strip(rows, lengths[torch.arange(B, device=dev), best])
+        # every hypothesis has finished by now (</s> or its length limit), each recorded
+        return self._strip(best_tokens, best_len)
