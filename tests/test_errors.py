@@ -142,3 +142,17 @@ def test_lmu_bad_state(layer):
 def test_lmu_unknown_init():
     with pytest.raises(ValueError, match="init"):
         plmu.LMU(3, 5, 4, 10.0, init="magic")
+
+
+@pytest.mark.parametrize(
+    ("m", "r", "match"),
+    [
+        ([[0.0] * 4], 1.5, r"r must lie in \[0, 1\]"),
+        ([[0.0] * 4], [-0.1, 0.5], r"r must lie in \[0, 1\]"),
+        ([[0.0] * 4], [[0.5]], r"r must be a scalar or have shape \(k,\)"),
+        (0.0, 0.5, r"m must have shape \(\.\.\., order\)"),
+    ],
+)
+def test_decode_bad_arguments(m, r, match):
+    with pytest.raises(ValueError, match=match):
+        plmu.decode(m, r)

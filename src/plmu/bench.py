@@ -861,7 +861,9 @@ def run(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` options (shared by ``plmu bench`` and ``python -m plmu.bench``)."""
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default cpu)"
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, help="write the log-log sweep plot (PNG) here")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")

@@ -177,8 +177,15 @@ def decode(m: np.ndarray, r: np.ndarray | float) -> np.ndarray:
         ``(...)`` for a scalar ``r``, else ``(..., k)``.
     """
     m = np.asarray(m, dtype=np.float64)
+    if m.ndim < 1 or m.shape[-1] < 1:
+        raise ValueError(f"m must have shape (..., order) with order >= 1, got {m.shape}")
     order = m.shape[-1]
-    x = 2 * np.asarray(r, dtype=np.float64) - 1
+    r = np.asarray(r, dtype=np.float64)
+    if r.ndim > 1:
+        raise ValueError(f"r must be a scalar or have shape (k,), got {r.shape}")
+    if not np.all((r >= 0) & (r <= 1)):
+        raise ValueError(f"r must lie in [0, 1] (fractions of theta), got {r}")
+    x = 2 * r - 1
     P = np.stack([np.polynomial.legendre.Legendre.basis(i)(x) for i in range(order)], axis=-1)
     return m @ P.T if P.ndim == 2 else m @ P
 
