@@ -165,8 +165,13 @@ def test_bad_input_is_rejected():
         model.encode(src, torch.tensor([5, 2]))
     with pytest.raises(ValueError, match="src must be"):
         model.encode(src[:, :0], torch.tensor([0, 0]))
+    with pytest.raises(TypeError, match="src must hold integer token ids"):
+        model.encode(src.float(), lengths)
     with pytest.raises(ValueError, match="beam_size"):
         model.beam_search(src, lengths, 5, beam_size=0)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match="length_penalty must be finite"):
+            model.beam_search(src, lengths, 5, beam_size=2, length_penalty=bad)
     with pytest.raises(ValueError, match="max_len"):
         model.greedy(src, lengths, 0)
     with pytest.raises(ValueError, match="d_model"):

@@ -171,6 +171,8 @@ class LMUSeq2Seq(nn.Module):
             ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
             valid positions.
         """
+        if src.dtype.is_floating_point or src.dtype.is_complex or src.dtype == torch.bool:
+            raise TypeError(f"src must hold integer token ids, got dtype {src.dtype}")
         if src.dim() != 2 or src.shape[1] == 0:
             raise ValueError(f"src must be (batch, S) with S >= 1, got {tuple(src.shape)}")
         if src_lengths.shape != src.shape[:1]:
@@ -322,8 +324,8 @@ class LMUSeq2Seq(nn.Module):
         """
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
-        if length_penalty < 0:
-            raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
+        if not (math.isfinite(length_penalty) and length_penalty >= 0):
+            raise ValueError(f"length_penalty must be finite and >= 0, got {length_penalty}")
         enc, mask = self.encode(src, src_lengths)
         B, K, dev = src.shape[0], beam_size, src.device
         limit = self._max_lengths(max_len, B, dev).unsqueeze(1)  # (B, 1)
