@@ -43,6 +43,17 @@ def assert_close_to_reference(actual, reference, rel=1e-4):
     assert err <= rel * scale, f"max abs error {err:.3g} > {rel:g} * {scale:.3g}"
 
 
+def assert_same_last_checkpoint(expected_run: Path, found_run: Path) -> None:
+    """Two runs' ``checkpoints/last.ckpt`` hold the same step and bit-identical weights."""
+    expected, found = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        for run in (expected_run, found_run)
+    )
+    assert found["global_step"] == expected["global_step"]
+    for name, tensor in expected["state_dict"].items():
+        assert torch.equal(found["state_dict"][name], tensor), name
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Seeds, and one torch thread: the tests check numbers, not speed, and on a small shared

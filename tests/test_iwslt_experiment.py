@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from _iwslt_fixture import write_iwslt
+from conftest import assert_same_last_checkpoint
 from plmu import cli
 from plmu.data.iwslt import IWSLTDataModule
 from plmu.training import registry
@@ -237,10 +238,4 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
             devices=1,
             progress_bar=False,
         )
-    expected, found = (
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
-        for run in ("ref", "run")
-    )
-    assert found["global_step"] == expected["global_step"]
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(found["state_dict"][name], tensor), name
+    assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import assert_same_last_checkpoint
 from plmu.cli import main
 from plmu.data.text_classification import TASKS
 from plmu.predict import predict, predict_loaded
@@ -192,10 +193,4 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
     for out, epochs in (("ref", 3), ("run", 1), ("run", 3)):
         options = [*overrides, f"epochs={epochs}"]
         train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)
-    expected, found = (
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
-        for run in ("ref", "run")
-    )
-    assert found["global_step"] == expected["global_step"]
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(found["state_dict"][name], tensor), name
+    assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")

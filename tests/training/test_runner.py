@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
+from conftest import assert_same_last_checkpoint
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
@@ -125,10 +126,7 @@ def test_interrupted_run_loses_no_completed_epoch(
     assert resumed["epochs"] == 4
     assert resumed["global_step"] == reference["global_step"]
     # ... and trains on as the uninterrupted run did: same shuffles, same weights
-    expected = torch.load(tmp_path / "reference" / "checkpoints" / "last.ckpt", weights_only=False)
-    found = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(found["state_dict"][name], tensor), name
+    assert_same_last_checkpoint(tmp_path / "reference", out)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 

@@ -453,8 +453,8 @@ def _or_original(task: TextTask) -> str:
 
 
 def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
-    """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` files in the
-    task's schema when it has any, else the task's original distribution
+    """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` (:data:`SPLIT_STEMS`)
+    files in the task's schema when it has any, else the task's original distribution
     (:data:`ORIGINAL_LAYOUTS`)."""
     if not data_dir.is_dir():
         raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
@@ -478,7 +478,8 @@ def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
 
 def _hint(task: TextTask) -> str:
     return (
-        f"put train.jsonl and test.jsonl (or .csv/.parquet; validation.* optional) with the "
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid or dev file "
+        f"optional) with the "
         f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
         f"and pass --data-dir FOLDER"
     )
