@@ -266,18 +266,15 @@ class LegendreMemory(nn.Module):
         self.trainable_theta = bool(trainable_theta)
         self.mode = mode
         self.chunk_size = chunk_size
-        A, B = legendre_delay(self.order)
-        # torch.tensor, not from_numpy: under `with torch.device(...)` (e.g. Lightning's
-        # init_module) the buffers go where the parameters go
-        self.register_buffer("A", torch.tensor(A), persistent=False)
-        self.register_buffer("B", torch.tensor(B), persistent=False)
         self.initial_theta = theta  # what reset_parameters gives a trainable theta back
         if self.trainable_theta:
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
         self._cache: dict[tuple, object] = {}
-        self._refresh_discrete(theta)
+        # the default device: under `with torch.device(...)` (e.g. Lightning's init_module) the
+        # system matrices go where the parameters go
+        self._refresh_discrete(theta, torch.empty(()).device)
 
     # ---------------------------------------------------------------- parameters and kernels
 
@@ -339,11 +336,14 @@ class LegendreMemory(nn.Module):
             self.A.double(), self.B.double(), self.theta_tensor().double(), self.discretizer
         )
 
-    def _refresh_discrete(self, theta: float | None = None) -> None:
-        """Recompute the fixed-theta ``Abar``/``Bbar`` buffers and forget cached kernels.
+    def _refresh_discrete(
+        self, theta: float | None = None, device: torch.device | None = None
+    ) -> None:
+        """(Re)build the ``A``/``B`` and fixed-theta ``Abar``/``Bbar`` buffers and forget cached
+        kernels.
 
         ``theta`` defaults to the ``theta_`` buffer's value (given at construction, where the
-        buffer may be on a device without values, e.g. ``meta``).
+        buffer may be on a device without values, e.g. ``meta``); ``device`` to ``A``'s.
 
         A fixed theta is discretised by :func:`plmu.discretize` (``scipy.linalg.expm``):
         ``torch.linalg.matrix_exp`` loses up to ~1e-9 relative accuracy for small-norm
@@ -352,8 +352,8 @@ class LegendreMemory(nn.Module):
         """
         self._cache.clear()
         A, B = legendre_delay(self.order)
-        device = self.A.device
-        # A and B again too: after meta-device init and to_empty() they hold no values
+        device = self.A.device if device is None else device
+        # A and B rebuilt on load too: after meta-device init and to_empty() they hold no values
         self.register_buffer("A", torch.from_numpy(A).to(device), persistent=False)
         self.register_buffer("B", torch.from_numpy(B).to(device), persistent=False)
         if not self.trainable_theta:
