@@ -20,22 +20,45 @@ import torch
 from plmu.data.text8 import decode, encode
 from plmu.models.language_model import LMULanguageModel
 
-__all__ = ["generate_from_checkpoint", "generate_text", "iter_tokens"]
+__all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text", "iter_tokens"]
 
 
-def _check_length(length: object) -> int:
+def _check_length(length: object, name: str = "length") -> int:
     if isinstance(length, bool) or not isinstance(length, int):
-        raise TypeError(f"length must be an int >= 1, got {type(length).__name__}")
+        raise TypeError(f"{name} must be an int >= 1, got {type(length).__name__}")
     if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+        raise ValueError(f"{name} must be >= 1, got {length}")
     return length
 
 
-def _check_temperature(temperature: object) -> float:
+def _check_temperature(temperature: object, name: str = "temperature") -> float:
     t = float(temperature)  # type: ignore[arg-type]
     if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
     return t
+
+
+def _check_prompt(prompt: object, name: str = "prompt") -> torch.Tensor:
+    """The token ids of ``prompt`` lower-cased; an empty or non-text8 prompt is an error."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"{name} must contain at least one character")
+    return encode(prompt.lower(), name=name)
+
+
+def check_generation_args(
+    prompt: object, length: object, temperature: object, names: tuple[str, str, str] | None = None
+) -> None:
+    """Raise the ``ValueError``/``TypeError`` that generating with these arguments would raise.
+
+    ``names`` names the three arguments in the messages (e.g. the config keys
+    ``sample_prompt``, ``sample_length``, ``sample_temperature``).
+    """
+    prompt_name, length_name, temperature_name = names or ("prompt", "length", "temperature")
+    _check_prompt(prompt, prompt_name)
+    _check_length(length, length_name)
+    _check_temperature(temperature, temperature_name)
 
 
 @torch.no_grad()
@@ -90,11 +113,7 @@ def generate_text(
         ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
             ``length < 1`` or ``temperature <= 0``.
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not prompt:
-        raise ValueError("prompt must contain at least one character")
-    ids = encode(prompt.lower(), name="prompt")
+    ids = _check_prompt(prompt)
     length = _check_length(length)
     _check_temperature(temperature)
     generator = None
@@ -125,11 +144,7 @@ def generate_from_checkpoint(
     from plmu.training.runner import load_checkpoint
 
     # validate cheap arguments before loading anything
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError("prompt must contain at least one character")
-    encode(prompt.lower(), name="prompt")
-    _check_length(length)
-    _check_temperature(temperature)
+    check_generation_args(prompt, length, temperature)
     experiment, _config, module, _dm = load_checkpoint(checkpoint)
     model = getattr(module, "net", None)
     if not isinstance(model, LMULanguageModel):
