@@ -141,6 +141,7 @@ def test_generate_command(trained, capsys):
         (["--prompt", "hi!", "--length", "5"], "outside the text8 alphabet"),
         (["--prompt", "hi", "--length", "0"], "length must be >= 1"),
         (["--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (["--prompt", "hi", "--seed", str(2**80)], "seed must lie in [-2**63, 2**64)"),
     ],
 )
 def test_generate_command_bad_input(trained, capsys, args, message):

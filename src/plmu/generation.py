@@ -12,6 +12,7 @@ names the offending characters. ``plmu.data.text8.to_text8_alphabet`` cleans arb
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,6 +46,17 @@ def _check_prompt(prompt: object, name: str = "prompt") -> torch.Tensor:
     if not prompt:
         raise ValueError(f"{name} must contain at least one character")
     return encode(prompt.lower(), name=name)
+
+
+def _check_seed(seed: object) -> int | None:
+    """``None``, or an int that ``torch.Generator.manual_seed`` takes: ``[-2**63, 2**64)``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}")
+    return int(seed)
 
 
 def check_generation_args(
@@ -111,14 +123,15 @@ def generate_text(
 
     Raises:
         ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
-            ``length < 1`` or ``temperature <= 0``.
+            ``length < 1``, ``temperature <= 0`` or a ``seed`` outside ``[-2**63, 2**64)``.
     """
     ids = _check_prompt(prompt)
     length = _check_length(length)
     _check_temperature(temperature)
+    seed = _check_seed(seed)
     generator = None
     if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
@@ -145,6 +158,7 @@ def generate_from_checkpoint(
 
     # validate cheap arguments before loading anything
     check_generation_args(prompt, length, temperature)
+    _check_seed(seed)
     experiment, _config, module, _dm = load_checkpoint(checkpoint)
     model = getattr(module, "net", None)
     if not isinstance(model, LMULanguageModel):
