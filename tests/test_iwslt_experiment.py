@@ -221,6 +221,31 @@ def test_module_rejects_bad_settings():
         TranslationModule(net, str, lr_decay=0.0)
     with pytest.raises(ValueError, match="label_smoothing"):
         TranslationModule(net, str, label_smoothing=1.0)
+    for value in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="length_penalty"):
+            TranslationModule(net, str, length_penalty=value)
+    with pytest.raises(ValueError, match="max_len_ratio"):
+        TranslationModule(net, str, max_len_ratio=-0.5)
+    with pytest.raises(ValueError, match="max_decode_length"):
+        TranslationModule(net, str, max_decode_length=0)
+
+
+@pytest.mark.parametrize("setting", ["length_penalty=-1", "max_decode_length=0"])
+def test_bad_decoding_setting_fails_before_training(tmp_path, setting):
+    """Decoding runs only when testing, after training: a bad decoding setting used to fail
+    there, with the training done and no metrics.json; it is refused before training now."""
+    data = write_iwslt(tmp_path / "data", n_train=16, n_eval=4)
+    with pytest.raises(ValueError, match=setting.split("=")[0]):
+        train(
+            "iwslt15-en-vi",
+            out=tmp_path / "run",
+            overrides=[*TINY, setting],
+            data_dir=data,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+        )
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):

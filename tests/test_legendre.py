@@ -68,6 +68,17 @@ def test_impulse_response_is_powers_times_B(order, length, theta):
     np.testing.assert_allclose(Ht.numpy(), H, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("length", [-1, -5, 2.5, True])
+def test_a_bad_kernel_length_is_refused(length):
+    """``LegendreMemory.kernel(-1)`` returned two rows (``impulse_response_torch`` did not check
+    ``length`` as ``impulse_response`` does)."""
+    Abar, Bbar = (torch.from_numpy(a) for a in plmu.discretize(*plmu.legendre_delay(3), 9.0))
+    with pytest.raises(ValueError, match="length must be an int >= 0"):
+        impulse_response_torch(Abar, Bbar, length)
+    with pytest.raises(ValueError, match="length must be an int >= 0"):
+        plmu.LegendreMemory(1, 3, 9.0).kernel(length)
+
+
 def test_matrix_powers_apply():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(5, 5)) / 3

@@ -141,6 +141,7 @@ def test_generate_command(trained, capsys):
         (["--prompt", "hi!", "--length", "5"], "outside the text8 alphabet"),
         (["--prompt", "hi", "--length", "0"], "length must be >= 1"),
         (["--prompt", "hi", "--temperature", "-1"], "temperature"),
+        (["--prompt", "hi", "--seed", str(2**80)], "seed must lie in [-2**63, 2**64)"),
     ],
 )
 def test_generate_command_bad_input(trained, capsys, args, message):
@@ -166,3 +167,23 @@ def test_train_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch, c
     err = capsys.readouterr().err
     assert status == 2
     assert err.startswith("plmu: error: text8 not found") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("sample_prompt=Hello, world", "config key 'sample_prompt' has characters outside"),
+        ("sample_prompt=''", "config key 'sample_prompt' must contain at least one character"),
+        ("sample_length=0", "config key 'sample_length' must be >= 1"),
+        ("sample_temperature=0", "config key 'sample_temperature' must be a finite number > 0"),
+    ],
+)
+def test_bad_sample_settings_fail_before_training(tmp_path, capsys, setting, message):
+    """The sample is generated after training and testing: a bad sample setting used to fail
+    only then, leaving no metrics.json. It is refused before any data is read."""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(tmp_path / "no-data"), "--out", str(out), "--set", setting]
+    status = cli.main(["train", "text8", *args, "--accelerator", "cpu", "--no-progress-bar"])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()

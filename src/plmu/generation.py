@@ -12,6 +12,7 @@ names the offending characters. ``plmu.data.text8.to_text8_alphabet`` cleans arb
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,22 +21,56 @@ import torch
 from plmu.data.text8 import decode, encode
 from plmu.models.language_model import LMULanguageModel
 
-__all__ = ["generate_from_checkpoint", "generate_text", "iter_tokens"]
+__all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text", "iter_tokens"]
 
 
-def _check_length(length: object) -> int:
+def _check_length(length: object, name: str = "length") -> int:
     if isinstance(length, bool) or not isinstance(length, int):
-        raise TypeError(f"length must be an int >= 1, got {type(length).__name__}")
+        raise TypeError(f"{name} must be an int >= 1, got {type(length).__name__}")
     if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
+        raise ValueError(f"{name} must be >= 1, got {length}")
     return length
 
 
-def _check_temperature(temperature: object) -> float:
+def _check_temperature(temperature: object, name: str = "temperature") -> float:
     t = float(temperature)  # type: ignore[arg-type]
     if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
     return t
+
+
+def _check_prompt(prompt: object, name: str = "prompt") -> torch.Tensor:
+    """The token ids of ``prompt`` lower-cased; an empty or non-text8 prompt is an error."""
+    if not isinstance(prompt, str):
+        raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"{name} must contain at least one character")
+    return encode(prompt.lower(), name=name)
+
+
+def _check_seed(seed: object) -> int | None:
+    """``None``, or an int that ``torch.Generator.manual_seed`` takes: ``[-2**63, 2**64)``."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if not -(2**63) <= int(seed) < 2**64:
+        raise ValueError(f"seed must lie in [-2**63, 2**64), got {seed}")
+    return int(seed)
+
+
+def check_generation_args(
+    prompt: object, length: object, temperature: object, names: tuple[str, str, str] | None = None
+) -> None:
+    """Raise the ``ValueError``/``TypeError`` that generating with these arguments would raise.
+
+    ``names`` names the three arguments in the messages (e.g. the config keys
+    ``sample_prompt``, ``sample_length``, ``sample_temperature``).
+    """
+    prompt_name, length_name, temperature_name = names or ("prompt", "length", "temperature")
+    _check_prompt(prompt, prompt_name)
+    _check_length(length, length_name)
+    _check_temperature(temperature, temperature_name)
 
 
 @torch.no_grad()
@@ -88,18 +123,15 @@ def generate_text(
 
     Raises:
         ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
-            ``length < 1`` or ``temperature <= 0``.
+            ``length < 1``, ``temperature <= 0`` or a ``seed`` outside ``[-2**63, 2**64)``.
     """
-    if not isinstance(prompt, str):
-        raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
-    if not prompt:
-        raise ValueError("prompt must contain at least one character")
-    ids = encode(prompt.lower(), name="prompt")
+    ids = _check_prompt(prompt)
     length = _check_length(length)
     _check_temperature(temperature)
+    seed = _check_seed(seed)
     generator = None
     if seed is not None:
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
@@ -125,11 +157,8 @@ def generate_from_checkpoint(
     from plmu.training.runner import load_checkpoint
 
     # validate cheap arguments before loading anything
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError("prompt must contain at least one character")
-    encode(prompt.lower(), name="prompt")
-    _check_length(length)
-    _check_temperature(temperature)
+    check_generation_args(prompt, length, temperature)
+    _check_seed(seed)
     experiment, _config, module, _dm = load_checkpoint(checkpoint)
     model = getattr(module, "net", None)
     if not isinstance(model, LMULanguageModel):

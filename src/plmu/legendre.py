@@ -248,6 +248,11 @@ def impulse_response_torch(Abar: torch.Tensor, Bbar: torch.Tensor, length: int) 
 
     Differentiable in ``Abar`` and ``Bbar``; ``O(log length)`` matrix products.
     """
+    if isinstance(length, torch.Tensor):  # a size under torch.jit.trace
+        length = int(length)
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
+        raise ValueError(f"length must be an int >= 0, got {length!r}")
+    length = int(length)
     b = Bbar.reshape(-1)
     if length == 0:
         return b.new_zeros((0, b.shape[0]))

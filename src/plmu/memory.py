@@ -496,6 +496,7 @@ class LegendreMemory(nn.Module):
         a cache (computed in float64), so a stream of chunks pays only the products with ``m0``.
         """
         Abar, _ = self._discrete_as(m0)
+        length = int(length)  # under torch.jit.trace a size is a 0-dim tensor
         if length == 0 or not self._cacheable():
             return matrix_powers_apply(Abar, m0, length)
         n_squares = max(1, (length - 1).bit_length())
@@ -1216,6 +1217,7 @@ def fft_size(n: int) -> int:
     ``12500`` against ``12800``), so the factor of two is kept at least ``2^5`` (measured:
     ``scripts/fft_lengths.py``, docs/performance.md).
     """
+    n = int(n)  # under torch.jit.trace a size is a 0-dim tensor
     if n <= 1:
         return 1
     min_two = 1 << min(FFT_MIN_TWO_POWER, n.bit_length() - 1)

@@ -167,3 +167,10 @@ def test_a_folder_given_as_checkpoint_says_which_file_to_give(
 ) -> None:
     message = _one_line_error(capsys, main(["evaluate", str(tmp_path)]))
     assert "is a folder" in message and "best.ckpt" in message
+    # the checkpoints/ folder itself: the file inside it, not checkpoints/checkpoints/best.ckpt
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    message = _one_line_error(capsys, main(["evaluate", str(folder)]))
+    assert message.endswith(f"e.g. {folder / 'best.ckpt'}")
+    message = _one_line_error(capsys, main(["evaluate", str(folder.parent)]))
+    assert message.endswith(f"e.g. {folder / 'best.ckpt'}")

@@ -27,8 +27,9 @@ from plmu.data.text8 import (
     locate_text8,
     split,
 )
-from plmu.generation import generate_text
+from plmu.generation import check_generation_args, generate_text
 from plmu.models.language_model import LMULanguageModel
+from plmu.training.config import ConfigError
 from plmu.training.datamodule import SplitDataModule
 from plmu.training.language_modeling import LanguageModeling
 from plmu.training.registry import Experiment, register
@@ -73,9 +74,16 @@ class Text8Data(SplitDataModule):
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> Text8Data:
     """Fresh run: ``data_dir`` or :func:`~plmu.data.text8.default_data_dir`. From a checkpoint
-    (``saved``): ``data_dir`` as given, ``None`` reads nothing."""
+    (``saved``): ``data_dir`` as given, ``None`` reads nothing. The ``sample_*`` settings are
+    checked here, before any data is read (a ``ConfigError``)."""
     if saved and saved.get("alphabet", ALPHABET) != ALPHABET:
         raise ValueError(f"checkpoint alphabet {saved['alphabet']!r} is not text8's {ALPHABET!r}")
+    # the sample is generated only after training and testing: a bad setting fails now, not then
+    keys = ("sample_prompt", "sample_length", "sample_temperature")
+    try:
+        check_generation_args(*(config[key] for key in keys), names=tuple(map(repr, keys)))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config key {error}") from None
     if data_dir is None and saved is None:
         data_dir = default_data_dir()
     return Text8Data(config, data_dir)

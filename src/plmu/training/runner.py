@@ -115,9 +115,12 @@ class RunInfo(Callback):
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
+        # the run folder or its checkpoints/ folder: name the file that is (or would be) there
+        inside = path / "best.ckpt"
+        if not inside.is_file() and path.name != "checkpoints":
+            inside = path / "checkpoints" / "best.ckpt"
         raise CheckpointError(
-            f"checkpoint {path} is a folder; give a checkpoint file, e.g. "
-            f"{path / 'checkpoints' / 'best.ckpt'}"
+            f"checkpoint {path} is a folder; give a checkpoint file, e.g. {inside}"
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")

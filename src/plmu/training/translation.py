@@ -15,6 +15,7 @@ report). It also measures throughput:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -105,6 +106,13 @@ class TranslationModule(PlmuModule):
             )
         if not 0.0 < lr_decay <= 1.0:
             raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay}")
+        # decoding runs only at test time, after training: refuse bad settings now
+        if not (math.isfinite(length_penalty) and length_penalty >= 0):
+            raise ValueError(f"length_penalty must be finite and >= 0, got {length_penalty}")
+        if not (math.isfinite(max_len_ratio) and max_len_ratio >= 0):
+            raise ValueError(f"max_len_ratio must be finite and >= 0, got {max_len_ratio}")
+        if isinstance(max_decode_length, bool) or int(max_decode_length) < 1:
+            raise ValueError(f"max_decode_length must be >= 1, got {max_decode_length!r}")
         self.detokenize = detokenize
         self.lr_decay, self.lr_decay_after = float(lr_decay), int(lr_decay_after)
         self.bleu_tokenize = bleu_tokenize
