@@ -799,7 +799,8 @@ class LegendreMemory(nn.Module):
         # in forward and in backward). One channel: the product, inverse FFT and add into the
         # output run in tiles of frames (_BlockConvolution). Several: the per-frequency channel
         # contraction runs in tiles of frequencies (_SpectralMix), so its transposes stay in
-        # cache, over the whole batch (a tile of frames would re-read the whole kernel).
+        # cache, over the whole batch (a tile of frames would re-read the whole kernel); the
+        # inverse FFTs and the add into the output then run in tiles of frames (_BlockSynthesis).
         ut = u.transpose(1, 2)  # (B, C, T)
         if nb == 1:  # one block: linear convolution by zero padding after the sequence
             frames = ut.unsqueeze(1)  # (B, 1, C, T)
@@ -813,9 +814,13 @@ class LegendreMemory(nn.Module):
                 acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
                 acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
                 return self._add_free(acc, state, weight)
-        # traced or compiled (export): whole-tensor operations, plain autograd
         acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
-        return self._add_free(_plain_blocks(acc, Uf, Kf, n_fft, first, L), state, weight)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # traced or compiled (export): whole-tensor operations, plain autograd
+            return self._add_free(_plain_blocks(acc, Uf, Kf, n_fft, first, L), state, weight)
+        Y = _block_spectra(Uf, Kf)  # (B, nb, out, F): the channel contraction, whole batch
+        acc = _BlockSynthesis.apply(acc, Y, n_fft, first, L)
+        return self._add_free(acc, state, weight)
 
     def last_window(self, time: int, dtype: torch.dtype) -> int:
         """How many of the last ``time`` inputs the final state depends on in ``dtype``.
@@ -1069,7 +1074,8 @@ class _BlockConvolution(torch.autograd.Function):
     adjoint is ``rfft`` scaled by ``1/n`` (DC and Nyquist) or ``2/n`` (the rest).
 
     With several channels the kernel ``(F, C, out)`` is as large as many frames' outputs and a
-    tile would re-read all of it; those run whole-batch (:class:`_SpectralMix`).
+    tile would re-read all of it; their contraction runs whole-batch (:class:`_SpectralMix`),
+    and only the inverse FFTs run in tiles (:class:`_BlockSynthesis`).
 
     Shapes: ``acc`` ``(B, T, out)``; ``Uf`` ``(B, nb, 1, F)`` and ``Kf`` ``(out, F)``, complex.
     Returns ``acc``.
@@ -1103,23 +1109,82 @@ class _BlockConvolution(torch.autograd.Function):
 
             gU, gK = create_graph_backward(plain, (Uf, Kf), (need_u, need_k), (g,))
             return g, gU, gK, None, None, None
-        Bn, nb, _, Fq = Uf.shape
+        Bn, nb = Uf.shape[:2]
         out = g.shape[2]
         gU = torch.empty_like(Uf) if need_u else None
         gK = torch.zeros_like(Kf) if need_k else None
-        scale = g.new_full((Fq,), 2.0 / n_fft)  # irfft's adjoint: 2/n inside, 1/n at the edges
-        scale[0] = 1.0 / n_fft
-        if n_fft % 2 == 0:
-            scale[-1] = 1.0 / n_fft
         for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft, Uf.device):
             frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
             _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
-            gY = torch.fft.rfft(frames) * scale  # (b, k, out, F)
+            gY = _irfft_adjoint(frames, n_fft)  # (b, k, out, F)
             if gU is not None:
                 gU[b0:b1, k0:k1] = (gY * Kf.conj()).sum(2, keepdim=True)
             if gK is not None:
                 gK += (gY * Uf[b0:b1, k0:k1].conj()).sum((0, 1))
         return g, gU, gK, None, None, None
+
+
+class _BlockSynthesis(torch.autograd.Function):
+    """Add the inverse FFTs of block spectra to ``acc`` in place, a tile of frames at a time.
+
+    ``acc[b, k L + t, o] += irfft(Y[b, k, o], n)[first + t]`` for ``0 <= t < L`` (cut at ``T``):
+    the output stage of :meth:`LegendreMemory.project` with several channels, after the
+    whole-batch channel contraction (:class:`_SpectralMix`). As in :class:`_BlockConvolution`,
+    the inverse FFTs and, in backward, the zero-padded gradient frames and their FFTs run in
+    tiles of about :data:`BLOCK_TILE_ELEMENTS` values instead of whole-batch ``(B, nb, out,
+    n_fft)`` buffers (fresh pages each step). Linear in ``Y``, so nothing is saved.
+
+    Shapes: ``acc`` ``(B, T, out)``; ``Y`` ``(B, nb, out, F)`` complex. Returns ``acc``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, acc: torch.Tensor, Y: torch.Tensor, n_fft: int, first: int, L: int
+    ) -> torch.Tensor:
+        ctx.mark_dirty(acc)
+        ctx.geometry = (n_fft, first, L, Y.shape)
+        for b0, b1, k0, k1 in _frame_tiles(Y.shape[0], Y.shape[1], Y.shape[2] * n_fft, Y.device):
+            _add_blocks(acc[b0:b1], torch.fft.irfft(Y[b0:b1, k0:k1], n=n_fft), k0, first, L)
+        return acc
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        n_fft, first, L, shape = ctx.geometry
+        if not ctx.needs_input_grad[1]:
+            return g, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph: the adjoint as differentiable operations
+            gY = _irfft_adjoint(_gather_blocks(g, shape, n_fft, first, L), n_fft)
+            return g, gY, None, None, None
+        Bn, nb, out, _ = shape
+        gY = g.new_empty(shape, dtype=torch.promote_types(g.dtype, torch.complex64))
+        for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft, g.device):
+            frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
+            _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
+            gY[b0:b1, k0:k1] = _irfft_adjoint(frames, n_fft)
+        return g, gY, None, None, None
+
+
+def _gather_blocks(
+    g: torch.Tensor, shape: torch.Size, n_fft: int, first: int, L: int
+) -> torch.Tensor:
+    """The frames ``(B, nb, out, n_fft)`` whose entries ``[first, first + L)`` of block ``k``
+    hold steps ``[k L, k L + L)`` of ``g`` ``(B, T, out)`` (zeros elsewhere): the adjoint of
+    :func:`_add_blocks`, as differentiable operations."""
+    Bn, nb, out, _ = shape
+    T = g.shape[1]
+    gt = F.pad(g.transpose(1, 2), (0, nb * L - T)).reshape(Bn, out, nb, L).transpose(1, 2)
+    return F.pad(gt, (first, n_fft - first - L))
+
+
+def _irfft_adjoint(frames: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """The adjoint of ``irfft(., n=n_fft)`` over the last axis: ``rfft`` scaled by ``1/n`` at DC
+    (and Nyquist for even ``n``), ``2/n`` elsewhere."""
+    Fq = n_fft // 2 + 1
+    scale = frames.new_full((Fq,), 2.0 / n_fft)
+    scale[0] = 1.0 / n_fft
+    if n_fft % 2 == 0:
+        scale[-1] = 1.0 / n_fft
+    return torch.fft.rfft(frames) * scale
 
 
 def _plain_blocks(
