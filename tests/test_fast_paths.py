@@ -179,6 +179,77 @@ def test_long_stream_in_chunks_with_truncated_free_response(memory_size):
     assert_close_to_reference(state, ref[:, -1], 1e-9)
 
 
+@pytest.mark.parametrize("memory_size", [1, 2])
+@pytest.mark.parametrize("projected", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_free_response_projected_or_from_the_trajectory(memory_size, projected, dtype):
+    """A carried state's projected free response, from cached ``W Abar^t`` (few outputs) or from
+    the state's trajectory (many; or a weight recording a gradient), equals the recurrence:
+    chunks shorter and longer than the free horizon, with and without gradients."""
+    mem = plmu.LegendreMemory(memory_size, 6, 12.0)
+    h = mem.free_horizon(dtype)
+    S = memory_size * 6
+    state = torch.randn(2, S, dtype=dtype)
+    limit = 1 << 30 if projected else 0
+    for T in (3, h - 1, 4 * h + 5):
+        u = torch.randn(2, T, memory_size, dtype=dtype)
+        W = torch.randn(3, S, dtype=dtype)
+        ref = reference_memory(u, 6, 12.0, state) @ W.double().numpy().T
+        rel = 1e-4 if dtype == torch.float32 else 1e-9
+        with mock.patch.object(plmu.memory, "FREE_PROJECTED_MAX_ELEMENTS", limit):
+            with torch.no_grad():
+                assert_close_to_reference(mem.project(u, W, state), ref, rel)
+            cached = any(key[0] == "projected_powers" for key in mem._cache)
+            assert cached == projected  # the path under test was taken
+            assert_close_to_reference(mem.project(u, W, state), ref, rel)  # no grad required
+            Wg = W.clone().requires_grad_()  # a gradient for W: never from the cache
+            sg = state.clone().requires_grad_()
+            y = mem.project(u, Wg, sg)
+            assert_close_to_reference(y, ref, rel)
+            gW, gs = torch.autograd.grad(y.sum(), (Wg, sg))
+        ref_y = mem(u, sg, mode="recurrent")[0] @ Wg.T
+        ref_gW, ref_gs = torch.autograd.grad(ref_y.sum(), (Wg, sg))
+        torch.testing.assert_close(gW, ref_gW, rtol=rel, atol=rel * ref_gW.abs().max())
+        torch.testing.assert_close(gs, ref_gs, rtol=rel, atol=rel * ref_gs.abs().max())
+
+
+def test_projected_powers_follow_the_weight():
+    """The cached ``W Abar^t`` is rebuilt when the weight changes in place or is another tensor,
+    and the free response in a stream of chunks stays equal to the recurrence."""
+    layer = plmu.ParallelLMU(1, 1, 8, 20.0).double().eval()
+    assert layer.memory.free_horizon(torch.float64) * layer.state_size <= (
+        plmu.memory.FREE_PROJECTED_MAX_ELEMENTS
+    )
+    x = torch.randn(1, 300, 1, dtype=torch.float64)
+
+    def stream() -> torch.Tensor:
+        parts, state = [], None
+        for s in range(0, 300, 50):
+            y, state = layer(x[:, s : s + 50], state)
+            parts.append(y)
+        return torch.cat(parts, 1)
+
+    with torch.inference_mode():
+        for _ in range(2):
+            torch.testing.assert_close(stream(), layer(x)[0])
+            with torch.no_grad():
+                layer.output.weight.mul_(-0.5)  # in place: a new version
+        layer.output.weight = torch.nn.Parameter(torch.randn_like(layer.output.weight))
+        torch.testing.assert_close(stream(), layer(x)[0])
+
+
+def test_free_response_without_gradient_equals_with():
+    """The doubling of a state's trajectory writes into one buffer when no gradient is recorded;
+    the same numbers as the concatenating form that records one."""
+    mem = plmu.LegendreMemory(2, 6, 12.0)
+    state = torch.randn(3, 12, dtype=torch.float64)
+    for length in (1, 2, 5, 64, 100):
+        with torch.no_grad():
+            plain = mem.free_response(state, length)
+        graded = mem.free_response(state.clone().requires_grad_(), length)
+        torch.testing.assert_close(plain, graded.detach(), rtol=0, atol=0)
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(1, 2),

@@ -61,6 +61,9 @@ FFT_MIN_TWO_POWER = 5
 # the fused projection's overlap-save frames run in tiles of about this many output values
 # (8 MB in float32; see _BlockConvolution)
 BLOCK_TILE_ELEMENTS = 1 << 21
+# the free response of a carried state comes from cached projected powers W Abar^t while these
+# hold at most this many values (free horizon x outputs x state size; 16 MB in float64)
+FREE_PROJECTED_MAX_ELEMENTS = 1 << 21
 
 
 # ------------------------------------------------------------------------- mixed precision
@@ -508,11 +511,24 @@ class LegendreMemory(nn.Module):
             return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(2^k)
 
         squares = self._cached(("squares", n_squares, m0.dtype), build)
-        X = (m0 @ Abar.T).unsqueeze(0)  # powers 1..n with n = 2^k
-        k = 0
-        while X.shape[0] < length:
-            take = min(X.shape[0], length - X.shape[0])
-            X = torch.cat([X, X[:take] @ squares[k].T], dim=0)
+        first = m0 @ Abar.T  # Abar^1 m0; then powers n+1..2n from 1..n with Abar^n, n = 2^k
+        if torch.is_grad_enabled() and (m0.requires_grad or Abar.requires_grad):
+            X = first.unsqueeze(0)
+            k = 0
+            while X.shape[0] < length:
+                take = min(X.shape[0], length - X.shape[0])
+                X = torch.cat([X, X[:take] @ squares[k].T], dim=0)
+                k += 1
+            return X
+        # no gradient: each doubling writes into one buffer (concatenation copied the whole
+        # trajectory at every doubling)
+        X = first.new_empty((length, *first.shape))
+        X[0] = first
+        n, k = 1, 0
+        while n < length:
+            take = min(n, length - n)
+            torch.matmul(X[:take], squares[k].T, out=X[n : n + take])
+            n += take
             k += 1
         return X
 
@@ -794,7 +810,11 @@ class LegendreMemory(nn.Module):
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
         lead = n_fft - L  # >= Lk - 1 earlier inputs in front of each block's L new ones
-        Kf = self._folded_kernel_rfft(weight, Lk, n_fft, u.dtype)  # (F, C, out) complex
+        C = self.memory_size
+        if C == 1:  # (out, F): a broadcast product
+            Kf = self._folded_kernel_rfft_1(weight, Lk, n_fft, u.dtype)
+        else:
+            Kf = self._folded_kernel_rfft(weight, Lk, n_fft, u.dtype)  # (F, C, out) complex
         # Layout: every FFT runs over a contiguous last axis (strided FFTs cost 2-4x more here,
         # in forward and in backward). One channel: the product, inverse FFT and add into the
         # output run in tiles of frames (_BlockConvolution). Several: the per-frequency channel
@@ -808,12 +828,10 @@ class LegendreMemory(nn.Module):
             frames = F.pad(ut, (lead, nb * L - T)).unfold(-1, n_fft, L).transpose(1, 2)
         Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, nb, C, F)
         first = 0 if nb == 1 else lead  # where each block's valid outputs start
-        if self.memory_size == 1:
-            Kf = Kf[:, 0].T.contiguous()  # (out, F): a broadcast product
-            if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
-                acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
-                acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
-                return self._add_free(acc, state, weight)
+        if C == 1 and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
+            acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
+            return self._add_free(acc, state, weight)
         acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             # traced or compiled (export): whole-tensor operations, plain autograd
@@ -850,6 +868,41 @@ class LegendreMemory(nn.Module):
         blocks = -(-time // longest)
         return Lk, -(-time // blocks)
 
+    def _weight_cached(
+        self, kind: str, weight: torch.Tensor, extra: tuple, build: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """``build()``, cached (one entry per ``kind``) while ``weight`` is unchanged and no
+        gradient is recorded for it: streaming inference then pays for it once, not per chunk.
+
+        The weight is usually a fresh view of a parameter, so the key holds its address, version,
+        shape and strides, and the entry the base tensor it was built from: an address alone
+        can be reused by a new tensor (``torch.func.functional_call`` with fresh weights).
+        """
+        key = None
+        base = weight if weight._base is None else weight._base
+        if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+            self._forget_stale_theta()
+            try:
+                key = (
+                    kind,
+                    weight.data_ptr(),
+                    weight._version,
+                    tuple(weight.shape),
+                    weight.stride(),
+                    *extra,
+                )
+            except RuntimeError:  # inference tensors carry no version counter
+                key = None
+        if key is None:
+            return build()
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] is base:
+            return hit[1]
+        value = _outside_inference_mode(build)
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+        self._cache[key] = (base, value)
+        return value
+
     def _folded_kernel_rfft(
         self, weight: torch.Tensor, T: int, n_fft: int, dtype: torch.dtype
     ) -> torch.Tensor:
@@ -857,34 +910,10 @@ class LegendreMemory(nn.Module):
 
         ``[Re; Im] rfft(H) @ W`` with ``W`` laid out ``(order, C * out)``: one real GEMM, no FFT of
         the folded kernel. Cached while ``weight`` is unchanged and no gradient is recorded
-        (streaming inference calls this once per chunk).
+        (:meth:`_weight_cached`).
         """
         out, d, C = weight.shape[0], self.order, self.memory_size
         Fq = n_fft // 2 + 1
-        key = None
-        # the weight is usually a fresh view of a parameter: its base is what stays the same
-        base = weight if weight._base is None else weight._base
-        if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
-            self._forget_stale_theta()
-            try:
-                key = (
-                    "folded",
-                    weight.data_ptr(),
-                    weight._version,
-                    tuple(weight.shape),
-                    weight.stride(),
-                    T,
-                    n_fft,
-                    dtype,
-                )
-            except RuntimeError:  # inference tensors carry no version counter
-                key = None
-        if key is not None:
-            hit = self._cache.get(key)
-            # the address alone can be reused by a new tensor (torch.func.functional_call with
-            # fresh weights each call): the entry holds the tensor it was built from
-            if hit is not None and hit[0] is base:
-                return hit[1]
 
         def build() -> torch.Tensor:
             Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
@@ -893,11 +922,19 @@ class LegendreMemory(nn.Module):
                 return _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
             return _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
 
-        Kf = build() if key is None else _outside_inference_mode(build)
-        if key is not None:
-            self._cache = {k: v for k, v in self._cache.items() if k[0] != "folded"}
-            self._cache[key] = (base, Kf)
-        return Kf
+        return self._weight_cached("folded", weight, (T, n_fft, dtype), build)
+
+    def _folded_kernel_rfft_1(
+        self, weight: torch.Tensor, T: int, n_fft: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """:meth:`_folded_kernel_rfft` of one channel as ``(out, F)``, contiguous (cached too:
+        the transposing copy cost as much as the rest of a short chunk's product)."""
+        return self._weight_cached(
+            "folded_1",
+            weight,
+            (T, n_fft, dtype),
+            lambda: self._folded_kernel_rfft(weight, T, n_fft, dtype)[:, 0].T.contiguous(),
+        )
 
     def _add_free(
         self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
@@ -916,9 +953,44 @@ class LegendreMemory(nn.Module):
         """
         horizon = self.free_horizon(state.dtype)
         h = T if horizon is None else min(T, horizon)
-        m0 = state.reshape(state.shape[0], self.memory_size, self.order)
-        X = self._powers_apply(m0, h).reshape(h, state.shape[0], self.state_size)
+        Bn, out = state.shape[0], weight.shape[0]
+        if (
+            horizon is not None
+            and horizon * out * self.state_size <= FREE_PROJECTED_MAX_ELEMENTS
+            and not (torch.is_grad_enabled() and weight.requires_grad)
+            and self._cacheable()
+        ):  # few outputs: W Abar^(t+1) from a cache, one product with the state
+            R = self._projected_powers(weight, horizon, state.dtype)[:h]  # (h, out, S)
+            return (R.reshape(h * out, -1) @ state.T).view(h, out, Bn).permute(2, 1, 0)
+        m0 = state.reshape(Bn, self.memory_size, self.order)
+        X = self._powers_apply(m0, h).reshape(h, Bn, self.state_size)
         return torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))  # (B, out, h)
+
+    def _projected_powers(
+        self, weight: torch.Tensor, length: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``W (I_C (x) Abar^(t+1))`` for ``t < length``: ``(length, out, memory_size * order)``.
+
+        Built by doubling in float64 (``R[n + t] = R[t] (I_C (x) Abar^n)``), then cast; cached
+        while ``weight`` is unchanged (:meth:`_weight_cached`). For :meth:`_free_projected` when
+        ``out`` is small: the free response is then one product with the state, instead of the
+        state's whole trajectory (``order`` times as much work per step) projected.
+        """
+        out, C, d = weight.shape[0], self.memory_size, self.order
+
+        def build() -> torch.Tensor:
+            Abar = self.discrete()[0].double()
+            R = weight.detach().double().reshape(out * C, d) @ Abar  # t = 0: W Abar
+            blocks, n, P = [R], 1, Abar
+            while n < length:
+                take = min(n, length - n)
+                P = P @ P if n > 1 else P  # Abar^n
+                blocks.append(torch.cat(blocks)[: take * out * C] @ P)
+                n += take
+            R = torch.cat(blocks)[: length * out * C]
+            return R.view(length, out, C * d).to(dtype)
+
+        return self._weight_cached("projected_powers", weight, (length, dtype), build)
 
     def extra_repr(self) -> str:
         theta = "trainable" if self.trainable_theta else f"{self.theta:g}"
