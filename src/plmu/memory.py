@@ -62,8 +62,9 @@ FFT_MIN_TWO_POWER = 5
 # (8 MB in float32; see _BlockConvolution)
 BLOCK_TILE_ELEMENTS = 1 << 21
 # the free response of a carried state comes from cached projected powers W Abar^t while these
-# hold at most this many values (free horizon x outputs x state size; 16 MB in float64)
-FREE_PROJECTED_MAX_ELEMENTS = 1 << 21
+# hold at most this many values (free horizon x outputs x state size): 2 MB in float32, built
+# (in float64) with this many times `order` multiply-adds, about 0.1 s at order 256
+FREE_PROJECTED_MAX_ELEMENTS = 1 << 19
 
 
 # ------------------------------------------------------------------------- mixed precision
