@@ -376,10 +376,11 @@ class ParallelLMU(nn.Module):
             return True
         if self.mode != "auto":
             return False
-        # Measured (benchmarks/cpu.json, "modes"; `plmu bench --only modes`): at batch 32,
-        # memory_size 16, order 64, hidden 128 the fused path is the fastest training step from
-        # 8 steps up (T=8: 3.3 ms vs direct 3.8; T=128: 21.8 vs recurrent 81.9; T=1024: 357 vs
-        # 1252), not at 2 steps (2.5 vs direct 1.6).
+        # Measured (benchmarks/cpu.json, "modes" and "full_sequence"; `plmu bench --only modes
+        # full_sequence`): at batch 32, memory_size 16, order 64, hidden 128 the fused path is the
+        # fastest training step from 32 steps up (T=32: 8.8 ms vs direct 19.1; T=128: 27.2 vs
+        # recurrent 95.3; T=1024: 218 vs 1029), ties the Toeplitz product at 8 (4.3 vs 4.2;
+        # earlier runs 4.4 vs 4.7 and 3.3 vs 3.8) and loses at 2 (3.4 vs direct 1.9).
         return time >= AUTO_FUSED_MIN_TIME
 
     def forward(

@@ -558,10 +558,10 @@ class LegendreMemory(nn.Module):
         # Thresholds from measured training steps of the layer with each memory mode
         # (benchmarks/cpu.json, "modes" and "full_sequence"; `plmu bench --only modes
         # full_sequence`; batch 32, memory_size 16, order 64): the Toeplitz product is the
-        # fastest up to 32 steps (T=32: direct 16.5 ms, chunked 18.9, recurrent 21.1, fft 22.8);
-        # from 128 steps the recurrence on CPU (T=128: 81.9 vs direct 91.7; T=1024: 1252 vs fft
-        # 1957, chunked 3031). Its cost grows with order^2, the FFT's with order, so above the
-        # measured order, and on GPUs (sequential steps), the FFT is used.
+        # fastest up to 32 steps (T=32: direct 19.1 ms, recurrent 22.6, chunked 23.5, fft 27.2);
+        # from 128 steps the recurrence on CPU (T=128: 95.3 vs fft 96.9, direct 105.9; T=1024:
+        # 1029 vs chunked 1411, fft 2154). Its cost grows with order^2, the FFT's with order,
+        # so above the measured order, and on GPUs (sequential steps), the FFT is used.
         if time <= AUTO_DIRECT_MAX_TIME:
             return "direct"
         on_cpu = device is None or torch.device(device).type == "cpu"
