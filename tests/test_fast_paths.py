@@ -180,17 +180,19 @@ def test_long_stream_in_chunks_with_truncated_free_response(memory_size):
 
 
 @pytest.mark.parametrize("memory_size", [1, 2])
-@pytest.mark.parametrize("projected", [True, False])
+@pytest.mark.parametrize("blocks", ["whole", 3, 5, "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_free_response_projected_or_from_the_trajectory(memory_size, projected, dtype):
-    """A carried state's projected free response, from cached ``W Abar^t`` (few outputs) or from
-    the state's trajectory (many; or a weight recording a gradient), equals the recurrence:
-    chunks shorter and longer than the free horizon, with and without gradients."""
+def test_free_response_projected_or_from_the_trajectory(memory_size, blocks, dtype):
+    """A carried state's projected free response, from cached ``W Abar^(r+1)`` (blocks of up to
+    the free horizon, or of 3 or 5 steps: every 3rd or 5th state projected) or from the state's
+    trajectory (no cache, or a weight recording a gradient), equals the recurrence: chunks
+    shorter and longer than the free horizon, with and without gradients."""
     mem = plmu.LegendreMemory(memory_size, 6, 12.0)
     h = mem.free_horizon(dtype)
     S = memory_size * 6
     state = torch.randn(2, S, dtype=dtype)
-    limit = 1 << 30 if projected else 0
+    projected = blocks != "none"
+    limit = {"whole": 1 << 30, "none": 0}.get(blocks, blocks * 3 * S)  # 3 outputs
     for T in (3, h - 1, 4 * h + 5):
         u = torch.randn(2, T, memory_size, dtype=dtype)
         W = torch.randn(3, S, dtype=dtype)

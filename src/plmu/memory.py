@@ -61,9 +61,9 @@ FFT_MIN_TWO_POWER = 5
 # the fused projection's overlap-save frames run in tiles of about this many output values
 # (8 MB in float32; see _BlockConvolution)
 BLOCK_TILE_ELEMENTS = 1 << 21
-# the free response of a carried state comes from cached projected powers W Abar^t while these
-# hold at most this many values (free horizon x outputs x state size): 2 MB in float32, built
-# (in float64) with this many times `order` multiply-adds, about 0.1 s at order 256
+# the free response of a carried state comes from cached projected powers W Abar^(r+1), r < s,
+# of at most this many values (s x outputs x state size; s up to the free horizon): 2 MB in
+# float32, built (in float64) with this many times `order` multiply-adds, about 0.1 s at order 256
 FREE_PROJECTED_MAX_ELEMENTS = 1 << 19
 
 
@@ -512,26 +512,21 @@ class LegendreMemory(nn.Module):
             return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(2^k)
 
         squares = self._cached(("squares", n_squares, m0.dtype), build)
-        first = m0 @ Abar.T  # Abar^1 m0; then powers n+1..2n from 1..n with Abar^n, n = 2^k
-        if torch.is_grad_enabled() and (m0.requires_grad or Abar.requires_grad):
-            X = first.unsqueeze(0)
-            k = 0
-            while X.shape[0] < length:
-                take = min(X.shape[0], length - X.shape[0])
-                X = torch.cat([X, X[:take] @ squares[k].T], dim=0)
-                k += 1
-            return X
-        # no gradient: each doubling writes into one buffer (concatenation copied the whole
-        # trajectory at every doubling)
-        X = first.new_empty((length, *first.shape))
-        X[0] = first
-        n, k = 1, 0
-        while n < length:
-            take = min(n, length - n)
-            torch.matmul(X[:take], squares[k].T, out=X[n : n + take])
-            n += take
-            k += 1
-        return X
+        return _doubling(m0 @ Abar.T, squares, length)  # Abar^1 m0, then Abar^(t+1) m0
+
+    def _block_states(self, m0: torch.Tensor, step: int, count: int) -> torch.Tensor:
+        """``[m0, Abar^step m0, Abar^(2 step) m0, ...]`` ``(count, ..., order)`` by doubling, the
+        squares ``Abar^(step 2^k)`` from a cache (computed in float64)."""
+        n_squares = max(1, (count - 1).bit_length())
+
+        def build():
+            P = [torch.linalg.matrix_power(self.discrete()[0], step)]
+            for _ in range(n_squares - 1):
+                P.append(P[-1] @ P[-1])
+            return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(step 2^k)
+
+        squares = self._cached(("block_squares", step, n_squares, m0.dtype), build)
+        return _doubling(m0, squares, count)
 
     def free_response(self, state: torch.Tensor, length: int) -> torch.Tensor:
         """Zero-input response of an initial state: ``Abar^(t+1) m_{-1}`` for ``t < length``.
@@ -940,32 +935,50 @@ class LegendreMemory(nn.Module):
     def _add_free(
         self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
     ) -> torch.Tensor:
-        """``acc`` ``(B, T, out)`` plus the projected free response of ``state``, in place."""
-        if state is not None:
-            free = self._free_projected(state, weight, acc.shape[1])  # (B, out, h), h <= T
-            acc[:, : free.shape[-1]].add_(free.transpose(1, 2))
-        return acc
+        """``acc`` ``(B, T, out)`` plus the projected free response of ``state``,
+        ``W Abar^(t+1) m_{-1}``, in place.
 
-    def _free_projected(self, state: torch.Tensor, weight: torch.Tensor, T: int) -> torch.Tensor:
-        """``W Abar^(t+1) m_{-1}`` for ``t < h``: ``(batch, out, h)`` with ``h <= T``.
-
-        Only the first :meth:`free_horizon` steps are computed; the later ones are below working
-        precision (see there), i.e. zero.
+        Only the first :meth:`free_horizon` steps ``h`` are added; the later ones are below
+        working precision (see there), i.e. zero. Unless the weight records a gradient, the
+        response comes in blocks of ``s`` steps: ``W Abar^(q s + r + 1) m = R[r] Abar^(q s) m``
+        with ``R[r] = W Abar^(r + 1)`` cached (:meth:`_projected_powers`, ``s`` as long as
+        :data:`FREE_PROJECTED_MAX_ELEMENTS` allows, up to ``h``), so only every ``s``-th state is
+        formed and one product projects them all. Otherwise the state's whole trajectory is
+        formed and projected (``order`` times as much work per step as the projection alone).
         """
+        if state is None:
+            return acc
+        T = acc.shape[1]
         horizon = self.free_horizon(state.dtype)
         h = T if horizon is None else min(T, horizon)
-        Bn, out = state.shape[0], weight.shape[0]
+        Bn, out, S = state.shape[0], weight.shape[0], self.state_size
+        m0 = state.reshape(Bn, self.memory_size, self.order)
+        step = 0
         if (
             horizon is not None
-            and horizon * out * self.state_size <= FREE_PROJECTED_MAX_ELEMENTS
             and not (torch.is_grad_enabled() and weight.requires_grad)
             and self._cacheable()
-        ):  # few outputs: W Abar^(t+1) from a cache, one product with the state
-            R = self._projected_powers(weight, horizon, state.dtype)[:h]  # (h, out, S)
-            return (R.reshape(h * out, -1) @ state.T).view(h, out, Bn).permute(2, 1, 0)
-        m0 = state.reshape(Bn, self.memory_size, self.order)
-        X = self._powers_apply(m0, h).reshape(h, Bn, self.state_size)
-        return torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))  # (B, out, h)
+        ):
+            step = min(horizon, FREE_PROJECTED_MAX_ELEMENTS // (out * S))
+        if step < 1:  # the trajectory, projected: (B, out, h)
+            X = self._powers_apply(m0, h).reshape(h, Bn, S)
+            free = torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))
+            acc[:, :h].add_(free.transpose(1, 2))
+            return acc
+        R = self._projected_powers(weight, step, state.dtype)  # (step, out, S)
+        if h <= step:  # one block: the state itself
+            Y = (R[:h].reshape(h * out, S) @ state.T).view(h, out, Bn)
+            acc[:, :h].add_(Y.permute(2, 0, 1))
+            return acc
+        blocks = -(-h // step)
+        Z = self._block_states(m0, step, blocks).reshape(blocks * Bn, S)
+        Y = (R.reshape(step * out, S) @ Z.T).view(step, out, blocks, Bn)  # [r, o, q, b]
+        full = h // step
+        acc[:, : full * step].view(Bn, full, step, out).add_(Y[:, :, :full].permute(3, 2, 0, 1))
+        if full < blocks:
+            rest = h - full * step
+            acc[:, full * step : h].add_(Y[:rest, :, full].permute(2, 0, 1))
+        return acc
 
     def _projected_powers(
         self, weight: torch.Tensor, length: int, dtype: torch.dtype
@@ -973,9 +986,7 @@ class LegendreMemory(nn.Module):
         """``W (I_C (x) Abar^(t+1))`` for ``t < length``: ``(length, out, memory_size * order)``.
 
         Built by doubling in float64 (``R[n + t] = R[t] (I_C (x) Abar^n)``), then cast; cached
-        while ``weight`` is unchanged (:meth:`_weight_cached`). For :meth:`_free_projected` when
-        ``out`` is small: the free response is then one product with the state, instead of the
-        state's whole trajectory (``order`` times as much work per step) projected.
+        while ``weight`` is unchanged (:meth:`_weight_cached`); for :meth:`_add_free`.
         """
         out, C, d = weight.shape[0], self.memory_size, self.order
 
@@ -999,6 +1010,29 @@ class LegendreMemory(nn.Module):
             f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
             f"discretizer={self.discretizer!r}, mode={self.mode!r}"
         )
+
+
+def _doubling(first: torch.Tensor, squares: torch.Tensor, length: int) -> torch.Tensor:
+    """``[first, first P^T, first (P^T)^2, ...]`` ``(length, *first.shape)``, with ``squares[k]``
+    ``= P^(2^k)``: rows ``n..2n-1`` are rows ``0..n-1`` times ``P^n``. Without a gradient to
+    record each doubling writes into one buffer; with one, the rows are concatenated."""
+    if torch.is_grad_enabled() and (first.requires_grad or squares.requires_grad):
+        X = first.unsqueeze(0)
+        k = 0
+        while X.shape[0] < length:
+            take = min(X.shape[0], length - X.shape[0])
+            X = torch.cat([X, X[:take] @ squares[k].T], dim=0)
+            k += 1
+        return X
+    X = first.new_empty((length, *first.shape))
+    X[0] = first
+    n, k = 1, 0
+    while n < length:
+        take = min(n, length - n)
+        torch.matmul(X[:take], squares[k].T, out=X[n : n + take])
+        n += take
+        k += 1
+    return X
 
 
 def create_graph_backward(
