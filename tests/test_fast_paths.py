@@ -250,6 +250,35 @@ def test_free_response_without_gradient_equals_with():
         torch.testing.assert_close(plain, graded.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_free_response_under_forward_ad_and_vmap(grad):
+    """The buffer the doubling writes into (``out=``) takes neither a forward-mode tangent nor a
+    ``vmap`` batch: ``torch.func.jvp``, ``torch.autograd.forward_ad`` and ``torch.func.vmap``
+    of a carried state's response (``free_response``, a state through ``forward``, and
+    ``last_state`` with lengths) give the linear map's numbers, with autograd on or off."""
+    import torch.autograd.forward_ad as fwAD
+
+    mem = plmu.LegendreMemory(2, 6, 12.0)
+    u = torch.randn(3, 30, 2, dtype=torch.float64)
+    state, tangent = torch.randn(2, 3, 12, dtype=torch.float64)
+    lengths = torch.tensor([30, 11, 2])
+    for fn in (
+        lambda s: mem.free_response(s, 40),
+        lambda s: mem(u, s, mode="fft")[0],
+        lambda s: mem.last_state(u, s, lengths),
+    ):
+        zero = fn(torch.zeros_like(state))  # the response is affine in the state
+        with torch.set_grad_enabled(grad):
+            _, jvp = torch.func.jvp(fn, (state,), (tangent,))
+            with fwAD.dual_level():
+                dual = fwAD.unpack_dual(fn(fwAD.make_dual(state, tangent))).tangent
+            batched = torch.func.vmap(fn)(torch.stack([state, tangent]))
+        expected = fn(tangent) - zero
+        for got in (jvp, dual, batched[1] - zero):
+            torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(batched[0], fn(state), rtol=1e-9, atol=1e-9)
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(1, 2),

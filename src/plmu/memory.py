@@ -124,6 +124,16 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
         return build()
 
 
+def _out_safe(x: torch.Tensor) -> bool:
+    """Whether an ``out=`` operation may take ``x``: not under ``torch.func`` transforms
+    (``vmap`` has no batching rule for ``out=`` and ``jvp`` no forward derivative) and without a
+    forward-mode tangent (``torch.autograd.forward_ad``)."""
+    return not (
+        torch._C._functorch.is_functorch_wrapped_tensor(x)
+        or torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+    )
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -513,7 +523,8 @@ class LegendreMemory(nn.Module):
 
         squares = self._cached(("squares", n_squares, m0.dtype), build)
         first = m0 @ Abar.T  # Abar^1 m0; then powers n+1..2n from 1..n with Abar^n, n = 2^k
-        if torch.is_grad_enabled() and (m0.requires_grad or Abar.requires_grad):
+        recording = torch.is_grad_enabled() and (m0.requires_grad or Abar.requires_grad)
+        if recording or not _out_safe(m0):  # concatenation: autograd, forward AD and vmap
             X = first.unsqueeze(0)
             k = 0
             while X.shape[0] < length:
