@@ -124,10 +124,11 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
         return build()
 
 
-def _out_safe(x: torch.Tensor) -> bool:
-    """Whether an ``out=`` operation may take ``x``: not under ``torch.func`` transforms
-    (``vmap`` has no batching rule for ``out=`` and ``jvp`` no forward derivative) and without a
-    forward-mode tangent (``torch.autograd.forward_ad``)."""
+def _plain(x: torch.Tensor) -> bool:
+    """Whether ``x`` carries neither a forward-mode tangent (``torch.autograd.forward_ad``) nor a
+    ``torch.func`` transform (``jvp``, ``vmap``, ``grad``): then an ``out=`` operation may take it
+    (those have no forward derivative and no batching rule), and a cache keyed on it loses
+    nothing (a cached value holds no tangent)."""
     return not (
         torch._C._functorch.is_functorch_wrapped_tensor(x)
         or torch.autograd.forward_ad.unpack_dual(x).tangent is not None
@@ -524,7 +525,7 @@ class LegendreMemory(nn.Module):
         squares = self._cached(("squares", n_squares, m0.dtype), build)
         first = m0 @ Abar.T  # Abar^1 m0; then powers n+1..2n from 1..n with Abar^n, n = 2^k
         recording = torch.is_grad_enabled() and (m0.requires_grad or Abar.requires_grad)
-        if recording or not _out_safe(m0):  # concatenation: autograd, forward AD and vmap
+        if recording or not _plain(m0):  # concatenation: autograd, forward AD and vmap
             X = first.unsqueeze(0)
             k = 0
             while X.shape[0] < length:
@@ -892,7 +893,8 @@ class LegendreMemory(nn.Module):
         """
         key = None
         base = weight if weight._base is None else weight._base
-        if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+        recording = torch.is_grad_enabled() and weight.requires_grad
+        if not recording and self._cacheable() and _plain(weight):
             self._forget_stale_theta()
             try:
                 key = (
