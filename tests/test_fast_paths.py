@@ -252,6 +252,110 @@ def test_free_response_without_gradient_equals_with():
         torch.testing.assert_close(plain, graded.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_free_response_under_forward_ad_and_vmap(grad):
+    """The buffer the doubling writes into (``out=``) takes neither a forward-mode tangent nor a
+    ``vmap`` batch: ``torch.func.jvp``, ``torch.autograd.forward_ad`` and ``torch.func.vmap``
+    of a carried state's response (``free_response``, a state through ``forward``, and
+    ``last_state`` with lengths) give the linear map's numbers, with autograd on or off."""
+    import torch.autograd.forward_ad as fwAD
+
+    mem = plmu.LegendreMemory(2, 6, 12.0)
+    u = torch.randn(3, 30, 2, dtype=torch.float64)
+    state, tangent = torch.randn(2, 3, 12, dtype=torch.float64)
+    lengths = torch.tensor([30, 11, 2])
+    for fn in (
+        lambda s: mem.free_response(s, 40),
+        lambda s: mem(u, s, mode="fft")[0],
+        lambda s: mem.last_state(u, s, lengths),
+    ):
+        zero = fn(torch.zeros_like(state))  # the response is affine in the state
+        with torch.set_grad_enabled(grad):
+            _, jvp = torch.func.jvp(fn, (state,), (tangent,))
+            with fwAD.dual_level():
+                dual = fwAD.unpack_dual(fn(fwAD.make_dual(state, tangent))).tangent
+            batched = torch.func.vmap(fn)(torch.stack([state, tangent]))
+        expected = fn(tangent) - zero
+        for got in (jvp, dual, batched[1] - zero):
+            torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(batched[0], fn(state), rtol=1e-9, atol=1e-9)
+
+
+def test_weight_with_a_tangent_never_comes_from_the_cache():
+    """A weight carrying a forward-mode tangent at the address, version and base of a cached
+    one (``make_dual`` of the weight itself): the cached folded kernel and projected powers hold
+    no tangent, so forward AD through ``project`` must not take them and silently drop the
+    weight's tangent; it fails as it does without a cache (the fused Functions have no jvp)."""
+    import torch.autograd.forward_ad as fwAD
+
+    mem = plmu.LegendreMemory(1, 6, 12.0)
+    u = torch.randn(2, 30, 1, dtype=torch.float64)
+    state = torch.randn(2, 6, dtype=torch.float64)
+    W, tangent = torch.randn(2, 1, 6, dtype=torch.float64)
+    for warm in (False, True):
+        if warm:
+            with torch.no_grad():
+                mem.project(u, W, state)  # caches the folded kernel and projected powers
+        with fwAD.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+            mem.project(u, fwAD.make_dual(W, tangent), state)
+
+
+@pytest.mark.parametrize("hidden", [1, 3])
+@pytest.mark.parametrize("memory_size", [1, 2])
+@pytest.mark.parametrize("projected", [True, False])  # cached powers, or the state's trajectory
+def test_stream_in_uneven_chunks_mixing_autograd_modes(hidden, memory_size, projected):
+    """A stream in chunks of many lengths (1, around the free horizon and the block length),
+    each under ``inference_mode``, ``no_grad`` or autograd in turn (caches built in one mode
+    used in the others), equals one call; the cache stays bounded."""
+    layer = plmu.ParallelLMU(2, hidden, 6, 10.0, memory_size=memory_size).double().eval()
+    h = layer.memory.free_horizon(torch.float64)
+    sizes = [1, h - 1, h, h + 1, 1, 3 * h + 1, 2, 7 * h, 5, 4 * h - 3]
+    x = torch.randn(2, sum(sizes), 2, dtype=torch.float64)
+    state0 = torch.randn(2, layer.state_size, dtype=torch.float64)
+    with torch.inference_mode():
+        expected, expected_state = layer(x, state0)
+    contexts = (torch.inference_mode, torch.no_grad, torch.enable_grad)
+    layer.memory._cache.clear()  # built by the one call
+    parts, state, start = [], state0, 0
+    limit = plmu.memory.FREE_PROJECTED_MAX_ELEMENTS if projected else 0
+    with mock.patch.object(plmu.memory, "FREE_PROJECTED_MAX_ELEMENTS", limit):
+        for i, size in enumerate(sizes):
+            with contexts[i % 3]():
+                y, state = layer(x[:, start : start + size], state.clone())
+            parts.append(y.detach().clone())
+            state, start = state.detach().clone(), start + size
+    assert any(key[0] == "projected_powers" for key in layer.memory._cache) == projected
+    torch.testing.assert_close(torch.cat(parts, 1), expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(state, expected_state, rtol=1e-9, atol=1e-9)
+    with torch.no_grad():
+        for size in range(1, 200):
+            layer(x[:, :size], state)
+    assert len(layer.memory._cache) <= 70
+
+
+@pytest.mark.parametrize("memory_size", [1, 2])
+def test_frozen_weight_state_gradient_through_cached_projected_powers(memory_size):
+    """A weight recording no gradient and a state that does: the projected free response comes
+    from the cache (built under ``inference_mode``) and its gradient in the state and the input
+    equals the recurrence's, over several overlap-save blocks."""
+    mem = plmu.LegendreMemory(memory_size, 6, 12.0)
+    S = memory_size * 6
+    T = 4 * mem.free_horizon(torch.float64) + 3
+    W = torch.randn(2, S, dtype=torch.float64)
+    u = torch.randn(3, T, memory_size, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(3, S, dtype=torch.float64, requires_grad=True)
+    with torch.inference_mode():
+        mem.project(u.detach(), W, state.detach())
+    assert any(key[0] == "projected_powers" for key in mem._cache)
+    y = mem.project(u, W, state)
+    ref = mem(u, state, mode="recurrent")[0] @ W.T
+    torch.testing.assert_close(y, ref, rtol=1e-9, atol=1e-9)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (u, state), g)
+    for a, b in zip(got, torch.autograd.grad(ref, (u, state), g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * b.abs().max())
+
+
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(1, 2),

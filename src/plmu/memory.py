@@ -124,6 +124,18 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
         return build()
 
 
+def _plain(x: torch.Tensor) -> bool:
+    """Whether ``x`` carries neither a forward-mode tangent (``torch.autograd.forward_ad``) nor a
+    ``torch.func`` transform (``jvp``, ``vmap``, ``grad``): then an ``out=`` operation may take it
+    (those have no forward derivative and no batching rule), and a cache keyed on it loses
+    nothing (a cached value holds no tangent)."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # private API
+    return not (
+        (wrapped is not None and wrapped(x))
+        or torch.autograd.forward_ad.unpack_dual(x).tangent is not None
+    )
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -876,7 +888,8 @@ class LegendreMemory(nn.Module):
         """
         key = None
         base = weight if weight._base is None else weight._base
-        if not (torch.is_grad_enabled() and weight.requires_grad) and self._cacheable():
+        recording = torch.is_grad_enabled() and weight.requires_grad
+        if not recording and self._cacheable() and _plain(weight):
             self._forget_stale_theta()
             try:
                 key = (
@@ -958,6 +971,7 @@ class LegendreMemory(nn.Module):
             horizon is not None
             and not (torch.is_grad_enabled() and weight.requires_grad)
             and self._cacheable()
+            and _plain(weight)  # a tangent of W reaches the response only through the trajectory
         ):
             step = min(horizon, FREE_PROJECTED_MAX_ELEMENTS // (out * S))
         if step < 1:  # the trajectory, projected: (B, out, h)
@@ -1015,8 +1029,10 @@ class LegendreMemory(nn.Module):
 def _doubling(first: torch.Tensor, squares: torch.Tensor, length: int) -> torch.Tensor:
     """``[first, first P^T, first (P^T)^2, ...]`` ``(length, *first.shape)``, with ``squares[k]``
     ``= P^(2^k)``: rows ``n..2n-1`` are rows ``0..n-1`` times ``P^n``. Without a gradient to
-    record each doubling writes into one buffer; with one, the rows are concatenated."""
-    if torch.is_grad_enabled() and (first.requires_grad or squares.requires_grad):
+    record (and no forward-mode tangent or ``torch.func`` transform, which ``out=`` operations
+    do not support) each doubling writes into one buffer; else the rows are concatenated."""
+    recording = torch.is_grad_enabled() and (first.requires_grad or squares.requires_grad)
+    if recording or not _plain(first):
         X = first.unsqueeze(0)
         k = 0
         while X.shape[0] < length:
