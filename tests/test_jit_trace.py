@@ -27,3 +27,21 @@ def test_traced_layer_gives_the_eager_outputs(mode, with_state):
         found, found_state = traced(*other)
     torch.testing.assert_close(found, expected)
     torch.testing.assert_close(found_state, expected_state)
+
+
+@pytest.mark.parametrize("hidden", [1, 5])
+def test_trace_after_cached_inference_reads_the_weights(hidden):
+    """A trace made after streaming inference has filled the weight-keyed caches (the folded
+    kernel, the projected powers) records the weight itself, not the cached values: the traced
+    layer follows weights changed afterwards."""
+    layer = plmu.ParallelLMU(1, hidden, order=8, theta=20.0).eval()
+    x, state = torch.randn(2, 60, 1), torch.randn(2, 8)
+    with torch.no_grad():
+        layer(x, state)  # fills the caches
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(layer, (x, state), check_trace=False)
+        layer.output.weight.mul_(-2.0)
+        expected, _ = layer(x, state)
+        found, _ = traced(x, state)
+    torch.testing.assert_close(found, expected)

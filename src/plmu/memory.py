@@ -136,6 +136,12 @@ def _plain(x: torch.Tensor) -> bool:
     )
 
 
+def _tracing() -> bool:
+    """Under ``torch.jit.trace`` or ``torch.compile``/``torch.export``: whole-tensor operations,
+    and nothing taken from a cache keyed on a weight (the graph must read the weight itself)."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -890,7 +896,7 @@ class LegendreMemory(nn.Module):
         key = None
         base = weight if weight._base is None else weight._base
         recording = torch.is_grad_enabled() and weight.requires_grad
-        if not recording and self._cacheable() and _plain(weight):
+        if not recording and self._cacheable() and _plain(weight) and not _tracing():
             self._forget_stale_theta()
             try:
                 key = (
@@ -973,6 +979,7 @@ class LegendreMemory(nn.Module):
             and not (torch.is_grad_enabled() and weight.requires_grad)
             and self._cacheable()
             and _plain(weight)  # a tangent of W reaches the response only through the trajectory
+            and not _tracing()  # a graph forms the trajectory from the weight each call
         ):
             step = min(horizon, FREE_PROJECTED_MAX_ELEMENTS // (out * S))
         if step < 1:  # the trajectory, projected: (B, out, h)
