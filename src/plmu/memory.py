@@ -521,30 +521,26 @@ class LegendreMemory(nn.Module):
         length = int(length)  # under torch.jit.trace a size is a 0-dim tensor
         if length == 0 or not self._cacheable():
             return matrix_powers_apply(Abar, m0, length)
-        n_squares = max(1, (length - 1).bit_length())
-
-        def build():
-            P = [self.discrete()[0]]
-            for _ in range(n_squares - 1):
-                P.append(P[-1] @ P[-1])
-            return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(2^k)
-
-        squares = self._cached(("squares", n_squares, m0.dtype), build)
+        squares = self._power_squares(1, length, m0.dtype)
         return _doubling(m0 @ Abar.T, squares, length)  # Abar^1 m0, then Abar^(t+1) m0
 
-    def _block_states(self, m0: torch.Tensor, step: int, count: int) -> torch.Tensor:
-        """``[m0, Abar^step m0, Abar^(2 step) m0, ...]`` ``(count, ..., order)`` by doubling, the
-        squares ``Abar^(step 2^k)`` from a cache (computed in float64)."""
+    def _power_squares(self, step: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """``[Abar^step, Abar^(2 step), Abar^(4 step), ...]`` ``(K, order, order)``, as many as a
+        doubling to ``count`` rows needs; computed in float64, cached."""
         n_squares = max(1, (count - 1).bit_length())
 
         def build():
             P = [torch.linalg.matrix_power(self.discrete()[0], step)]
             for _ in range(n_squares - 1):
                 P.append(P[-1] @ P[-1])
-            return torch.stack(P).to(m0.dtype)  # (K, d, d): Abar^(step 2^k)
+            return torch.stack(P).to(dtype)
 
-        squares = self._cached(("block_squares", step, n_squares, m0.dtype), build)
-        return _doubling(m0, squares, count)
+        return self._cached(("squares", step, n_squares, dtype), build)
+
+    def _block_states(self, m0: torch.Tensor, step: int, count: int) -> torch.Tensor:
+        """``[m0, Abar^step m0, Abar^(2 step) m0, ...]`` ``(count, ..., order)`` by doubling, the
+        squares ``Abar^(step 2^k)`` from a cache (:meth:`_power_squares`)."""
+        return _doubling(m0, self._power_squares(step, count, m0.dtype), count)
 
     def free_response(self, state: torch.Tensor, length: int) -> torch.Tensor:
         """Zero-input response of an initial state: ``Abar^(t+1) m_{-1}`` for ``t < length``.
