@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import plmu
 from conftest import assert_close_to_reference, reference_memory
+from plmu.layers import STEP_LOOP_MAX_TIME
 from plmu.memory import BLOCK_RATIO, fft_size
 
 
@@ -30,6 +31,53 @@ def test_folded_inference_step_equals_forward(bias, input_to_output, activation)
     assert layer._step_cache is not None  # the folded path ran
     np.testing.assert_allclose(torch.stack(outs, 1).numpy(), y.numpy(), atol=1e-10)
     np.testing.assert_allclose(state.numpy(), final.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("input_to_output", [True, False])
+@pytest.mark.parametrize("activation", ["tanh", "gelu", "identity"])
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("steps", [1, 3, STEP_LOOP_MAX_TIME])
+def test_short_inference_chunk_is_a_loop_of_folded_steps(
+    input_to_output, activation, with_state, steps
+):
+    """``forward`` on a chunk of at most ``STEP_LOOP_MAX_TIME`` steps without autograd runs
+    ``step``'s folded map a step at a time, with the numbers of the autograd forward; one
+    step's lengths (all 1) change nothing."""
+    layer = plmu.ParallelLMU(
+        3, 5, 9, 12.0, input_to_output=input_to_output, hidden_activation=activation
+    ).double()
+    x = torch.randn(4, steps, 3, dtype=torch.float64)
+    s = torch.randn(4, 9, dtype=torch.float64) if with_state else None
+    y, final = layer(x, s)
+    lengths = torch.full((4,), steps) if steps == 1 else None
+    with torch.no_grad(), mock.patch.object(layer, "step", wraps=layer.step) as step:
+        results = [layer(x, s), layer(x, s, lengths=lengths)]
+    assert step.call_count == 2 * steps
+    for got, state in results:
+        assert got.shape == (4, steps, 5) and state.shape == (4, 9)
+        torch.testing.assert_close(got, y.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state, final.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_short_forward_keeps_the_sequence_path_where_the_step_map_does_not_apply():
+    """Autograd, dropout in training, several memory channels, half-precision inputs (the
+    memory runs those in float32), padded short sequences and chunks longer than
+    ``STEP_LOOP_MAX_TIME`` keep the sequence path."""
+    x = torch.randn(2, 1, 1)
+    longer = torch.randn(2, STEP_LOOP_MAX_TIME + 1, 1)
+    padded = (torch.randn(2, 2, 1), torch.tensor([1, 2]))
+    cases = [
+        (plmu.ParallelLMU(1, 3, 4, 5.0), torch.enable_grad, x, None),
+        (plmu.ParallelLMU(1, 3, 4, 5.0, dropout=0.5).train(), torch.no_grad, x, None),
+        (plmu.ParallelLMU(1, 3, 4, 5.0, memory_size=2), torch.no_grad, x, None),
+        (plmu.ParallelLMU(1, 3, 4, 5.0).bfloat16(), torch.no_grad, x.bfloat16(), None),
+        (plmu.ParallelLMU(1, 3, 4, 5.0), torch.no_grad, *padded),
+        (plmu.ParallelLMU(1, 3, 4, 5.0), torch.no_grad, longer, None),
+    ]
+    for layer, context, inputs, lengths in cases:
+        with context(), mock.patch.object(layer, "step", wraps=layer.step) as step:
+            y, _ = layer(inputs, lengths=lengths)
+        assert step.call_count == 0 and y.shape == (2, inputs.shape[1], 3)
 
 
 @pytest.mark.parametrize("input_to_output", [True, False])
