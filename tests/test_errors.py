@@ -1,9 +1,11 @@
 """Every bad input listed in DESIGN.md raises a clear error naming the argument."""
 
+import numpy as np
 import pytest
 import torch
 
 import plmu
+from plmu.legendre import discretize_torch
 
 
 @pytest.fixture
@@ -77,6 +79,85 @@ def test_theta_not_positive(theta):
 def test_theta_not_a_number():
     with pytest.raises(TypeError, match="theta"):
         plmu.LegendreMemory(1, 4, "long")
+
+
+# every public entry that takes theta (or order, memory_size), called with one of them replaced
+_ENTRIES = {
+    "LegendreMemory": lambda order=4, theta=10.0, memory_size=1: plmu.LegendreMemory(
+        memory_size, order, theta
+    ),
+    "ParallelLMU": lambda order=4, theta=10.0, memory_size=1: plmu.ParallelLMU(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+    "LMUCell": lambda order=4, theta=10.0, memory_size=1: plmu.LMUCell(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+    "LMU": lambda order=4, theta=10.0, memory_size=1: plmu.LMU(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", [*_ENTRIES, "discretize", "discretize_torch"])
+@pytest.mark.parametrize(
+    "theta",
+    [
+        "10",
+        b"10",
+        True,
+        np.bool_(True),
+        None,
+        1j,
+        torch.tensor([10.0]),
+        np.array([10.0]),
+        torch.tensor(True),
+    ],
+    ids=repr,
+)
+def test_theta_of_wrong_type(entry, theta):
+    """float() would take "10" and True; a theta that is not a real scalar is a TypeError."""
+    with pytest.raises(TypeError, match="theta"):
+        if entry == "discretize":
+            plmu.discretize(*plmu.legendre_delay(4), theta)
+        elif entry == "discretize_torch":
+            A, B = (torch.from_numpy(a) for a in plmu.legendre_delay(4))
+            discretize_torch(A, B, theta)
+        else:
+            _ENTRIES[entry](theta=theta)
+
+
+@pytest.mark.parametrize("entry", _ENTRIES)
+@pytest.mark.parametrize(
+    "theta",
+    [
+        10,
+        10.0,
+        np.float32(10.0),
+        np.int64(10),
+        np.array(10.0),
+        torch.tensor(10.0),
+        torch.tensor(10),
+    ],
+    ids=repr,
+)
+def test_theta_real_scalars_accepted(entry, theta):
+    module = _ENTRIES[entry](theta=theta)
+    memory = next(m for m in module.modules() if isinstance(m, plmu.LegendreMemory))
+    assert memory.theta == 10.0
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [(entry, name) for entry in _ENTRIES for name in ("order", "memory_size")]
+    + [("legendre_delay", "order")],
+)
+@pytest.mark.parametrize("value", [True, "4", 4.0, np.float64(4.0), None], ids=repr)
+def test_order_and_memory_size_of_wrong_type(entry, name, value):
+    with pytest.raises(TypeError, match=name):
+        if entry == "legendre_delay":
+            plmu.legendre_delay(value)
+        else:
+            _ENTRIES[entry](**{name: value})
 
 
 @pytest.mark.parametrize("order", [0, -1])

@@ -22,6 +22,7 @@ Conventions: ``A`` is ``(order, order)``, ``B`` is ``(order, 1)`` (a state-space
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import scipy.linalg
@@ -50,10 +51,24 @@ def _check_order(order: object) -> int:
 
 
 def _check_theta(theta: object) -> float:
-    try:
-        value = float(theta)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"theta must be a positive number, got {theta!r}") from None
+    """``theta`` as a float: a real number (``int``, ``float``, a NumPy scalar or 0-dim array, a
+    0-dim tensor), positive and finite. ``str`` and ``bool`` are rejected (``float("10")`` and
+    ``float(True)`` would pass silently), and so is anything with more than one element."""
+    if isinstance(theta, torch.Tensor):
+        ok = theta.dim() == 0 and theta.dtype != torch.bool and not theta.is_complex()
+    elif isinstance(theta, np.ndarray):
+        ok = theta.ndim == 0 and theta.dtype.kind in "iuf"
+    else:
+        ok = isinstance(theta, numbers.Real) and not isinstance(theta, (bool, np.bool_))
+    if not ok:
+        got = type(theta).__name__
+        if isinstance(theta, (torch.Tensor, np.ndarray)):
+            got = f"{got} of shape {tuple(theta.shape)} and dtype {theta.dtype}"
+        raise TypeError(
+            "theta must be a positive number of time steps (int, float, NumPy scalar or 0-dim "
+            f"tensor), got {got}: {theta!r}"
+        )
+    value = float(theta)  # type: ignore[arg-type]
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"theta must be a positive finite number of time steps, got {theta!r}")
     return value
@@ -199,13 +214,22 @@ def discretize_torch(
     """Torch version of :func:`discretize`, differentiable in ``theta``.
 
     Args:
-        A: ``(order, order)``; B: ``(order, 1)``; theta: scalar tensor (> 0).
+        A: ``(order, order)``; B: ``(order, 1)``; theta: 0-dim tensor or number (> 0).
         method: ``"zoh"``, ``"euler"`` or ``"bilinear"``.
 
     Returns:
         ``(Abar, Bbar)`` of shape ``(order, order)`` and ``(order, 1)``, in ``A``'s dtype.
     """
     method = _check_method(method)
+    if not isinstance(theta, torch.Tensor):
+        theta = _check_theta(theta)
+    elif theta.dim() != 0 or theta.dtype == torch.bool or theta.is_complex():
+        # a tensor's value is not checked: that would sync with the device on every training
+        # step of a trainable theta (whose log-parametrisation keeps it positive anyway)
+        raise TypeError(
+            f"theta must be a 0-dim real tensor or a number, got a tensor of shape "
+            f"{tuple(theta.shape)} and dtype {theta.dtype}"
+        )
     d = A.shape[0]
     Ac, Bc = A / theta, B.reshape(d, 1) / theta
     eye = torch.eye(d, dtype=A.dtype, device=A.device)
