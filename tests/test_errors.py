@@ -237,3 +237,71 @@ def test_lmu_unknown_init():
 def test_decode_bad_arguments(m, r, match):
     with pytest.raises(ValueError, match=match):
         plmu.decode(m, r)
+
+
+# ------------------------------------------------------------------ token ids of the models
+
+
+def _token_models():
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.models.seq2seq import LMUSeq2Seq
+    from plmu.models.text import PairClassifier, TextClassifier
+
+    encoder = dict(vocab_size=10, embedding_dim=4, hidden_size=4, order=4, theta=8.0)
+    return (
+        LMULanguageModel(10, 8, 1, order=4, theta=8.0),
+        TextClassifier(2, **encoder),
+        PairClassifier(3, mlp_hidden=4, **encoder),
+        LMUSeq2Seq(10, 12, d_model=8, order=4, theta=8.0, encoder_layers=1, decoder_layers=1),
+    )
+
+
+def _token_calls(ids):
+    """(call, argument name, vocabulary size) for every model input that holds token ids,
+    ``ids`` ``(2, 3)`` standing in for that input (the others valid)."""
+    from plmu.generation import iter_tokens
+
+    lm, clf, pair, s2s = _token_models()
+    good = torch.ones(2, 3, dtype=torch.long)
+    lengths = torch.tensor([3, 2])
+    enc, mask = s2s.encode(good, lengths)
+    return [
+        (lambda: lm(ids), "tokens", 10),
+        (lambda: lm.step(ids[:, 0]), "token", 10),
+        (lambda: next(iter_tokens(lm, ids[0], 1)), "prompt", 10),
+        (lambda: clf(ids, lengths), "ids", 10),
+        (lambda: pair(ids, lengths, good, lengths), "ids_a", 10),
+        (lambda: pair(good, lengths, ids, lengths), "ids_b", 10),
+        (lambda: s2s.encode(ids, lengths), "src", 10),
+        (lambda: s2s(ids, lengths, good), "src", 10),
+        (lambda: s2s(good, lengths, ids), "tgt_in", 12),
+        (lambda: s2s.decode_parallel(ids, enc, mask), "tgt_in", 12),
+        (lambda: s2s.decode_step(ids[:, 0], [None], enc, mask), "y_prev", 12),
+        (lambda: s2s.greedy(ids, lengths, 2), "src", 10),
+    ]
+
+
+@pytest.mark.parametrize("bad", [-1, "vocab"])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_out_of_range(index, bad):
+    """A ValueError naming the argument and the range, not an IndexError inside nn.Embedding."""
+    ids = torch.ones(2, 3, dtype=torch.long)
+    call, name, vocab = _token_calls(ids)[index]
+    ids[0, 0] = vocab if bad == "vocab" else bad
+    with pytest.raises(ValueError, match=rf"^{name} must hold token ids in \[0, {vocab}\)"):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_of_non_integer_dtype(index, dtype):
+    call, name, _ = _token_calls(torch.ones(2, 3, dtype=dtype))[index]
+    with pytest.raises(TypeError, match=rf"^{name} must hold integer token ids"):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_of_any_integer_dtype_work(index, dtype):
+    call, _, _ = _token_calls(torch.ones(2, 3, dtype=dtype))[index]
+    call()
