@@ -295,15 +295,6 @@ class LMUSeq2Seq(nn.Module):
             ``(logits (B, V), new states)``.
         """
         y_prev = self._check_target(y_prev, "y_prev", "(batch,)", 1)
-        return self._decode_step(y_prev, states, enc, mask)
-
-    def _decode_step(
-        self,
-        y_prev: torch.Tensor,
-        states: list[torch.Tensor | None],
-        enc: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.tgt_embed(y_prev) * self.embed_scale
         new_states = []
         for layer, state in zip(self.decoder, states):
@@ -360,7 +351,7 @@ class LMUSeq2Seq(nn.Module):
         lengths = torch.zeros(B, dtype=torch.long, device=src.device)
         tokens = []
         for t in range(int(limit.max())):
-            logits, states = self._decode_step(y, states, enc, mask)
+            logits, states = self.decode_step(y, states, enc, mask)
             y = self._log_probs(logits).argmax(-1)
             y = torch.where(finished, torch.full_like(y, PAD_ID), y)
             tokens.append(y)
@@ -416,7 +407,7 @@ class LMUSeq2Seq(nn.Module):
         best_tokens = torch.zeros(B, T_max, dtype=torch.long, device=dev)
         best_len = torch.zeros(B, dtype=torch.long, device=dev)
         for t in range(T_max):
-            logits, states = self._decode_step(y, states, enc, mask)
+            logits, states = self.decode_step(y, states, enc, mask)
             logp = self._log_probs(logits).view(B, K, V)
             logp = torch.where(finished.unsqueeze(-1), done_row, logp)
             total = scores.unsqueeze(-1) + logp  # (B, K, V)
