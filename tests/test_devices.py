@@ -160,3 +160,32 @@ def test_original_lmu_matches_float64(device):
     assert_close_to_reference(y, y_ref.detach().numpy())
     assert_close_to_reference(h, h_ref.detach().numpy())
     assert_close_to_reference(m, m_ref.detach().numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_token_id_checks_on_cuda():
+    """Token-id range checks add no host/device sync where the model's forward makes none
+    (training), and catch bad ids where a sync happens anyway (seq2seq sources with their
+    lengths, generation prompts): a ValueError before nn.Embedding's device-side assert."""
+    from plmu.generation import iter_tokens
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.models.seq2seq import LMUSeq2Seq
+    from plmu.models.text import TextClassifier
+
+    lm = LMULanguageModel(27, 8, 1, order=4, theta=8.0).cuda()
+    clf = TextClassifier(2, vocab_size=10, embedding_dim=4, hidden_size=4, order=4, theta=8.0)
+    tokens = torch.randint(0, 27, (2, 50), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        lm._check_tokens(tokens, 2, "tokens")
+        lm._check_tokens(tokens[:, 0], 1, "token")
+        clf.cuda().encoder.check_ids(tokens % 10)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    s2s = LMUSeq2Seq(10, 12, d_model=8, order=4, theta=8.0, encoder_layers=1).cuda()
+    src = torch.full((2, 3), 10, device="cuda")
+    with pytest.raises(ValueError, match=r"src must hold token ids in \[0, 10\)"):
+        s2s.encode(src, torch.tensor([3, 2], device="cuda"))
+    with pytest.raises(ValueError, match=r"prompt must hold token ids in \[0, 27\)"):
+        next(iter_tokens(lm, torch.tensor([3, 27], device="cuda"), 1))

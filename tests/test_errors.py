@@ -1,9 +1,11 @@
 """Every bad input listed in DESIGN.md raises a clear error naming the argument."""
 
+import numpy as np
 import pytest
 import torch
 
 import plmu
+from plmu.legendre import discretize_torch
 
 
 @pytest.fixture
@@ -77,6 +79,85 @@ def test_theta_not_positive(theta):
 def test_theta_not_a_number():
     with pytest.raises(TypeError, match="theta"):
         plmu.LegendreMemory(1, 4, "long")
+
+
+# every public entry that takes theta (or order, memory_size), called with one of them replaced
+_ENTRIES = {
+    "LegendreMemory": lambda order=4, theta=10.0, memory_size=1: plmu.LegendreMemory(
+        memory_size, order, theta
+    ),
+    "ParallelLMU": lambda order=4, theta=10.0, memory_size=1: plmu.ParallelLMU(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+    "LMUCell": lambda order=4, theta=10.0, memory_size=1: plmu.LMUCell(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+    "LMU": lambda order=4, theta=10.0, memory_size=1: plmu.LMU(
+        1, 4, order, theta, memory_size=memory_size
+    ),
+}
+
+
+@pytest.mark.parametrize("entry", [*_ENTRIES, "discretize", "discretize_torch"])
+@pytest.mark.parametrize(
+    "theta",
+    [
+        "10",
+        b"10",
+        True,
+        np.bool_(True),
+        None,
+        1j,
+        torch.tensor([10.0]),
+        np.array([10.0]),
+        torch.tensor(True),
+    ],
+    ids=repr,
+)
+def test_theta_of_wrong_type(entry, theta):
+    """float() would take "10" and True; a theta that is not a real scalar is a TypeError."""
+    with pytest.raises(TypeError, match="theta"):
+        if entry == "discretize":
+            plmu.discretize(*plmu.legendre_delay(4), theta)
+        elif entry == "discretize_torch":
+            A, B = (torch.from_numpy(a) for a in plmu.legendre_delay(4))
+            discretize_torch(A, B, theta)
+        else:
+            _ENTRIES[entry](theta=theta)
+
+
+@pytest.mark.parametrize("entry", _ENTRIES)
+@pytest.mark.parametrize(
+    "theta",
+    [
+        10,
+        10.0,
+        np.float32(10.0),
+        np.int64(10),
+        np.array(10.0),
+        torch.tensor(10.0),
+        torch.tensor(10),
+    ],
+    ids=repr,
+)
+def test_theta_real_scalars_accepted(entry, theta):
+    module = _ENTRIES[entry](theta=theta)
+    memory = next(m for m in module.modules() if isinstance(m, plmu.LegendreMemory))
+    assert memory.theta == 10.0
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [(entry, name) for entry in _ENTRIES for name in ("order", "memory_size")]
+    + [("legendre_delay", "order")],
+)
+@pytest.mark.parametrize("value", [True, "4", 4.0, np.float64(4.0), None], ids=repr)
+def test_order_and_memory_size_of_wrong_type(entry, name, value):
+    with pytest.raises(TypeError, match=name):
+        if entry == "legendre_delay":
+            plmu.legendre_delay(value)
+        else:
+            _ENTRIES[entry](**{name: value})
 
 
 @pytest.mark.parametrize("order", [0, -1])
@@ -156,3 +237,71 @@ def test_lmu_unknown_init():
 def test_decode_bad_arguments(m, r, match):
     with pytest.raises(ValueError, match=match):
         plmu.decode(m, r)
+
+
+# ------------------------------------------------------------------ token ids of the models
+
+
+def _token_models():
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.models.seq2seq import LMUSeq2Seq
+    from plmu.models.text import PairClassifier, TextClassifier
+
+    encoder = dict(vocab_size=10, embedding_dim=4, hidden_size=4, order=4, theta=8.0)
+    return (
+        LMULanguageModel(10, 8, 1, order=4, theta=8.0),
+        TextClassifier(2, **encoder),
+        PairClassifier(3, mlp_hidden=4, **encoder),
+        LMUSeq2Seq(10, 12, d_model=8, order=4, theta=8.0, encoder_layers=1, decoder_layers=1),
+    )
+
+
+def _token_calls(ids):
+    """(call, argument name, vocabulary size) for every model input that holds token ids,
+    ``ids`` ``(2, 3)`` standing in for that input (the others valid)."""
+    from plmu.generation import iter_tokens
+
+    lm, clf, pair, s2s = _token_models()
+    good = torch.ones(2, 3, dtype=torch.long)
+    lengths = torch.tensor([3, 2])
+    enc, mask = s2s.encode(good, lengths)
+    return [
+        (lambda: lm(ids), "tokens", 10),
+        (lambda: lm.step(ids[:, 0]), "token", 10),
+        (lambda: next(iter_tokens(lm, ids[0], 1)), "prompt", 10),
+        (lambda: clf(ids, lengths), "ids", 10),
+        (lambda: pair(ids, lengths, good, lengths), "ids_a", 10),
+        (lambda: pair(good, lengths, ids, lengths), "ids_b", 10),
+        (lambda: s2s.encode(ids, lengths), "src", 10),
+        (lambda: s2s(ids, lengths, good), "src", 10),
+        (lambda: s2s(good, lengths, ids), "tgt_in", 12),
+        (lambda: s2s.decode_parallel(ids, enc, mask), "tgt_in", 12),
+        (lambda: s2s.decode_step(ids[:, 0], [None], enc, mask), "y_prev", 12),
+        (lambda: s2s.greedy(ids, lengths, 2), "src", 10),
+    ]
+
+
+@pytest.mark.parametrize("bad", [-1, "vocab"])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_out_of_range(index, bad):
+    """A ValueError naming the argument and the range, not an IndexError inside nn.Embedding."""
+    ids = torch.ones(2, 3, dtype=torch.long)
+    call, name, vocab = _token_calls(ids)[index]
+    ids[0, 0] = vocab if bad == "vocab" else bad
+    with pytest.raises(ValueError, match=rf"^{name} must hold token ids in \[0, {vocab}\)"):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_of_non_integer_dtype(index, dtype):
+    call, name, _ = _token_calls(torch.ones(2, 3, dtype=dtype))[index]
+    with pytest.raises(TypeError, match=rf"^{name} must hold integer token ids"):
+        call()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("index", range(12))
+def test_token_ids_of_any_integer_dtype_work(index, dtype):
+    call, _, _ = _token_calls(torch.ones(2, 3, dtype=dtype))[index]
+    call()

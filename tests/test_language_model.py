@@ -85,10 +85,11 @@ def test_every_parameter_gets_a_gradient():
 @pytest.mark.parametrize(
     ("tokens", "error", "match"),
     [
-        (torch.zeros(2, 5), TypeError, "int64"),
+        (torch.zeros(2, 5), TypeError, "tokens must hold integer token ids"),
         (torch.zeros(5, dtype=torch.long), ValueError, r"\(batch, time\)"),
         (torch.zeros(2, 0, dtype=torch.long), ValueError, r"\(batch, time\)"),
-        (torch.full((1, 3), 27), ValueError, r"\[0, 27\)"),
+        (torch.full((1, 3), 27), ValueError, r"tokens must hold token ids in \[0, 27\), got 27"),
+        (torch.tensor([[3, -2, 30]]), ValueError, r"\[0, 27\), got -2, 30"),
         ([[1, 2]], TypeError, "torch.Tensor"),
     ],
 )

@@ -1,5 +1,7 @@
 """ParallelLMU, LMUCell and LMU: modes agree, step form, streaming, padding, parameters."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from hypothesis import strategies as st
 
 import plmu
 from plmu.layers import LAYER_MODES
+from plmu.legendre import UnstableDiscretizationWarning
 
 MODES = [m for m in LAYER_MODES if m != "auto"] + ["auto"]
 
@@ -285,3 +288,58 @@ def test_lmu_repr_shows_sizes_and_switches():
     text = repr(plmu.LMU(3, 9, 5, 12.0, memory_to_memory=False))
     assert "input_size=3, hidden_size=9" in text and "memory_to_memory=False" in text
     assert "order=5" in text and "theta=12" in text
+
+
+# ---------------------------------------- unstable forward Euler: warned when discretising
+
+
+def _euler_warnings(record):
+    return [w for w in record if issubclass(w.category, UnstableDiscretizationWarning)]
+
+
+@pytest.mark.parametrize("make", ["memory", "parallel", "lmu"])
+def test_unstable_euler_warns_once_when_built_and_loaded_not_per_forward(make):
+    """A fixed theta is checked where it is discretised: when the memory is built (and again
+    when a state dict is loaded, which rediscretises), never in forward or step."""
+    build = {
+        "memory": lambda: plmu.LegendreMemory(1, 8, 10.0, discretizer="euler"),
+        "parallel": lambda: plmu.ParallelLMU(1, 4, 8, 10.0, discretizer="euler"),
+        "lmu": lambda: plmu.LMU(1, 4, 8, 10.0, discretizer="euler"),
+    }[make]
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        module = build()
+        assert len(_euler_warnings(record)) == 1
+        assert record[0].filename == __file__  # the user's line, not plmu's
+        x = torch.randn(2, 30, 1, requires_grad=True)
+        for _ in range(3):
+            out = module(x)[0]
+            out.sum().backward()
+        if make != "lmu":
+            module.step(x[:, 0])
+        assert len(_euler_warnings(record)) == 1
+        module.load_state_dict(module.state_dict())
+        assert len(_euler_warnings(record)) == 2
+
+
+@pytest.mark.parametrize("layer", [plmu.ParallelLMU, plmu.LMU])
+def test_trainable_euler_theta_is_checked_once_at_construction(layer):
+    """A trainable theta runs through discretize_torch every training step: no check there,
+    only its initial value when the layer is built (the message says so)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        module = layer(1, 4, 8, 10.0, discretizer="euler", trainable_theta=True)
+        (warning,) = _euler_warnings(record)
+        assert "initial trainable theta=10" in str(warning.message)
+        optimizer = torch.optim.SGD(module.parameters(), lr=1e-3)
+        for _ in range(3):
+            optimizer.zero_grad()
+            module(torch.randn(2, 20, 1))[0].square().mean().backward()
+            optimizer.step()
+        with torch.no_grad():
+            module(torch.randn(2, 20, 1))
+        assert len(_euler_warnings(record)) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(1, 4, 8, 20.0, discretizer="euler", trainable_theta=True)  # stable: quiet
+        layer(1, 4, 8, 10.0, trainable_theta=True)  # zoh: quiet

@@ -1,5 +1,7 @@
 """The Legendre math: LegT matrices, discretisation, impulse responses, decoding."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.signal
@@ -8,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plmu
-from plmu.legendre import discretize_torch, impulse_response_torch, matrix_powers_apply
+from plmu.legendre import (
+    UnstableDiscretizationWarning,
+    discretize_torch,
+    euler_stability,
+    impulse_response_torch,
+    matrix_powers_apply,
+)
 
 
 def reference_A_B(order):
@@ -36,7 +44,11 @@ def test_legendre_delay_matches_definition(order):
 @pytest.mark.parametrize(("order", "theta"), [(1, 3.0), (6, 10.0), (24, 100.0), (64, 784.0)])
 def test_discretize_matches_scipy(method, order, theta):
     A, B = plmu.legendre_delay(order)
-    Abar, Bbar = plmu.discretize(A, B, theta, method=method)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        Abar, Bbar = plmu.discretize(A, B, theta, method=method)
+    unstable = method == "euler" and theta < euler_stability(A, theta)[1]  # (6, 10), (24, 100)
+    assert [w.category for w in record] == [UnstableDiscretizationWarning] * unstable
     C, D = np.eye(order), np.zeros((order, 1))
     Ar, Br, *_ = scipy.signal.cont2discrete((A / theta, B / theta, C, D), dt=1, method=method)
     np.testing.assert_allclose(Abar, Ar, rtol=0, atol=1e-12)
@@ -150,3 +162,52 @@ def test_system_matrices_of_the_wrong_shape_are_named():
     with pytest.raises(ValueError, match=r"Abar must have shape \(order, order\)"):
         plmu.impulse_response(Abar[0], Bbar, 5)
     assert plmu.impulse_response(Abar, Bbar[:, 0], 5).shape == (5, 4)  # (order,) is fine
+
+
+# ------------------------------------------------------------------ forward Euler stability
+
+
+@pytest.mark.parametrize(
+    ("order", "theta_min"), [(1, 0.5), (2, 1.5), (4, 5.152), (16, 59.72), (64, 638.65)]
+)
+def test_euler_stability_bound(order, theta_min):
+    """theta_min = max |lambda|^2 / (-2 Re lambda) over A's eigenvalues; the spectral radius of
+    I + A/theta, computed directly, crosses 1 there."""
+    A = plmu.legendre_delay(order)[0]
+    rho, bound = euler_stability(A, 100.0)
+    assert bound == pytest.approx(theta_min, rel=1e-3)
+    for theta in (0.99 * bound, 1.01 * bound, 10 * bound):
+        rho, _ = euler_stability(A, theta)
+        direct = np.abs(np.linalg.eigvals(np.eye(order) + A / theta)).max()
+        assert rho == pytest.approx(direct, rel=1e-9)
+        assert (rho > 1) == (theta < bound)
+    # zoh and bilinear are stable for every theta
+    for method in ("zoh", "bilinear"):
+        Abar, _ = plmu.discretize(A, plmu.legendre_delay(order)[1], 0.1 * bound, method)
+        assert np.abs(np.linalg.eigvals(Abar)).max() < 1
+
+
+def test_euler_stability_without_a_stable_theta():
+    assert euler_stability(np.array([[0.5]]), 3.0) == (pytest.approx(7 / 6), float("inf"))
+    with pytest.warns(UnstableDiscretizationWarning, match="no theta helps"):
+        plmu.discretize(np.array([[0.5]]), np.ones(1), 3.0, "euler")
+
+
+def test_unstable_euler_warns_and_blows_up():
+    """order 8 needs theta >= 17.7: theta 10 warns (naming theta, order and the discretizer,
+    suggesting zoh or the bound), and a long sequence indeed overflows; theta 20 is quiet and
+    bounded, as is zoh at theta 10."""
+    A, B = plmu.legendre_delay(8)
+    with pytest.warns(UnstableDiscretizationWarning) as record:
+        Abar, Bbar = plmu.discretize(A, B, 10.0, "euler")
+    message = str(record[0].message)
+    for part in ("discretizer='euler'", "order=8", "theta=10", "zoh", "theta >= 17.74"):
+        assert part in message
+    assert record[0].filename == __file__  # attributed to the caller's line
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert not np.isfinite(plmu.impulse_response(Abar, Bbar, 3000)).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for theta, method in ((20.0, "euler"), (10.0, "zoh")):
+            Abar, Bbar = plmu.discretize(A, B, theta, method)
+            assert np.abs(plmu.impulse_response(Abar, Bbar, 3000)).max() < 10

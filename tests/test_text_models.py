@@ -89,7 +89,7 @@ def test_the_classifier_learns_a_token_rule():
 
 def test_bad_ids_are_an_error():
     model = TextClassifier(2, **ENCODER)
-    with pytest.raises(ValueError, match="ids must be int64"):
+    with pytest.raises(TypeError, match="ids must hold integer token ids"):
         model(torch.zeros(2, 3), torch.tensor([3, 3]))
     with pytest.raises(ValueError, match="lengths must lie in"):
         model(torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 3]))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from plmu.data.text8 import decode, encode
+from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.language_model import LMULanguageModel
 
 __all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text", "iter_tokens"]
@@ -94,8 +95,12 @@ def iter_tokens(
     """
     length = _check_length(length)
     temperature = _check_temperature(temperature)
-    if not isinstance(prompt, torch.Tensor) or prompt.dim() != 1 or prompt.numel() == 0:
+    prompt = check_token_dtype(prompt, "prompt", "(prompt_len,)")
+    if prompt.dim() != 1 or prompt.numel() == 0:
         raise ValueError("prompt must be a non-empty 1-D tensor of token ids")
+    # on any device: every generated token is read back below (int(token)), so this sync is
+    # one more among many, not a stall the model's forward would add to training
+    check_token_range(prompt, model.vocab_size, "prompt", sync_ok=True)
     device = next(model.parameters()).device
     logits, state = model(prompt.to(device).unsqueeze(0))
     logits = logits[:, -1]

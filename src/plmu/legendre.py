@@ -21,7 +21,12 @@ Conventions: ``A`` is ``(order, order)``, ``B`` is ``(order, 1)`` (a state-space
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
+import os
+import sys
+import warnings
 
 import numpy as np
 import scipy.linalg
@@ -29,13 +34,16 @@ import torch
 
 __all__ = [
     "DISCRETIZERS",
+    "UnstableDiscretizationWarning",
     "decode",
     "discretize",
     "discretize_torch",
+    "euler_stability",
     "impulse_response",
     "impulse_response_torch",
     "legendre_delay",
     "matrix_powers_apply",
+    "warn_if_euler_unstable",
 ]
 
 DISCRETIZERS = ("zoh", "euler", "bilinear")
@@ -50,13 +58,115 @@ def _check_order(order: object) -> int:
 
 
 def _check_theta(theta: object) -> float:
-    try:
-        value = float(theta)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise TypeError(f"theta must be a positive number, got {theta!r}") from None
+    """``theta`` as a float: a real number (``int``, ``float``, a NumPy scalar or 0-dim array, a
+    0-dim tensor), positive and finite. ``str`` and ``bool`` are rejected (``float("10")`` and
+    ``float(True)`` would pass silently), and so is anything with more than one element."""
+    if isinstance(theta, torch.Tensor):
+        ok = theta.dim() == 0 and theta.dtype != torch.bool and not theta.is_complex()
+    elif isinstance(theta, np.ndarray):
+        ok = theta.ndim == 0 and theta.dtype.kind in "iuf"
+    else:
+        ok = isinstance(theta, numbers.Real) and not isinstance(theta, (bool, np.bool_))
+    if not ok:
+        got = type(theta).__name__
+        if isinstance(theta, (torch.Tensor, np.ndarray)):
+            got = f"{got} of shape {tuple(theta.shape)} and dtype {theta.dtype}"
+        raise TypeError(
+            "theta must be a positive number of time steps (int, float, NumPy scalar or 0-dim "
+            f"tensor), got {got}: {theta!r}"
+        )
+    value = float(theta)  # type: ignore[arg-type]
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"theta must be a positive finite number of time steps, got {theta!r}")
     return value
+
+
+class UnstableDiscretizationWarning(UserWarning):
+    """Forward Euler with this ``theta`` and ``order`` gives an unstable memory (see
+    :func:`euler_stability`); filter it with ``warnings.filterwarnings``."""
+
+
+_EIGVALS: dict[tuple, np.ndarray] = {}  # eigenvalues of continuous A, by A's bytes
+
+
+def _eigvals(A: np.ndarray) -> np.ndarray:
+    """``np.linalg.eigvals(A)``, cached (order 468 takes about half a second)."""
+    key = (A.shape, hashlib.sha1(np.ascontiguousarray(A).tobytes()).hexdigest())
+    ev = _EIGVALS.get(key)
+    if ev is None:
+        if len(_EIGVALS) > 32:
+            _EIGVALS.clear()
+        ev = _EIGVALS[key] = np.linalg.eigvals(A)
+    return ev
+
+
+def euler_stability(A: np.ndarray, theta: float) -> tuple[float, float]:
+    """Stability of forward Euler, ``Abar = I + A/theta``, in float64.
+
+    The eigenvalues of ``Abar`` are ``1 + lambda/theta`` for the eigenvalues ``lambda`` of
+    ``A``, so the memory is stable (``m_t`` stays bounded for bounded input) when all of them lie
+    in the unit disc: ``theta >= |lambda|^2 / (-2 Re lambda)`` for every ``lambda``. For the
+    Legendre delay that bound grows about quadratically with the order (order 4: 5.2, order 16:
+    60, order 64: 639, order 256: 6542), whereas ``"zoh"`` and ``"bilinear"`` are stable for
+    every ``theta > 0``.
+
+    Args:
+        A: ``(order, order)`` continuous state matrix (for ``theta = 1``).
+        theta: window length in time steps (> 0).
+
+    Returns:
+        ``(rho, theta_min)``: the spectral radius of ``Abar`` (> 1: unstable, the memory grows
+        by up to that factor per step) and the smallest stable ``theta`` (``inf`` if ``A``
+        has an eigenvalue with a real part >= 0: then no ``theta`` is stable).
+    """
+    theta = _check_theta(theta)
+    A = np.asarray(A, dtype=np.float64)
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must have shape (order, order), got {A.shape}")
+    ev = _eigvals(A)
+    rho = float(np.abs(1.0 + ev / theta).max())
+    re = ev.real
+    theta_min = float((np.abs(ev) ** 2 / -re).max() / 2) if np.all(re < 0) else math.inf
+    return rho, theta_min
+
+
+def _outside_stacklevel() -> int:
+    """The ``stacklevel`` of ``warnings.warn`` (called by the caller of this function) that
+    names the first frame outside plmu and torch: the user's line, wherever plmu warns from."""
+    skip = tuple(os.path.dirname(path) + os.sep for path in (__file__, torch.__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(skip):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_if_euler_unstable(A: np.ndarray, theta: float, trainable: bool = False) -> bool:
+    """Warn (:class:`UnstableDiscretizationWarning`) if forward Euler with ``theta`` is unstable.
+
+    Called where the matrices are discretised (:func:`discretize`, so a fixed ``theta`` of a
+    layer is checked when the layer is built or loaded) and, for a trainable ``theta``, once
+    at construction with its initial value (``trainable=True``); never in a forward pass.
+
+    Returns:
+        whether it warned.
+    """
+    rho, theta_min = euler_stability(A, theta)
+    if rho <= 1.0 + 1e-10:  # rounding of the eigenvalues; 1 + 1e-10 doubles in 7e9 steps
+        return False
+    order = np.asarray(A).shape[0]
+    which = "the initial trainable theta" if trainable else "theta"
+    steps = math.log(float(np.finfo(np.float32).max)) / math.log(rho)
+    fix = f"or theta >= {theta_min:.4g}" if math.isfinite(theta_min) else "(no theta helps)"
+    warnings.warn(
+        f"discretizer='euler' is unstable for order={order} and {which}={float(theta):g}: "
+        f"Abar = I + A/theta has spectral radius {rho:.6g} > 1, so the memory grows by about "
+        f"that factor per step and long sequences overflow to inf/NaN (float32 after roughly "
+        f"{steps:,.0f} steps). Use discretizer='zoh' (the default) {fix}."
+        + (" A trainable theta is not checked again while it is trained." if trainable else ""),
+        UnstableDiscretizationWarning,
+        stacklevel=_outside_stacklevel(),
+    )
+    return True
 
 
 def _check_system(A: object, B: object, names: tuple[str, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,8 +218,9 @@ def discretize(
         B: ``(order, 1)`` or ``(order,)`` continuous input matrix.
         theta: window length in time steps (> 0).
         method: ``"zoh"`` (zero-order hold, exact for piecewise-constant input; the default),
-            ``"euler"`` (forward Euler, ``I + A/theta``; needs ``theta`` well above the order) or
-            ``"bilinear"`` (Tustin).
+            ``"euler"`` (forward Euler, ``I + A/theta``; stable only for ``theta`` above a bound
+            that grows about quadratically with the order, see :func:`euler_stability`: an
+            :class:`UnstableDiscretizationWarning` below it) or ``"bilinear"`` (Tustin).
 
     Returns:
         ``(Abar, Bbar)``: float64 arrays of shape ``(order, order)`` and ``(order, 1)``, equal to
@@ -127,6 +238,7 @@ def discretize(
         E = scipy.linalg.expm(M)
         return E[:d, :d], E[:d, d:]
     if method == "euler":
+        warn_if_euler_unstable(A, theta)
         return np.eye(d) + Ac, Bc.copy()
     lhs = np.eye(d) - 0.5 * Ac
     return np.linalg.solve(lhs, np.eye(d) + 0.5 * Ac), np.linalg.solve(lhs, Bc)
@@ -199,13 +311,22 @@ def discretize_torch(
     """Torch version of :func:`discretize`, differentiable in ``theta``.
 
     Args:
-        A: ``(order, order)``; B: ``(order, 1)``; theta: scalar tensor (> 0).
+        A: ``(order, order)``; B: ``(order, 1)``; theta: 0-dim tensor or number (> 0).
         method: ``"zoh"``, ``"euler"`` or ``"bilinear"``.
 
     Returns:
         ``(Abar, Bbar)`` of shape ``(order, order)`` and ``(order, 1)``, in ``A``'s dtype.
     """
     method = _check_method(method)
+    if not isinstance(theta, torch.Tensor):
+        theta = _check_theta(theta)
+    elif theta.dim() != 0 or theta.dtype == torch.bool or theta.is_complex():
+        # a tensor's value is not checked: that would sync with the device on every training
+        # step of a trainable theta (whose log-parametrisation keeps it positive anyway)
+        raise TypeError(
+            f"theta must be a 0-dim real tensor or a number, got a tensor of shape "
+            f"{tuple(theta.shape)} and dtype {theta.dtype}"
+        )
     d = A.shape[0]
     Ac, Bc = A / theta, B.reshape(d, 1) / theta
     eye = torch.eye(d, dtype=A.dtype, device=A.device)

@@ -124,3 +124,36 @@ def test_psmnist_splits_validation_is_last_images(tmp_path: Path) -> None:
     assert [int(val[i][1]) for i in range(3)] == [22 % 10, 23 % 10, 24 % 10]
     with pytest.raises(ValueError, match="val_size"):
         psmnist_splits(tmp_path, val_size=30)
+
+
+def test_psmnist_splits_take_a_given_permutation(tmp_path: Path) -> None:
+    """A checkpoint's stored permutation replaces the seed's; a wrong one is a clear error."""
+    write_mnist(tmp_path, 30, 10, size=4, gz=True)
+    order = torch.arange(16).flip(0)
+    train, val, test = psmnist_splits(tmp_path, val_size=8, order=order.tolist())
+    raw, _ = psmnist_splits(tmp_path, val_size=8, order=torch.arange(16))[2][0]
+    for data in (train, val, test):
+        assert torch.equal(data.order, order)
+    assert torch.equal(test[0][0], raw[order])
+    for bad, error in (
+        (torch.arange(15), ValueError),
+        ([0] * 16, ValueError),
+        (torch.arange(16.0), TypeError),
+        ("0123", TypeError),
+    ):
+        with pytest.raises(error, match="order must"):
+            psmnist_splits(tmp_path, val_size=8, order=bad)
+
+
+def test_psmnist_data_with_a_stored_permutation_of_the_wrong_size(tmp_path: Path) -> None:
+    from plmu.experiments.psmnist import PsMNISTData
+    from plmu.training.config import default_config
+
+    write_mnist(tmp_path, 30, 10, size=4, gz=True)
+    config = {**default_config("psmnist"), "val_size": 8}
+    data = PsMNISTData(config, tmp_path, {"permutation": list(range(784))})
+    with pytest.raises(ValueError, match=r"checkpoint's pixel permutation does not fit.*16"):
+        data.setup()
+    data = PsMNISTData(config, tmp_path, {"permutation": list(range(16))[::-1]})
+    data.setup()
+    assert data.saved_state() == data.state_dict() == {"permutation": list(range(16))[::-1]}

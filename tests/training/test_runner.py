@@ -9,6 +9,7 @@ import torch
 from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
 from conftest import assert_same_last_checkpoint
+from plmu.data.mnist import permutation, psmnist_splits
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
@@ -162,6 +163,68 @@ def test_psmnist_end_to_end(tmp_path: Path, mnist_dir: Path, model: str) -> None
     )
     evaluated = evaluate(out / "checkpoints" / "best.ckpt", accelerator="cpu", progress_bar=False)
     assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+
+
+def _train_psmnist(out: Path, mnist_dir: Path, *extra: str) -> dict:
+    return train(
+        "psmnist",
+        out=out,
+        overrides=[*TINY_PSMNIST, *extra],
+        data_dir=mnist_dir,
+        accelerator="cpu",
+        devices=1,
+        progress_bar=False,
+    )
+
+
+def test_psmnist_evaluates_with_the_checkpoints_permutation(
+    tmp_path: Path, mnist_dir: Path
+) -> None:
+    """The pixel permutation is stored in the checkpoint (torch.randperm of the seed may give
+    other values under another torch version); a stored one that differs from the seed's is
+    the one evaluate and load_checkpoint use."""
+    out = tmp_path / "run"
+    _train_psmnist(out, mnist_dir)
+    checkpoint = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    seed_order = permutation(784, 0)
+    assert checkpoint["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    stored = seed_order.flip(0)  # as if this torch's randperm had given other values
+    checkpoint["plmu"]["saved"]["permutation"] = stored.tolist()
+    tampered = tmp_path / "other-torch.ckpt"
+    torch.save(checkpoint, tampered)
+
+    _, _, module, datamodule = load_checkpoint(tampered, mnist_dir)
+    datamodule.setup("test")
+    assert torch.equal(datamodule.test_set.order, stored)
+
+    def test_loss(order: torch.Tensor) -> float:
+        test_set = psmnist_splits(mnist_dir, val_size=10, order=order)[2]
+        x, y = (torch.stack(column) for column in zip(*test_set))
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(module(x), y))
+
+    assert test_loss(stored) != pytest.approx(test_loss(seed_order), rel=1e-3)
+    evaluated = evaluate(tampered, out=tmp_path / "eval", accelerator="cpu", progress_bar=False)
+    assert evaluated["test_loss"] == pytest.approx(test_loss(stored), rel=1e-5)
+
+
+def test_psmnist_resume_uses_the_stored_permutation(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run resumed where torch's randperm gives another permutation for the seed trains on
+    with the stored one, exactly as the uninterrupted run."""
+    import plmu.data.mnist
+
+    _train_psmnist(tmp_path / "reference", mnist_dir, "epochs=2")
+    out = tmp_path / "run"
+    _train_psmnist(out, mnist_dir)
+    seed_order = permutation(784, 0)
+    monkeypatch.setattr(plmu.data.mnist, "permutation", lambda n, seed: torch.arange(n))
+    resumed = _train_psmnist(out, mnist_dir, "epochs=2")
+    assert resumed["epochs"] == 2
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["plmu"]["saved"]["permutation"] == seed_order.tolist()
 
 
 def test_psmnist_paper_model_size() -> None:

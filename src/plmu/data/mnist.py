@@ -11,6 +11,10 @@ to a sequence of ``H * W`` steps (784 for MNIST) of one feature, then all sequen
 one fixed permutation, ``torch.randperm(H * W)`` from a ``torch.Generator`` seeded with
 ``permutation_seed`` (config key, default 0). Validation is the last ``val_size`` training
 images (default 10,000: the usual 50k/10k/10k split), test the t10k files.
+
+``torch.randperm``'s values depend on torch's random number generator, which may change between
+torch versions, so the permutation itself is what identifies the task: a trained run stores it
+in its checkpoint, and evaluating or resuming uses the stored one (``psmnist_splits(order=...)``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ __all__ = [
     "FILES",
     "MIRRORS",
     "PixelSequences",
+    "check_permutation",
     "default_data_dir",
     "download_mnist",
     "find_idx",
@@ -171,8 +176,28 @@ def load_mnist(
 
 
 def permutation(length: int, seed: int) -> torch.Tensor:
-    """The fixed pixel order: ``torch.randperm(length)`` from a generator seeded with ``seed``."""
+    """The fixed pixel order: ``torch.randperm(length)`` from a generator seeded with ``seed``.
+
+    The values depend on torch's generator (they may differ between torch versions); a trained
+    model's permutation is the one stored in its checkpoint.
+    """
     return torch.randperm(length, generator=torch.Generator().manual_seed(seed))
+
+
+def check_permutation(order: object, length: int, name: str = "order") -> torch.Tensor:
+    """``order`` as an int64 tensor, checked to be a permutation of ``range(length)``."""
+    try:
+        tensor = torch.as_tensor(order)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(order).__name__}") from None
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
+        raise TypeError(f"{name} must hold ints, got dtype {tensor.dtype}")
+    if tensor.dim() != 1 or not torch.equal(tensor.sort().values, torch.arange(length)):
+        raise ValueError(
+            f"{name} must be a permutation of the {length} pixel steps (each of 0..{length - 1} "
+            f"once), got shape {tuple(tensor.shape)}"
+        )
+    return tensor.long()
 
 
 class PixelSequences(Dataset):
@@ -181,7 +206,7 @@ class PixelSequences(Dataset):
     Args:
         images: uint8 ``(N, H, W)``.
         labels: int ``(N,)``.
-        order: optional permutation of the ``H * W`` steps (psMNIST).
+        order: optional permutation of the ``H * W`` steps (psMNIST); kept as ``order``.
     """
 
     def __init__(
@@ -191,10 +216,10 @@ class PixelSequences(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.pixels = torch.tensor(np.asarray(images, dtype=np.uint8)).reshape(len(images), -1)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.order = None
         if order is not None:
-            if sorted(order.tolist()) != list(range(self.pixels.shape[1])):
-                raise ValueError(f"order must be a permutation of {self.pixels.shape[1]} steps")
-            self.pixels = self.pixels[:, order]
+            self.order = check_permutation(order, self.pixels.shape[1])
+            self.pixels = self.pixels[:, self.order]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -209,15 +234,24 @@ def psmnist_splits(
     val_size: int = 10_000,
     permutation_seed: int = 0,
     download: bool = True,
+    order: torch.Tensor | list[int] | None = None,
 ) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
-    """The psMNIST train / validation / test sets (see the module docstring)."""
+    """The psMNIST train / validation / test sets (see the module docstring).
+
+    ``order`` is the pixel permutation (e.g. the one a checkpoint stored); by default
+    :func:`permutation` of ``permutation_seed``. Each set keeps it as ``order``.
+    """
     train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
     if not 0 < val_size < len(train_x):
         raise ValueError(
             f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "
             f"got {val_size}"
         )
-    order = permutation(int(np.prod(train_x.shape[1:])), permutation_seed)
+    length = int(np.prod(train_x.shape[1:]))
+    if order is None:
+        order = permutation(length, permutation_seed)
+    else:
+        order = check_permutation(order, length)
     cut = len(train_x) - val_size
     return (
         PixelSequences(train_x[:cut], train_y[:cut], order),

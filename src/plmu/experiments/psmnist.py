@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import Dataset
 
 from plmu.data.mnist import default_data_dir, psmnist_splits
@@ -28,12 +29,21 @@ class PsMNISTData(SplitDataModule):
     """psMNIST train/validation/test sets from the IDX files in ``data_dir``.
 
     The files are downloaded in :meth:`prepare_data` (once per machine) when missing.
+
+    The pixel permutation is part of the task, and ``torch.randperm`` of ``permutation_seed``
+    may give other values under another torch version, so a checkpoint stores the permutation
+    itself: in ``checkpoint["plmu"]["saved"]`` (:meth:`saved_state`; ``saved`` rebuilds the
+    datamodule for ``load_checkpoint`` and ``plmu evaluate``) and in Lightning's datamodule state
+    (:meth:`state_dict`; a resumed ``fit`` restores it after ``setup``). A stored permutation wins
+    over ``permutation_seed``; checkpoints without one use the seed.
     """
 
-    def __init__(self, config: dict, data_dir: Path | None) -> None:
+    def __init__(self, config: dict, data_dir: Path | None, saved: dict | None = None) -> None:
         super().__init__(config["batch_size"], config["num_workers"])
         self.config = config
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        stored = (saved or {}).get("permutation")
+        self.permutation = None if stored is None else _stored(stored)
 
     def prepare_data(self) -> None:
         from plmu.data.mnist import FILES, download_mnist, find_idx
@@ -42,12 +52,51 @@ class PsMNISTData(SplitDataModule):
             download_mnist(self.data_dir)
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
-        return psmnist_splits(
-            self.data_dir,
-            val_size=self.config["val_size"],
-            permutation_seed=self.config["permutation_seed"],
-            download=False,
-        )
+        try:
+            sets = psmnist_splits(
+                self.data_dir,
+                val_size=self.config["val_size"],
+                permutation_seed=self.config["permutation_seed"],
+                download=False,
+                order=self.permutation,
+            )
+        except ValueError as error:
+            if self.permutation is None or "permutation" not in str(error):
+                raise
+            raise ValueError(
+                f"the checkpoint's pixel permutation does not fit the images in "
+                f"{self.data_dir}: {error}"
+            ) from None
+        self.permutation = sets[0].order
+        return sets
+
+    def saved_state(self) -> dict:
+        """``{"permutation": [...]}`` once known (after ``setup``, or from ``saved``)."""
+        return {} if self.permutation is None else {"permutation": self.permutation.tolist()}
+
+    def state_dict(self) -> dict:
+        return self.saved_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed fit: the checkpoint's permutation replaces the one ``setup`` built."""
+        stored = state_dict.get("permutation")
+        if stored is None:
+            return
+        order = _stored(stored)
+        if self.permutation is not None and torch.equal(order, self.permutation):
+            return
+        self.permutation = order
+        if self.train_set is not None:  # rebuild the sets in the stored order
+            self.train_set = self.val_set = self.test_set = None
+            self.setup()
+
+
+def _stored(permutation: object) -> torch.Tensor:
+    """A checkpoint's stored permutation as an int64 tensor (its length is checked in build)."""
+    order = torch.as_tensor(permutation)
+    if order.dim() != 1 or order.dtype.is_floating_point or order.dtype == torch.bool:
+        raise ValueError(f"the checkpoint's pixel permutation is malformed: {permutation!r:.80}")
+    return order.long()
 
 
 def build_net(config: dict) -> SequenceClassifier:
@@ -88,7 +137,7 @@ def build_net(config: dict) -> SequenceClassifier:
 
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> PsMNISTData:
-    return PsMNISTData(config, data_dir)
+    return PsMNISTData(config, data_dir, saved)
 
 
 def build_model(config: dict, datamodule: L.LightningDataModule) -> SequenceClassification:

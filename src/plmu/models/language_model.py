@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from plmu.layers import ParallelLMU
+from plmu.models._tokens import check_token_dtype, check_token_range
 
 __all__ = ["LMULanguageModel", "State"]
 
@@ -40,8 +41,9 @@ class LMULanguageModel(nn.Module):
         mode: how :meth:`forward` runs the memory (``"auto"`` picks; see ParallelLMU).
 
     Shapes:
-        - ``tokens``: ``(batch, time)`` int64 in ``[0, vocab_size)``; ``token`` for :meth:`step`:
-          ``(batch,)``
+        - ``tokens``: ``(batch, time)`` integer ids in ``[0, vocab_size)`` (int64; a float dtype
+          is a ``TypeError``, an id outside the range a ``ValueError`` for CPU tensors); ``token``
+          for :meth:`step`: ``(batch,)``
         - ``state``: a list of ``num_layers`` tensors ``(batch, memory_size * order)``, or
           ``None`` for zeros
         - logits: ``(batch, time, vocab_size)``, or ``(batch, vocab_size)`` from :meth:`step`
@@ -102,12 +104,14 @@ class LMULanguageModel(nn.Module):
 
     def _check_tokens(self, tokens: object, rank: int, name: str) -> torch.Tensor:
         shape = "(batch, time)" if rank == 2 else "(batch,)"
-        if not isinstance(tokens, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor {shape}, got {type(tokens).__name__}")
-        if tokens.dtype != torch.long:
-            raise TypeError(f"{name} must be int64 token ids, got {tokens.dtype}")
+        tokens = check_token_dtype(tokens, name, shape)
         if tokens.dim() != rank or tokens.shape[-1] == 0:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(tokens.shape)}")
+        # the values on CPU only: on CUDA reading them back would stall every training step
+        # (and every generated token) on a host/device sync that nothing else here needs;
+        # there nn.Embedding's device-side assert is the check (plmu.generation checks a
+        # prompt on any device, where it syncs anyway)
+        check_token_range(tokens, self.vocab_size, name)
         return tokens
 
     def forward(
@@ -116,7 +120,7 @@ class LMULanguageModel(nn.Module):
         """Score whole sequences in parallel over time.
 
         Args:
-            tokens: ``(batch, time)`` int64.
+            tokens: ``(batch, time)`` int64 ids in ``[0, vocab_size)``.
             state: per-layer memories carried from an earlier call (or ``None`` for zeros).
 
         Returns:
@@ -124,8 +128,6 @@ class LMULanguageModel(nn.Module):
             per-layer memories after the last token (to continue with :meth:`step`).
         """
         tokens = self._check_tokens(tokens, 2, "tokens")
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
-            raise ValueError(f"tokens must lie in [0, {self.vocab_size}), got values outside it")
         h = self.dropout(self.embedding(tokens))
         new_state = []
         for norm, layer, s in zip(self.norms, self.layers, self._check_state(state)):
@@ -138,7 +140,7 @@ class LMULanguageModel(nn.Module):
         """One token, the RNN form: the same numbers as :meth:`forward` at that position.
 
         Args:
-            token: ``(batch,)`` int64.
+            token: ``(batch,)`` int64 ids in ``[0, vocab_size)``.
             state: per-layer memories ``(batch, memory_size * order)`` or ``None``.
 
         Returns:

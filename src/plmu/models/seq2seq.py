@@ -36,6 +36,12 @@ import torch
 from torch import nn
 
 from plmu.layers import ParallelLMU
+from plmu.models._tokens import (
+    check_token_dtype,
+    check_token_range,
+    token_range_error,
+    tokens_out_of_range,
+)
 
 __all__ = ["BANNED_TOKENS", "LMUSeq2Seq", "reverse_padded"]
 
@@ -159,28 +165,72 @@ class LMUSeq2Seq(nn.Module):
 
     # ------------------------------------------------------------------ shared pieces
 
-    def encode(
-        self, src: torch.Tensor, src_lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode right-padded sources.
+    def _check_batch(
+        self, src: object, src_lengths: torch.Tensor, tgt_in: object = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check ``src`` ``(batch, S)``, ``src_lengths`` and, if given, ``tgt_in`` ``(batch, T)``.
 
-        Args:
-            src: ``(batch, S)`` token ids; src_lengths: ``(batch,)``, each in ``1..S``.
-
-        Returns:
-            ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
-            valid positions.
+        The ``src_lengths`` check reads values back, a host/device sync on CUDA that happens
+        anyway; the token-id range checks of ``src`` and ``tgt_in`` join that one sync, so they
+        run on every device.
         """
-        if src.dtype.is_floating_point or src.dtype.is_complex or src.dtype == torch.bool:
-            raise TypeError(f"src must hold integer token ids, got dtype {src.dtype}")
+        src = check_token_dtype(src, "src", "(batch, S)")
         if src.dim() != 2 or src.shape[1] == 0:
             raise ValueError(f"src must be (batch, S) with S >= 1, got {tuple(src.shape)}")
         if src_lengths.shape != src.shape[:1]:
             raise ValueError(
                 f"src_lengths must be ({src.shape[0]},), got {tuple(src_lengths.shape)}"
             )
-        if bool((src_lengths < 1).any()) or bool((src_lengths > src.shape[1]).any()):
-            raise ValueError(f"src_lengths must lie in 1..{src.shape[1]}")
+        if tgt_in is not None:
+            tgt_in = check_token_dtype(tgt_in, "tgt_in", "(batch, T)")
+            if tgt_in.dim() != 2 or tgt_in.shape[0] != src.shape[0] or tgt_in.shape[1] == 0:
+                raise ValueError(
+                    f"tgt_in must be ({src.shape[0]}, T) with T >= 1, got {tuple(tgt_in.shape)}"
+                )
+        S = src.shape[1]
+        flags = [
+            ((src_lengths < 1) | (src_lengths > S)).any().to(src.device),
+            tokens_out_of_range(src, self.src_embed.num_embeddings),
+        ]
+        if tgt_in is not None:
+            flags.append(tokens_out_of_range(tgt_in, self.tgt_vocab_size).to(src.device))
+        bad = torch.stack(flags).tolist()  # the one sync
+        if bad[0]:
+            raise ValueError(f"src_lengths must lie in 1..{S}")
+        if bad[1]:
+            raise token_range_error(src, self.src_embed.num_embeddings, "src")
+        if len(bad) > 2 and bad[2]:
+            raise token_range_error(tgt_in, self.tgt_vocab_size, "tgt_in")
+        return src, tgt_in
+
+    def _check_target(self, ids: object, name: str, shape: str, rank: int) -> torch.Tensor:
+        """Target-side token ids: integer dtype and rank; the values on CPU only (on CUDA
+        reading them back would add a sync to every decoding step)."""
+        ids = check_token_dtype(ids, name, shape)
+        if ids.dim() != rank:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(ids.shape)}")
+        check_token_range(ids, self.tgt_vocab_size, name)
+        return ids
+
+    def encode(
+        self, src: torch.Tensor, src_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode right-padded sources.
+
+        Args:
+            src: ``(batch, S)`` token ids in ``[0, src_vocab_size)``; src_lengths: ``(batch,)``,
+                each in ``1..S``.
+
+        Returns:
+            ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
+            valid positions.
+        """
+        src, _ = self._check_batch(src, src_lengths)
+        return self._encode(src, src_lengths)
+
+    def _encode(
+        self, src: torch.Tensor, src_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.dropout(self.src_embed(src) * self.embed_scale)
         lengths = src_lengths.to(src.device)
         for layer in self.encoder:
@@ -208,13 +258,20 @@ class LMUSeq2Seq(nn.Module):
         Returns:
             logits ``(batch, T, tgt_vocab_size)`` for ``y_1 .. y_T``.
         """
-        enc, mask = self.encode(src, src_lengths)
-        return self.decode_parallel(tgt_in, enc, mask)
+        src, tgt_in = self._check_batch(src, src_lengths, tgt_in)
+        enc, mask = self._encode(src, src_lengths)
+        return self._decode_parallel(tgt_in, enc, mask)
 
     def decode_parallel(
         self, tgt_in: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``."""
+        tgt_in = self._check_target(tgt_in, "tgt_in", "(batch, T)", 2)
+        return self._decode_parallel(tgt_in, enc, mask)
+
+    def _decode_parallel(
+        self, tgt_in: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         x = self.dropout(self.tgt_embed(tgt_in) * self.embed_scale)
         for layer in self.decoder:
             x = layer(x, self.dropout)
@@ -230,13 +287,14 @@ class LMUSeq2Seq(nn.Module):
         """One decoder step, the RNN form.
 
         Args:
-            y_prev: ``(B,)`` the previous token (``<s>`` first).
+            y_prev: ``(B,)`` the previous token (``<s>`` first), in ``[0, tgt_vocab_size)``.
             states: one ``(B, memory_size * order)`` memory (or ``None``) per decoder layer.
             enc, mask: from :meth:`encode`.
 
         Returns:
             ``(logits (B, V), new states)``.
         """
+        y_prev = self._check_target(y_prev, "y_prev", "(batch,)", 1)
         x = self.tgt_embed(y_prev) * self.embed_scale
         new_states = []
         for layer, state in zip(self.decoder, states):

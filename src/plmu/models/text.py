@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.stack import RecurrentStack
 
 __all__ = ["PairClassifier", "SentenceEncoder", "TextClassifier"]
@@ -33,8 +34,9 @@ class SentenceEncoder(nn.Module):
         **layer_kwargs: passed to every LMU layer (``hidden_activation``...).
 
     Shapes:
-        ``forward(ids, lengths)``: ``ids`` ``(B, T)`` int64 right-padded, ``lengths`` ``(B,)``
-        in ``[1, T]`` -> ``(B, hidden_size)``, the last layer's output at each text's last token.
+        ``forward(ids, lengths)``: ``ids`` ``(B, T)`` int64 in ``[0, vocab_size)``, right-padded,
+        ``lengths`` ``(B,)`` in ``[1, T]`` -> ``(B, hidden_size)``, the last layer's output at
+        each text's last token.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class SentenceEncoder(nn.Module):
         **layer_kwargs: object,
     ) -> None:
         super().__init__()
+        self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         self.stack = RecurrentStack(
@@ -67,9 +70,23 @@ class SentenceEncoder(nn.Module):
         )
         self.hidden_size = hidden_size
 
+    def check_ids(self, ids: object, name: str = "ids") -> torch.Tensor:
+        """``ids`` checked: an integer tensor ``(batch, time)`` of ids in ``[0, vocab_size)``.
+
+        The values are checked for CPU tensors only: on CUDA reading them back would add a
+        host/device sync to every training step (the LSTM baseline makes none), so there
+        ``nn.Embedding``'s device-side assert is the check.
+        """
+        ids = check_token_dtype(ids, name, "(batch, time)")
+        if ids.dim() != 2:
+            raise ValueError(f"{name} must have shape (batch, time), got {tuple(ids.shape)}")
+        check_token_range(ids, self.vocab_size, name)
+        return ids
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if ids.dim() != 2 or ids.dtype != torch.long:
-            raise ValueError(f"ids must be int64 (batch, time), got {ids.dtype} {tuple(ids.shape)}")
+        return self._encode(self.check_ids(ids), lengths)
+
+    def _encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.stack(self.dropout(self.embedding(ids)), lengths)
 
 
@@ -134,11 +151,13 @@ class PairClassifier(nn.Module):
         ids_b: torch.Tensor,
         lengths_b: torch.Tensor,
     ) -> torch.Tensor:
+        ids_a = self.encoder.check_ids(ids_a, "ids_a")
+        ids_b = self.encoder.check_ids(ids_b, "ids_b")
         # one encoder call for both sides: pad both to the longer of the two
         B, T = ids_a.shape[0], max(ids_a.shape[1], ids_b.shape[1])
         ids = ids_a.new_zeros(2 * B, T)
         ids[:B, : ids_a.shape[1]] = ids_a
         ids[B:, : ids_b.shape[1]] = ids_b
-        encoded = self.encoder(ids, torch.cat([lengths_a, lengths_b]))
+        encoded = self.encoder._encode(ids, torch.cat([lengths_a, lengths_b]))
         a, b = encoded[:B], encoded[B:]
         return self.head(torch.cat([a, b, (a - b).abs(), a * b], dim=-1))
