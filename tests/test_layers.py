@@ -322,7 +322,11 @@ def test_unstable_euler_warns_once_when_built_and_loaded_not_per_forward(make):
         assert len(_euler_warnings(record)) == 2
 
 
-@pytest.mark.parametrize("layer", [plmu.ParallelLMU, plmu.LMU])
+def _memory_alone(input_size, hidden_size, order, theta, **kwargs):
+    return plmu.LegendreMemory(1, order, theta, **kwargs)
+
+
+@pytest.mark.parametrize("layer", [plmu.ParallelLMU, plmu.LMU, _memory_alone])
 def test_trainable_euler_theta_is_checked_once_at_construction(layer):
     """A trainable theta runs through discretize_torch every training step: no check there,
     only its initial value when the layer is built (the message says so)."""

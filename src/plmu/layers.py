@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmu.legendre import legendre_delay, warn_if_euler_unstable
 from plmu.memory import (
     AUTO_FUSED_MIN_TIME,
     MODES,
@@ -62,19 +61,6 @@ _INPLACE_ACTIVATIONS = {
     nn.Tanh: torch.tanh_,
     nn.Sigmoid: torch.sigmoid_,
 }
-
-
-def _check_trainable_euler(memory: LegendreMemory) -> None:
-    """Warn if a trainable theta starts where forward Euler is unstable.
-
-    A fixed theta is checked where it is discretised (``plmu.discretize``, when the memory is
-    built or loaded); a trainable one is discretised by the differentiable torch version in
-    every training step, where an eigenvalue check would cost too much (and a device sync), so
-    its initial value is checked once, here.
-    """
-    if memory.trainable_theta and memory.discretizer == "euler":
-        A = legendre_delay(memory.order)[0]
-        warn_if_euler_unstable(A, memory.initial_theta, trainable=True)
 
 
 def _activation(name: str | None, argument: str) -> nn.Module:
@@ -275,7 +261,6 @@ class ParallelLMU(nn.Module):
             trainable_theta=trainable_theta,
             mode="auto" if mode == "fused" else mode,
         )
-        _check_trainable_euler(self.memory)
         in_features = self.memory.state_size + (self.input_size if self.input_to_output else 0)
         self.output = nn.Linear(in_features, self.hidden_size, bias=bias)  # [W_m, W_x], b
         self.memory_activation = _activation(memory_activation, "memory_activation")
@@ -653,7 +638,6 @@ class LMUCell(nn.Module):
             trainable_theta=trainable_theta,
             mode="recurrent",
         )
-        _check_trainable_euler(self.memory)
         C, S, H = memory_size, self.memory.state_size, self.hidden_size
 
         def param(*shape: int) -> nn.Parameter:

@@ -43,6 +43,7 @@ from plmu.legendre import (
     impulse_response_torch,
     legendre_delay,
     matrix_powers_apply,
+    warn_if_euler_unstable,
 )
 
 __all__ = ["MODES", "LegendreMemory", "check_lengths", "check_sequence", "check_state"]
@@ -209,7 +210,10 @@ def check_lengths(lengths: object, batch: int, time: int) -> torch.Tensor | None
         raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
     if tuple(lengths.shape) != (batch,):
         raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
-    if batch and (int(lengths.min()) < 1 or int(lengths.max()) > time):
+    # the values only on the CPU: on an accelerator reading them back would stall every
+    # training step on a host/device sync (out-of-range lengths then index out of bounds there)
+    on_host = batch and lengths.device.type == "cpu" and not _tracing()
+    if on_host and (int(lengths.min()) < 1 or int(lengths.max()) > time):
         raise ValueError(f"lengths must lie in [1, {time}] (the time dimension), got {lengths}")
     return lengths.long()
 
@@ -291,6 +295,12 @@ class LegendreMemory(nn.Module):
         self.initial_theta = theta  # what reset_parameters gives a trainable theta back
         if self.trainable_theta:
             self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
+            if discretizer == "euler":
+                # a fixed theta is checked where it is discretised (plmu.discretize, when built
+                # or loaded); a trainable one is discretised by the differentiable version in
+                # every training step, where an eigenvalue check would cost too much, so its
+                # initial value is checked once, here
+                warn_if_euler_unstable(legendre_delay(self.order)[0], theta, trainable=True)
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
         self._cache: dict[tuple, object] = {}
