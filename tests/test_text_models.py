@@ -93,3 +93,19 @@ def test_bad_ids_are_an_error():
         model(torch.zeros(2, 3), torch.tensor([3, 3]))
     with pytest.raises(ValueError, match="lengths must lie in"):
         model(torch.ones(2, 3, dtype=torch.long), torch.tensor([0, 3]))
+
+
+def test_pair_lengths_are_checked_against_their_own_side():
+    """Both sides run padded to the longer one, so a ``lengths_a`` past ``ids_a``'s width would
+    read padding: an error naming the argument instead."""
+    model = PairClassifier(2, mlp_hidden=5, **ENCODER)
+    a, b = torch.ones(2, 3, dtype=torch.long), torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"lengths_a must lie in \[1, 3\]"):
+        model(a, torch.tensor([3, 5]), b, torch.tensor([6, 6]))
+    with pytest.raises(ValueError, match=r"lengths_b must have shape \(2,\)"):
+        model(a, torch.tensor([3, 3]), b, torch.tensor([6]))
+    with pytest.raises(TypeError, match="lengths_b must be a tensor"):
+        model(a, torch.tensor([3, 3]), b, None)
+    with pytest.raises(ValueError, match="same batch size"):
+        model(a, torch.tensor([3, 3]), b[:1], torch.tensor([6]))
+    assert model(a, torch.tensor([3, 1]), b, torch.tensor([6, 2])).shape == (2, 2)

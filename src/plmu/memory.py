@@ -201,20 +201,23 @@ def check_state(
     return state if state.dtype == like.dtype else state.to(like.dtype)
 
 
-def check_lengths(lengths: object, batch: int, time: int) -> torch.Tensor | None:
-    """Check right-padding ``lengths`` ``(batch,)``: integers in ``[1, time]``."""
+def check_lengths(
+    lengths: object, batch: int, time: int, name: str = "lengths"
+) -> torch.Tensor | None:
+    """Check right-padding ``lengths`` ``(batch,)``: integers in ``[1, time]`` (``name`` is the
+    argument the messages name)."""
     if lengths is None:
         return None
     lengths = torch.as_tensor(lengths)
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
-        raise TypeError(f"lengths must hold integers, got {lengths.dtype}")
+        raise TypeError(f"{name} must hold integers, got {lengths.dtype}")
     if tuple(lengths.shape) != (batch,):
-        raise ValueError(f"lengths must have shape ({batch},), got {tuple(lengths.shape)}")
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(lengths.shape)}")
     # the values only on the CPU: on an accelerator reading them back would stall every
     # training step on a host/device sync (out-of-range lengths then index out of bounds there)
     on_host = batch and lengths.device.type == "cpu" and not _tracing()
     if on_host and (int(lengths.min()) < 1 or int(lengths.max()) > time):
-        raise ValueError(f"lengths must lie in [1, {time}] (the time dimension), got {lengths}")
+        raise ValueError(f"{name} must lie in [1, {time}] (the time dimension), got {lengths}")
     return lengths.long()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.memory import check_lengths
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.stack import RecurrentStack
 
@@ -153,6 +154,17 @@ class PairClassifier(nn.Module):
     ) -> torch.Tensor:
         ids_a = self.encoder.check_ids(ids_a, "ids_a")
         ids_b = self.encoder.check_ids(ids_b, "ids_b")
+        if ids_b.shape[0] != ids_a.shape[0]:
+            raise ValueError(
+                f"ids_a and ids_b must have the same batch size, got {ids_a.shape[0]} and "
+                f"{ids_b.shape[0]}"
+            )
+        # each side's lengths against its own width (the shared call pads both to the longer)
+        for name, lengths in (("lengths_a", lengths_a), ("lengths_b", lengths_b)):
+            if lengths is None:
+                raise TypeError(f"{name} must be a tensor (batch,) of valid lengths, got None")
+        lengths_a = check_lengths(lengths_a, ids_a.shape[0], ids_a.shape[1], "lengths_a")
+        lengths_b = check_lengths(lengths_b, ids_b.shape[0], ids_b.shape[1], "lengths_b")
         # one encoder call for both sides: pad both to the longer of the two
         B, T = ids_a.shape[0], max(ids_a.shape[1], ids_b.shape[1])
         ids = ids_a.new_zeros(2 * B, T)
