@@ -111,7 +111,8 @@ class ResumableDataLoader(DataLoader):
     @property
     def _index_sampler(self) -> Iterable:
         # torch's iterators take their indices (a batch's list of them, when the loader
-        # batches) from here, also when a persistent iterator starts a new pass
+        # batches) from this private DataLoader property, also when a persistent iterator
+        # starts a new pass (tests/training/test_datamodule.py checks it on the torch in use)
         return _SkipFirst(super()._index_sampler, self)
 
 
