@@ -44,7 +44,8 @@ def assert_close_to_reference(actual, reference, rel=1e-4):
 
 
 def assert_same_last_checkpoint(expected_run: Path, found_run: Path) -> None:
-    """Two runs' ``checkpoints/last.ckpt`` hold the same step and bit-identical weights."""
+    """Two runs' ``checkpoints/last.ckpt`` hold the same step and bit-identical weights,
+    optimizer states and LR schedulers' states."""
     expected, found = (
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
         for run in (expected_run, found_run)
@@ -52,6 +53,44 @@ def assert_same_last_checkpoint(expected_run: Path, found_run: Path) -> None:
     assert found["global_step"] == expected["global_step"]
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(found["state_dict"][name], tensor), name
+    for key in ("optimizer_states", "lr_schedulers"):
+        _assert_same(found.get(key), expected.get(key), key)
+
+
+def crash_at_step(step: int):
+    """A Lightning callback that simulates a run killed after ``step`` optimizer steps (a
+    ``RuntimeError("simulated crash")`` before the next batch)."""
+    import lightning as L
+
+    class CrashAtStep(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+            if trainer.global_step == step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAtStep()
+
+
+def loader_position(run: Path) -> list[dict]:
+    """The training loader's position saved in ``run``'s ``last.ckpt`` (Lightning's fit loop
+    state)."""
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    return saved["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+
+
+def _assert_same(found, expected, where: str) -> None:
+    """Nested dicts/lists of tensors and plain values are equal, tensors bit for bit."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(found, torch.Tensor) and torch.equal(found, expected), where
+    elif isinstance(expected, dict):
+        assert isinstance(found, dict) and found.keys() == expected.keys(), where
+        for key, value in expected.items():
+            _assert_same(found[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(found, (list, tuple)) and len(found) == len(expected), where
+        for i, value in enumerate(expected):
+            _assert_same(found[i], value, f"{where}[{i}]")
+    else:
+        assert found == expected, where
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from _iwslt_fixture import write_iwslt
-from conftest import assert_same_last_checkpoint
+from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu import cli
 from plmu.data.iwslt import IWSLTDataModule
 from plmu.training import registry
@@ -264,3 +264,33 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
             progress_bar=False,
         )
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+
+
+def test_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
+    """Length-bucketed batches (a custom batch sampler) in a worker process: resumed from a
+    checkpoint written mid-epoch, the run reads the rest of the epoch's batches and ends with
+    the uninterrupted run's weights, optimizer state and LR schedule (decayed after epoch 1)."""
+    data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6)
+    overrides = [o for o in TINY if not o.startswith(("epochs=", "beam_size="))]
+    overrides += ["beam_size=1", "epochs=2", "lr_decay_after=1", "num_workers=1"]
+    overrides.append("checkpoint_every_n_steps=2")  # 6 steps per epoch
+
+    def run(out: str, *callbacks):
+        return train(
+            "iwslt15-en-vi",
+            out=tmp_path / out,
+            overrides=overrides,
+            data_dir=data,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+            callbacks=callbacks,
+        )
+
+    reference = run("ref")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run("run", crash_at_step(9))
+    assert loader_position(tmp_path / "run") == [{"epoch": 1, "batches": 2}]  # after step 8
+    resumed = run("run")
+    assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+    assert resumed["test_loss"] == reference["test_loss"]

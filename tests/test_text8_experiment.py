@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu import cli
 from plmu.data.text8 import ALPHABET
 from plmu.experiments import text8 as experiment
@@ -187,3 +188,24 @@ def test_bad_sample_settings_fail_before_training(tmp_path, capsys, setting, mes
     err = capsys.readouterr().err
     assert status == 2 and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_run_interrupted_mid_epoch_resumes_exactly(zip_dir, tmp_path):
+    """text8's configure_optimizers asks for trainer.estimated_stepping_batches (its LR
+    schedule), which makes Lightning set the loader up before it reads the checkpoint; the
+    loader gets its position all the same (Lightning issue #20550, see RunInfo)."""
+    options = [*TINY, "checkpoint_every_n_steps=3"]  # 10 steps per epoch, dropout 0.1
+    reference = train("text8", out=tmp_path / "ref", overrides=options, data_dir=zip_dir, **DEVICE)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(
+            "text8",
+            out=tmp_path / "run",
+            overrides=options,
+            data_dir=zip_dir,
+            callbacks=[crash_at_step(13)],
+            **DEVICE,
+        )
+    assert loader_position(tmp_path / "run") == [{"epoch": 1, "batches": 2}]  # after step 12
+    resumed = train("text8", out=tmp_path / "run", overrides=options, data_dir=zip_dir, **DEVICE)
+    assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+    assert resumed["test_bpc"] == reference["test_bpc"]

@@ -185,11 +185,13 @@ def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
         predict_loaded(torch.nn.Linear(1, 1), L.LightningDataModule(), "some text")
 
 
-def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, num_workers):
     """Stopped after epoch 1 and resumed: the shuffles of epochs 2 and 3 (seed + epoch) and so
-    the weights are those of one run of 3 epochs."""
+    the weights are those of one run of 3 epochs. (With a worker process the resumed run once
+    read epoch 0's order: the worker drew indices before Lightning's set_epoch.)"""
     data = _write_task(tmp_path, "imdb", ".jsonl")
-    overrides = [o for o in TINY if not o.startswith("epochs=")]
+    overrides = [o for o in TINY if not o.startswith("epochs=")] + [f"num_workers={num_workers}"]
     for out, epochs in (("ref", 3), ("run", 1), ("run", 3)):
         options = [*overrides, f"epochs={epochs}"]
         train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)

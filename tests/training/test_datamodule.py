@@ -1,9 +1,12 @@
 """EpochRandomSampler: an order given by seed and epoch alone (what makes a resumed run exact)."""
 
-import torch
-from torch.utils.data import DataLoader
+import itertools
 
-from plmu.training.datamodule import EpochRandomSampler
+import pytest
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from plmu.training.datamodule import EpochRandomSampler, ResumableDataLoader, SplitDataModule
 
 
 def test_order_depends_on_seed_and_epoch_only():
@@ -37,3 +40,131 @@ def test_a_loader_with_it_is_a_shuffled_loader_for_lightning():
 
     loader = DataLoader(range(10), sampler=EpochRandomSampler(range(10)), batch_size=2)
     assert _is_dataloader_shuffled(loader)
+
+
+# ------------------------------------------------------------------- ResumableDataLoader
+
+DATA = range(40)  # 10 batches of 4
+
+
+def _loader(num_workers: int = 0, sampler=None) -> ResumableDataLoader:
+    return ResumableDataLoader(
+        DATA,
+        batch_size=4,
+        sampler=sampler if sampler is not None else EpochRandomSampler(DATA, seed=1),
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )
+
+
+def _take(loader: DataLoader, epoch: int, count: int | None = None) -> list[list[int]]:
+    """Lightning's order: start a pass, set the sampler's epoch, then fetch ``count`` batches."""
+    batches = iter(loader)
+    loader.sampler.set_epoch(epoch)
+    return [batch.tolist() for batch in itertools.islice(batches, count)]
+
+
+def _epoch_batches(epoch: int) -> list[list[int]]:
+    sampler = EpochRandomSampler(DATA, seed=1)
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    return [order[i : i + 4] for i in range(0, len(order), 4)]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_pass_orders_the_epoch_set_after_it_started(num_workers: int) -> None:
+    """Lightning calls set_epoch after iter(); a torch iterator with workers would already
+    have drawn indices from the sampler (epoch 0's order) when it is created."""
+    loader = _loader(num_workers)
+    assert _take(loader, 3) == _epoch_batches(3)
+    assert _take(loader, 1) == _epoch_batches(1)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resumes_mid_epoch_with_the_rest_of_its_batches(num_workers: int) -> None:
+    first = _loader(num_workers)
+    trained = _take(first, 2, 3)
+    # the workers prefetched more than 3 batches; only those received count
+    assert first.state_dict() == {"epoch": 2, "batches": 3}
+    resumed = _loader(num_workers)  # a new process
+    resumed.load_state_dict(first.state_dict())
+    assert trained + _take(resumed, 2) == _epoch_batches(2)
+    assert resumed.state_dict() == {"epoch": 2, "batches": 10}
+    assert _take(resumed, 3) == _epoch_batches(3)  # the next epoch is whole
+
+
+def test_a_second_resume_in_the_same_epoch_counts_from_the_epoch_start() -> None:
+    first = _loader()
+    trained = _take(first, 0, 3)
+    second = _loader()
+    second.load_state_dict(first.state_dict())
+    trained += _take(second, 0, 4)
+    assert second.state_dict() == {"epoch": 0, "batches": 7}
+    third = _loader()
+    third.load_state_dict(second.state_dict())
+    assert trained + _take(third, 0) == _epoch_batches(0)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [{"epoch": 1, "batches": 3}, {"epoch": 2, "batches": 10}, {"epoch": None, "batches": 3}],
+)
+def test_a_position_applies_only_to_an_unfinished_pass_of_its_epoch(state: dict) -> None:
+    loader = _loader()
+    loader.load_state_dict(state)
+    assert _take(loader, 2) == _epoch_batches(2)
+
+
+def test_a_loader_without_an_epoch_resumes_its_pass() -> None:
+    loader = ResumableDataLoader(DATA, batch_size=4)  # sequential: no sampler epoch
+    assert loader.state_dict() == {"epoch": None, "batches": 0}
+    loader.load_state_dict({"epoch": None, "batches": 8})
+    assert [batch.tolist() for batch in loader] == [[32, 33, 34, 35], [36, 37, 38, 39]]
+    assert len(loader) == 10  # Lightning counts the skipped batches as done
+
+
+@pytest.mark.parametrize("state", [{}, {"epoch": 1, "batches": -1}, {"epoch": "1", "batches": 2}])
+def test_a_bad_state_is_refused(state: dict) -> None:
+    with pytest.raises(ValueError, match="not a ResumableDataLoader state"):
+        _loader().load_state_dict(state)
+
+
+def test_under_ddp_each_rank_resumes_its_shard() -> None:
+    """Lightning rebuilds the loader with a DistributedSampler (set_epoch, seeded); every rank
+    has as many batches, so rank 0's saved position holds for all."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    def rank_loader(rank: int) -> DataLoader:
+        sampler = DistributedSampler(DATA, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        return _update_dataloader(_loader(), sampler)
+
+    whole = _take(rank_loader(1), 4)
+    assert isinstance(rank_loader(1), ResumableDataLoader) and len(whole) == 5
+    first = rank_loader(0)
+    _take(first, 4, 2)
+    resumed = rank_loader(1)
+    resumed.load_state_dict(first.state_dict())
+    assert _take(resumed, 4) == whole[2:]
+
+
+class _Ranges(SplitDataModule):
+    def build(self):
+        return TensorDataset(torch.arange(20.0)), range(6), range(6)
+
+
+def test_the_datamodule_loaders_leave_the_global_generator_alone() -> None:
+    """Creating an iterator draws the workers' base seed; from the loader's own generator,
+    or a resumed run, which creates iterators where the uninterrupted run did not, would
+    drop out differently."""
+    from lightning.fabric.utilities.types import _Stateful
+
+    data = _Ranges(batch_size=4, seed=5)
+    data.setup()
+    train = data.train_dataloader()
+    assert isinstance(train, ResumableDataLoader) and isinstance(train, _Stateful)
+    assert isinstance(train.sampler, EpochRandomSampler) and train.sampler.seed == 5
+    assert not isinstance(data.val_dataloader(), ResumableDataLoader)
+    state = torch.get_rng_state()
+    for loader in (train, data.val_dataloader(), data.test_dataloader()):
+        next(iter(loader))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
-from conftest import assert_same_last_checkpoint
+from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.data.mnist import permutation, psmnist_splits
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
@@ -129,6 +129,54 @@ def test_interrupted_run_loses_no_completed_epoch(
     # ... and trains on as the uninterrupted run did: same shuffles, same weights
     assert_same_last_checkpoint(tmp_path / "reference", out)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int) -> None:
+    # 3 steps per epoch; last.ckpt every 2 steps, so after step 4: epoch 1's first batch.
+    # Dropout makes the random generators' states matter.
+    options = ["epochs=3", "dropout=0.3", f"num_workers={num_workers}"]
+    options.append("checkpoint_every_n_steps=2")
+    reference = _train_mg(tmp_path / "reference", *options)
+    assert reference["global_step"] == 9
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_mg(out, *options, callbacks=[crash_at_step(5)])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 4 and saved["epoch"] == 1
+    assert loader_position(out) == [{"epoch": 1, "batches": 1}]
+    resumed = _train_mg(out, *options)  # the same command again resumes
+    # ... with epoch 1's other two batches, then epoch 2: the uninterrupted run's weights,
+    # optimizer and schedule to the bit
+    assert resumed["global_step"] == 9
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
+
+
+class _CrashInValidation(L.Callback):
+    """Simulates a run killed while validating epoch 0."""
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            raise RuntimeError("simulated crash")
+
+
+def test_step_checkpoints_leave_out_an_epochs_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning resumes from a checkpoint written after an epoch's last batch as from the
+    epoch's end: that epoch's validation (and so its best checkpoint) would be lost."""
+    monkeypatch.setattr(SequenceRegression, "monitor", "epoch")  # the best stays at epoch 0
+    monkeypatch.setattr(SequenceRegression, "monitor_mode", "min")
+    options = ["epochs=2", "checkpoint_every_n_steps=1"]
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_mg(out, *options, callbacks=[_CrashInValidation()])
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2  # not after the third, last batch
+    _train_mg(out, *options)
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 3  # epoch 0 was validated after all
 
 
 def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:

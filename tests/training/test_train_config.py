@@ -27,6 +27,9 @@ def test_overrides_are_yaml_scalars() -> None:
     assert load_config("mackey-glass", overrides=["patience=null"])["patience"] is None
     half = load_config("mackey-glass", overrides=["limit_train_batches=0.5"])
     assert half["limit_train_batches"] == 0.5
+    assert load_config("mackey-glass")["checkpoint_every_n_steps"] is None  # epoch ends only
+    steps = load_config("mackey-glass", overrides=["checkpoint_every_n_steps=500"])
+    assert steps["checkpoint_every_n_steps"] == 500
 
 
 def test_unknown_key_suggests_the_closest() -> None:
@@ -45,6 +48,11 @@ def test_unknown_key_suggests_the_closest() -> None:
         ("limit_train_batches=all", "'limit_train_batches' in --set expects int or float"),
         ("epochs=-1", "'epochs' in --set must be >= 0"),  # Lightning: train forever
         ("accumulate_grad_batches=0", "'accumulate_grad_batches' in --set must be >= 1"),
+        ("checkpoint_every_n_steps=0", "'checkpoint_every_n_steps' in --set must be >= 1, got 0"),
+        ("checkpoint_every_n_steps=-100", "'checkpoint_every_n_steps' in --set must be >= 1"),
+        ("checkpoint_every_n_steps=2.5", "'checkpoint_every_n_steps' in --set expects int or null"),
+        ("checkpoint_every_n_steps=true", "'checkpoint_every_n_steps' in --set expects int or"),
+        ("checkpoint_every_n_steps=often", "'checkpoint_every_n_steps' in --set expects int or"),
     ],
 )
 def test_wrong_types_rejected(override: str, message: str) -> None:

@@ -362,13 +362,12 @@ class IWSLTDataModule(SplitDataModule):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        super().__init__(batch_size, num_workers)
+        super().__init__(batch_size, num_workers, seed=seed)
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.vocab_size = vocab_size
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self.hub = (hf_dataset, hf_config, hf_revision)
-        self.seed = seed
         self.src_tokenizer: Tokenizer | None = None
         self.tgt_tokenizer: Tokenizer | None = None
         if saved is not None:

@@ -37,7 +37,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 from torch.utils.data import Dataset
 
 from plmu.data import DataError
-from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
+from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "FORMATS",
@@ -633,10 +633,13 @@ class TextClassificationData(SplitDataModule):
         data_dir: Path | None = None,
         saved: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(int(config["batch_size"]), int(config.get("num_workers") or 0))
+        super().__init__(
+            int(config["batch_size"]),
+            int(config.get("num_workers") or 0),
+            seed=int(config["seed"]),
+        )
         self.task = task
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        self.seed = int(config["seed"])
         self.max_length = int(config["max_length"])
         self.vocab_size = int(config["vocab_size"])
         self.min_frequency = int(config.get("min_frequency", 1))
@@ -753,13 +756,11 @@ class TextClassificationData(SplitDataModule):
     def loader_options(
         self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
     ) -> dict[str, Any]:
-        """Pad with :func:`collate`; shuffle the training split in an order given by ``seed``
-        and the epoch (:class:`~plmu.training.datamodule.EpochRandomSampler`: a resumed run
-        shuffles as the uninterrupted one)."""
-        options: dict[str, Any] = {"collate_fn": collate}
-        if shuffle:
-            options["sampler"] = EpochRandomSampler(dataset, self.seed)
-        return options
+        """Pad with :func:`collate`. The training split is shuffled by the base class, in an
+        order given by ``seed`` and the epoch
+        (:class:`~plmu.training.datamodule.EpochRandomSampler`: a resumed run shuffles as the
+        uninterrupted one)."""
+        return {"collate_fn": collate}
 
 
 def _column_texts(split: RawSplit) -> Iterator[str]:

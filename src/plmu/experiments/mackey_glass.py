@@ -26,7 +26,9 @@ class MackeyGlassData(SplitDataModule):
     """Train windows and the validation/test sequences, generated from the config's seeds."""
 
     def __init__(self, config: dict) -> None:
-        super().__init__(config["batch_size"], config["num_workers"], eval_batch_size=1)
+        super().__init__(
+            config["batch_size"], config["num_workers"], eval_batch_size=1, seed=config["seed"]
+        )
         self.config = config
         self.normaliser: dict[str, float] | None = None
 

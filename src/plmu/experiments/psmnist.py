@@ -39,7 +39,7 @@ class PsMNISTData(SplitDataModule):
     """
 
     def __init__(self, config: dict, data_dir: Path | None, saved: dict | None = None) -> None:
-        super().__init__(config["batch_size"], config["num_workers"])
+        super().__init__(config["batch_size"], config["num_workers"], seed=config["seed"])
         self.config = config
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         stored = (saved or {}).get("permutation")

@@ -47,7 +47,7 @@ class Text8Data(SplitDataModule):
     vocab_size = VOCAB_SIZE
 
     def __init__(self, config: dict, data_dir: Path | None) -> None:
-        super().__init__(config["batch_size"], config["num_workers"])
+        super().__init__(config["batch_size"], config["num_workers"], seed=config["seed"])
         self.config = config
         self.data_dir = data_dir
 

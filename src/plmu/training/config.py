@@ -49,6 +49,9 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,  # DataLoader worker processes
     "num_threads": None,  # torch intra-op threads per process (None: torch's default)
     "log_every_n_steps": 10,
+    # also write last.ckpt every this many optimizer steps (None: at epoch ends only); a run
+    # resumed from such a checkpoint reads the rest of that epoch
+    "checkpoint_every_n_steps": None,
 }
 
 # What the runner keys without a default accept besides null (any value would pass otherwise).
@@ -59,10 +62,16 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "limit_test_batches": (int, float),
     "patience": (int,),
     "num_threads": (int,),
+    "checkpoint_every_n_steps": (int,),
 }
 
 # The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever).
-_MINIMUM: dict[str, int] = {"epochs": 0, "accumulate_grad_batches": 1, "patience": 0}
+_MINIMUM: dict[str, int] = {
+    "epochs": 0,
+    "accumulate_grad_batches": 1,
+    "patience": 0,
+    "checkpoint_every_n_steps": 1,
+}
 
 
 class ConfigError(ValueError):

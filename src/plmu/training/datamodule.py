@@ -1,15 +1,21 @@
-"""A small LightningDataModule base: three torch Datasets and their DataLoaders."""
+"""A small LightningDataModule base: three torch Datasets and their DataLoaders.
+
+The training loader is a :class:`ResumableDataLoader`: Lightning stores its position in every
+checkpoint, so a run resumed from a checkpoint written mid-epoch reads the rest of that epoch's
+batches, in the uninterrupted run's order, and not the epoch's first batches again.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+import itertools
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-__all__ = ["EpochRandomSampler", "SplitDataModule"]
+__all__ = ["EpochRandomSampler", "ResumableDataLoader", "SplitDataModule"]
 
 
 class EpochRandomSampler(RandomSampler):
@@ -42,6 +48,97 @@ class EpochRandomSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` that continues an epoch where a checkpoint left it.
+
+    It has Lightning's stateful-loader interface. :meth:`state_dict` is the position of the
+    current pass: its epoch (the ``epoch`` of its sampler, e.g. an :class:`EpochRandomSampler`
+    or Lightning's ``DistributedSampler``, read as the pass starts; ``None`` if it has none) and
+    the batches the pass has handed out, counted as the main process receives them (batches that
+    worker processes prefetched are not counted). Lightning saves it in every checkpoint and,
+    resuming from one written mid-epoch, gives it back to :meth:`load_state_dict` before the
+    pass starts. A pass of the same epoch then leaves out the batches already trained on; any
+    other pass (another epoch, or the saved pass was complete) is whole. The batches are left
+    out at the index sampler: the sampler still draws the epoch's whole order, so the rest is the
+    uninterrupted run's, but no item of a skipped batch is read or collated.
+
+    Lightning starts a pass (``iter``) before it calls the sampler's ``set_epoch``, and a torch
+    iterator with worker processes draws indices from the sampler as soon as it is created. A
+    pass here creates its iterator when its first batch is asked for, so the sampler always
+    orders the epoch Lightning gave it. Creating an iterator draws the workers' base seed from
+    the loader's ``generator``, or from the global generator when it has none; give it one (as
+    :class:`SplitDataModule` does): a resumed run creates an iterator mid-epoch where the
+    uninterrupted run did not, and a draw from the global generator would change the dropout
+    that follows.
+
+    Under DDP Lightning rebuilds the loader with a ``DistributedSampler``, which gives every
+    process as many batches; rank 0 saves the position and every rank resumes from it. Meant
+    for sized datasets (Lightning fetches one batch ahead from a loader without a length, and
+    that batch would count as trained on).
+    """
+
+    _epoch: int | None = None  # the epoch of the current pass
+    _batches: int = 0  # batches the current pass has handed out, skipped ones included
+    _skip: int = 0  # batches the current pass leaves out
+    _resume: tuple[int | None, int] | None = None  # a loaded position, for the next pass
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position of the current pass: ``{"epoch": int | None, "batches": int}``."""
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the next pass from ``state_dict`` (a :meth:`state_dict`) if it is a pass of
+        the same epoch."""
+        epoch, batches = state_dict.get("epoch"), state_dict.get("batches")
+        if not (
+            (epoch is None or isinstance(epoch, int)) and isinstance(batches, int) and batches >= 0
+        ):
+            raise ValueError(f"not a ResumableDataLoader state: {state_dict!r}")
+        self._resume = (epoch, batches)
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = _sampler_epoch(self)
+        skip = 0
+        if self._resume is not None:
+            (saved_epoch, saved_batches), self._resume = self._resume, None
+            if saved_epoch == epoch and saved_batches < len(self):
+                skip = saved_batches
+        self._epoch, self._batches, self._skip = epoch, skip, skip
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    @property
+    def _index_sampler(self) -> Iterable:
+        # torch's iterators take their indices (a batch's list of them, when the loader
+        # batches) from this private DataLoader property, also when a persistent iterator
+        # starts a new pass (tests/training/test_datamodule.py checks it on the torch in use)
+        return _SkipFirst(super()._index_sampler, self)
+
+
+class _SkipFirst:
+    """``sampler`` less its first ``loader._skip`` items (read when a pass starts)."""
+
+    def __init__(self, sampler: Iterable, loader: ResumableDataLoader) -> None:
+        self.sampler = sampler
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.sampler), self.loader._skip, None)
+
+
+def _sampler_epoch(loader: DataLoader) -> int | None:
+    """The ``epoch`` of ``loader``'s sampler (its batch sampler's sampler first), if it has one."""
+    for sampler in (getattr(loader.batch_sampler, "sampler", None), loader.sampler):
+        epoch = getattr(sampler, "epoch", None)
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            return epoch
+    return None
+
+
 class SplitDataModule(L.LightningDataModule):
     """Serves ``train_set``, ``val_set`` and ``test_set`` (standard torch Datasets).
 
@@ -53,16 +150,26 @@ class SplitDataModule(L.LightningDataModule):
     The three loaders share :meth:`_loader`; a subclass changes them through
     :meth:`loader_options` (a ``collate_fn``, a ``batch_sampler``, a ``generator``, ...) and, when
     it keeps its datasets elsewhere, :meth:`split_set`. The splits are named ``"train"``,
-    ``"validation"`` and ``"test"``.
+    ``"validation"`` and ``"test"``. The training loader is a :class:`ResumableDataLoader` that
+    shuffles with an :class:`EpochRandomSampler` (``seed``) unless the options bring their own
+    sampler or batch sampler. Every loader has its own ``generator`` (seeded with ``seed``) for
+    its worker processes' seeds: creating an iterator then leaves the global generator, which
+    dropout draws from, alone. (Otherwise a resumed run, which creates its iterators at other
+    times than the uninterrupted run, e.g. no sanity check, would drop out differently.)
 
     Args:
         batch_size: examples per batch (per process under DDP).
         num_workers: DataLoader worker processes.
         eval_batch_size: batch size for validation/test (default ``batch_size``).
+        seed: the training order of epoch ``e`` is a permutation seeded with ``seed + e``.
     """
 
     def __init__(
-        self, batch_size: int, num_workers: int = 0, eval_batch_size: int | None = None
+        self,
+        batch_size: int,
+        num_workers: int = 0,
+        eval_batch_size: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -72,6 +179,7 @@ class SplitDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -107,9 +215,11 @@ class SplitDataModule(L.LightningDataModule):
         """Extra ``DataLoader`` keyword arguments for ``split`` (default: none).
 
         They are applied last, so they may also replace ``num_workers`` or
-        ``persistent_workers``. When they hold a ``batch_sampler``, ``batch_size`` and
-        ``shuffle`` are not passed (the sampler does the batching); when they hold a
-        ``sampler`` (e.g. an :class:`EpochRandomSampler`), ``shuffle`` is not passed.
+        ``persistent_workers``. When they hold a ``batch_sampler``, ``batch_size`` and the
+        shuffling sampler are not passed (the batch sampler does the batching); when they hold
+        a ``sampler``, it replaces the shuffling one. A training sampler that orders an epoch
+        by a seed and the epoch alone (``set_epoch``, like :class:`EpochRandomSampler`) keeps
+        a resumed run exact.
 
         Args:
             split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -120,19 +230,22 @@ class SplitDataModule(L.LightningDataModule):
         return {}
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        """``split``'s DataLoader: :meth:`split_set` with :meth:`loader_options` applied."""
+        """``split``'s DataLoader: :meth:`split_set` with :meth:`loader_options` applied (a
+        :class:`ResumableDataLoader` for ``"train"``)."""
         dataset = self.split_set(split)
         options = self.loader_options(split, dataset, batch_size, shuffle)
         kwargs: dict[str, Any] = {
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
+            "generator": torch.Generator().manual_seed(self.seed),
         }
         if "batch_sampler" not in options:
             kwargs["batch_size"] = batch_size
-            if "sampler" not in options:
-                kwargs["shuffle"] = shuffle
+            if shuffle and "sampler" not in options:
+                kwargs["sampler"] = EpochRandomSampler(dataset, self.seed)
         kwargs.update(options)
-        return DataLoader(dataset, **kwargs)
+        loader = ResumableDataLoader if split == "train" else DataLoader
+        return loader(dataset, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
