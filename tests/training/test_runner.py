@@ -153,6 +153,36 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
+class _CrashAtBatch(L.Callback):
+    """Simulates a run killed before batch ``index`` of epoch ``epoch``."""
+
+    def __init__(self, epoch: int, index: int) -> None:
+        self.epoch, self.index = epoch, index
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.index:
+            raise RuntimeError("simulated crash")
+
+
+def test_step_checkpoints_wait_for_the_optimizer_step_under_accumulation(tmp_path: Path) -> None:
+    """With gradient accumulation, a batch that did not step the optimizer holds gradients no
+    checkpoint stores: no step checkpoint after it, also not on an epoch's first batch (the
+    step count then has not moved since the skipped last batch) or after a resume."""
+    options = ["epochs=3", "dropout=0.3", "batch_size=4", "accumulate_grad_batches=2"]
+    options.append("checkpoint_every_n_steps=1")
+    reference = _train_mg(tmp_path / "reference", *options)
+    out = tmp_path / "run"
+    for crash in (_CrashAtBatch(1, 1), _CrashAtBatch(1, 3)):  # resumed in between
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            _train_mg(out, *options, callbacks=[crash])
+        saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+        assert loader_position(out)[0]["batches"] % 2 == 0  # after whole accumulation windows
+    assert saved["global_step"] == 4 and loader_position(out) == [{"epoch": 1, "batches": 2}]
+    resumed = _train_mg(out, *options)
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
+
+
 class _CrashInValidation(L.Callback):
     """Simulates a run killed while validating epoch 0."""
 

@@ -131,12 +131,15 @@ class RunInfo(Callback):
 
 
 class _StepCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint(every_n_train_steps=...)`` that leaves out an epoch's last batch.
+    """``ModelCheckpoint(every_n_train_steps=...)`` that saves only after a batch that ended an
+    optimizer step, and never after an epoch's last batch.
 
-    A checkpoint written after the last batch comes before the epoch's validation, and Lightning
-    resumes from it as from the end of the epoch, without validating it: the best checkpoint and
-    early stopping would miss that epoch. The end-of-epoch ``last.ckpt``, written after the
-    validation, covers that step.
+    With gradient accumulation the batches between optimizer steps hold gradients that no
+    checkpoint stores (Lightning's own check, that the step count moved since its last save,
+    lets one through after a skipped last batch or a resume). A checkpoint written after the
+    last batch comes before the epoch's validation, and Lightning resumes from it as from the end
+    of the epoch, without validating it: the best checkpoint and early stopping would miss that
+    epoch. The end-of-epoch ``last.ckpt``, written after the validation, covers that step.
     """
 
     def on_train_batch_end(
@@ -147,7 +150,8 @@ class _StepCheckpoint(ModelCheckpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not trainer.is_last_batch:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if stepped and not trainer.is_last_batch:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
