@@ -122,6 +122,29 @@ def test_folded_step_follows_weight_updates_and_state_dict():
         )
 
 
+def test_folded_step_follows_a_tensor_assigned_to_data():
+    """``p.data = new`` (as ``torch.nn.utils.vector_to_parameters`` does) bumps no version
+    counter; the folded step (and so a short inference chunk) sees the new data's address."""
+    layer = plmu.ParallelLMU(3, 5, 8, 6.0).eval()
+    x, s = torch.randn(2, 2, 3), torch.randn(2, 8)
+
+    def assign_data():
+        layer.output.weight.data = torch.randn_like(layer.output.weight)
+
+    def assign_vector():
+        vector = torch.nn.utils.parameters_to_vector(layer.parameters())
+        torch.nn.utils.vector_to_parameters(0.5 * vector, layer.parameters())
+
+    for change in (assign_data, assign_vector):
+        with torch.no_grad():
+            before = layer(x, s)[0]  # cached
+            change()
+            got = layer(x, s)[0]
+        want = layer(x, s)[0].detach()  # with autograd: the plain path, no cache
+        assert not torch.allclose(got, before)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_step_with_grad_still_differentiable():
     layer = plmu.ParallelLMU(1, 4, 8, 20.0)
     y, _ = layer.step(torch.randn(2, 1))

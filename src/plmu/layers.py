@@ -467,7 +467,8 @@ class ParallelLMU(nn.Module):
             ``(o_t, state)``: ``(batch, hidden_size)`` and ``(batch, memory_size * order)``.
         """
         x_t = check_step_input(x_t, self.input_size, "x_t")
-        if self._foldable and self._can_fold_step():
+        # under autocast the folded product would run, and round the state, in low precision
+        if self._foldable and self._can_fold_step() and not autocast_enabled(x_t.device.type):
             G, g, S, act = self._folded_step(x_t.dtype, x_t.device)
             state = check_state(state, x_t.shape[0], S, "state", x_t)
             # [m_t, W_m m_t + W_x x_t + b] = [m_{t-1}, x_t] G + g: one GEMV
@@ -520,14 +521,16 @@ class ParallelLMU(nn.Module):
             pre_t = (W_m Abar) m + (W_m Bbar e + W_x) x + (W_m Bbar b_u + b)
 
         built in float64 from the current weights, cast to ``dtype`` and cached until a weight or
-        ``theta`` changes (keyed by the tensors' version counters).
+        ``theta`` changes (keyed by the tensors' identities, versions and data addresses).
 
         Returns:
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
             the output activation to apply in place (``None`` for identity).
         """
         # the tensors it is built from, as the module holds them now (torch.func.functional_call
-        # swaps in others): the cache holds them, so identity and version are a safe check
+        # swaps in others): the cache holds them, so identity and version are a safe check, and
+        # their data's address sees a new tensor assigned to `.data` (as `vector_to_parameters`
+        # does; the cache keeps the old data alive, so its address cannot come back)
         # (plain dict lookups, not module attributes: this check runs every step, ~1 us)
         modules = self._modules
         enc, out = modules["encoder"]._parameters, modules["output"]._parameters
@@ -546,7 +549,7 @@ class ParallelLMU(nn.Module):
                 and key[1] == device
                 and len(held) == len(tensors)
                 and all(map(operator.is_, held, tensors))
-                and key[2] == [t._version for t in held]
+                and key[2] == [(t._version, t.data_ptr()) for t in held]
             ):
                 return value
         S, H, n_in = self.state_size, self.hidden_size, self.input_size
@@ -564,7 +567,9 @@ class ParallelLMU(nn.Module):
         Bb = Bbar[:, 0] * b_u[0]
         g = torch.cat([Bb, W_m @ Bb + b]).to(device=device, dtype=dtype)
         value = (G, g, S, self._inplace_activation())
-        self._step_cache = (tensors, (dtype, device, [t._version for t in tensors]), value)
+        data = [t.detach() for t in tensors]  # keeps each one's data (and so its address) alive
+        versions = [(t._version, t.data_ptr()) for t in tensors]
+        self._step_cache = (tensors, (dtype, device, versions, data), value)
         return value
 
     def extra_repr(self) -> str:
