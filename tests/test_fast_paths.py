@@ -122,14 +122,19 @@ def test_folded_step_follows_weight_updates_and_state_dict():
         )
 
 
-def test_folded_step_follows_a_tensor_assigned_to_data():
+@pytest.mark.parametrize("steps", [2, 300])  # the folded step; the folded kernels
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_caches_follow_a_tensor_assigned_to_data(steps, trainable_theta):
     """``p.data = new`` (as ``torch.nn.utils.vector_to_parameters`` does) bumps no version
-    counter; the folded step (and so a short inference chunk) sees the new data's address."""
-    layer = plmu.ParallelLMU(3, 5, 8, 6.0).eval()
-    x, s = torch.randn(2, 2, 3), torch.randn(2, 8)
+    counter; the caches see the new data's address (and keep the old data alive, so that
+    address cannot come back)."""
+    layer = plmu.ParallelLMU(3, 5, 8, 6.0, trainable_theta=trainable_theta).eval()
+    x, s = torch.randn(2, steps, 3), torch.randn(2, 8)
 
     def assign_data():
         layer.output.weight.data = torch.randn_like(layer.output.weight)
+        if trainable_theta:
+            layer.memory.log_theta.data = layer.memory.log_theta.detach() + 0.5
 
     def assign_vector():
         vector = torch.nn.utils.parameters_to_vector(layer.parameters())

@@ -343,15 +343,17 @@ class LegendreMemory(nn.Module):
 
         An in-place update (an optimizer step) shows in the version counter; another tensor
         (``torch.func.functional_call``, assignment) in identity: the cache holds the tensor it
-        was built from, so a fresh tensor at a reused address cannot pass for it.
+        was built from, so a fresh tensor at a reused address cannot pass for it; a tensor
+        assigned to ``.data`` in its data's address (the cache keeps the old data alive).
         """
         if not self.trainable_theta:
             return
         theta = self.log_theta
         seen = self._cache.get(("theta",))
-        if seen is None or seen[0] is not theta or seen[1] != theta._version:
+        now = (theta._version, theta.data_ptr())
+        if seen is None or seen[0] is not theta or seen[1] != now:
             self._cache.clear()
-            self._cache[("theta",)] = (theta, theta._version)
+            self._cache[("theta",)] = (theta, now, theta.detach())
 
     def _cached(self, key: tuple, build) -> torch.Tensor:
         if not self._cacheable():
@@ -900,7 +902,9 @@ class LegendreMemory(nn.Module):
 
         The weight is usually a fresh view of a parameter, so the key holds its address, version,
         shape and strides, and the entry the base tensor it was built from: an address alone
-        can be reused by a new tensor (``torch.func.functional_call`` with fresh weights).
+        can be reused by a new tensor (``torch.func.functional_call`` with fresh weights). The
+        entry also keeps the weight's data alive, so a tensor assigned to the parameter's
+        ``.data`` (as ``vector_to_parameters`` does) never lands at the cached address.
         """
         key = None
         base = weight if weight._base is None else weight._base
@@ -925,7 +929,7 @@ class LegendreMemory(nn.Module):
             return hit[1]
         value = _outside_inference_mode(build)
         self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
-        self._cache[key] = (base, value)
+        self._cache[key] = (base, value, weight.detach())
         return value
 
     def _folded_kernel_rfft(
