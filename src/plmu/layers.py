@@ -52,7 +52,8 @@ LAYER_MODES = (*MODES, "fused")
 # `python scripts/short_chunks.py --batch B --lengths 1 2 4 6 8` (us per call, the sequence path
 # vs the loop; hidden 212, order 256): batch 1: T=1 177 vs 81, T=2 262 vs 83, T=4 246 vs 151,
 # T=8 385 vs 296; batch 32: T=2 509 vs 334, T=4 769 vs 639, T=8 1273 vs 1277; batch 100
-# (--lengths 2 4 6): T=4 1641 vs 1594, T=6 2930 vs 2111
+# (--lengths 2 4 6): T=4 1641 vs 1594, T=6 2930 vs 2111. The loop still wins at 6 steps; 4 keeps
+# a margin for other batch sizes and hosts.
 STEP_LOOP_MAX_TIME = 4
 # in-place forms used at inference (the folded step, the fused forward), on fresh buffers
 _INPLACE_ACTIVATIONS = {
