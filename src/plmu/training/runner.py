@@ -397,6 +397,13 @@ def _trainer(
     if fitting:
         # Two callbacks: Lightning >= 2.5 refreshes `save_last` only when the top-k checkpoint
         # changes, so a separate unmonitored one writes last.ckpt after every epoch.
+        last: dict[str, Any] = {
+            "dirpath": out / "checkpoints",
+            "filename": "last",
+            "monitor": None,
+            "save_top_k": 1,
+            "enable_version_counter": False,
+        }
         callbacks += [
             ModelCheckpoint(
                 dirpath=out / "checkpoints",
@@ -406,29 +413,14 @@ def _trainer(
                 save_top_k=1,
                 enable_version_counter=False,
             ),
-            ModelCheckpoint(
-                dirpath=out / "checkpoints",
-                filename="last",
-                monitor=None,
-                save_top_k=1,
-                enable_version_counter=False,
-            ),
+            ModelCheckpoint(**last),
         ]
         every = config.get("checkpoint_every_n_steps")
         if every is not None:
             # A third callback: one ModelCheckpoint saves every n steps or every n epochs, not
             # both. It writes the same last.ckpt (save_top_k=1 and one file name: it replaces
             # the file, never deletes it), so the latest of the two saves is the one resumed.
-            callbacks.append(
-                _StepCheckpoint(
-                    dirpath=out / "checkpoints",
-                    filename="last",
-                    monitor=None,
-                    save_top_k=1,
-                    enable_version_counter=False,
-                    every_n_train_steps=every,
-                )
-            )
+            callbacks.append(_StepCheckpoint(**last, every_n_train_steps=every))
         if config.get("patience") is not None:
             callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
