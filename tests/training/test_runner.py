@@ -153,6 +153,24 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
+def test_max_steps_inside_an_epoch_validates_and_extends_exactly(tmp_path: Path) -> None:
+    """A run that ``max_steps`` stops inside an epoch (3 steps per epoch here) validates its
+    final weights, so it has a ``best.ckpt``; the same command with a larger ``max_steps``
+    continues that epoch and ends with the weights of a run given the larger one at once."""
+    options = ["epochs=5", "dropout=0.3"]
+    reference = _train_mg(tmp_path / "reference", *options, "max_steps=8")
+    out = tmp_path / "run"
+    short = _train_mg(out, *options, "max_steps=4")
+    assert short["global_step"] == 4 and short["best_checkpoint"] is not None
+    best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["global_step"] == 4  # validated after the last step, not only at epoch 0's end
+    assert loader_position(out) == [{"epoch": 1, "batches": 1}]
+    longer = _train_mg(out, *options, "max_steps=8")
+    assert longer["global_step"] == 8
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert longer["test_nrmse"] == reference["test_nrmse"]
+
+
 class _CrashAtBatch(L.Callback):
     """Simulates a run killed before batch ``index`` of epoch ``epoch``."""
 

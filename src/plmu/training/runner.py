@@ -26,7 +26,9 @@ epoch, or ``checkpoint_every_n_steps`` steps. Resumed, it trains on as the unint
 would have: Lightning restores the weights, the optimizer, the LR schedule and the loops;
 :class:`RunInfo` the random generators (dropout); the training loader
 (:class:`~plmu.training.datamodule.ResumableDataLoader`) the epoch's order and, from a
-checkpoint written mid-epoch, its position, so the rest of that epoch follows.
+checkpoint written mid-epoch, its position, so the rest of that epoch follows. A run that
+``max_steps`` stops inside an epoch validates its final weights and writes ``last.ckpt`` after
+that step, so a larger ``max_steps`` continues it exactly.
 """
 
 from __future__ import annotations
@@ -128,6 +130,58 @@ class RunInfo(Callback):
             "data_dir": self.data_dir,
             "version": plmu.__version__,
         }
+
+
+def _stopped_inside_epoch(trainer: L.Trainer) -> bool:
+    """Whether ``max_steps`` ends the run at this batch, which is not its epoch's last."""
+    return 0 < trainer.max_steps <= trainer.global_step and not trainer.is_last_batch
+
+
+class _ValidateAtMaxSteps(Callback):
+    """A run that ``max_steps`` stops inside an epoch validates its final weights.
+
+    Lightning validates at epoch ends only, so such a run would end without a validation, a
+    ``best.ckpt`` or early stopping's last look. Asking the trainer to stop after the step that
+    reaches ``max_steps`` makes Lightning validate first (as it does for early stopping); the
+    weights are unchanged by it.
+    """
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if _stopped_inside_epoch(trainer):
+            trainer.should_stop = True
+
+
+class _LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at every epoch end, and where ``max_steps`` stops a run inside an epoch.
+
+    There it is written right after that batch: Lightning's loops then record a position inside
+    the epoch (and the training loader its batch count), so the same command with a larger
+    ``max_steps`` continues the epoch as the longer run would have. Written at the epoch-end hook
+    that follows, it would record the epoch as finished, and the resumed run would skip the
+    epoch's other batches.
+    """
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if _stopped_inside_epoch(trainer):
+            super().on_train_epoch_end(trainer, pl_module)  # the epoch-end save, now
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not _stopped_inside_epoch(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
 
 
 class _StepCheckpoint(ModelCheckpoint):
@@ -413,7 +467,7 @@ def _trainer(
                 save_top_k=1,
                 enable_version_counter=False,
             ),
-            ModelCheckpoint(**last),
+            _LastCheckpoint(**last),
         ]
         every = config.get("checkpoint_every_n_steps")
         if every is not None:
@@ -421,6 +475,8 @@ def _trainer(
             # both. It writes the same last.ckpt (save_top_k=1 and one file name: it replaces
             # the file, never deletes it), so the latest of the two saves is the one resumed.
             callbacks.append(_StepCheckpoint(**last, every_n_train_steps=every))
+        if config.get("max_steps", -1) > 0:
+            callbacks.append(_ValidateAtMaxSteps())
         if config.get("patience") is not None:
             callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
