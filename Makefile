@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/plmu train mackey-glass --out $(OUT)
 
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --hypothesis-profile=derandomized
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
