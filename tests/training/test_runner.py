@@ -153,22 +153,49 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
-def test_max_steps_inside_an_epoch_validates_and_extends_exactly(tmp_path: Path) -> None:
-    """A run that ``max_steps`` stops inside an epoch (3 steps per epoch here) validates its
-    final weights, so it has a ``best.ckpt``; the same command with a larger ``max_steps``
-    continues that epoch and ends with the weights of a run given the larger one at once."""
+def _best_score_recorded(run: Path, name: str) -> float:
+    """The best validation score the best-checkpoint callback had recorded when ``name``.ckpt
+    was written."""
+    checkpoint = torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "monitor': 'val_nrmse'" in k]
+    return float(state["best_model_score"])
+
+
+@pytest.mark.parametrize("first", [4, 3])  # inside epoch 1; at epoch 0's end (3 steps each)
+def test_max_steps_validates_and_extends_exactly(tmp_path: Path, first: int) -> None:
+    """A run that ``max_steps`` stops inside an epoch validates its final weights, so it has a
+    ``best.ckpt``, and ``last.ckpt`` records that validation; the same command with a larger
+    ``max_steps`` continues where it stopped (inside or at the end of an epoch: Lightning
+    #19617 replayed a finished epoch) and ends with the weights of a run given the larger
+    value at once."""
     options = ["epochs=5", "dropout=0.3"]
     reference = _train_mg(tmp_path / "reference", *options, "max_steps=8")
     out = tmp_path / "run"
-    short = _train_mg(out, *options, "max_steps=4")
-    assert short["global_step"] == 4 and short["best_checkpoint"] is not None
+    short = _train_mg(out, *options, f"max_steps={first}")
+    assert short["global_step"] == first and short["best_checkpoint"] is not None
     best = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
-    assert best["global_step"] == 4  # validated after the last step, not only at epoch 0's end
-    assert loader_position(out) == [{"epoch": 1, "batches": 1}]
+    assert best["global_step"] == first  # validated after the last step
+    assert _best_score_recorded(out, "last") == _best_score_recorded(out, "best")
+    position = {"epoch": 1, "batches": 1} if first == 4 else {"epoch": 0, "batches": 3}
+    assert loader_position(out) == [position]
     longer = _train_mg(out, *options, "max_steps=8")
     assert longer["global_step"] == 8
     assert_same_last_checkpoint(tmp_path / "reference", out)
     assert longer["test_nrmse"] == reference["test_nrmse"]
+
+
+def test_max_steps_run_resumed_at_an_epoch_end_is_exact(tmp_path: Path) -> None:
+    """With ``max_steps`` set, Lightning resumed an epoch-end checkpoint by replaying that
+    epoch as an empty one (#19617): the next epoch's order was skipped."""
+    options = ["epochs=5", "dropout=0.3", "max_steps=8"]
+    reference = _train_mg(tmp_path / "reference", *options)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _train_mg(out, *options, callbacks=[crash_at_step(7)])  # last.ckpt: epoch 1's end
+    assert loader_position(out) == [{"epoch": 1, "batches": 3}]
+    resumed = _train_mg(out, *options)
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
 class _CrashAtBatch(L.Callback):

@@ -27,8 +27,9 @@ would have: Lightning restores the weights, the optimizer, the LR schedule and t
 :class:`RunInfo` the random generators (dropout); the training loader
 (:class:`~plmu.training.datamodule.ResumableDataLoader`) the epoch's order and, from a
 checkpoint written mid-epoch, its position, so the rest of that epoch follows. A run that
-``max_steps`` stops inside an epoch validates its final weights and writes ``last.ckpt`` after
-that step, so a larger ``max_steps`` continues it exactly.
+``max_steps`` stops inside an epoch validates its final weights and writes ``last.ckpt`` inside
+that epoch, so a larger ``max_steps`` continues it exactly; with ``max_steps`` set, an epoch-end
+checkpoint is marked finished as it loads (Lightning #19617 replayed that epoch).
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ class RunInfo(Callback):
         if load is not None:
             load()
 
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if trainer.max_steps != -1:
+            _finish_saved_epoch(checkpoint.get("loops") or {})
+
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "rng": _rng_states()}
 
@@ -130,6 +137,32 @@ class RunInfo(Callback):
             "data_dir": self.data_dir,
             "version": plmu.__version__,
         }
+
+
+def _finish_saved_epoch(loops: dict[str, Any]) -> None:
+    """Mark the epoch a checkpoint was written at the end of as finished (Lightning #19617).
+
+    Lightning writes an epoch-end checkpoint before it counts the epoch as completed. Resuming
+    with ``max_steps`` set, it then replays that epoch as an empty one (its end hooks run again
+    and the sampler's epoch moves on), so the next epoch's order is skipped and with ``epochs``
+    reached first a whole epoch is lost. Called from a callback's ``on_load_checkpoint``, before
+    the loops are restored: the saved progress then reads as "between two epochs".
+    """
+    fit = loops.get("fit_loop") or {}
+    epoch = fit.get("epoch_progress") or {}
+    parts = [epoch.get("total"), epoch.get("current")]
+    if not all(
+        p and p["ready"] == p["started"] == p["processed"] == p["completed"] + 1 for p in parts
+    ):
+        return
+    for part in parts:
+        part["completed"] = part["processed"]
+    for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
+        progress = fit.get(key)
+        if progress and "current" in progress:
+            progress["current"] = dict.fromkeys(progress["current"], 0)
+    if "epoch_loop.batch_progress" in fit:
+        fit["epoch_loop.batch_progress"]["is_last_batch"] = False
 
 
 def _stopped_inside_epoch(trainer: L.Trainer) -> bool:
@@ -161,12 +194,15 @@ class _ValidateAtMaxSteps(Callback):
 class _LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` at every epoch end, and where ``max_steps`` stops a run inside an epoch.
 
-    There it is written right after that batch: Lightning's loops then record a position inside
-    the epoch (and the training loader its batch count), so the same command with a larger
-    ``max_steps`` continues the epoch as the longer run would have. Written at the epoch-end hook
-    that follows, it would record the epoch as finished, and the resumed run would skip the
-    epoch's other batches.
+    There it is written after that batch's validation (:class:`_ValidateAtMaxSteps`; right
+    after the batch when nothing is validated), while Lightning's loops still record a position
+    inside the epoch (and the training loader its batch count): the same command with a larger
+    ``max_steps`` continues the epoch as the longer run would have, and the best checkpoint's
+    record includes that validation. Written at the epoch-end hook that follows, it would record
+    the epoch as finished, and the resumed run would skip the epoch's other batches.
     """
+
+    _pending = False  # a save waiting for the validation after the max_steps batch
 
     def on_train_batch_end(
         self,
@@ -177,10 +213,29 @@ class _LastCheckpoint(ModelCheckpoint):
         batch_idx: int,
     ) -> None:
         if _stopped_inside_epoch(trainer):
-            super().on_train_epoch_end(trainer, pl_module)  # the epoch-end save, now
+            if trainer.enable_validation and sum(trainer.num_val_batches) > 0:
+                self._pending = True
+            else:
+                super().on_train_epoch_end(trainer, pl_module)  # the epoch-end save, now
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending and not trainer.sanity_checking:
+            self._pending = False
+            # the monitored checkpoints save at the epoch-end hook, which comes after this:
+            # let them take this validation now, so this checkpoint records it (they then skip
+            # the epoch-end save, as at the same step)
+            for callback in trainer.checkpoint_callbacks:
+                if callback is not self and getattr(callback, "monitor", None) is not None:
+                    callback.on_train_epoch_end(trainer, pl_module)
+            super().on_train_epoch_end(trainer, pl_module)
+        else:
+            super().on_validation_end(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not _stopped_inside_epoch(trainer):
+        if self._pending:  # the validation did not come: save as without one
+            self._pending = False
+            super().on_train_epoch_end(trainer, pl_module)
+        elif not _stopped_inside_epoch(trainer):
             super().on_train_epoch_end(trainer, pl_module)
 
 
