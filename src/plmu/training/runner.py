@@ -170,32 +170,16 @@ def _stopped_inside_epoch(trainer: L.Trainer) -> bool:
     return 0 < trainer.max_steps <= trainer.global_step and not trainer.is_last_batch
 
 
-class _ValidateAtMaxSteps(Callback):
-    """A run that ``max_steps`` stops inside an epoch validates its final weights.
-
-    Lightning validates at epoch ends only, so such a run would end without a validation, a
-    ``best.ckpt`` or early stopping's last look. Asking the trainer to stop after the step that
-    reaches ``max_steps`` makes Lightning validate first (as it does for early stopping); the
-    weights are unchanged by it.
-    """
-
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        if _stopped_inside_epoch(trainer):
-            trainer.should_stop = True
-
-
 class _LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` at every epoch end, and where ``max_steps`` stops a run inside an epoch.
 
-    There it is written after that batch's validation (:class:`_ValidateAtMaxSteps`; right
-    after the batch when nothing is validated), while Lightning's loops still record a position
+    Lightning validates at epoch ends only, so a run that ``max_steps`` stops inside an epoch
+    would end without a validation, a ``best.ckpt`` or early stopping's last look. Asking the
+    trainer to stop after that batch makes Lightning validate first (as it does for early
+    stopping); the weights are unchanged by it.
+
+    ``last.ckpt`` is then written after that validation (right after the batch when nothing is
+    validated), while Lightning's loops still record a position
     inside the epoch (and the training loader its batch count): the same command with a larger
     ``max_steps`` continues the epoch as the longer run would have, and the best checkpoint's
     record includes that validation. Written at the epoch-end hook that follows, it would record
@@ -213,6 +197,7 @@ class _LastCheckpoint(ModelCheckpoint):
         batch_idx: int,
     ) -> None:
         if _stopped_inside_epoch(trainer):
+            trainer.should_stop = True  # validate these weights before the run ends
             if trainer.enable_validation and sum(trainer.num_val_batches) > 0:
                 self._pending = True
             else:
@@ -530,8 +515,6 @@ def _trainer(
             # both. It writes the same last.ckpt (save_top_k=1 and one file name: it replaces
             # the file, never deletes it), so the latest of the two saves is the one resumed.
             callbacks.append(_StepCheckpoint(**last, every_n_train_steps=every))
-        if config.get("max_steps", -1) > 0:
-            callbacks.append(_ValidateAtMaxSteps())
         if config.get("patience") is not None:
             callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
