@@ -429,11 +429,9 @@ class ParallelLMU(nn.Module):
         if (
             T <= STEP_LOOP_MAX_TIME
             and (lengths is None or T == 1)  # one step's lengths are all 1
-            and self._foldable
-            and self._can_fold_step()
+            and self._can_fold_step(x.device.type)
             and x.dtype in (torch.float32, torch.float64)  # the memory runs low precision in
-            and not autocast_enabled(x.device.type)  # float32; the step map would not
-        ):
+        ):  # float32; the step map would not
             return self._step_loop(x, state)
         u = self._encode(x)
         if not self.use_fused(T, Bn):
@@ -469,8 +467,7 @@ class ParallelLMU(nn.Module):
             ``(o_t, state)``: ``(batch, hidden_size)`` and ``(batch, memory_size * order)``.
         """
         x_t = check_step_input(x_t, self.input_size, "x_t")
-        # under autocast the folded product would run, and round the state, in low precision
-        if self._foldable and self._can_fold_step() and not autocast_enabled(x_t.device.type):
+        if self._can_fold_step(x_t.device.type):
             G, g, S, act = self._folded_step(x_t.dtype, x_t.device)
             state = check_state(state, x_t.shape[0], S, "state", x_t)
             # [m_t, W_m m_t + W_x x_t + b] = [m_{t-1}, x_t] G + g: one GEMV
@@ -504,11 +501,14 @@ class ParallelLMU(nn.Module):
         for inference on a buffer of this call's own."""
         return _INPLACE_ACTIVATIONS.get(type(self.hidden_activation), self.hidden_activation)
 
-    def _can_fold_step(self) -> bool:
-        """Whether :meth:`step` may use the folded inference matrices (no autograd, no dropout,
-        one memory channel with identity ``f_u``, not being traced for export)."""
+    def _can_fold_step(self, device_type: str) -> bool:
+        """Whether :meth:`step` may use the folded inference matrices (one memory channel with
+        identity ``f_u``, no autograd, no dropout, no autocast: the folded product would run, and
+        round the state, in low precision; not being traced for export)."""
         return (
-            not torch.is_grad_enabled()
+            self._foldable
+            and not torch.is_grad_enabled()
+            and not autocast_enabled(device_type)
             and not (self.training and self.dropout.p > 0)
             and not torch.jit.is_tracing()
             and not torch.compiler.is_compiling()  # also true under torch.export / ONNX dynamo
