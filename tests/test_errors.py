@@ -305,3 +305,95 @@ def test_token_ids_of_non_integer_dtype(index, dtype):
 def test_token_ids_of_any_integer_dtype_work(index, dtype):
     call, _, _ = _token_calls(torch.ones(2, 3, dtype=dtype))[index]
     call()
+
+
+# ------------------------------------------------------------------ integer sizes of the models
+
+_ENCODER = {"vocab_size": 10, "embedding_dim": 4, "hidden_size": 4, "order": 4, "theta": 8.0}
+_SEQUENCE = {"input_size": 2, "hidden_size": 4, "num_layers": 1, "order": 4, "theta": 8.0}
+_ENCODER_SIZES = ("vocab_size", "embedding_dim", "hidden_size", "num_layers")
+_SEQUENCE_SIZES = ("input_size", "hidden_size", "num_layers")
+
+# every model of plmu.models: (constructor name, valid keyword arguments, its integer sizes)
+_SIZED_MODELS = {
+    "LMULanguageModel": (
+        "language_model.LMULanguageModel",
+        {"vocab_size": 10, "d_model": 8, "num_layers": 1, "order": 4, "theta": 8.0},
+        ("vocab_size", "d_model", "num_layers"),
+    ),
+    "LMUSeq2Seq": (
+        "seq2seq.LMUSeq2Seq",
+        {"src_vocab_size": 10, "tgt_vocab_size": 12, "d_model": 8, "order": 4, "theta": 8.0},
+        ("src_vocab_size", "tgt_vocab_size", "d_model", "encoder_layers", "decoder_layers"),
+    ),
+    "SentenceEncoder": ("text.SentenceEncoder", _ENCODER, _ENCODER_SIZES),
+    "SentenceEncoder-lstm": ("text.SentenceEncoder", {**_ENCODER, "model": "lstm"}, _ENCODER_SIZES),
+    "TextClassifier": (
+        "text.TextClassifier",
+        {**_ENCODER, "num_classes": 2},
+        ("num_classes", *_ENCODER_SIZES),
+    ),
+    "PairClassifier": (
+        "text.PairClassifier",
+        {**_ENCODER, "num_classes": 3, "mlp_hidden": 4},
+        ("num_classes", "mlp_hidden", *_ENCODER_SIZES),
+    ),
+    "SequenceClassifier": (
+        "classifier.SequenceClassifier",
+        {**_SEQUENCE, "num_classes": 3, "model": "parallel-lmu"},
+        ("num_classes", *_SEQUENCE_SIZES),
+    ),
+    "SequenceClassifier-lstm": (
+        "classifier.SequenceClassifier",
+        {**_SEQUENCE, "num_classes": 3, "model": "lstm"},
+        ("num_classes", *_SEQUENCE_SIZES),
+    ),
+    "SequenceRegressor": (
+        "regressor.SequenceRegressor",
+        {**_SEQUENCE, "output_size": 1, "model": "lmu"},
+        ("output_size", *_SEQUENCE_SIZES),
+    ),
+    "RecurrentStack-lstm": (
+        "stack.RecurrentStack",
+        {**_SEQUENCE, "model": "lstm"},
+        _SEQUENCE_SIZES,
+    ),
+}
+
+
+def _build_model(key: str, **changed):
+    import importlib
+
+    path, kwargs, _ = _SIZED_MODELS[key]
+    module, name = path.split(".")
+    constructor = getattr(importlib.import_module(f"plmu.models.{module}"), name)
+    return constructor(**{**kwargs, **changed})
+
+
+_SIZES = [(key, name) for key, (_, _, names) in _SIZED_MODELS.items() for name in names]
+
+
+@pytest.mark.parametrize(("key", "name"), _SIZES, ids=[f"{k}.{n}" for k, n in _SIZES])
+def test_model_size_of_wrong_type(key, name):
+    """A TypeError naming the argument (LMULanguageModel and LMUSeq2Seq raised ValueError, other
+    models torch's TypeError naming no argument, or built a model from True)."""
+    for value in (1.5, 2.0, True, "3", None):
+        with pytest.raises(TypeError, match=rf"^{name} must be an int >= \d+, got "):
+            _build_model(key, **{name: value})
+
+
+@pytest.mark.parametrize(("key", "name"), _SIZES, ids=[f"{k}.{n}" for k, n in _SIZES])
+def test_model_size_below_its_minimum(key, name):
+    """A ValueError naming the argument (not an IndexError, a RuntimeError or a model with zero
+    classes); a seq2seq vocabulary must hold the 4 special tokens."""
+    smallest = 4 if name.endswith("vocab_size") and key == "LMUSeq2Seq" else 1
+    for value in (smallest - 1, -1):
+        with pytest.raises(ValueError, match=rf"^{name} must be >= {smallest}, got {value}$"):
+            _build_model(key, **{name: value})
+    _build_model(key, **{name: smallest})
+
+
+@pytest.mark.parametrize(("key", "name"), _SIZES, ids=[f"{k}.{n}" for k, n in _SIZES])
+def test_model_size_numpy_integer_accepted(key, name):
+    """NumPy integers are ints, as for the layers (torch's LSTM refused them)."""
+    _build_model(key, **{name: np.int64(5)})

@@ -133,6 +133,19 @@ def test_cli_translate_and_errors(run, capsys):
     assert err.startswith("plmu: error: sentence is empty") and "\n" not in err
 
 
+def test_translate_help_says_the_sentence_must_be_moses_tokenised(capsys):
+    """IWSLT'15 is distributed Moses-tokenised (punctuation split off, ' and " written as
+    &apos; and &quot;) and the BPE is trained on it as it is: untokenised, an apostrophe or a
+    quote is <unk>. The help says how to write the sentence, and that the output is alike."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["translate", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Moses-tokenised" in text and "&apos;" in text and "&quot;" in text
+    assert "I &apos;d like" in text  # an example
+    assert "translation is printed tokenised" in text
+
+
 def test_evaluate_recomputes_bleu(run):
     out, _, trained = run
     assert cli.main(["evaluate", str(out / "checkpoints" / "best.ckpt"), "--no-progress-bar"]) == 0

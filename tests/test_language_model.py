@@ -107,13 +107,13 @@ def test_bad_state_and_step_input():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("kwargs", "error", "match"),
     [
-        ({"d_model": 0}, "d_model"),
-        ({"num_layers": 0}, "num_layers"),
-        ({"vocab_size": 1.5}, "vocab_size"),
+        ({"d_model": 0}, ValueError, "d_model"),
+        ({"num_layers": 0}, ValueError, "num_layers"),
+        ({"vocab_size": 1.5}, TypeError, "vocab_size"),  # a wrong type (tests/test_errors.py)
     ],
 )
-def test_bad_constructor_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_constructor_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         small_model(**kwargs)

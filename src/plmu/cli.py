@@ -183,10 +183,18 @@ def _add_translate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "translate",
         help="translate an English sentence with an iwslt15-en-vi checkpoint",
-        description="Translate English to Vietnamese, decoding in the step (RNN) form.",
+        description="Translate English to Vietnamese, decoding in the step (RNN) form. The "
+        "model learnt IWSLT'15 as it is distributed, Moses-tokenised, so give SENTENCE "
+        "tokenised the same way: case kept, punctuation and clitics split off by spaces, and "
+        "' \" & | < > [ ] written as &apos; &quot; &amp; &#124; &lt; &gt; &#91; &#93;, e.g. "
+        '"I &apos;d like to say &quot; hello &quot; , please ." for: I\'d like to say '
+        "\"hello\", please. (Moses' tokenizer.perl -l en, or sacremoses' "
+        "MosesTokenizer(lang='en'), writes it; plmu ships no tokeniser.) Untokenised, ' and \" "
+        "are unknown (or rare) subwords, and so is punctuation glued to a word. The "
+        "translation is printed tokenised and escaped in the same way (docs/iwslt.md).",
     )
     parser.add_argument("checkpoint", type=Path, help="a .ckpt of plmu train iwslt15-en-vi")
-    parser.add_argument("sentence", help="the English sentence")
+    parser.add_argument("sentence", help="the English sentence, Moses-tokenised (see above)")
     parser.add_argument("--beam", type=int, help="beam size (1: greedy; default: the config's)")
     parser.set_defaults(handler=_translate)
 

@@ -4,6 +4,11 @@ Decoding runs in the step (RNN) form, carrying the decoder's LMU memories: greed
 ``beam=1``, length-normalised beam search otherwise (see :mod:`plmu.models.seq2seq`). An empty
 sentence, or one with more subword tokens than the model's ``max_source_length``, raises
 ``ValueError`` (nothing is silently truncated).
+
+The sentence must be tokenised as IWSLT'15 is, with the Moses tokeniser: punctuation and clitics
+split off by spaces and ``' " & | < > [ ]`` written as ``&apos; &quot; &amp; &#124; &lt; &gt;
+&#91; &#93;`` (``I &apos;d like it .``); the subword tokenisers learnt that text as it is. The
+translation comes out tokenised and escaped in the same way. See docs/iwslt.md.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ def translate_sentence(
     beam: int | None = None,
 ) -> str:
     """Translate one English sentence with a loaded module (``beam=None``: the config's).
+
+    ``sentence`` is Moses-tokenised, as the training data (see the module docstring); so is the
+    translation returned.
 
     Raises:
         ValueError: empty or over-long ``sentence``, or ``beam < 1``.

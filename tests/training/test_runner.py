@@ -145,6 +145,8 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 4 and saved["epoch"] == 1
     assert loader_position(out) == [{"epoch": 1, "batches": 1}]
+    evaluated = evaluate(out / "checkpoints" / "last.ckpt", accelerator="cpu", progress_bar=False)
+    assert evaluated["epochs"] == 1  # epoch 1 had begun: one completed
     resumed = _train_mg(out, *options)  # the same command again resumes
     # ... with epoch 1's other two batches, then epoch 2: the uninterrupted run's weights,
     # optimizer and schedule to the bit
@@ -196,6 +198,29 @@ def test_max_steps_run_resumed_at_an_epoch_end_is_exact(tmp_path: Path) -> None:
     resumed = _train_mg(out, *options)
     assert_same_last_checkpoint(tmp_path / "reference", out)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
+
+
+def test_epochs_counts_completed_epochs_only(tmp_path: Path) -> None:
+    """``epochs`` in metrics.json counts the epochs trained to their end: not one that
+    ``max_steps`` stopped inside (Lightning's ``current_epoch`` counts it), whether it is the
+    first session, a resumed one or one with nothing left to train; ``plmu evaluate`` counts a
+    checkpoint's the same way. ``global_step`` counts optimizer steps (3 per epoch here)."""
+    out = tmp_path / "run"
+    short = _train_mg(out, "epochs=5", "max_steps=4")  # epoch 0 and epoch 1's first batch
+    assert (short["epochs"], short["global_step"]) == (1, 4)
+    again = _train_mg(out, "epochs=5", "max_steps=4")  # resumed with nothing to train
+    assert (again["epochs"], again["global_step"]) == (1, 4)
+    for name in ("best", "last"):  # both written after epoch 1's first batch
+        evaluated = evaluate(
+            out / "checkpoints" / f"{name}.ckpt", accelerator="cpu", progress_bar=False
+        )
+        assert (evaluated["epochs"], evaluated["global_step"]) == (1, 4)
+    longer = _train_mg(out, "epochs=5", "max_steps=8")  # epoch 1's rest, 2 batches of epoch 2
+    assert (longer["epochs"], longer["global_step"]) == (2, 8)
+    at_end = _train_mg(out, "epochs=5", "max_steps=9")  # epoch 2's last batch
+    assert (at_end["epochs"], at_end["global_step"]) == (3, 9)
+    evaluated = evaluate(out / "checkpoints" / "last.ckpt", accelerator="cpu", progress_bar=False)
+    assert (evaluated["epochs"], evaluated["global_step"]) == (3, 9)
 
 
 class _CrashAtBatch(L.Callback):

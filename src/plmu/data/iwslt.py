@@ -1,7 +1,8 @@
 """IWSLT'15 English-Vietnamese: the standard splits, subword tokenisers and a LightningDataModule.
 
 Splits (Luong & Manning 2015): ``train`` (133k pairs), ``tst2012`` (validation, 1,553 pairs) and
-``tst2013`` (test, 1,268 pairs), as tokenised, line-aligned text.
+``tst2013`` (test, 1,268 pairs), as tokenised, line-aligned text (Moses-tokenised: punctuation
+split off, ``'`` and ``"`` written as ``&apos;`` and ``&quot;``; read as it is).
 
 Sources, in order:
 

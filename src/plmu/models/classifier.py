@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.memory import _check_positive_int
 from plmu.models.stack import RecurrentStack
 
 __all__ = ["SequenceClassifier"]
@@ -37,6 +38,7 @@ class SequenceClassifier(nn.Module):
         **layer_kwargs: object,
     ) -> None:
         super().__init__()
+        num_classes = _check_positive_int(num_classes, "num_classes")
         self.stack = RecurrentStack(
             model,
             input_size,
@@ -49,7 +51,7 @@ class SequenceClassifier(nn.Module):
             return_sequences=False,
             **layer_kwargs,
         )
-        self.head = nn.Linear(hidden_size, num_classes)
+        self.head = nn.Linear(self.stack.hidden_size, num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.stack(x, lengths))

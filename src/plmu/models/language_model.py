@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from plmu.layers import ParallelLMU
+from plmu.memory import _check_positive_int
 from plmu.models._tokens import check_token_dtype, check_token_range
 
 __all__ = ["LMULanguageModel", "State"]
@@ -63,11 +64,9 @@ class LMULanguageModel(nn.Module):
         mode: str = "auto",
     ) -> None:
         super().__init__()
-        for value, name in ((vocab_size, "vocab_size"), (d_model, "d_model")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+        vocab_size = _check_positive_int(vocab_size, "vocab_size")
+        d_model = _check_positive_int(d_model, "d_model")
+        num_layers = _check_positive_int(num_layers, "num_layers")
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.embedding = nn.Embedding(vocab_size, d_model)

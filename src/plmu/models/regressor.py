@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.memory import _check_positive_int
 from plmu.models.stack import RecurrentStack
 
 __all__ = ["SequenceRegressor"]
@@ -33,6 +34,7 @@ class SequenceRegressor(nn.Module):
         **layer_kwargs: object,
     ) -> None:
         super().__init__()
+        output_size = _check_positive_int(output_size, "output_size")
         self.stack = RecurrentStack(
             model,
             input_size,
@@ -45,7 +47,7 @@ class SequenceRegressor(nn.Module):
             return_sequences=True,
             **layer_kwargs,
         )
-        self.head = nn.Linear(hidden_size, output_size)
+        self.head = nn.Linear(self.stack.hidden_size, output_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stack(x))

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from plmu.layers import ParallelLMU
+from plmu.memory import _check_positive_int
 from plmu.models._tokens import (
     check_token_dtype,
     check_token_range,
@@ -103,7 +104,7 @@ class LMUSeq2Seq(nn.Module):
     """LMU encoder-decoder with attention over the encoder outputs (see the module docstring).
 
     Args:
-        src_vocab_size, tgt_vocab_size: vocabulary sizes (ids ``0..3`` are
+        src_vocab_size, tgt_vocab_size: vocabulary sizes, at least 4 (ids ``0..3`` are
             ``<pad> <unk> <s> </s>``).
         d_model: width ``D`` of embeddings, LMU outputs and attention.
         order, theta, memory_size: of every :class:`~plmu.ParallelLMU` layer.
@@ -128,17 +129,12 @@ class LMUSeq2Seq(nn.Module):
         tie_embeddings: bool = True,
     ) -> None:
         super().__init__()
-        for value, name in (
-            (src_vocab_size, "src_vocab_size"),
-            (tgt_vocab_size, "tgt_vocab_size"),
-            (d_model, "d_model"),
-            (encoder_layers, "encoder_layers"),
-            (decoder_layers, "decoder_layers"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if min(src_vocab_size, tgt_vocab_size) <= EOS_ID:
-            raise ValueError("vocabularies must hold the 4 special tokens and more")
+        # a vocabulary holds at least the special tokens <pad> <unk> <s> </s> (ids 0..EOS_ID)
+        src_vocab_size = _check_positive_int(src_vocab_size, "src_vocab_size", EOS_ID + 1)
+        tgt_vocab_size = _check_positive_int(tgt_vocab_size, "tgt_vocab_size", EOS_ID + 1)
+        d_model = _check_positive_int(d_model, "d_model")
+        encoder_layers = _check_positive_int(encoder_layers, "encoder_layers")
+        decoder_layers = _check_positive_int(decoder_layers, "decoder_layers")
         D = d_model
         self.d_model = D
         self.tgt_vocab_size = tgt_vocab_size

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from plmu.layers import LMU, ParallelLMU
-from plmu.memory import gather_time
+from plmu.memory import _check_positive_int, gather_time
 
 __all__ = ["MODELS", "RecurrentStack"]
 
@@ -50,8 +50,9 @@ class RecurrentStack(nn.Module):
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        input_size = _check_positive_int(input_size, "input_size")
+        hidden_size = _check_positive_int(hidden_size, "hidden_size")
+        num_layers = _check_positive_int(num_layers, "num_layers")
         if model != "lstm" and (order is None or theta is None):
             raise ValueError(f"model {model!r} needs order and theta")
         self.model = model

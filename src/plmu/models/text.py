@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plmu.memory import check_lengths
+from plmu.memory import _check_positive_int, check_lengths
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.stack import RecurrentStack
 
@@ -54,6 +54,8 @@ class SentenceEncoder(nn.Module):
         **layer_kwargs: object,
     ) -> None:
         super().__init__()
+        vocab_size = _check_positive_int(vocab_size, "vocab_size")
+        embedding_dim = _check_positive_int(embedding_dim, "embedding_dim")
         self.vocab_size = vocab_size
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
@@ -69,7 +71,7 @@ class SentenceEncoder(nn.Module):
             return_sequences=False,
             **layer_kwargs,
         )
-        self.hidden_size = hidden_size
+        self.hidden_size = self.stack.hidden_size
 
     def check_ids(self, ids: object, name: str = "ids") -> torch.Tensor:
         """``ids`` checked: an integer tensor ``(batch, time)`` of ids in ``[0, vocab_size)``.
@@ -106,6 +108,7 @@ class TextClassifier(nn.Module):
 
     def __init__(self, num_classes: int, dropout: float = 0.0, **encoder_kwargs) -> None:
         super().__init__()
+        num_classes = _check_positive_int(num_classes, "num_classes")
         self.encoder = SentenceEncoder(dropout=dropout, **encoder_kwargs)
         self.head = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(self.encoder.hidden_size, num_classes)
@@ -136,6 +139,8 @@ class PairClassifier(nn.Module):
         self, num_classes: int, mlp_hidden: int, dropout: float = 0.0, **encoder_kwargs
     ) -> None:
         super().__init__()
+        num_classes = _check_positive_int(num_classes, "num_classes")
+        mlp_hidden = _check_positive_int(mlp_hidden, "mlp_hidden")
         self.encoder = SentenceEncoder(dropout=dropout, **encoder_kwargs)
         h = self.encoder.hidden_size
         self.head = nn.Sequential(

@@ -14,8 +14,9 @@ Everything a run writes lies under its output directory ``OUT``:
   :func:`load_checkpoint` can rebuild the run;
 - ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/version_N/`` (one version per
   invocation, so a resumed run never overwrites its earlier logs);
-- ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed),
-  ``global_step``, ``seconds`` (training wall-clock summed over resumed sessions) and whatever
+- ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed:
+  trained to their last batch, so not one that ``max_steps`` stopped inside), ``global_step``
+  (optimizer steps), ``seconds`` (training wall-clock summed over resumed sessions) and whatever
   the experiment's ``finish`` returns.
 
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it; the resumed run starts from
@@ -82,7 +83,11 @@ class CheckpointError(ValueError):
 class RunInfo(Callback):
     """Stores ``checkpoint["plmu"]``, the training time accumulated over resumed sessions and the
     random number generators' states, so that a resumed run drops out exactly as the
-    uninterrupted run would have (the training loader keeps its order and position itself)."""
+    uninterrupted run would have (the training loader keeps its order and position itself).
+    Also tells :meth:`completed_epochs` whether this session's last epoch was stopped inside
+    (not saved: it is read once the fit is over)."""
+
+    _stopped_inside_epoch = False  # this session's last epoch ended before its last batch
 
     def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
         self.experiment = experiment
@@ -98,6 +103,20 @@ class RunInfo(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()
+        self._stopped_inside_epoch = False
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stopped_inside_epoch = not trainer.is_last_batch
+
+    def completed_epochs(self, trainer: L.Trainer) -> int:
+        """The epochs trained to their last batch, once ``trainer.fit`` has returned.
+
+        Lightning ends an epoch that ``max_steps`` stops inside as it ends a whole one, and
+        ``trainer.current_epoch`` counts it; a session that resumes such a run and has nothing
+        left to train reads the count from the checkpoint, written inside the epoch, which does
+        not count it.
+        """
+        return trainer.current_epoch - int(self._stopped_inside_epoch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning gives a resumed run's training loader its saved position (the fit loop's
@@ -163,6 +182,18 @@ def _finish_saved_epoch(loops: dict[str, Any]) -> None:
             progress["current"] = dict.fromkeys(progress["current"], 0)
     if "epoch_loop.batch_progress" in fit:
         fit["epoch_loop.batch_progress"]["is_last_batch"] = False
+
+
+def _checkpoint_completed_epochs(checkpoint: dict[str, Any]) -> int:
+    """The epochs a checkpoint's run had trained to their last batch.
+
+    ``checkpoint["epoch"]`` is the epoch it was written in (Lightning counts an epoch as completed
+    only after its end hooks, where the epoch-end checkpoints are written); the fit loop's
+    ``is_last_batch`` says whether that epoch's last batch was trained.
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    batches = fit.get("epoch_loop.batch_progress") or {}
+    return int(checkpoint.get("epoch", -1)) + int(bool(batches.get("is_last_batch", True)))
 
 
 def _stopped_inside_epoch(trainer: L.Trainer) -> bool:
@@ -392,7 +423,7 @@ def train(
         "model": config.get("model"),
         **_test_metrics(results),
         "params": count_parameters(module),
-        "epochs": trainer.current_epoch,
+        "epochs": run_info.completed_epochs(trainer),
         "global_step": trainer.global_step,
         "seconds": round(seconds, 2),
         "best_checkpoint": best or None,
@@ -451,7 +482,7 @@ def evaluate(
         "model": config.get("model"),
         **_test_metrics(results),
         "params": count_parameters(module),
-        "epochs": int(raw.get("epoch", -1)) + 1,
+        "epochs": _checkpoint_completed_epochs(raw),
         "global_step": int(raw.get("global_step", 0)),
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoint": str(checkpoint),
