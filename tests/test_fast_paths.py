@@ -364,19 +364,24 @@ def test_weight_with_a_tangent_never_comes_from_the_cache():
     """A weight carrying a forward-mode tangent at the address, version and base of a cached
     one (``make_dual`` of the weight itself): the cached folded kernel and projected powers hold
     no tangent, so forward AD through ``project`` must not take them and silently drop the
-    weight's tangent; it fails as it does without a cache (the fused Functions have no jvp)."""
+    weight's tangent. ``project`` is linear in the weight, so the tangent is ``project`` of the
+    weight's tangent."""
     import torch.autograd.forward_ad as fwAD
 
     mem = plmu.LegendreMemory(1, 6, 12.0)
     u = torch.randn(2, 30, 1, dtype=torch.float64)
     state = torch.randn(2, 6, dtype=torch.float64)
     W, tangent = torch.randn(2, 1, 6, dtype=torch.float64)
+    with torch.no_grad():
+        expected = mem.project(u, tangent, state)
     for warm in (False, True):
         if warm:
             with torch.no_grad():
                 mem.project(u, W, state)  # caches the folded kernel and projected powers
-        with fwAD.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
-            mem.project(u, fwAD.make_dual(W, tangent), state)
+        with fwAD.dual_level():
+            got = fwAD.unpack_dual(mem.project(u, fwAD.make_dual(W, tangent), state)).tangent
+        assert got is not None
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("hidden", [1, 3])

@@ -35,6 +35,7 @@ from plmu.memory import (
     check_step_input,
     create_graph_backward,
     gather_time,
+    plain_autograd,
 )
 
 __all__ = ["ACTIVATIONS", "LMU", "LMUCell", "ParallelLMU"]
@@ -119,8 +120,7 @@ class _ScalarLastOutput(torch.autograd.Function):
             and not xH.requires_grad
             and not x.requires_grad
             and any(t.requires_grad for t in params)
-            and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling()
+            and not plain_autograd(xH, x, *params)
         )
 
     @staticmethod

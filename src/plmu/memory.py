@@ -143,6 +143,27 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ...) is
+    running: a custom autograd Function without ``setup_context`` cannot be applied then."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)  # private API
+    return bool(active is not None and active())
+
+
+def plain_autograd(*tensors: torch.Tensor | None) -> bool:
+    """Whether to compute with whole-tensor operations and autograd's own derivatives instead
+    of this package's custom autograd Functions (tiled FFTs with hand-written backwards).
+
+    True when traced or compiled (export needs whole-tensor operations), inside a ``torch.func``
+    transform, or when one of ``tensors`` carries a forward-mode tangent
+    (``torch.autograd.forward_ad``): the Functions define neither ``setup_context`` and a
+    batching rule nor ``jvp``. The values are the same either way; only speed and memory differ.
+    """
+    return (
+        _tracing() or _transforms_active() or not all(_plain(t) for t in tensors if t is not None)
+    )
+
+
 # ------------------------------------------------------------------------------ validation
 
 
@@ -854,13 +875,13 @@ class LegendreMemory(nn.Module):
             frames = F.pad(ut, (lead, nb * L - T)).unfold(-1, n_fft, L).transpose(1, 2)
         Uf = torch.fft.rfft(frames.contiguous(), n=n_fft)  # (B, nb, C, F)
         first = 0 if nb == 1 else lead  # where each block's valid outputs start
-        if C == 1 and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        plain = plain_autograd(Uf, Kf, accumulate)
+        if C == 1 and not plain:
             acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
             acc = _BlockConvolution.apply(acc, Uf, Kf, n_fft, first, L)
             return self._add_free(acc, state, weight)
         acc = u.new_zeros((Bn, T, out)) if accumulate is None else accumulate
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            # traced or compiled (export): whole-tensor operations, plain autograd
+        if plain:  # export, torch.func, forward-mode AD: whole-tensor operations, plain autograd
             return self._add_free(_plain_blocks(acc, Uf, Kf, n_fft, first, L), state, weight)
         Y = _block_spectra(Uf, Kf)  # (B, nb, out, F): the channel contraction, whole batch
         acc = _BlockSynthesis.apply(acc, Y, n_fft, first, L)
@@ -947,8 +968,8 @@ class LegendreMemory(nn.Module):
         def build() -> torch.Tensor:
             Hs = self._kernel_rfft_stacked(T, n_fft, dtype)  # (2F, d)
             Wp = weight.to(dtype).reshape(out, C, d).permute(2, 1, 0).reshape(d, C * out)
-            if torch.jit.is_tracing() or torch.compiler.is_compiling():
-                return _fold(Hs, Wp).view(Fq, C, out)  # plain autograd, for export
+            if plain_autograd(Hs, Wp):  # export, torch.func, forward-mode AD
+                return _fold(Hs, Wp).view(Fq, C, out)
             return _FoldedKernel.apply(Hs, Wp).view(Fq, C, out)
 
         return self._weight_cached("folded", weight, (T, n_fft, dtype), build)
@@ -1412,8 +1433,8 @@ def _tiles(U: torch.Tensor, K: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def _spectral_mix(U: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    """:class:`_SpectralMix` (one ``einsum`` when traced or compiled, for export)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    """:class:`_SpectralMix` (one ``einsum`` where :func:`plain_autograd` says so)."""
+    if plain_autograd(U, K):
         return _plain_mix(U, K)
     return _SpectralMix.apply(U, K)
 

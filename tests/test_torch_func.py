@@ -1,0 +1,202 @@
+"""``torch.func`` transforms and forward-mode AD give the numbers of ordinary autograd.
+
+Under a transform (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``jacfwd``) or with a forward-mode
+tangent the layers run whole-tensor operations with autograd's own derivatives instead of the
+custom autograd Functions of the fast paths; the references here come from those fast paths
+(``torch.autograd.grad`` and ``torch.autograd.functional``), so the two implementations check
+each other. Sizes: order 6, theta 3 puts 150 steps into two overlap-save blocks (float64).
+"""
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
+
+import plmu
+from plmu.layers import LAYER_MODES
+
+# (constructor keywords, sequence length)
+CASES = {
+    "one channel, two blocks": ({}, 150),
+    "one channel, one block": ({}, 40),
+    "short chunk": ({}, 3),
+    "two channels": ({"memory_size": 2}, 150),
+    "trainable theta": ({"trainable_theta": True}, 60),
+    "last state (eq. 25)": ({"return_sequences": False}, 60),
+}
+
+
+def _layer(mode: str, kwargs: dict) -> plmu.ParallelLMU:
+    torch.manual_seed(0)
+    kwargs = {"hidden_activation": "tanh", **kwargs}
+    return plmu.ParallelLMU(2, 3, 6, 3.0, mode=mode, **kwargs).double()
+
+
+def _inputs(layer: plmu.ParallelLMU, batch: int, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, steps, 2, dtype=torch.float64, generator=gen)
+    s = torch.randn(batch, layer.memory.state_size, dtype=torch.float64, generator=gen)
+    return x, s
+
+
+@pytest.mark.parametrize("mode", LAYER_MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_per_sample_gradients_equal_a_loop(mode, case):
+    """``vmap(grad(loss))``: every sample's parameter gradient, as autograd gives it one by one."""
+    kwargs, steps = CASES[case]
+    layer = _layer(mode, kwargs)
+    x, s = _inputs(layer, 3, steps)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, x1, s1):
+        y, state = functional_call(layer, p, (x1[None], s1[None]))
+        return y.square().sum() + state.square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, s)
+    for i in range(x.shape[0]):
+        layer.zero_grad()
+        loss(dict(layer.named_parameters()), x[i], s[i]).backward()
+        for name, p in layer.named_parameters():
+            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("mode", LAYER_MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_jvp_and_forward_ad_equal_reverse_mode(mode, case):
+    """Forward mode (``torch.func.jvp`` and ``torch.autograd.forward_ad``) with tangents on the
+    input and the initial state, against the fast paths' reverse mode (:func:`_assert_adjoint`)."""
+    kwargs, steps = CASES[case]
+    layer = _layer(mode, kwargs)
+    x, s = _inputs(layer, 2, steps)
+    gen = torch.Generator().manual_seed(2)
+    xs = torch.cat([x.flatten(), s.flatten()])
+    v = torch.randn(xs.shape, dtype=torch.float64, generator=gen)
+
+    def f(xs):
+        y, state = layer(xs[: x.numel()].view_as(x), xs[x.numel() :].view_as(s))
+        return torch.cat([y.flatten(), state.flatten()])
+
+    _, tangent = jvp(f, (xs,), (v,))
+    _assert_adjoint(f, xs, v, tangent)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(f(fwAD.make_dual(xs, v))).tangent
+    torch.testing.assert_close(dual, tangent, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["auto", "fft"])
+@pytest.mark.parametrize("case", ["one channel, two blocks", "two channels", "trainable theta"])
+def test_jacobian_and_hessian_transforms(mode, case):
+    """``jacrev`` and ``jacfwd(jacrev)`` (the Hessian) of a scalar loss over the parameters and
+    the input, against ``torch.autograd.functional``."""
+    kwargs, steps = CASES[case]
+    layer = _layer(mode, kwargs)
+    x, s = _inputs(layer, 1, steps)
+    w = layer.output.weight.detach()
+
+    def loss(w, x):
+        y, _ = functional_call(layer, {"output.weight": w}, (x, s))
+        return y.square().mean()
+
+    J = jacrev(loss, argnums=(0, 1))(w, x)
+    J_ref = torch.autograd.functional.jacobian(loss, (w, x))
+    for got, ref in zip(J, J_ref, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-12)
+    H = jacfwd(jacrev(loss))(w, x)
+    H_ref = torch.autograd.functional.hessian(lambda w: loss(w, x), w)
+    torch.testing.assert_close(H, H_ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", LAYER_MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_vmap_inference_equals_the_batch(mode, case):
+    """``vmap`` over sequences without autograd (the short-chunk loop and the cached kernels'
+    paths) gives the batched forward."""
+    kwargs, steps = CASES[case]
+    layer = _layer(mode, kwargs).eval()
+    x, s = _inputs(layer, 3, steps)
+    with torch.no_grad():
+        y, state = layer(x, s)
+        got_y, got_state = vmap(lambda x1, s1: layer(x1[None], s1[None]))(x, s)
+    torch.testing.assert_close(got_y[:, 0], y, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_state[:, 0], state, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_step_equals_the_batch():
+    """``step`` (the folded inference map) under ``vmap``."""
+    layer = _layer("auto", {}).eval()
+    x, s = _inputs(layer, 4, 1)
+    with torch.no_grad():
+        y, state = layer.step(x[:, 0], s)
+        got_y, got_state = vmap(lambda x1, s1: layer.step(x1[None], s1[None]))(x[:, 0], s)
+    torch.testing.assert_close(got_y[:, 0], y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got_state[:, 0], state, rtol=1e-12, atol=1e-12)
+
+
+def test_original_lmu_per_sample_gradients():
+    """The original LMU (plain operations) under ``vmap(grad)``, against a loop."""
+    torch.manual_seed(0)
+    layer = plmu.LMU(2, 4, 5, 10.0).double()
+    x = torch.randn(3, 20, 2, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def loss(p, x1):
+        y, _ = functional_call(layer, p, (x1[None],))
+        return y.square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0))(params, x)
+    for i in range(x.shape[0]):
+        layer.zero_grad()
+        loss(dict(layer.named_parameters()), x[i]).backward()
+        for name, p in layer.named_parameters():
+            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
+class _MemoryOutputs(torch.nn.Module):
+    """The memory sequence, final state, last state (eq. 25) and folded projection of one call."""
+
+    def __init__(self, mem: plmu.LegendreMemory, W: torch.Tensor) -> None:
+        super().__init__()
+        self.mem, self.W = mem, W
+
+    def forward(self, u, s):
+        m, final = self.mem(u, s)
+        parts = (m, final, self.mem.last_state(u, s), self.mem.project(u, self.W, s))
+        return torch.cat([t.flatten() for t in parts])
+
+
+@pytest.mark.parametrize("mode", plmu.memory.MODES)
+@pytest.mark.parametrize("steps", [3, 150])
+def test_legendre_memory_transforms(mode, steps):
+    """``LegendreMemory`` (trainable theta): per-sample gradients and forward-mode derivatives
+    of the memory sequence, the last state (eq. 25) and the folded projection."""
+    torch.manual_seed(0)
+    mem = plmu.LegendreMemory(2, 6, 3.0, trainable_theta=True, mode=mode).double()
+    W = torch.randn(4, 12, dtype=torch.float64)
+    model = _MemoryOutputs(mem, W)
+    u = torch.randn(3, steps, 2, dtype=torch.float64)
+    s = torch.randn(3, 12, dtype=torch.float64)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, u1, s1):
+        return functional_call(model, p, (u1[None], s1[None])).square().sum()
+
+    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, u, s)
+    for i in range(u.shape[0]):
+        model.zero_grad()
+        loss(dict(model.named_parameters()), u[i], s[i]).backward()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    v = torch.randn_like(u)
+    _, tangent = jvp(lambda u: model(u, s), (u,), (v,))
+    _assert_adjoint(lambda u: model(u, s), u, v, tangent)
+
+
+def _assert_adjoint(f, x: torch.Tensor, v: torch.Tensor, tangent: torch.Tensor) -> None:
+    """``tangent = J v`` for ``J`` the Jacobian of ``f`` at ``x``, checked against ordinary
+    reverse mode without forming ``J``: ``w . (J v) = (J^T w) . v`` for random ``w``."""
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(2):
+        w = torch.randn(tangent.shape, dtype=tangent.dtype, generator=gen)
+        xg = x.detach().requires_grad_(True)
+        (Jt_w,) = torch.autograd.grad(f(xg), xg, w)
+        torch.testing.assert_close(w @ tangent, (Jt_w * v).sum(), rtol=1e-9, atol=1e-10)
