@@ -200,3 +200,20 @@ def _assert_adjoint(f, x: torch.Tensor, v: torch.Tensor, tangent: torch.Tensor) 
         xg = x.detach().requires_grad_(True)
         (Jt_w,) = torch.autograd.grad(f(xg), xg, w)
         torch.testing.assert_close(w @ tangent, (Jt_w * v).sum(), rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_torch_compile_gives_the_eager_numbers(return_sequences):
+    """``torch.compile`` (``aot_eager``: Dynamo's graph capture and AOTAutograd's joint graph,
+    without a C++ toolchain) traces the whole-tensor path: outputs and gradients as eager."""
+    layer = _layer("auto", {"return_sequences": return_sequences})
+    x, s = _inputs(layer, 2, 150)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    results = []
+    for run in (layer, compiled):
+        y, state = run(x, s)
+        loss = y.square().sum() + state.square().sum()
+        results.append((y, state, *torch.autograd.grad(loss, list(layer.parameters()))))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

@@ -129,7 +129,10 @@ def _plain(x: torch.Tensor) -> bool:
     """Whether ``x`` carries neither a forward-mode tangent (``torch.autograd.forward_ad``) nor a
     ``torch.func`` transform (``jvp``, ``vmap``, ``grad``): then an ``out=`` operation may take it
     (those have no forward derivative and no batching rule), and a cache keyed on it loses
-    nothing (a cached value holds no tangent)."""
+    nothing (a cached value holds no tangent). Never when traced or compiled: a graph takes
+    no cached value and no ``out=`` buffer (and Dynamo cannot trace the functorch check)."""
+    if _tracing():
+        return False
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)  # private API
     return not (
         (wrapped is not None and wrapped(x))
