@@ -178,6 +178,20 @@ def test_bad_input_is_rejected():
         LMUSeq2Seq(10, 10, d_model=0)
 
 
+def test_decode_step_needs_one_state_per_decoder_layer():
+    """A states list of the wrong length used to be cut short by ``zip``: with ``[]`` no decoder
+    layer ran and the logits were silently wrong."""
+    model = make_model(3, decoder_layers=2)
+    src, lengths = padded_sources(3, [6, 4])
+    enc, mask = model.encode(src, lengths)
+    y = torch.tensor([2, 2])
+    for states in ([], [None], [None, None, None], None):
+        with pytest.raises(ValueError, match="states must be a list of 2"):
+            model.decode_step(y, states, enc, mask)
+    with pytest.raises(ValueError, match=r"y_prev must have shape \(2,\)"):
+        model.decode_step(torch.tensor([2]), [None, None], enc, mask)
+
+
 @pytest.mark.slow
 def test_step_decoding_cost_does_not_grow_with_generated_length():
     """The carried state has a fixed size: the median time of tokens 751-1000 stays within

@@ -293,8 +293,24 @@ class LMUSeq2Seq(nn.Module):
 
         Returns:
             ``(logits (B, V), new states)``.
+
+        Raises:
+            ValueError: ``states`` not a list of one entry per decoder layer, or ``y_prev``
+                not ``(B,)`` with ``B`` the batch of ``enc``.
         """
         y_prev = self._check_target(y_prev, "y_prev", "(batch,)", 1)
+        n = len(self.decoder)
+        if not isinstance(states, (list, tuple)) or len(states) != n:
+            is_list = isinstance(states, (list, tuple))
+            got = f"{len(states)} entries" if is_list else type(states).__name__
+            raise ValueError(
+                f"states must be a list of {n} tensors or None (one per decoder layer), got {got}"
+            )
+        if y_prev.shape[0] != enc.shape[0]:
+            raise ValueError(
+                f"y_prev must have shape ({enc.shape[0]},) (the batch of enc), "
+                f"got {tuple(y_prev.shape)}"
+            )
         x = self.tgt_embed(y_prev) * self.embed_scale
         new_states = []
         for layer, state in zip(self.decoder, states):
