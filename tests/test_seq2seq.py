@@ -192,6 +192,21 @@ def test_decode_step_needs_one_state_per_decoder_layer():
         model.decode_step(torch.tensor([2]), [None, None], enc, mask)
 
 
+def test_src_lengths_must_be_integers():
+    """Float lengths used to fail deep in ``gather`` (bidirectional) or, unidirectional, to be
+    used as they were: 2.5 attended to 3 source positions."""
+    for bidirectional in (True, False):
+        model = make_model(bidirectional=bidirectional)
+        src, lengths = padded_sources(0, [4, 2])
+        for bad in (lengths.float(), torch.tensor([4.0, 2.5])):
+            with pytest.raises(TypeError, match="src_lengths must hold integers"):
+                model.encode(src, bad)
+            with pytest.raises(TypeError, match="src_lengths must hold integers"):
+                model.greedy(src, bad, 3)
+    with pytest.raises(TypeError, match=r"src_lengths must be a torch\.Tensor"):
+        model.encode(src, [4, 2])
+
+
 @pytest.mark.slow
 def test_step_decoding_cost_does_not_grow_with_generated_length():
     """The carried state has a fixed size: the median time of tokens 751-1000 stays within

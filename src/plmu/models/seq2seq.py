@@ -49,6 +49,10 @@ PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 BANNED_TOKENS = (PAD_ID, BOS_ID)  # never generated
 
 
+def _integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each right-padded sequence within its length; padding stays in place.
 
@@ -166,9 +170,10 @@ class LMUSeq2Seq(nn.Module):
     # ------------------------------------------------------------------ shared pieces
 
     def _check_batch(
-        self, src: object, src_lengths: torch.Tensor, tgt_in: object = None
+        self, src: object, src_lengths: object, tgt_in: object = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Check ``src`` ``(batch, S)``, ``src_lengths`` and, if given, ``tgt_in`` ``(batch, T)``.
+        """Check ``src`` ``(batch, S)``, ``src_lengths`` (integers) and, if given, ``tgt_in``
+        ``(batch, T)``.
 
         The ``src_lengths`` check reads values back, a host/device sync on CUDA that happens
         anyway; the token-id range checks of ``src`` and ``tgt_in`` join that one sync, so they
@@ -177,6 +182,13 @@ class LMUSeq2Seq(nn.Module):
         src = check_token_dtype(src, "src", "(batch, S)")
         if src.dim() != 2 or src.shape[1] == 0:
             raise ValueError(f"src must be (batch, S) with S >= 1, got {tuple(src.shape)}")
+        if not isinstance(src_lengths, torch.Tensor):
+            raise TypeError(
+                f"src_lengths must be a torch.Tensor ({src.shape[0]},), "
+                f"got {type(src_lengths).__name__}"
+            )
+        if not _integer_dtype(src_lengths.dtype):
+            raise TypeError(f"src_lengths must hold integers, got dtype {src_lengths.dtype}")
         if src_lengths.shape != src.shape[:1]:
             raise ValueError(
                 f"src_lengths must be ({src.shape[0]},), got {tuple(src_lengths.shape)}"
@@ -218,8 +230,8 @@ class LMUSeq2Seq(nn.Module):
         """Encode right-padded sources.
 
         Args:
-            src: ``(batch, S)`` token ids in ``[0, src_vocab_size)``; src_lengths: ``(batch,)``,
-                each in ``1..S``.
+            src: ``(batch, S)`` token ids in ``[0, src_vocab_size)``; src_lengths: ``(batch,)``
+                integers, each in ``1..S``.
 
         Returns:
             ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
