@@ -207,6 +207,17 @@ def test_src_lengths_must_be_integers():
         model.encode(src, [4, 2])
 
 
+@pytest.mark.parametrize("bad", [2.7, True, "5", None, torch.tensor([2.5, 3.0])])
+def test_max_len_must_be_integers(bad):
+    """A fractional ``max_len`` was silently floored, a string or ``True`` taken as a number."""
+    model = make_model()
+    src, lengths = padded_sources(0, [4, 2])
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        model.greedy(src, lengths, bad)
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        model.beam_search(src, lengths, bad, beam_size=2)
+
+
 @pytest.mark.slow
 def test_step_decoding_cost_does_not_grow_with_generated_length():
     """The carried state has a fixed size: the median time of tokens 751-1000 stays within

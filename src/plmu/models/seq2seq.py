@@ -31,6 +31,7 @@ Decoding (both never emit ``<pad>`` or ``<s>``; a hypothesis ends at ``</s>`` or
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -340,11 +341,17 @@ class LMUSeq2Seq(nn.Module):
 
     def _max_lengths(self, max_len: int | torch.Tensor, batch: int, device) -> torch.Tensor:
         if isinstance(max_len, torch.Tensor):
+            if not _integer_dtype(max_len.dtype):
+                raise TypeError(f"max_len must be an int or hold integers, got {max_len.dtype}")
             out = max_len.to(device=device, dtype=torch.long)
             if out.shape != (batch,):
                 raise ValueError(f"max_len must be an int or ({batch},), got {tuple(out.shape)}")
-        else:
+        elif isinstance(max_len, numbers.Integral) and not isinstance(max_len, bool):
             out = torch.full((batch,), int(max_len), dtype=torch.long, device=device)
+        else:
+            raise TypeError(
+                f"max_len must be an int or a ({batch},) integer tensor, got {max_len!r}"
+            )
         if bool((out < 1).any()):
             raise ValueError("max_len must be >= 1")
         return out
@@ -365,7 +372,8 @@ class LMUSeq2Seq(nn.Module):
 
         Args:
             src, src_lengths: as for :meth:`encode`.
-            max_len: most generated tokens (``</s>`` included), an int or ``(batch,)``.
+            max_len: most generated tokens (``</s>`` included), an int or a ``(batch,)`` integer
+                tensor.
 
         Returns:
             one token list per source, without ``</s>``.
