@@ -48,6 +48,15 @@ def test_low_temperature_approaches_greedy():
     assert generate_text(model, "on ", 50, temperature=1e-6, seed=0) == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-320, 5e-324])
+def test_tiny_temperature_is_greedy(temperature):
+    """Any finite temperature > 0 is accepted; a subnormal one overflowed ``logits / T`` to inf,
+    the softmax to nan, and ``torch.multinomial`` raised a RuntimeError."""
+    model = make_model(torch.float32)
+    greedy = generate_text(model, "on ", 30, greedy=True)
+    assert generate_text(model, "on ", 30, temperature=temperature, seed=0) == greedy
+
+
 def test_generation_restores_training_mode():
     model = make_model().train()
     generate_text(model, "x", 5)

@@ -108,7 +108,11 @@ def iter_tokens(
         if greedy:
             token = logits.argmax(dim=-1)
         else:
-            probs = torch.softmax(logits.double() / temperature, dim=-1)
+            # the largest logit subtracted first: the tiniest temperature then gives a one-hot
+            # distribution, where logits / temperature alone could overflow to inf (softmax nan)
+            logits = logits.double()
+            logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+            probs = torch.softmax(logits, dim=-1)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
             token = token.to(device)
         yield int(token)
