@@ -82,6 +82,10 @@ def test_prompt_is_lower_cased():
         ("ok", 2.5, {}, TypeError, "length must be an int"),
         ("ok", 10, {"temperature": 0.0}, ValueError, "temperature"),
         ("ok", 10, {"temperature": float("nan")}, ValueError, "temperature"),
+        ("ok", 10, {"temperature": None}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": "hot"}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": "0.5"}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": True}, TypeError, "temperature must be a number"),
         (None, 10, {}, TypeError, "prompt must be a str"),
     ],
 )
