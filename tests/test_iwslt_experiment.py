@@ -199,6 +199,46 @@ def test_corpus_bleu_and_its_tokeniser():
         corpus_bleu(refs, refs[:1])
 
 
+def test_val_and_test_loss_are_the_mean_over_target_tokens():
+    """``val_loss``/``test_loss`` are cross-entropy per target token over the whole split; they
+    were the mean of the batch means weighted by sentences, so they depended on the batching
+    (here: one 31-token target and two of 2-3 tokens, one pair per batch)."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from plmu.data.iwslt import PAD, TranslationDataset, collate
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    torch.manual_seed(0)
+    net = LMUSeq2Seq(12, 12, d_model=8, order=2, theta=2.0, encoder_layers=1, decoder_layers=1)
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(4, 12, (n,), generator=g).tolist()
+
+    data = TranslationDataset(
+        [[*ids(n), 3] for n in (3, 2, 4)], [ids(30), ids(1), ids(2)], ["x"] * 3
+    )
+    loader = DataLoader(data, batch_size=1, collate_fn=collate)
+    module = TranslationModule(net, lambda row: " ".join(map(str, row)), max_decode_length=5)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    val = trainer.validate(module, dataloaders=loader, verbose=False)[0]["val_loss"]
+    test = trainer.test(module, dataloaders=loader, verbose=False)[0]["test_loss"]
+    total = count = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = net.eval()(batch.src, batch.src_lengths, batch.tgt_in)
+            total += F.cross_entropy(
+                logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD, reduction="sum"
+            ).item()
+            count += int((batch.tgt_out != PAD).sum())
+    assert count == 31 + 2 + 3
+    assert val == pytest.approx(total / count, rel=1e-5)
+    assert test == pytest.approx(total / count, rel=1e-5)
+
+
 def test_decode_max_lengths():
     limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
     assert limit.tolist() == [12, 30, 100]

@@ -1,7 +1,9 @@
 """The translation objective: teacher-forced cross-entropy, sacreBLEU on decoded test sets.
 
 :class:`TranslationModule` wraps :class:`~plmu.models.seq2seq.LMUSeq2Seq`. It logs
-``train_loss``, ``val_loss``, ``test_loss`` and, at the end of testing, ``test_bleu``
+``train_loss``, ``val_loss``, ``test_loss`` (cross-entropy in nats per target token, ``</s>``
+included; each batch's mean weighted by its number of target tokens, so the epoch value is the
+mean over the split's tokens) and, at the end of testing, ``test_bleu``
 (``sacrebleu.corpus_bleu`` of the decoded hypotheses against the reference lines as given, with
 sacreBLEU's ``bleu_tokenize`` tokeniser: ``"13a"`` by default; ``"none"`` on the already
 tokenised IWSLT files gives the tokenised BLEU of ``multi-bleu.perl`` that Luong & Manning 2015
@@ -130,6 +132,7 @@ class TranslationModule(PlmuModule):
     # ------------------------------------------------------------------------ training
 
     def _loss(self, batch: TranslationBatch, smoothing: float) -> torch.Tensor:
+        """Mean cross-entropy per target token (``</s>`` included, padding not)."""
         logits = self.net(batch.src, batch.src_lengths, batch.tgt_in)
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
@@ -137,6 +140,12 @@ class TranslationModule(PlmuModule):
             ignore_index=PAD,
             label_smoothing=smoothing,
         )
+
+    @staticmethod
+    def _target_tokens(batch: TranslationBatch) -> int:
+        """The batch's weight in an epoch mean of :meth:`_loss`: its target tokens (a host
+        sync on an accelerator; training steps, logged per step, do without it)."""
+        return int((batch.tgt_out != PAD).sum())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -171,8 +180,8 @@ class TranslationModule(PlmuModule):
         }
 
     def validation_step(self, batch: TranslationBatch, batch_idx: int) -> None:
-        loss = self._loss(batch, 0.0)
-        self.log("val_loss", loss, prog_bar=True, batch_size=batch.src.shape[0], sync_dist=True)
+        loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
+        self.log("val_loss", loss, prog_bar=True, batch_size=tokens, sync_dist=True)
 
     # ------------------------------------------------------------------------ decoding
 
@@ -193,7 +202,8 @@ class TranslationModule(PlmuModule):
 
     def test_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         n = batch.src.shape[0]
-        self.log("test_loss", self._loss(batch, 0.0), batch_size=n, sync_dist=True)
+        loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
+        self.log("test_loss", loss, batch_size=tokens, sync_dist=True)
         self._sync()
         t0 = time.perf_counter()
         ids = self.translate_ids(batch.src, batch.src_lengths)
