@@ -199,14 +199,12 @@ def test_corpus_bleu_and_its_tokeniser():
         corpus_bleu(refs, refs[:1])
 
 
-def test_val_and_test_loss_are_the_mean_over_target_tokens():
-    """``val_loss``/``test_loss`` are cross-entropy per target token over the whole split; they
-    were the mean of the batch means weighted by sentences, so they depended on the batching
-    (here: one 31-token target and two of 2-3 tokens, one pair per batch)."""
-    import torch.nn.functional as F
+def _toy_translation(targets: list[int], batch_size: int, **settings):
+    """An untrained TranslationModule on random pairs with these target lengths, its loader
+    and a plain CPU trainer."""
     from torch.utils.data import DataLoader
 
-    from plmu.data.iwslt import PAD, TranslationDataset, collate
+    from plmu.data.iwslt import TranslationDataset, collate
     from plmu.models.seq2seq import LMUSeq2Seq
 
     torch.manual_seed(0)
@@ -216,14 +214,25 @@ def test_val_and_test_loss_are_the_mean_over_target_tokens():
     def ids(n: int) -> list[int]:
         return torch.randint(4, 12, (n,), generator=g).tolist()
 
-    data = TranslationDataset(
-        [[*ids(n), 3] for n in (3, 2, 4)], [ids(30), ids(1), ids(2)], ["x"] * 3
-    )
-    loader = DataLoader(data, batch_size=1, collate_fn=collate)
-    module = TranslationModule(net, lambda row: " ".join(map(str, row)), max_decode_length=5)
+    sources = [[*ids(2 + i % 3), 3] for i in range(len(targets))]
+    data = TranslationDataset(sources, [ids(n) for n in targets], ["x"] * len(targets))
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate)
+    module = TranslationModule(net, lambda row: " ".join(map(str, row)), **settings)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
+    return net, loader, module, trainer
+
+
+def test_val_and_test_loss_are_the_mean_over_target_tokens():
+    """``val_loss``/``test_loss`` are cross-entropy per target token over the whole split; they
+    were the mean of the batch means weighted by sentences, so they depended on the batching
+    (here: one 31-token target and two of 2-3 tokens, one pair per batch)."""
+    import torch.nn.functional as F
+
+    from plmu.data.iwslt import PAD
+
+    net, loader, module, trainer = _toy_translation([30, 1, 2], 1, max_decode_length=5)
     val = trainer.validate(module, dataloaders=loader, verbose=False)[0]["val_loss"]
     test = trainer.test(module, dataloaders=loader, verbose=False)[0]["test_loss"]
     total = count = 0
@@ -237,6 +246,22 @@ def test_val_and_test_loss_are_the_mean_over_target_tokens():
     assert count == 31 + 2 + 3
     assert val == pytest.approx(total / count, rel=1e-5)
     assert test == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_decode_tokens_count_an_end_only_where_one_was_generated(beam_size):
+    """``decode_tokens_per_s`` counts generated tokens, ``</s>`` included: a hypothesis cut at
+    its length limit generated no ``</s>`` (one token too many was counted per such line)."""
+    net, loader, module, trainer = _toy_translation(
+        [3] * 16, 4, max_decode_length=3, beam_size=beam_size
+    )
+    with torch.no_grad():  # sharper, more uneven distributions: some lines end early
+        net.out.weight.mul_(8.0)
+        net.out.bias.normal_(0, 2, generator=torch.Generator().manual_seed(1))
+    trainer.test(module, dataloaders=loader, verbose=False)
+    lengths = [len(h.split()) for h in module.hypotheses]
+    assert 3 in lengths and min(lengths) < 2  # cut at the limit, and ended by </s>
+    assert module.timing["decode_tokens"] == sum(min(n + 1, 3) for n in lengths)
 
 
 def test_decode_max_lengths():

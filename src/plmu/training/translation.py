@@ -209,7 +209,11 @@ class TranslationModule(PlmuModule):
         ids = self.translate_ids(batch.src, batch.src_lengths)
         self._sync()
         self.timing["decode_s"] += time.perf_counter() - t0
-        self.timing["decode_tokens"] += sum(len(row) + 1 for row in ids)
+        # </s> was generated unless a hypothesis stopped at its length limit
+        limit = decode_max_lengths(
+            batch.src_lengths, self.max_len_ratio, self.max_len_offset, self.max_decode_length
+        ).tolist()
+        self.timing["decode_tokens"] += sum(min(len(row) + 1, m) for row, m in zip(ids, limit))
         self._decoded_sentences += n
         self.hypotheses += [self.detokenize(row) for row in ids]
         self.references += list(batch.refs)
