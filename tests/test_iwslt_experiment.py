@@ -264,6 +264,44 @@ def test_decode_tokens_count_an_end_only_where_one_was_generated(beam_size):
     assert module.timing["decode_tokens"] == sum(min(n + 1, 3) for n in lengths)
 
 
+def test_merge_shards_restores_the_test_order_without_repeats():
+    """Under DDP each process decodes a shard: DistributedSampler deals indices 0, 2, 4 and
+    1, 3, 0 (the first repeated to even the shards) for 5 pairs on 2 processes."""
+    from plmu.training.translation import merge_shards
+
+    shards = [
+        ([0, 2, 4], ["h0", "h2", "h4"], ["r0", "r2", "r4"]),
+        ([1, 3, 0], ["h1", "h3", "h0"], ["r1", "r3", "r0"]),
+    ]
+    assert merge_shards(shards) == ([f"h{i}" for i in range(5)], [f"r{i}" for i in range(5)])
+    # batches without dataset positions: concatenated as they came
+    assert merge_shards([(None, ["a"], ["x"]), (None, ["b"], ["y"])]) == (["a", "b"], ["x", "y"])
+
+
+@pytest.mark.slow
+def test_ddp_bleu_and_translations_cover_the_test_set_once(tmp_path):
+    """Two CPU processes (~15 s): tst2013.hyp.vi held rank 0's shard only (3 of 5 lines) and
+    test_bleu counted the pair DistributedSampler repeats; both now follow the test set."""
+    import subprocess
+    import sys
+
+    import sacrebleu
+
+    data = write_iwslt(tmp_path / "data", n_train=24, n_eval=5)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "plmu.cli", "train", "iwslt15-en-vi"]
+    command += ["--data-dir", str(data), "--out", str(out), "--no-progress-bar"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    for setting in [*TINY, "batch_size=2", "beam_size=1", "max_decode_length=6"]:
+        command += ["--set", setting]
+    subprocess.run(command, check=True, timeout=600, cwd=tmp_path, capture_output=True)
+    hyps = (out / "tst2013.hyp.vi").read_text(encoding="utf-8").splitlines()
+    refs = (data / "tst2013.vi").read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == len(refs) == 5
+    single = json.loads((out / "metrics.json").read_text())["test_bleu"]
+    assert single == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-4)
+
+
 def test_decode_max_lengths():
     limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
     assert limit.tolist() == [12, 30, 100]

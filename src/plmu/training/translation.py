@@ -29,7 +29,7 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor"]
+__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor", "merge_shards"]
 
 
 def decode_max_lengths(
@@ -58,6 +58,27 @@ def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = "1
     return float(
         sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, force=True).score
     )
+
+
+Shard = tuple[list[int] | None, list[str], list[str]]  # (dataset positions, hypotheses, refs)
+
+
+def merge_shards(shards: list[Shard]) -> tuple[list[str], list[str]]:
+    """The hypotheses and references of the test set from every process's shard.
+
+    With dataset positions (every shard has them): in the dataset's order, each pair once
+    (``DistributedSampler`` repeats pairs to give every process as many). Without them: the
+    shards concatenated as they are.
+    """
+    if any(indices is None for indices, _, _ in shards):
+        hypotheses = [h for _, hyps, _ in shards for h in hyps]
+        return hypotheses, [r for _, _, refs in shards for r in refs]
+    merged: dict[int, tuple[str, str]] = {}
+    for indices, hyps, refs in shards:
+        for i, h, r in zip(indices, hyps, refs):  # type: ignore[arg-type]
+            merged.setdefault(i, (h, r))
+    order = sorted(merged)
+    return [merged[i][0] for i in order], [merged[i][1] for i in order]
 
 
 class TranslationModule(PlmuModule):
@@ -125,6 +146,7 @@ class TranslationModule(PlmuModule):
         self.max_decode_length = int(max_decode_length)
         self.hypotheses: list[str] = []
         self.references: list[str] = []
+        self._indices: list[int] | None = []  # dataset positions of the decoded pairs
         self.timing = {"train_s": 0.0, "train_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         self._decoded_sentences = 0
         self._t0 = 0.0
@@ -198,7 +220,7 @@ class TranslationModule(PlmuModule):
         return self.net.beam_search(src, src_lengths, limit, beam, self.length_penalty)
 
     def on_test_epoch_start(self) -> None:
-        self.hypotheses, self.references = [], []
+        self.hypotheses, self.references, self._indices = [], [], []
 
     def test_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         n = batch.src.shape[0]
@@ -217,15 +239,22 @@ class TranslationModule(PlmuModule):
         self._decoded_sentences += n
         self.hypotheses += [self.detokenize(row) for row in ids]
         self.references += list(batch.refs)
+        if self._indices is not None and batch.indices is not None:
+            self._indices += batch.indices
+        else:
+            self._indices = None
 
     def on_test_epoch_end(self) -> None:
-        hyps, refs = self.hypotheses, self.references
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each process decoded a shard: every one now takes the whole test set, in order
+            # and each pair once, so the BLEU and rank 0's tst2013.hyp.vi (finish) cover it
             gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, (hyps, refs))
-            hyps = [h for part, _ in gathered for h in part]
-            refs = [r for _, part in gathered for r in part]
-        self.log("test_bleu", corpus_bleu(hyps, refs, self.bleu_tokenize), rank_zero_only=True)
+            shard = (self._indices, self.hypotheses, self.references)
+            torch.distributed.all_gather_object(gathered, shard)
+            self.hypotheses, self.references = merge_shards(gathered)
+            self._indices = None
+        bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
+        self.log("test_bleu", bleu, rank_zero_only=True)
 
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
