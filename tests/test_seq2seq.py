@@ -192,6 +192,28 @@ def test_decode_step_needs_one_state_per_decoder_layer():
         model.decode_step(torch.tensor([2]), [None, None], enc, mask)
 
 
+def test_decoding_checks_enc_and_mask():
+    """``decode_parallel`` and ``decode_step`` take ``enc`` and ``mask`` from the caller: a
+    mismatch used to surface as torch's own error from inside the attention."""
+    model = make_model(3)
+    src, lengths = padded_sources(3, [6, 4])
+    enc, mask = model.encode(src, lengths)
+    tgt, y, states = torch.tensor([[2, 5, 6]] * 2), torch.tensor([2, 2]), [None, None]
+    cases = [
+        ((tgt[:1], enc, mask), r"tgt_in must have shape \(2, T\)"),
+        ((tgt, enc[0], mask), r"enc must have shape \(batch, S, 16\)"),
+        ((tgt, enc[:, :, :5], mask), r"enc must have shape \(batch, S, 16\)"),
+        ((tgt, enc, mask[:, :3]), r"mask must have shape \(2, 6\)"),
+        ((tgt, enc, mask.float()), "mask must be a bool tensor"),
+    ]
+    for (t, e, m), match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            model.decode_parallel(t, e, m)
+        if t.shape[0] == 2:
+            with pytest.raises((ValueError, TypeError), match=match):
+                model.decode_step(y, states, e, m)
+
+
 def test_src_lengths_must_be_integers():
     """Float lengths used to fail deep in ``gather`` (bidirectional) or, unidirectional, to be
     used as they were: 2.5 attended to 3 source positions."""

@@ -225,6 +225,20 @@ class LMUSeq2Seq(nn.Module):
         check_token_range(ids, self.tgt_vocab_size, name)
         return ids
 
+    def _check_memory(self, enc: object, mask: object) -> None:
+        """``enc`` ``(B, S, D)`` and ``mask`` ``(B, S)`` bool, as :meth:`encode` returns them."""
+        if not isinstance(enc, torch.Tensor) or enc.dim() != 3 or enc.shape[2] != self.d_model:
+            got = tuple(enc.shape) if isinstance(enc, torch.Tensor) else type(enc).__name__
+            raise ValueError(f"enc must have shape (batch, S, {self.d_model}) (encode), got {got}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (batch, S) (encode), got {got}")
+        if mask.shape != enc.shape[:2]:
+            raise ValueError(
+                f"mask must have shape {tuple(enc.shape[:2])} (enc's batch and S), "
+                f"got {tuple(mask.shape)}"
+            )
+
     def encode(
         self, src: torch.Tensor, src_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,8 +292,17 @@ class LMUSeq2Seq(nn.Module):
     def decode_parallel(
         self, tgt_in: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``."""
+        """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``.
+
+        ``enc`` ``(B, S, D)`` and ``mask`` ``(B, S)`` come from :meth:`encode`.
+        """
         tgt_in = self._check_target(tgt_in, "tgt_in", "(batch, T)", 2)
+        self._check_memory(enc, mask)
+        if tgt_in.shape[0] != enc.shape[0]:
+            raise ValueError(
+                f"tgt_in must have shape ({enc.shape[0]}, T) (the batch of enc), "
+                f"got {tuple(tgt_in.shape)}"
+            )
         return self._decode_parallel(tgt_in, enc, mask)
 
     def _decode_parallel(
@@ -308,8 +331,10 @@ class LMUSeq2Seq(nn.Module):
             ``(logits (B, V), new states)``.
 
         Raises:
-            ValueError: ``states`` not a list of one entry per decoder layer, or ``y_prev``
-                not ``(B,)`` with ``B`` the batch of ``enc``.
+            ValueError: ``states`` not a list of one entry per decoder layer, ``enc`` and
+                ``mask`` not as :meth:`encode` returns them, or ``y_prev`` not ``(B,)`` with
+                ``B`` the batch of ``enc``.
+            TypeError: a ``mask`` that is not a bool tensor.
         """
         y_prev = self._check_target(y_prev, "y_prev", "(batch,)", 1)
         n = len(self.decoder)
@@ -319,6 +344,7 @@ class LMUSeq2Seq(nn.Module):
             raise ValueError(
                 f"states must be a list of {n} tensors or None (one per decoder layer), got {got}"
             )
+        self._check_memory(enc, mask)
         if y_prev.shape[0] != enc.shape[0]:
             raise ValueError(
                 f"y_prev must have shape ({enc.shape[0]},) (the batch of enc), "
