@@ -48,6 +48,15 @@ def test_low_temperature_approaches_greedy():
     assert generate_text(model, "on ", 50, temperature=1e-6, seed=0) == greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 1e-320, 5e-324])
+def test_tiny_temperature_is_greedy(temperature):
+    """Any finite temperature > 0 is accepted; a subnormal one overflowed ``logits / T`` to inf,
+    the softmax to nan, and ``torch.multinomial`` raised a RuntimeError."""
+    model = make_model(torch.float32)
+    greedy = generate_text(model, "on ", 30, greedy=True)
+    assert generate_text(model, "on ", 30, temperature=temperature, seed=0) == greedy
+
+
 def test_generation_restores_training_mode():
     model = make_model().train()
     generate_text(model, "x", 5)
@@ -73,6 +82,10 @@ def test_prompt_is_lower_cased():
         ("ok", 2.5, {}, TypeError, "length must be an int"),
         ("ok", 10, {"temperature": 0.0}, ValueError, "temperature"),
         ("ok", 10, {"temperature": float("nan")}, ValueError, "temperature"),
+        ("ok", 10, {"temperature": None}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": "hot"}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": "0.5"}, TypeError, "temperature must be a number"),
+        ("ok", 10, {"temperature": True}, TypeError, "temperature must be a number"),
         (None, 10, {}, TypeError, "prompt must be a str"),
     ],
 )

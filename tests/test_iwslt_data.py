@@ -17,6 +17,7 @@ from plmu.data.iwslt import (
     PAD,
     IWSLTDataModule,
     LengthBucketSampler,
+    TranslationDataset,
     collate,
     encode_source,
     load_hub,
@@ -137,7 +138,17 @@ def test_collate_pads_and_shifts():
     assert batch.src_lengths.tolist() == [3, 2]
     assert batch.tgt_in.tolist() == [[BOS, 7, 8, 9], [BOS, 7, PAD, PAD]]
     assert batch.tgt_out.tolist() == [[7, 8, 9, EOS], [7, EOS, PAD, PAD]]
-    assert batch.refs == ["a", "b"]
+    assert batch.refs == ["a", "b"] and batch.indices is None
+
+
+def test_items_and_batches_carry_dataset_positions():
+    """The position of each pair travels with its batch, so translations decoded in several
+    processes can be put back in the test set's order."""
+    data = TranslationDataset([[5, EOS], [6, EOS], [7, EOS]], [[8], [9], [10]], ["a", "b", "c"])
+    assert data[2] == ([7, EOS], [10], "c", 2)
+    batch = collate([data[2], data[0]])
+    assert batch.indices == [2, 0] and batch.refs == ["c", "a"]
+    assert batch.to("cpu").indices == [2, 0]
 
 
 @settings(max_examples=30, deadline=None)

@@ -212,6 +212,109 @@ def test_corpus_bleu_and_its_tokeniser():
         corpus_bleu(refs, refs[:1])
 
 
+def _toy_translation(targets: list[int], batch_size: int, **settings):
+    """An untrained TranslationModule on random pairs with these target lengths, its loader
+    and a plain CPU trainer."""
+    from torch.utils.data import DataLoader
+
+    from plmu.data.iwslt import TranslationDataset, collate
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    torch.manual_seed(0)
+    net = LMUSeq2Seq(12, 12, d_model=8, order=2, theta=2.0, encoder_layers=1, decoder_layers=1)
+    g = torch.Generator().manual_seed(0)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(4, 12, (n,), generator=g).tolist()
+
+    sources = [[*ids(2 + i % 3), 3] for i in range(len(targets))]
+    data = TranslationDataset(sources, [ids(n) for n in targets], ["x"] * len(targets))
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=collate)
+    module = TranslationModule(net, lambda row: " ".join(map(str, row)), **settings)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    return net, loader, module, trainer
+
+
+def test_val_and_test_loss_are_the_mean_over_target_tokens():
+    """``val_loss``/``test_loss`` are cross-entropy per target token over the whole split; they
+    were the mean of the batch means weighted by sentences, so they depended on the batching
+    (here: one 31-token target and two of 2-3 tokens, one pair per batch)."""
+    import torch.nn.functional as F
+
+    from plmu.data.iwslt import PAD
+
+    net, loader, module, trainer = _toy_translation([30, 1, 2], 1, max_decode_length=5)
+    val = trainer.validate(module, dataloaders=loader, verbose=False)[0]["val_loss"]
+    test = trainer.test(module, dataloaders=loader, verbose=False)[0]["test_loss"]
+    total = count = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = net.eval()(batch.src, batch.src_lengths, batch.tgt_in)
+            total += F.cross_entropy(
+                logits.flatten(0, 1), batch.tgt_out.flatten(), ignore_index=PAD, reduction="sum"
+            ).item()
+            count += int((batch.tgt_out != PAD).sum())
+    assert count == 31 + 2 + 3
+    assert val == pytest.approx(total / count, rel=1e-5)
+    assert test == pytest.approx(total / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_decode_tokens_count_an_end_only_where_one_was_generated(beam_size):
+    """``decode_tokens_per_s`` counts generated tokens, ``</s>`` included: a hypothesis cut at
+    its length limit generated no ``</s>`` (one token too many was counted per such line)."""
+    net, loader, module, trainer = _toy_translation(
+        [3] * 16, 4, max_decode_length=3, beam_size=beam_size
+    )
+    with torch.no_grad():  # sharper, more uneven distributions: some lines end early
+        net.out.weight.mul_(8.0)
+        net.out.bias.normal_(0, 2, generator=torch.Generator().manual_seed(1))
+    trainer.test(module, dataloaders=loader, verbose=False)
+    lengths = [len(h.split()) for h in module.hypotheses]
+    assert 3 in lengths and min(lengths) < 2  # cut at the limit, and ended by </s>
+    assert module.timing["decode_tokens"] == sum(min(n + 1, 3) for n in lengths)
+
+
+def test_merge_shards_restores_the_test_order_without_repeats():
+    """Under DDP each process decodes a shard: DistributedSampler deals indices 0, 2, 4 and
+    1, 3, 0 (the first repeated to even the shards) for 5 pairs on 2 processes."""
+    from plmu.training.translation import merge_shards
+
+    shards = [
+        ([0, 2, 4], ["h0", "h2", "h4"], ["r0", "r2", "r4"]),
+        ([1, 3, 0], ["h1", "h3", "h0"], ["r1", "r3", "r0"]),
+    ]
+    assert merge_shards(shards) == ([f"h{i}" for i in range(5)], [f"r{i}" for i in range(5)])
+    # batches without dataset positions: concatenated as they came
+    assert merge_shards([(None, ["a"], ["x"]), (None, ["b"], ["y"])]) == (["a", "b"], ["x", "y"])
+
+
+@pytest.mark.slow
+def test_ddp_bleu_and_translations_cover_the_test_set_once(tmp_path):
+    """Two CPU processes (~15 s): tst2013.hyp.vi held rank 0's shard only (3 of 5 lines) and
+    test_bleu counted the pair DistributedSampler repeats; both now follow the test set."""
+    import subprocess
+    import sys
+
+    import sacrebleu
+
+    data = write_iwslt(tmp_path / "data", n_train=24, n_eval=5)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "plmu.cli", "train", "iwslt15-en-vi"]
+    command += ["--data-dir", str(data), "--out", str(out), "--no-progress-bar"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    for setting in [*TINY, "batch_size=2", "beam_size=1", "max_decode_length=6"]:
+        command += ["--set", setting]
+    subprocess.run(command, check=True, timeout=600, cwd=tmp_path, capture_output=True)
+    hyps = (out / "tst2013.hyp.vi").read_text(encoding="utf-8").splitlines()
+    refs = (data / "tst2013.vi").read_text(encoding="utf-8").splitlines()
+    assert len(hyps) == len(refs) == 5
+    single = json.loads((out / "metrics.json").read_text())["test_bleu"]
+    assert single == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score, abs=1e-4)
+
+
 def test_decode_max_lengths():
     limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
     assert limit.tolist() == [12, 30, 100]

@@ -178,6 +178,68 @@ def test_bad_input_is_rejected():
         LMUSeq2Seq(10, 10, d_model=0)
 
 
+def test_decode_step_needs_one_state_per_decoder_layer():
+    """A states list of the wrong length used to be cut short by ``zip``: with ``[]`` no decoder
+    layer ran and the logits were silently wrong."""
+    model = make_model(3, decoder_layers=2)
+    src, lengths = padded_sources(3, [6, 4])
+    enc, mask = model.encode(src, lengths)
+    y = torch.tensor([2, 2])
+    for states in ([], [None], [None, None, None], None):
+        with pytest.raises(ValueError, match="states must be a list of 2"):
+            model.decode_step(y, states, enc, mask)
+    with pytest.raises(ValueError, match=r"y_prev must have shape \(2,\)"):
+        model.decode_step(torch.tensor([2]), [None, None], enc, mask)
+
+
+def test_decoding_checks_enc_and_mask():
+    """``decode_parallel`` and ``decode_step`` take ``enc`` and ``mask`` from the caller: a
+    mismatch used to surface as torch's own error from inside the attention."""
+    model = make_model(3)
+    src, lengths = padded_sources(3, [6, 4])
+    enc, mask = model.encode(src, lengths)
+    tgt, y, states = torch.tensor([[2, 5, 6]] * 2), torch.tensor([2, 2]), [None, None]
+    cases = [
+        ((tgt[:1], enc, mask), r"tgt_in must have shape \(2, T\)"),
+        ((tgt, enc[0], mask), r"enc must have shape \(batch, S, 16\)"),
+        ((tgt, enc[:, :, :5], mask), r"enc must have shape \(batch, S, 16\)"),
+        ((tgt, enc, mask[:, :3]), r"mask must have shape \(2, 6\)"),
+        ((tgt, enc, mask.float()), "mask must be a bool tensor"),
+    ]
+    for (t, e, m), match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            model.decode_parallel(t, e, m)
+        if t.shape[0] == 2:
+            with pytest.raises((ValueError, TypeError), match=match):
+                model.decode_step(y, states, e, m)
+
+
+def test_src_lengths_must_be_integers():
+    """Float lengths used to fail deep in ``gather`` (bidirectional) or, unidirectional, to be
+    used as they were: 2.5 attended to 3 source positions."""
+    for bidirectional in (True, False):
+        model = make_model(bidirectional=bidirectional)
+        src, lengths = padded_sources(0, [4, 2])
+        for bad in (lengths.float(), torch.tensor([4.0, 2.5])):
+            with pytest.raises(TypeError, match="src_lengths must hold integers"):
+                model.encode(src, bad)
+            with pytest.raises(TypeError, match="src_lengths must hold integers"):
+                model.greedy(src, bad, 3)
+    with pytest.raises(TypeError, match=r"src_lengths must be a torch\.Tensor"):
+        model.encode(src, [4, 2])
+
+
+@pytest.mark.parametrize("bad", [2.7, True, "5", None, torch.tensor([2.5, 3.0])])
+def test_max_len_must_be_integers(bad):
+    """A fractional ``max_len`` was silently floored, a string or ``True`` taken as a number."""
+    model = make_model()
+    src, lengths = padded_sources(0, [4, 2])
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        model.greedy(src, lengths, bad)
+    with pytest.raises(TypeError, match="max_len must be an int"):
+        model.beam_search(src, lengths, bad, beam_size=2)
+
+
 @pytest.mark.slow
 def test_step_decoding_cost_does_not_grow_with_generated_length():
     """The carried state has a fixed size: the median time of tokens 751-1000 stays within

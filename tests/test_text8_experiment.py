@@ -190,6 +190,21 @@ def test_bad_sample_settings_fail_before_training(tmp_path, capsys, setting, mes
     assert not out.exists()
 
 
+@pytest.mark.parametrize("setting", ["eval_context=32", "eval_context=40", "eval_context=-1"])
+def test_eval_context_must_be_shorter_than_seq_len(zip_dir, tmp_path, capsys, setting):
+    """``eval_context >= seq_len`` was cut to ``seq_len - 1`` without a word: fewer characters
+    of history than the config promised, and one evaluation window per scored character
+    (``seq_len`` times the work); a negative one failed only after the data was read."""
+    out = tmp_path / "run"
+    args = ["--data-dir", str(zip_dir), "--out", str(out), "--accelerator", "cpu"]
+    args += [arg for option in [*TINY, setting] for arg in ("--set", option)]
+    status = cli.main(["train", "text8", *args, "--no-progress-bar"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert "config key 'eval_context' must lie in [0, seq_len) = [0, 32)" in err
+    assert not out.exists()
+
+
 def test_run_interrupted_mid_epoch_resumes_exactly(zip_dir, tmp_path):
     """text8's configure_optimizers asks for trainer.estimated_stepping_batches (its LR
     schedule), which makes Lightning set the loader up before it reads the checkpoint; the

@@ -34,7 +34,11 @@ def _check_length(length: object, name: str = "length") -> int:
 
 
 def _check_temperature(temperature: object, name: str = "temperature") -> float:
-    t = float(temperature)  # type: ignore[arg-type]
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(
+            f"{name} must be a number > 0, got {type(temperature).__name__} {temperature!r}"
+        )
+    t = float(temperature)
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
     return t
@@ -108,7 +112,11 @@ def iter_tokens(
         if greedy:
             token = logits.argmax(dim=-1)
         else:
-            probs = torch.softmax(logits.double() / temperature, dim=-1)
+            # the largest logit subtracted first: the tiniest temperature then gives a one-hot
+            # distribution, where logits / temperature alone could overflow to inf (softmax nan)
+            logits = logits.double()
+            logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+            probs = torch.softmax(logits, dim=-1)
             token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
             token = token.to(device)
         yield int(token)
@@ -129,6 +137,8 @@ def generate_text(
     Raises:
         ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
             ``length < 1``, ``temperature <= 0`` or a ``seed`` outside ``[-2**63, 2**64)``.
+        TypeError: a ``prompt`` that is not a str, a ``length`` or ``seed`` that is not an
+            int, a ``temperature`` that is not a real number.
     """
     ids = _check_prompt(prompt)
     length = _check_length(length)

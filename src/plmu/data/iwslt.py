@@ -204,7 +204,7 @@ def encode_source(tokenizer: Tokenizer, sentence: str, max_length: int) -> list[
 
 
 class TranslationDataset(Dataset):
-    """Tokenised pairs: item ``i`` is ``(source ids + </s>, target ids, reference text)``."""
+    """Tokenised pairs: item ``i`` is ``(source ids + </s>, target ids, reference text, i)``."""
 
     def __init__(self, sources: list[list[int]], targets: list[list[int]], refs: list[str]):
         if not len(sources) == len(targets) == len(refs):
@@ -214,8 +214,8 @@ class TranslationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def __getitem__(self, i: int) -> tuple[list[int], list[int], str]:
-        return self.sources[i], self.targets[i], self.refs[i]
+    def __getitem__(self, i: int) -> tuple[list[int], list[int], str, int]:
+        return self.sources[i], self.targets[i], self.refs[i], i
 
 
 @dataclass
@@ -226,6 +226,8 @@ class TranslationBatch:
         src: ``(batch, S)`` source ids ending in ``</s>``; ``src_lengths`` ``(batch,)``.
         tgt_in: ``(batch, T)`` decoder input ``<s> y``; ``tgt_out`` ``(batch, T)`` ``y </s>``.
         refs: the reference translations (text), for BLEU.
+        indices: the pairs' positions in their dataset (``None`` when the items had none), to
+            put results gathered from several processes back in order.
     """
 
     src: torch.Tensor
@@ -233,6 +235,7 @@ class TranslationBatch:
     tgt_in: torch.Tensor
     tgt_out: torch.Tensor
     refs: list[str]
+    indices: list[int] | None = None
 
     def to(self, device: torch.device | str) -> TranslationBatch:
         return TranslationBatch(
@@ -241,6 +244,7 @@ class TranslationBatch:
             self.tgt_in.to(device),
             self.tgt_out.to(device),
             self.refs,
+            self.indices,
         )
 
 
@@ -251,16 +255,18 @@ def _pad(rows: list[list[int]]) -> torch.Tensor:
     return out
 
 
-def collate(items: list[tuple[list[int], list[int], str]]) -> TranslationBatch:
-    """Pad a list of dataset items into a :class:`TranslationBatch`."""
-    src = [s for s, _, _ in items]
-    tgt = [t for _, t, _ in items]
+def collate(items: list[tuple]) -> TranslationBatch:
+    """Pad a list of dataset items ``(source, target, reference[, index])`` into a
+    :class:`TranslationBatch` (``indices`` only when every item has its index)."""
+    src = [item[0] for item in items]
+    tgt = [item[1] for item in items]
     return TranslationBatch(
         src=_pad(src),
         src_lengths=torch.tensor([len(s) for s in src], dtype=torch.long),
         tgt_in=_pad([[BOS, *t] for t in tgt]),
         tgt_out=_pad([[*t, EOS] for t in tgt]),
-        refs=[r for _, _, r in items],
+        refs=[item[2] for item in items],
+        indices=[item[3] for item in items] if all(len(i) > 3 for i in items) else None,
     )
 
 

@@ -74,8 +74,9 @@ class Text8Data(SplitDataModule):
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> Text8Data:
     """Fresh run: ``data_dir`` or :func:`~plmu.data.text8.default_data_dir`. From a checkpoint
-    (``saved``): ``data_dir`` as given, ``None`` reads nothing. The ``sample_*`` settings are
-    checked here, before any data is read (a ``ConfigError``)."""
+    (``saved``): ``data_dir`` as given, ``None`` reads nothing. The ``sample_*`` settings and
+    ``0 <= eval_context < seq_len`` are checked here, before any data is read (a
+    ``ConfigError``)."""
     if saved and saved.get("alphabet", ALPHABET) != ALPHABET:
         raise ValueError(f"checkpoint alphabet {saved['alphabet']!r} is not text8's {ALPHABET!r}")
     # the sample is generated only after training and testing: a bad setting fails now, not then
@@ -84,6 +85,12 @@ def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> Text8
         check_generation_args(*(config[key] for key in keys), names=tuple(map(repr, keys)))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config key {error}") from None
+    # ScoredWindows would cut a longer context to seq_len - 1 (one window per scored character)
+    seq_len, context = config["seq_len"], config["eval_context"]
+    if not 0 <= context < seq_len:
+        raise ConfigError(
+            f"config key 'eval_context' must lie in [0, seq_len) = [0, {seq_len}), got {context}"
+        )
     if data_dir is None and saved is None:
         data_dir = default_data_dir()
     return Text8Data(config, data_dir)

@@ -31,6 +31,7 @@ Decoding (both never emit ``<pad>`` or ``<s>``; a hypothesis ends at ``</s>`` or
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -48,6 +49,10 @@ __all__ = ["BANNED_TOKENS", "LMUSeq2Seq", "reverse_padded"]
 
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 BANNED_TOKENS = (PAD_ID, BOS_ID)  # never generated
+
+
+def _integer_dtype(dtype: torch.dtype) -> bool:
+    return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -162,9 +167,10 @@ class LMUSeq2Seq(nn.Module):
     # ------------------------------------------------------------------ shared pieces
 
     def _check_batch(
-        self, src: object, src_lengths: torch.Tensor, tgt_in: object = None
+        self, src: object, src_lengths: object, tgt_in: object = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Check ``src`` ``(batch, S)``, ``src_lengths`` and, if given, ``tgt_in`` ``(batch, T)``.
+        """Check ``src`` ``(batch, S)``, ``src_lengths`` (integers) and, if given, ``tgt_in``
+        ``(batch, T)``.
 
         The ``src_lengths`` check reads values back, a host/device sync on CUDA that happens
         anyway; the token-id range checks of ``src`` and ``tgt_in`` join that one sync, so they
@@ -173,6 +179,13 @@ class LMUSeq2Seq(nn.Module):
         src = check_token_dtype(src, "src", "(batch, S)")
         if src.dim() != 2 or src.shape[1] == 0:
             raise ValueError(f"src must be (batch, S) with S >= 1, got {tuple(src.shape)}")
+        if not isinstance(src_lengths, torch.Tensor):
+            raise TypeError(
+                f"src_lengths must be a torch.Tensor ({src.shape[0]},), "
+                f"got {type(src_lengths).__name__}"
+            )
+        if not _integer_dtype(src_lengths.dtype):
+            raise TypeError(f"src_lengths must hold integers, got dtype {src_lengths.dtype}")
         if src_lengths.shape != src.shape[:1]:
             raise ValueError(
                 f"src_lengths must be ({src.shape[0]},), got {tuple(src_lengths.shape)}"
@@ -208,14 +221,28 @@ class LMUSeq2Seq(nn.Module):
         check_token_range(ids, self.tgt_vocab_size, name)
         return ids
 
+    def _check_memory(self, enc: object, mask: object) -> None:
+        """``enc`` ``(B, S, D)`` and ``mask`` ``(B, S)`` bool, as :meth:`encode` returns them."""
+        if not isinstance(enc, torch.Tensor) or enc.dim() != 3 or enc.shape[2] != self.d_model:
+            got = tuple(enc.shape) if isinstance(enc, torch.Tensor) else type(enc).__name__
+            raise ValueError(f"enc must have shape (batch, S, {self.d_model}) (encode), got {got}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (batch, S) (encode), got {got}")
+        if mask.shape != enc.shape[:2]:
+            raise ValueError(
+                f"mask must have shape {tuple(enc.shape[:2])} (enc's batch and S), "
+                f"got {tuple(mask.shape)}"
+            )
+
     def encode(
         self, src: torch.Tensor, src_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode right-padded sources.
 
         Args:
-            src: ``(batch, S)`` token ids in ``[0, src_vocab_size)``; src_lengths: ``(batch,)``,
-                each in ``1..S``.
+            src: ``(batch, S)`` token ids in ``[0, src_vocab_size)``; src_lengths: ``(batch,)``
+                integers, each in ``1..S``.
 
         Returns:
             ``(enc, mask)``: encoder outputs ``(batch, S, D)`` and ``(batch, S)`` bool, True at
@@ -261,8 +288,17 @@ class LMUSeq2Seq(nn.Module):
     def decode_parallel(
         self, tgt_in: torch.Tensor, enc: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``."""
+        """Decoder + attention over a whole target prefix ``(B, T)`` -> logits ``(B, T, V)``.
+
+        ``enc`` ``(B, S, D)`` and ``mask`` ``(B, S)`` come from :meth:`encode`.
+        """
         tgt_in = self._check_target(tgt_in, "tgt_in", "(batch, T)", 2)
+        self._check_memory(enc, mask)
+        if tgt_in.shape[0] != enc.shape[0]:
+            raise ValueError(
+                f"tgt_in must have shape ({enc.shape[0]}, T) (the batch of enc), "
+                f"got {tuple(tgt_in.shape)}"
+            )
         return self._decode_parallel(tgt_in, enc, mask)
 
     def _decode_parallel(
@@ -289,8 +325,27 @@ class LMUSeq2Seq(nn.Module):
 
         Returns:
             ``(logits (B, V), new states)``.
+
+        Raises:
+            ValueError: ``states`` not a list of one entry per decoder layer, ``enc`` and
+                ``mask`` not as :meth:`encode` returns them, or ``y_prev`` not ``(B,)`` with
+                ``B`` the batch of ``enc``.
+            TypeError: a ``mask`` that is not a bool tensor.
         """
         y_prev = self._check_target(y_prev, "y_prev", "(batch,)", 1)
+        n = len(self.decoder)
+        if not isinstance(states, (list, tuple)) or len(states) != n:
+            is_list = isinstance(states, (list, tuple))
+            got = f"{len(states)} entries" if is_list else type(states).__name__
+            raise ValueError(
+                f"states must be a list of {n} tensors or None (one per decoder layer), got {got}"
+            )
+        self._check_memory(enc, mask)
+        if y_prev.shape[0] != enc.shape[0]:
+            raise ValueError(
+                f"y_prev must have shape ({enc.shape[0]},) (the batch of enc), "
+                f"got {tuple(y_prev.shape)}"
+            )
         x = self.tgt_embed(y_prev) * self.embed_scale
         new_states = []
         for layer, state in zip(self.decoder, states):
@@ -308,11 +363,17 @@ class LMUSeq2Seq(nn.Module):
 
     def _max_lengths(self, max_len: int | torch.Tensor, batch: int, device) -> torch.Tensor:
         if isinstance(max_len, torch.Tensor):
+            if not _integer_dtype(max_len.dtype):
+                raise TypeError(f"max_len must be an int or hold integers, got {max_len.dtype}")
             out = max_len.to(device=device, dtype=torch.long)
             if out.shape != (batch,):
                 raise ValueError(f"max_len must be an int or ({batch},), got {tuple(out.shape)}")
-        else:
+        elif isinstance(max_len, numbers.Integral) and not isinstance(max_len, bool):
             out = torch.full((batch,), int(max_len), dtype=torch.long, device=device)
+        else:
+            raise TypeError(
+                f"max_len must be an int or a ({batch},) integer tensor, got {max_len!r}"
+            )
         if bool((out < 1).any()):
             raise ValueError("max_len must be >= 1")
         return out
@@ -333,7 +394,8 @@ class LMUSeq2Seq(nn.Module):
 
         Args:
             src, src_lengths: as for :meth:`encode`.
-            max_len: most generated tokens (``</s>`` included), an int or ``(batch,)``.
+            max_len: most generated tokens (``</s>`` included), an int or a ``(batch,)`` integer
+                tensor.
 
         Returns:
             one token list per source, without ``</s>``.

@@ -1,7 +1,9 @@
 """The translation objective: teacher-forced cross-entropy, sacreBLEU on decoded test sets.
 
 :class:`TranslationModule` wraps :class:`~plmu.models.seq2seq.LMUSeq2Seq`. It logs
-``train_loss``, ``val_loss``, ``test_loss`` and, at the end of testing, ``test_bleu``
+``train_loss``, ``val_loss``, ``test_loss`` (cross-entropy in nats per target token, ``</s>``
+included; each batch's mean weighted by its number of target tokens, so the epoch value is the
+mean over the split's tokens) and, at the end of testing, ``test_bleu``
 (``sacrebleu.corpus_bleu`` of the decoded hypotheses against the reference lines as given, with
 sacreBLEU's ``bleu_tokenize`` tokeniser: ``"13a"`` by default; ``"none"`` on the already
 tokenised IWSLT files gives the tokenised BLEU of ``multi-bleu.perl`` that Luong & Manning 2015
@@ -27,7 +29,7 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor"]
+__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor", "merge_shards"]
 
 
 def decode_max_lengths(
@@ -56,6 +58,27 @@ def corpus_bleu(hypotheses: list[str], references: list[str], tokenize: str = "1
     return float(
         sacrebleu.corpus_bleu(hypotheses, [references], tokenize=tokenize, force=True).score
     )
+
+
+Shard = tuple[list[int] | None, list[str], list[str]]  # (dataset positions, hypotheses, refs)
+
+
+def merge_shards(shards: list[Shard]) -> tuple[list[str], list[str]]:
+    """The hypotheses and references of the test set from every process's shard.
+
+    With dataset positions (every shard has them): in the dataset's order, each pair once
+    (``DistributedSampler`` repeats pairs to give every process as many). Without them: the
+    shards concatenated as they are.
+    """
+    if any(indices is None for indices, _, _ in shards):
+        hypotheses = [h for _, hyps, _ in shards for h in hyps]
+        return hypotheses, [r for _, _, refs in shards for r in refs]
+    merged: dict[int, tuple[str, str]] = {}
+    for indices, hyps, refs in shards:
+        for i, h, r in zip(indices, hyps, refs):  # type: ignore[arg-type]
+            merged.setdefault(i, (h, r))
+    order = sorted(merged)
+    return [merged[i][0] for i in order], [merged[i][1] for i in order]
 
 
 class TranslationModule(PlmuModule):
@@ -123,6 +146,7 @@ class TranslationModule(PlmuModule):
         self.max_decode_length = int(max_decode_length)
         self.hypotheses: list[str] = []
         self.references: list[str] = []
+        self._indices: list[int] | None = []  # dataset positions of the decoded pairs
         self.timing = {"train_s": 0.0, "train_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         self._decoded_sentences = 0
         self._t0 = 0.0
@@ -130,6 +154,7 @@ class TranslationModule(PlmuModule):
     # ------------------------------------------------------------------------ training
 
     def _loss(self, batch: TranslationBatch, smoothing: float) -> torch.Tensor:
+        """Mean cross-entropy per target token (``</s>`` included, padding not)."""
         logits = self.net(batch.src, batch.src_lengths, batch.tgt_in)
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
@@ -137,6 +162,12 @@ class TranslationModule(PlmuModule):
             ignore_index=PAD,
             label_smoothing=smoothing,
         )
+
+    @staticmethod
+    def _target_tokens(batch: TranslationBatch) -> int:
+        """The batch's weight in an epoch mean of :meth:`_loss`: its target tokens (a host
+        sync on an accelerator; training steps, logged per step, do without it)."""
+        return int((batch.tgt_out != PAD).sum())
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -171,8 +202,8 @@ class TranslationModule(PlmuModule):
         }
 
     def validation_step(self, batch: TranslationBatch, batch_idx: int) -> None:
-        loss = self._loss(batch, 0.0)
-        self.log("val_loss", loss, prog_bar=True, batch_size=batch.src.shape[0], sync_dist=True)
+        loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
+        self.log("val_loss", loss, prog_bar=True, batch_size=tokens, sync_dist=True)
 
     # ------------------------------------------------------------------------ decoding
 
@@ -189,29 +220,41 @@ class TranslationModule(PlmuModule):
         return self.net.beam_search(src, src_lengths, limit, beam, self.length_penalty)
 
     def on_test_epoch_start(self) -> None:
-        self.hypotheses, self.references = [], []
+        self.hypotheses, self.references, self._indices = [], [], []
 
     def test_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         n = batch.src.shape[0]
-        self.log("test_loss", self._loss(batch, 0.0), batch_size=n, sync_dist=True)
+        loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
+        self.log("test_loss", loss, batch_size=tokens, sync_dist=True)
         self._sync()
         t0 = time.perf_counter()
         ids = self.translate_ids(batch.src, batch.src_lengths)
         self._sync()
         self.timing["decode_s"] += time.perf_counter() - t0
-        self.timing["decode_tokens"] += sum(len(row) + 1 for row in ids)
+        # </s> was generated unless a hypothesis stopped at its length limit
+        limit = decode_max_lengths(
+            batch.src_lengths, self.max_len_ratio, self.max_len_offset, self.max_decode_length
+        ).tolist()
+        self.timing["decode_tokens"] += sum(min(len(row) + 1, m) for row, m in zip(ids, limit))
         self._decoded_sentences += n
         self.hypotheses += [self.detokenize(row) for row in ids]
         self.references += list(batch.refs)
+        if self._indices is not None and batch.indices is not None:
+            self._indices += batch.indices
+        else:
+            self._indices = None
 
     def on_test_epoch_end(self) -> None:
-        hyps, refs = self.hypotheses, self.references
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each process decoded a shard: every one now takes the whole test set, in order
+            # and each pair once, so the BLEU and rank 0's tst2013.hyp.vi (finish) cover it
             gathered: list = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, (hyps, refs))
-            hyps = [h for part, _ in gathered for h in part]
-            refs = [r for _, part in gathered for r in part]
-        self.log("test_bleu", corpus_bleu(hyps, refs, self.bleu_tokenize), rank_zero_only=True)
+            shard = (self._indices, self.hypotheses, self.references)
+            torch.distributed.all_gather_object(gathered, shard)
+            self.hypotheses, self.references = merge_shards(gathered)
+            self._indices = None
+        bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
+        self.log("test_bleu", bleu, rank_zero_only=True)
 
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
