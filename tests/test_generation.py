@@ -145,3 +145,13 @@ def test_time_per_character_does_not_grow():
         if ratio <= 1.5:
             break
     assert min(ratios) <= 1.5, f"last/first 500 median time per character: {ratios}"
+
+
+def test_numpy_integer_length():
+    """A NumPy integer length is an int (as a NumPy seed already was)."""
+    import numpy as np
+
+    model = make_model()
+    assert generate_text(model, "on ", np.int64(7), seed=1) == generate_text(
+        model, "on ", 7, seed=1
+    )

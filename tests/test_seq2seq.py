@@ -261,3 +261,12 @@ def test_step_decoding_cost_does_not_grow_with_generated_length():
     early, late = sorted(times[10:260])[125], sorted(times[750:])[125]
     assert all(s.shape == (1, 4 * 64) for s in states)
     assert late <= 1.5 * early, (early, late)
+
+
+def test_an_empty_batch_decodes_to_no_hypotheses():
+    """A batch of no sources decodes to ``[]`` (``limit.max()`` of nothing raised)."""
+    model = make_model()
+    src = torch.zeros(0, 5, dtype=torch.long)
+    lengths = torch.zeros(0, dtype=torch.long)
+    assert model.greedy(src, lengths, 4) == []
+    assert model.beam_search(src, lengths, 4, beam_size=3) == []

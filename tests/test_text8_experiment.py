@@ -224,3 +224,16 @@ def test_run_interrupted_mid_epoch_resumes_exactly(zip_dir, tmp_path):
     resumed = train("text8", out=tmp_path / "run", overrides=options, data_dir=zip_dir, **DEVICE)
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
     assert resumed["test_bpc"] == reference["test_bpc"]
+
+
+def test_sample_file_holds_the_prompt_as_generated_from(tmp_path):
+    """``sample.txt`` starts with the prompt lower-cased, as it was generated from (and as
+    ``plmu generate`` prints it), not as the config spells it."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    net = LMULanguageModel(27, 8, 1, 4, 8.0)
+    settings = {"sample_prompt": "The ", "sample_length": 5, "sample_temperature": 1.0, "seed": 0}
+    module = SimpleNamespace(net=net, sample_settings=settings, train_seconds=0.0)
+    experiment.finish(module, None, tmp_path)
+    assert (tmp_path / "sample.txt").read_text().startswith("the ")

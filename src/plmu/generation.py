@@ -26,11 +26,11 @@ __all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text",
 
 
 def _check_length(length: object, name: str = "length") -> int:
-    if isinstance(length, bool) or not isinstance(length, int):
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
         raise TypeError(f"{name} must be an int >= 1, got {type(length).__name__}")
     if length < 1:
         raise ValueError(f"{name} must be >= 1, got {length}")
-    return length
+    return int(length)
 
 
 def _check_temperature(temperature: object, name: str = "temperature") -> float:

@@ -135,7 +135,7 @@ def finish(module: LanguageModeling, datamodule: L.LightningDataModule, out: Pat
     )
     seconds = time.perf_counter() - start
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sample.txt").write_text(s["sample_prompt"] + text + "\n")
+    (out / "sample.txt").write_text(s["sample_prompt"].lower() + text + "\n")
     metrics = {"generate_chars_per_second": round(s["sample_length"] / seconds, 1)}
     if module.train_seconds > 0:
         metrics["train_chars_per_second"] = round(module.train_tokens_per_second, 1)

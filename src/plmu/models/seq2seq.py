@@ -398,11 +398,14 @@ class LMUSeq2Seq(nn.Module):
                 tensor.
 
         Returns:
-            one token list per source, without ``</s>``.
+            one token list per source, without ``</s>`` (none for an empty batch). Dropout
+            applies in training mode, as in ``forward``: call ``eval()`` first.
         """
         enc, mask = self.encode(src, src_lengths)
         B = src.shape[0]
         limit = self._max_lengths(max_len, B, src.device)
+        if B == 0:
+            return []
         y = torch.full((B,), BOS_ID, dtype=torch.long, device=src.device)
         states: list[torch.Tensor | None] = [None] * len(self.decoder)
         finished = torch.zeros(B, dtype=torch.bool, device=src.device)
@@ -436,7 +439,8 @@ class LMUSeq2Seq(nn.Module):
             length_penalty: exponent ``alpha`` of the normaliser ``length ** alpha``.
 
         Returns:
-            the best hypothesis per source, without ``</s>``.
+            the best hypothesis per source, without ``</s>`` (none for an empty batch). Dropout
+            applies in training mode, as in ``forward``: call ``eval()`` first.
         """
         if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
             raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
@@ -445,6 +449,8 @@ class LMUSeq2Seq(nn.Module):
         enc, mask = self.encode(src, src_lengths)
         B, K, dev = src.shape[0], beam_size, src.device
         limit = self._max_lengths(max_len, B, dev).unsqueeze(1)  # (B, 1)
+        if B == 0:
+            return []
         enc, mask = enc.repeat_interleave(K, 0), mask.repeat_interleave(K, 0)
         V = self.tgt_vocab_size
         scores = torch.full((B, K), float("-inf"), device=dev)
