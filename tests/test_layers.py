@@ -347,3 +347,48 @@ def test_trainable_euler_theta_is_checked_once_at_construction(layer):
         warnings.simplefilter("error")
         layer(1, 4, 8, 20.0, discretizer="euler", trainable_theta=True)  # stable: quiet
         layer(1, 4, 8, 10.0, trainable_theta=True)  # zoh: quiet
+
+
+def test_default_state_is_the_state_none_stands_for():
+    """``default_state(batch)``: zeros of the state's shape, in the weights' dtype and device
+    (or those asked for), giving exactly what ``state=None`` gives."""
+    x = torch.randn(3, 9, 2, dtype=torch.float64)
+    layer = plmu.ParallelLMU(2, 4, 5, 10.0, memory_size=2).double()
+    s = layer.default_state(3)
+    assert s.shape == (3, 10) and s.dtype == torch.float64 and not s.any()
+    assert layer.default_state(3, torch.float32).dtype == torch.float32
+    for got, expected in zip(layer(x, s), layer(x), strict=True):
+        assert torch.equal(got, expected)
+    for got, expected in zip(layer.step(x[:, 0], s), layer.step(x[:, 0]), strict=True):
+        assert torch.equal(got, expected)
+    mem = layer.memory
+    u = x[..., :2]
+    assert mem.default_state(3).dtype == torch.get_default_dtype()
+    for got, expected in zip(mem(u, mem.default_state(3, x.dtype)), mem(u), strict=True):
+        assert torch.equal(got, expected)
+    rnn = plmu.LMU(2, 4, 5, 10.0).double()
+    h, m = rnn.default_state(3)
+    assert h.shape == (3, 4) and m.shape == (3, 5) and h.dtype == m.dtype == torch.float64
+    (y, (h1, m1)), (y0, (h0, m0)) = rnn(x, (h, m)), rnn(x)
+    assert torch.equal(y, y0) and torch.equal(h1, h0) and torch.equal(m1, m0)
+    assert torch.equal(rnn.cell(x[:, 0], (h, m))[0], rnn.cell(x[:, 0])[0])
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "dtype", "error", "match"),
+    [
+        (-1, None, ValueError, "batch_size"),
+        (1.5, None, TypeError, "batch_size"),
+        (True, None, TypeError, "batch_size"),
+        (2, torch.long, TypeError, "dtype"),
+        (2, "float32", TypeError, "dtype"),
+    ],
+)
+def test_default_state_checks_its_arguments(batch_size, dtype, error, match):
+    for module in (
+        plmu.ParallelLMU(1, 2, 3, 5.0),
+        plmu.LMU(1, 2, 3, 5.0),
+        plmu.LegendreMemory(1, 3, 5.0),
+    ):
+        with pytest.raises(error, match=match):
+            module.default_state(batch_size, dtype)

@@ -28,6 +28,7 @@ from plmu.memory import (
     MODES,
     LegendreMemory,
     _check_positive_int,
+    _zeros,
     autocast_enabled,
     check_lengths,
     check_sequence,
@@ -284,6 +285,17 @@ class ParallelLMU(nn.Module):
     def state_size(self) -> int:
         """Size of the flat state, ``memory_size * order``."""
         return self.memory.state_size
+
+    def default_state(
+        self,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """The zero state that ``state=None`` stands for: ``(batch_size, state_size)``, in
+        ``dtype`` and on ``device`` (default: those of the layer's weights)."""
+        w = self.output.weight
+        return _zeros(batch_size, self.state_size, dtype or w.dtype, device or w.device)
 
     def reset_parameters(self) -> None:
         self.encoder.reset_parameters()
@@ -664,6 +676,20 @@ class LMUCell(nn.Module):
     def state_size(self) -> int:
         return self.memory.state_size
 
+    def default_state(
+        self,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero state ``(h, m)`` that ``state=None`` stands for: ``(batch_size, hidden_size)``
+        and ``(batch_size, memory_size * order)``, in ``dtype`` and on ``device`` (default: those
+        of the cell's weights)."""
+        w = self.W_m
+        dtype, device = dtype or w.dtype, device or w.device
+        h = _zeros(batch_size, self.hidden_size, dtype, device)
+        return h, _zeros(batch_size, self.state_size, dtype, device)
+
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -781,6 +807,16 @@ class LMU(nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.cell.hidden_size
+
+    def default_state(
+        self,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The zero state ``(h, m)`` that ``state=None`` stands for
+        (:meth:`LMUCell.default_state`)."""
+        return self.cell.default_state(batch_size, dtype, device)
 
     def forward(
         self,

@@ -180,6 +180,16 @@ def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _zeros(
+    batch_size: object, size: int, dtype: torch.dtype | None, device: torch.device | str
+) -> torch.Tensor:
+    """``default_state``'s zeros ``(batch_size, size)``, ``batch_size`` and ``dtype`` checked."""
+    batch_size = _check_positive_int(batch_size, "batch_size", 0)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    return torch.zeros(batch_size, size, dtype=dtype, device=device)
+
+
 def check_sequence(x: object, features: int, name: str) -> torch.Tensor:
     """Check a batch-first sequence ``(batch, time, features)`` of floating dtype."""
     if not isinstance(x, torch.Tensor):
@@ -347,6 +357,19 @@ class LegendreMemory(nn.Module):
     def state_size(self) -> int:
         """``memory_size * order``, the size of the flat state."""
         return self.memory_size * self.order
+
+    def default_state(
+        self,
+        batch_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """The zero state that ``state=None`` stands for: ``(batch_size, memory_size * order)``,
+        in ``dtype`` (default: torch's default float dtype) on ``device`` (default: the
+        memory's)."""
+        return _zeros(
+            batch_size, self.state_size, dtype, self.Abar.device if device is None else device
+        )
 
     def theta_tensor(self) -> torch.Tensor:
         """``theta`` as a float64 scalar tensor (differentiable when trainable)."""
