@@ -131,3 +131,16 @@ def test_plmu_bench_subcommand(tmp_path):
     assert cli.main(["bench", "--quick", "--only", "latency", "--json", str(path)]) == 0
     assert "latency" in json.loads(path.read_text())
     assert cli.main(["bench", "--quick", "--only", "latency", "--repeats", "0"]) == 2
+
+
+@pytest.mark.parametrize("cfg", [bench.BenchConfig.quick(), bench.BenchConfig()])
+def test_psmnist_original_lmu_multiplies_by_no_frozen_zeros(cfg):
+    """The baseline does no avoidable work: no frozen all-zero weight (the 2019 setup's e_h, e_m,
+    W_x and W_h are left out), only W_m trained."""
+    rnn = bench.psmnist_original_lmu(cfg)
+    cell = rnn.cell
+    assert cell.e_h is None and cell.e_m is None and cell.W_x is None and cell.W_h is None
+    for name, p in rnn.named_parameters():
+        assert p.requires_grad or bool(p.detach().abs().max() > 0), name
+    assert [n for n, p in rnn.named_parameters() if p.requires_grad] == ["cell.W_m"]
+    assert (cell.hidden_size, cell.memory.order) == (cfg.ps_lmu_hidden, cfg.ps_lmu_order)

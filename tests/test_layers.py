@@ -203,7 +203,9 @@ def reference_lmu(cell, x):
         if cell.e_m is not None:
             u = u + m @ cell.e_m.T
         m = (m.view(Bn, C, d) @ Abar.T + u[..., None] * Bbar).reshape(Bn, C * d)
-        pre = h @ cell.W_h.T + m @ cell.W_m.T
+        pre = m @ cell.W_m.T
+        if cell.W_h is not None:
+            pre = pre + h @ cell.W_h.T
         if cell.W_x is not None:
             pre = pre + x[:, t] @ cell.W_x.T
         h = torch.tanh(pre)
@@ -212,10 +214,17 @@ def reference_lmu(cell, x):
 
 
 @pytest.mark.parametrize(
-    "switches", [(True, True, True), (False, False, False), (True, False, True)]
+    "switches",
+    [
+        (True, True, True, True),
+        (False, False, False, True),
+        (True, False, True, True),
+        (False, False, False, False),
+        (True, True, False, False),
+    ],
 )
 def test_lmu_equals_reference(switches):
-    h2m, m2m, i2h = switches
+    h2m, m2m, i2h, h2h = switches
     rnn = plmu.LMU(
         3,
         9,
@@ -225,6 +234,7 @@ def test_lmu_equals_reference(switches):
         hidden_to_memory=h2m,
         memory_to_memory=m2m,
         input_to_hidden=i2h,
+        hidden_to_hidden=h2h,
     ).double()
     with torch.no_grad():
         if rnn.cell.e_m is not None:
@@ -235,6 +245,7 @@ def test_lmu_equals_reference(switches):
     np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-10)
     np.testing.assert_allclose(m.numpy(), m_ref.numpy(), atol=1e-10)
     assert (rnn.cell.e_h is None) == (not h2m) and (rnn.cell.W_x is None) == (not i2h)
+    assert (rnn.cell.W_h is None) == (not h2h)
 
 
 def test_lmu_cell_loop_equals_lmu_and_streams():
@@ -275,6 +286,40 @@ def test_lmu_psmnist_init():
     assert trainable == ["cell.W_m"]
     total = sum(p.numel() for p in rnn.parameters()) + 212 * 10 + 10
     assert total == 102_027  # the original notebook's 102k (Keras counts frozen weights too)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+def test_lmu_psmnist_without_frozen_zero_connections_is_identical(return_sequences):
+    """The psMNIST setup's frozen zeros (e_h, e_m, W_x, W_h) left out: the same outputs, state and
+    gradients, bit for bit, as the cell that multiplies by them (the benchmark's baseline)."""
+    kw = dict(return_sequences=return_sequences, init="psmnist")
+    full = plmu.LMU(1, 12, 16, 40.0, **kw)
+    lean = plmu.LMU(
+        1,
+        12,
+        16,
+        40.0,
+        hidden_to_memory=False,
+        memory_to_memory=False,
+        input_to_hidden=False,
+        hidden_to_hidden=False,
+        **kw,
+    )
+    assert full.cell.W_h is not None and torch.all(full.cell.W_h == 0)
+    assert lean.cell.W_h is None and lean.cell.e_h is None and lean.cell.W_x is None
+    with torch.no_grad():
+        lean.cell.W_m.copy_(full.cell.W_m)
+    assert [n for n, p in lean.named_parameters() if p.requires_grad] == ["cell.W_m"]
+    x = torch.randn(4, 60, 1)
+    head = torch.randn(12, 3)
+    results = []
+    for rnn in (full, lean):
+        y, (h, m) = rnn(x)
+        loss = torch.tanh(y @ head).square().sum()
+        loss.backward()
+        results.append((y.detach(), h.detach(), m.detach(), rnn.cell.W_m.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 def test_lmu_trainable_theta():

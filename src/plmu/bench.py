@@ -6,7 +6,8 @@ round and the median taken, because a shared machine is noisy):
 * **psMNIST training step** (forward + backward + Adam step, batch 100, 784 steps): the parallel
   LMU (order 468, hidden 346; last state by eq. 25, and each full-sequence execution mode taking
   the last step), the original LMU (order 256, hidden 212, the 2019 psMNIST setup, run
-  sequentially on precomputed ``Abar``/``Bbar``) and ``torch.nn.LSTM(1, 346)``.
+  sequentially on precomputed ``Abar``/``Bbar``, its frozen zero connections ``e_h``, ``e_m``,
+  ``W_x``, ``W_h`` left out) and ``torch.nn.LSTM(1, 346)``.
 * **Full-sequence training step** (``return_sequences=True``; batch 32, 1024 steps, input 64,
   memory_size 16, order 64, hidden 128): the parallel LMU in every mode, the original LMU of the
   same sizes and ``torch.nn.LSTM(64, 128)``.
@@ -51,7 +52,15 @@ from torch import nn
 
 from plmu.layers import LMU, ParallelLMU
 
-__all__ = ["BenchConfig", "main", "peak_memory", "run", "stream_compare", "time_interleaved"]
+__all__ = [
+    "BenchConfig",
+    "main",
+    "peak_memory",
+    "psmnist_original_lmu",
+    "run",
+    "stream_compare",
+    "time_interleaved",
+]
 
 PARALLEL_MODES = ("auto", "fused", "fft", "chunked", "direct", "recurrent")
 
@@ -293,6 +302,27 @@ def _measure_group(
 # ----------------------------------------------------------------------------- the groups
 
 
+def psmnist_original_lmu(cfg: BenchConfig) -> LMU:
+    """The original LMU of the psMNIST benchmark (the 2019 setup, ``init="psmnist"``).
+
+    The setup's frozen zero connections ``e_h``, ``e_m``, ``W_x`` and ``W_h`` are left out: the
+    same outputs and gradients, without multiplying by zeros at every step or backpropagating
+    through every step's ``h`` (which, with ``W_h = 0``, feeds nothing but the output).
+    """
+    return LMU(
+        1,
+        cfg.ps_lmu_hidden,
+        cfg.ps_lmu_order,
+        float(cfg.ps_steps),
+        return_sequences=False,
+        hidden_to_memory=False,
+        memory_to_memory=False,
+        input_to_hidden=False,
+        hidden_to_hidden=False,
+        init="psmnist",
+    )
+
+
 def bench_psmnist(cfg: BenchConfig, device: torch.device) -> dict:
     """Training step at the psMNIST configuration; ratios over the parallel LMU (eq. 25)."""
     B, T = cfg.ps_batch, cfg.ps_steps
@@ -315,17 +345,7 @@ def bench_psmnist(cfg: BenchConfig, device: torch.device) -> dict:
         return build
 
     def original():
-        rnn = LMU(
-            1,
-            cfg.ps_lmu_hidden,
-            cfg.ps_lmu_order,
-            float(cfg.ps_steps),
-            return_sequences=False,
-            hidden_to_memory=False,
-            memory_to_memory=False,
-            input_to_hidden=False,
-            init="psmnist",
-        )
+        rnn = psmnist_original_lmu(cfg)
         model = _LastStep(rnn, cfg.ps_lmu_hidden, cfg.ps_classes).to(device)
         return _train_step(model, x, labels, F.cross_entropy)
 

@@ -615,6 +615,10 @@ class LMUCell(nn.Module):
         hidden_to_memory: keep ``e_h`` (else it is absent, i.e. zero).
         memory_to_memory: keep ``e_m``.
         input_to_hidden: keep ``W_x``.
+        hidden_to_hidden: keep ``W_h``. The psMNIST setup freezes ``e_h``, ``e_m``, ``W_x`` and
+            ``W_h`` at zero: with all four switches off the cell computes the same outputs and
+            gradients without multiplying by those zeros (and without backpropagating through
+            every step's ``h``, which then feeds nothing but the output).
         hidden_activation: ``f`` (``"tanh"`` default).
         bias: add ``b`` (the original cell has none).
         discretizer, trainable_theta: passed to :class:`~plmu.LegendreMemory`.
@@ -637,6 +641,7 @@ class LMUCell(nn.Module):
         hidden_to_memory: bool = True,
         memory_to_memory: bool = True,
         input_to_hidden: bool = True,
+        hidden_to_hidden: bool = True,
         hidden_activation: str | None = "tanh",
         bias: bool = False,
         discretizer: str = "zoh",
@@ -666,7 +671,7 @@ class LMUCell(nn.Module):
         self.e_h = param(C, H) if hidden_to_memory else None
         self.e_m = param(C, S) if memory_to_memory else None
         self.W_x = param(H, self.input_size) if input_to_hidden else None
-        self.W_h = param(H, H)
+        self.W_h = param(H, H) if hidden_to_hidden else None
         self.W_m = param(H, S)
         self.bias = param(H) if bias else None
         self.activation = _activation(hidden_activation, "hidden_activation")
@@ -694,7 +699,8 @@ class LMUCell(nn.Module):
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
             f"hidden_to_memory={self.e_h is not None}, memory_to_memory={self.e_m is not None}, "
-            f"input_to_hidden={self.W_x is not None}, bias={self.bias is not None}, "
+            f"input_to_hidden={self.W_x is not None}, hidden_to_hidden={self.W_h is not None}, "
+            f"bias={self.bias is not None}, "
             f"init={self.init!r}"
         )
 
@@ -711,7 +717,8 @@ class LMUCell(nn.Module):
                 self.e_m.zero_()
             if self.W_x is not None:
                 self.W_x.zero_() if psmnist else _glorot_normal_(self.W_x)
-            self.W_h.zero_() if psmnist else _glorot_normal_(self.W_h)
+            if self.W_h is not None:
+                self.W_h.zero_() if psmnist else _glorot_normal_(self.W_h)
             _glorot_normal_(self.W_m)
             if self.bias is not None:
                 self.bias.zero_()
@@ -757,7 +764,9 @@ class LMUCell(nn.Module):
         C, d = self.memory.memory_size, self.memory.order
         m = m.view(-1, C, d) @ Abar.T + u.unsqueeze(-1) * Bbar.view(1, 1, d)
         m = m.reshape(-1, C * d)
-        pre = F.linear(h, self.W_h) + F.linear(m, self.W_m)
+        pre = F.linear(m, self.W_m)
+        if self.W_h is not None:  # (the same sum, in the same order, as W_h h + W_m m)
+            pre = F.linear(h, self.W_h) + pre
         if xw is not None:
             pre = pre + xw
         if self.bias is not None:
@@ -848,7 +857,8 @@ class LMU(nn.Module):
                 keep = (t < lengths).to(x.device).unsqueeze(1)
                 h_new, m_new = torch.where(keep, h_new, h), torch.where(keep, m_new, m)
             h, m = h_new, m_new
-            outputs.append(h)
+            if self.return_sequences:  # (a list of every h would keep every step's graph alive)
+                outputs.append(h)
         y = torch.stack(outputs, dim=1) if self.return_sequences else h
         return y, (h, m)
 
