@@ -10,6 +10,7 @@ from plmu.data.text_classification import (
     TASKS,
     DataNotFoundError,
     TextClassificationData,
+    build_tokenizer,
     collate,
     load_splits,
 )
@@ -117,6 +118,24 @@ def test_vocabulary_is_built_on_train_only_and_restored_from_saved_state(tmp_pat
     text = "A GREAT film<br />number 3"
     assert restored.encode(text)[0].tolist() == data.encode(text)[0].tolist()
     assert data.tokenizer.decode(data.encode(text)[0][0].tolist()) == "a great film number 3"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # HTML tags go, as IMDB's <br /> tags must
+        ("Great<br /><br />film <i>really</i> <BR/><hr>", "great film really"),
+        ('see <a href="x.html">this</a> <font color=red>now</font>', "see this now"),
+        # a bare < or > is text: a tag never spans from it to the next tag's >
+        ("10/10 <3 loved it.<br />The cast", "10 / 10 < 3 loved it . the cast"),
+        ("Is x < 5 and y > 3 possible?", "is x < 5 and y > 3 possible ?"),
+        ("Why is x<y and y>z here?", "why is x < y and y > z here ?"),
+    ],
+)
+def test_tokenizer_drops_html_tags_but_no_text_between_angle_brackets(text, words):
+    tokenizer = build_tokenizer(["x"], vocab_size=10, min_frequency=1)
+    normal = tokenizer.normalizer.normalize_str(text)
+    assert " ".join(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normal)) == words
 
 
 def test_long_texts_are_truncated_in_splits_but_refused_by_encode(tmp_path):

@@ -41,6 +41,7 @@ from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "FORMATS",
+    "HTML_TAG",
     "ORIGINAL_LAYOUTS",
     "PAD_ID",
     "TASKS",
@@ -62,6 +63,11 @@ PAD = "[PAD]"
 UNK = "[UNK]"
 PAD_ID = 0  # the id of PAD in every vocabulary built here
 FORMATS = (".jsonl", ".csv", ".parquet")
+# An HTML tag (IMDB's <br />, <i>, </i>, <a href="...">): a name right after the "<" and, if
+# anything follows it, attributes with an "=". A bare "<" or ">" is text ("<3", "x < 5 and
+# y > 3", "x<y and y>z"): a looser pattern such as <[^>]*> would delete the words between it
+# and the next ">".
+HTML_TAG = r"</?[A-Za-z][A-Za-z0-9]*(?:\s+[^<>=]*=[^<>]*)?\s*/?>"
 
 
 @dataclass(frozen=True)
@@ -545,8 +551,9 @@ def load_splits(
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """A word-level tokenizer trained on ``texts``: lower-cased, accents and HTML tags removed,
-    words and punctuation split. Id 0 is ``[PAD]``, id 1 ``[UNK]`` (every unseen word)."""
+    """A word-level tokenizer trained on ``texts``: lower-cased, accents and HTML tags
+    (:data:`HTML_TAG`; a bare ``<`` or ``>`` stays) removed, words and punctuation split. Id 0
+    is ``[PAD]``, id 1 ``[UNK]`` (every unseen word)."""
     if vocab_size < 3:
         raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
     if min_frequency < 1:
@@ -554,7 +561,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence(
         [
-            normalizers.Replace(Regex(r"<[^>]*>"), " "),
+            normalizers.Replace(Regex(HTML_TAG), " "),
             normalizers.NFD(),
             normalizers.StripAccents(),
             normalizers.Lowercase(),
