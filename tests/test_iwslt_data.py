@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch.utils.data import RandomSampler
 
 from _iwslt_fixture import write_iwslt
+from plmu.data import DataError
 from plmu.data.iwslt import (
     BOS,
     EOS,
@@ -49,6 +50,15 @@ def test_misaligned_files_are_an_error(tmp_path):
         read_data_dir(tmp_path)
     with pytest.raises(ValueError, match="line-aligned"):
         IWSLTDataModule(tmp_path).setup("fit")
+
+
+def test_a_file_that_is_not_utf8_is_an_error_naming_it_and_the_line(tmp_path):
+    write_iwslt(tmp_path)
+    lines = (tmp_path / "tst2013.vi").read_bytes().split(b"\n")
+    lines[2] = "tôi .".encode("latin-1")  # one line saved in another encoding
+    (tmp_path / "tst2013.vi").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"tst2013\.vi: line 3 is not UTF-8 text \(byte 0xf4"):
+        read_data_dir(tmp_path)
 
 
 def test_offline_hub_gives_one_line_error_naming_the_files(monkeypatch):

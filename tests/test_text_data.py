@@ -412,6 +412,34 @@ def test_glue_qqp_skips_malformed_lines_and_tests_on_dev(tmp_path, caplog, given
     assert "train.tsv: skipped 4 malformed rows" in warning and "rows 5, 6, 7, 8" in warning
 
 
+def test_original_files_that_are_not_utf8_are_errors_naming_the_file(tmp_path):
+    """A review, a GLUE line or an SNLI line in another encoding (here Latin-1)."""
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(8), "test": sentiment_rows(4)}
+    )
+    (root / "train" / "pos" / "2_10.txt").write_bytes("a café<br />to love".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train: pos/2_10.txt is not UTF-8 text \(byte 0xe9 at"):
+        load_splits(TASKS["imdb"], root, 0.25, 0)
+    rows = qqp_lines(pair_rows(4, ("question1", "question2"), 2))
+    latin = "9\t1\t2\tcafé?\tthé?\t0"
+    root = write_glue_qqp(tmp_path / "QQP", [*rows[:2], latin, *rows[2:]], rows)
+    text = (root / "train.tsv").read_text(encoding="utf-8")
+    (root / "train.tsv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"QQP/train.tsv: line 4 is not UTF-8 text \(byte 0xe9"):
+        load_splits(TASKS["qqp"], root, 0.25, 0)
+    good, bad = (
+        snli_line("a man sleeps", "a man is awake", "neutral"),
+        snli_line("café", "thé", "-"),
+    )
+    root = write_snli(tmp_path / "snli_1.0", {"train": [good, good], "dev": [good], "test": [good]})
+    path = root / "snli_1.0_dev.jsonl"
+    path.write_bytes(
+        f"{good}\n{good}\n".encode() + bad.encode("ascii").replace(b"\\u00e9", b"\xe9")
+    )
+    with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl: line 3 is not UTF-8 text"):
+        load_splits(TASKS["snli"], root, 0.25, 0)
+
+
 def test_glue_qqp_wrong_label_or_header_is_an_error(tmp_path):
     rows = qqp_lines(pair_rows(4, ("question1", "question2"), 2))
     write_glue_qqp(tmp_path / "QQP", [*rows, "9\t1\t2\tis it?\tis it not?\tmaybe"], rows)

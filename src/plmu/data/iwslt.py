@@ -44,7 +44,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from plmu.data import DataError
+from plmu.data import DataError, not_utf8
 from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
 __all__ = [
@@ -80,8 +80,11 @@ Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligne
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
@@ -91,8 +94,8 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
         ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}``, lists of lines.
 
     Raises:
-        DataError (a ValueError): a file is missing, or the two sides of a split differ in
-            line count.
+        DataError (a ValueError): a file is missing or not UTF-8 (naming its first bad line),
+            or the two sides of a split differ in line count.
     """
     data_dir = Path(data_dir)
     missing = [name for name in FILES if not (data_dir / name).is_file()]

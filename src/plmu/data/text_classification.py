@@ -36,7 +36,7 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import Dataset
 
-from plmu.data import DataError
+from plmu.data import DataError, not_utf8
 from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
@@ -315,15 +315,15 @@ def _require(path: Path) -> Path:
 def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
     """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
 
-    One review a file, read as is (``<br />`` tags included, as on the hub); the label is the
-    folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup`` and the
-    other files are ignored; a split's reviews are in file-name order, negatives first.
+    One review a file, read as is (UTF-8, ``<br />`` tags included, as on the hub); the label
+    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``
+    and the other files are ignored; a split's reviews are in file-name order, negatives first.
     """
     splits: dict[str, RawSplit] = {}
     for split in ("train", "test"):
         folder = root / split
         records = [
-            (f"{label}/{path.name}", (path.read_bytes().decode("utf-8"),), index)
+            (f"{label}/{path.name}", (_read_review(path, folder),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
         ]
@@ -331,13 +331,29 @@ def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
     return splits
 
 
+def _read_review(path: Path, folder: Path) -> str:
+    """One review file, as UTF-8 (a DataError naming it if it is not)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise not_utf8(_at(str(folder), path.relative_to(folder).as_posix()), error) from None
+
+
 def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     """One GLUE QQP file (``train.tsv``/``dev.tsv``): tab-separated, a header naming
     ``question1``, ``question2`` and ``is_duplicate``, no quoting (a ``"`` is a character).
 
     The real files have broken lines (a question cut by a line break, so too few or too many
-    fields) and empty questions: such rows are skipped and reported in one warning.
+    fields) and empty questions: such rows are skipped and reported in one warning. A file that
+    is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
+    try:
+        return _read_glue_tsv(path, task)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     needed = ("question1", "question2", "is_duplicate")
     with path.open(encoding="utf-8") as lines:
         header = lines.readline().rstrip("\n").split("\t")
@@ -383,7 +399,15 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     ``sentence1`` (the premise), ``sentence2`` (the hypothesis) and ``gold_label`` are read.
 
     ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route.
+    A file that is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
+    try:
+        return _read_snli_jsonl(path, task)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     needed = ("sentence1", "sentence2", "gold_label")
     records = []
     with path.open(encoding="utf-8") as lines:
