@@ -52,6 +52,26 @@ def test_misaligned_files_are_an_error(tmp_path):
         IWSLTDataModule(tmp_path).setup("fit")
 
 
+def test_lines_end_at_newlines_only_as_wc_and_the_hub_count_them(tmp_path):
+    """A carriage return inside a line (a sentence copied from a Mac-era document) does not
+    start a new line: otherwise one side gains a line (an error) or, with one in each file,
+    the pairs between them are silently misaligned. Windows line ends are read too."""
+    write_iwslt(tmp_path, n_train=10, n_eval=3)
+    en = (tmp_path / "train.en").read_text(encoding="utf-8").splitlines()
+    vi = (tmp_path / "train.vi").read_text(encoding="utf-8").splitlines()
+    en[2], vi[6] = en[2].replace(" a ", " a\r"), vi[6].replace(" một ", " một\r")
+    for path, lines in ((tmp_path / "train.en", en), (tmp_path / "train.vi", vi)):
+        path.write_bytes("".join(f"{line}\n" for line in lines).encode("utf-8"))
+    (tmp_path / "tst2012.en").write_bytes(
+        (tmp_path / "tst2012.en").read_bytes().replace(b"\n", b"\r\n")
+    )
+    data = read_data_dir(tmp_path)
+    assert data["train"] == (en, vi)
+    assert (
+        data["validation"][0] == (tmp_path / "tst2012.en").read_text(encoding="utf-8").splitlines()
+    )
+
+
 def test_a_file_that_is_not_utf8_is_an_error_naming_it_and_the_line(tmp_path):
     write_iwslt(tmp_path)
     lines = (tmp_path / "tst2013.vi").read_bytes().split(b"\n")

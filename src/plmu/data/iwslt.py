@@ -7,7 +7,8 @@ split off, ``'`` and ``"`` written as ``&apos;`` and ``&quot;``; read as it is).
 Sources, in order:
 
 * ``data_dir`` holding ``train.en train.vi tst2012.en tst2012.vi tst2013.en tst2013.vi`` (the
-  files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), one sentence per line;
+  files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), UTF-8, one sentence per
+  line (lines end at ``"\n"``, as ``wc -l`` counts them; a ``"\r"`` inside a line is text);
 * otherwise the Hugging Face hub dataset ``IWSLT/mt_eng_vietnamese``, config ``iwslt2015-en-vi``
   (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
   ``test`` to tst2013, see the dataset's discussion #2, so pass ``--data-dir`` for a tst2012
@@ -80,8 +81,11 @@ Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligne
 
 
 def _read_lines(path: Path) -> list[str]:
+    """The lines of ``path``, ended by ``"\n"`` only (as ``wc -l`` and the hub's loader count
+    them; ``"\r\n"`` ends are stripped): Python's default universal newlines would also end a
+    line at a carriage return inside it, and misalign the two sides."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8", newline="\n") as f:
             return [line.rstrip("\r\n") for line in f]
     except UnicodeDecodeError:
         raise not_utf8(path) from None
