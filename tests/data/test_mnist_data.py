@@ -126,6 +126,19 @@ def test_psmnist_splits_validation_is_last_images(tmp_path: Path) -> None:
         psmnist_splits(tmp_path, val_size=30)
 
 
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_psmnist_splits_reject_labels_outside_the_classes(tmp_path: Path, split: str) -> None:
+    """A label the 10-way classifier cannot output (a corrupt byte, EMNIST's letters 1..26) is
+    an error naming the file, not an IndexError in the loss after training."""
+    write_mnist(tmp_path, 30, 10, size=4, gz=False)
+    labels = np.arange(30 if split == "train" else 10) % 10
+    labels[7] = 12
+    write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match=rf"{split}-labels-idx1-ubyte: label 12 at index 7 is "):
+        psmnist_splits(tmp_path, val_size=8)
+    assert len(psmnist_splits(tmp_path, val_size=8, num_classes=13)[0]) == 22
+
+
 def test_psmnist_splits_take_a_given_permutation(tmp_path: Path) -> None:
     """A checkpoint's stored permutation replaces the seed's; a wrong one is a clear error."""
     write_mnist(tmp_path, 30, 10, size=4, gz=True)

@@ -4,7 +4,8 @@ Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-i
 ``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``). Missing files are
 downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
 :class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
-sizes, a few thousand images).
+sizes, a few thousand images) whose labels are ``0..9``; another label is an error naming the
+labels file (the classifier has 10 outputs).
 
 psMNIST (:func:`psmnist_splits`): pixels scaled to ``[0, 1]``, each image flattened row by row
 to a sequence of ``H * W`` steps (784 for MNIST) of one feature, then all sequences reordered by
@@ -235,13 +236,28 @@ def psmnist_splits(
     permutation_seed: int = 0,
     download: bool = True,
     order: torch.Tensor | list[int] | None = None,
+    num_classes: int = 10,
 ) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
     """The psMNIST train / validation / test sets (see the module docstring).
 
     ``order`` is the pixel permutation (e.g. the one a checkpoint stored); by default
     :func:`permutation` of ``permutation_seed``. Each set keeps it as ``order``.
+
+    Raises:
+        DataError: a file is missing or corrupt, or a label lies outside ``0..num_classes-1``
+            (naming the labels file and the label's index).
     """
     train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
+    for split, labels in (("train", train_y), ("t10k", test_y)):
+        outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if outside.size:
+            name = f"{split}-labels-idx1-ubyte"
+            path = find_idx(Path(data_dir), name) or Path(data_dir) / name
+            raise DataError(
+                f"{path}: label {labels[outside[0]]} at index {outside[0]} is outside "
+                f"0..{num_classes - 1} ({outside.size} such labels); psMNIST classifies "
+                f"{num_classes} digits"
+            )
     if not 0 < val_size < len(train_x):
         raise ValueError(
             f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "
