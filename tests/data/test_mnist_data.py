@@ -1,4 +1,5 @@
 import gzip
+import http.client
 import io
 import urllib.request
 from pathlib import Path
@@ -98,6 +99,36 @@ def test_download_keeps_verified_files(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(payload))
     mnist.download_mnist(tmp_path)
     assert read_idx(tmp_path / "tiny-idx1-ubyte.gz").tolist() == [7]
+
+
+class _CutResponse(io.BytesIO):
+    """A response whose connection drops part-way (fewer bytes than its Content-Length)."""
+
+    def read(self, *args: object) -> bytes:
+        raise http.client.IncompleteRead(b"\x1f\x8b", 1000)
+
+
+def test_download_tries_the_next_mirror_after_a_cut_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    import hashlib
+
+    monkeypatch.setattr(mnist, "FILES", {"tiny-idx1-ubyte": hashlib.md5(payload).hexdigest()})
+    urls = []
+
+    def urlopen(url: str, timeout: float) -> io.BytesIO:
+        urls.append(url)
+        return _CutResponse() if url.startswith(mnist.MIRRORS[0]) else io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    mnist.download_mnist(tmp_path)
+    assert [url[: -len("tiny-idx1-ubyte.gz")] for url in urls] == list(mnist.MIRRORS)
+    assert read_idx(tmp_path / "tiny-idx1-ubyte.gz").tolist() == [7]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _CutResponse())
+    with pytest.raises(DataError, match=r"could not be downloaded.*IncompleteRead"):
+        mnist.download_mnist(tmp_path / "cut")
+    assert not list((tmp_path / "cut").iterdir())  # no partial file left behind
 
 
 def test_permutation_is_fixed_by_seed() -> None:

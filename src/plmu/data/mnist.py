@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -134,7 +135,8 @@ def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
                     continue
                 tmp_path.replace(target)
                 break
-            except (urllib.error.URLError, OSError) as error:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                # HTTPException: e.g. IncompleteRead, a connection cut part-way
                 errors.append(f"{url}: {getattr(error, 'reason', error)}")
             finally:
                 tmp_path.unlink(missing_ok=True)
