@@ -48,6 +48,17 @@ def test_local_sentiment_files_load_in_every_format(tmp_path, fmt, names):
     assert splits["test"].texts[0] == ("a great film number 0",)
 
 
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv"])
+def test_local_files_saved_with_a_byte_order_mark_load(tmp_path, fmt):
+    """Windows tools (Notepad, Excel's "CSV UTF-8") start UTF-8 files with a BOM."""
+    for split, n in (("train", 8), ("test", 4)):
+        path = write_rows(tmp_path / f"{split}{fmt}", sentiment_rows(n))
+        path.write_bytes("\ufeff".encode() + path.read_bytes())
+    splits = load_splits(TASKS["imdb"], tmp_path, val_fraction=0.25, seed=0)
+    assert splits["test"].labels == [1, 0, 1, 0]
+    assert splits["test"].texts[0] == ("a great film number 0",)
+
+
 @pytest.mark.parametrize(
     ("task", "names"),
     [

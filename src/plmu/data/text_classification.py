@@ -212,8 +212,8 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if path.suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
+    if path.suffix == ".jsonl":  # utf-8-sig: UTF-8 with or without a byte order mark, as CSV
+        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
     return pd.read_parquet(path)
 
 
