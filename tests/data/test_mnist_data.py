@@ -26,6 +26,16 @@ def test_read_idx_roundtrip(tmp_path: Path, name: str) -> None:
     assert np.array_equal(read_idx(write_idx(tmp_path / name, array)), array)
 
 
+@pytest.mark.parametrize(("name", "gz"), [("x-idx3-ubyte.gz", False), ("x-idx3-ubyte", True)])
+def test_read_idx_goes_by_content_not_name(tmp_path: Path, name: str, gz: bool) -> None:
+    """A browser that undoes the server's gzip encoding saves plain bytes under the .gz name;
+    a gzipped file may lose its suffix."""
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    data = write_idx(tmp_path / "plain", array).read_bytes()
+    (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    assert np.array_equal(read_idx(tmp_path / name), array)
+
+
 def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
     path = tmp_path / "bad"
     path.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
@@ -42,8 +52,11 @@ def test_read_idx_rejects_truncated(tmp_path: Path) -> None:
 
 def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
     path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")[:-5])
+    with pytest.raises(DataError, match=r"x\.gz: cannot read"):
+        read_idx(path)
     path.write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match=r"x\.gz: not an IDX file"):
         read_idx(path)
 
 

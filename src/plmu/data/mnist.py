@@ -1,7 +1,8 @@
 """MNIST in the standard IDX format, as permuted pixel sequences (psMNIST).
 
 Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``). Missing files are
+``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``; gzip is recognised
+by the content, so a browser's decompressed ``.gz`` reads too). Missing files are
 downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
 :class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
 sizes, a few thousand images) whose labels are ``0..9``; another label is an error naming the
@@ -70,12 +71,16 @@ def default_data_dir() -> Path:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (plain or gzipped) into an array of its stored dtype and shape."""
+    """Read one IDX file into an array of its stored dtype and shape.
+
+    A gzipped file is recognised by its content (its first two bytes), not its name: a browser
+    that undoes a server's gzip encoding keeps the ``.gz`` name on plain bytes.
+    """
     path = Path(path)
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as stream:
-            data = stream.read()
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: cannot read the file ({error})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
