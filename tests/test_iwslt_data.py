@@ -274,6 +274,33 @@ def test_hub_trailing_empty_pair_is_not_a_test_reference(monkeypatch, tmp_path):
     assert len(module.test_set) == 5 and all(module.test_set.refs)
 
 
+def test_hub_validation_that_is_the_test_set_is_held_out_of_train_instead(monkeypatch, caplog):
+    """The hub's loader gives tst2013 as both validation and test: validating on it would pick
+    best.ckpt by the test set. A slice of train (seeded) validates instead, and tst2013 stays
+    the test set only."""
+    pair = lambda i: {"en": f"i see {i} dogs .", "vi": f"tôi thấy {i} con chó ."}  # noqa: E731
+    train = {"translation": [pair(i) for i in range(100)]}
+    test = {"translation": [pair(1000 + i) for i in range(7)]}
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda name, config, revision=None: {"train": train, "validation": test, "test": test},
+    )
+    with caplog.at_level("WARNING"):
+        module = IWSLTDataModule(None, batch_size=4, vocab_size=60, seed=3)
+        module.setup()
+    assert "validation split is its test split" in caplog.text
+    train_en = [module.src_tokenizer.decode(s[:-1]) for s in module.train_set.sources]
+    val_en = [module.src_tokenizer.decode(s[:-1]) for s in module.val_set.sources]
+    test_en = [module.src_tokenizer.decode(s[:-1]) for s in module.test_set.sources]
+    assert len(test_en) == 7 and len(val_en) == 10 and len(train_en) == 90
+    assert not set(val_en) & set(test_en) and not set(val_en) & set(train_en)
+    assert sorted(val_en + train_en) == sorted(p["en"] for p in train["translation"])
+    again = IWSLTDataModule(None, batch_size=4, vocab_size=60, seed=3)
+    again.setup("validate")
+    assert again.val_set.refs == module.val_set.refs  # the same slice from the same seed
+
+
 @pytest.mark.parametrize("revision", [None, "refs/convert/parquet"])
 def test_hub_script_dataset_is_read_from_its_parquet_export(monkeypatch, tmp_path, revision):
     """``datasets`` >= 4 refuses the repository's loading script; the hub's parquet export

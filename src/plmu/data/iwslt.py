@@ -11,9 +11,11 @@ Sources, in order:
   line (lines end at ``"\n"``, as ``wc -l`` counts them; a ``"\r"`` inside a line is text);
 * otherwise the Hugging Face hub dataset ``IWSLT/mt_eng_vietnamese``, config ``iwslt2015-en-vi``
   (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
-  ``test`` to tst2013, see the dataset's discussion #2, so pass ``--data-dir`` for a tst2012
-  validation set). The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it.
-  Where the repository holds a loading script, which ``datasets`` >= 4 does not run, the data
+  ``test`` to tst2013, see the dataset's discussion #2: when the two are the same, the
+  validation split is held out of train instead (:func:`hold_out_validation`, a warning says
+  so), so that the test set never picks the checkpoint; pass ``--data-dir`` for tst2012).
+  The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it. Where the
+  repository holds a loading script, which ``datasets`` >= 4 does not run, the data
   is read from the hub's parquet export instead (revision ``refs/convert/parquet``, folder
   ``hf_config``), as it is when ``hf_revision`` names that branch.
 
@@ -34,6 +36,7 @@ Length handling (documented contract, tested):
 
 from __future__ import annotations
 
+import logging
 import random
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -61,6 +64,7 @@ __all__ = [
     "TranslationDataset",
     "collate",
     "encode_source",
+    "hold_out_validation",
     "load_hub",
     "read_data_dir",
     "train_tokenizer",
@@ -73,6 +77,9 @@ FILES = tuple(f"{stem}.{lang}" for stem in SPLITS.values() for lang in ("en", "v
 HUB_NAME, HUB_CONFIG = "IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi"
 STANFORD_URL = "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/"
 PARQUET_EXPORT = "refs/convert/parquet"  # the hub's parquet export branch of a dataset
+TST2012_PAIRS = 1553  # the size of the standard validation split
+
+log = logging.getLogger(__name__)
 
 Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligned
 
@@ -165,6 +172,30 @@ def _load_parquet_export(name: str, config: str | None) -> Any:
     import datasets
 
     return datasets.load_dataset(name, revision=PARQUET_EXPORT, data_dir=config)
+
+
+def hold_out_validation(data: dict[str, Pairs], seed: int) -> dict[str, Pairs]:
+    """``data`` with its validation split replaced by pairs held out of train.
+
+    For a hub copy whose validation split is its test split (tst2013 twice, see the module
+    docstring): validating on it would choose ``best.ckpt`` by the test set. The held-out pairs
+    (tst2012's 1,553, or a tenth of a smaller train split) are drawn with ``seed`` and leave
+    train; the test split is kept. A warning says so.
+    """
+    en, vi = data["train"]
+    size = min(TST2012_PAIRS, max(1, len(en) // 10))
+    held = set(random.Random(seed).sample(range(len(en)), size))
+    log.warning(
+        "the hub dataset's validation split is its test split (tst2013); validating on %d "
+        "training pairs held out with seed %d instead (pass --data-dir for tst2012)",
+        size, seed,
+    )  # fmt: skip
+    keep = [i for i in range(len(en)) if i not in held]
+    return {
+        "train": ([en[i] for i in keep], [vi[i] for i in keep]),
+        "validation": ([en[i] for i in sorted(held)], [vi[i] for i in sorted(held)]),
+        "test": data["test"],
+    }
 
 
 # ------------------------------------------------------------------------------ tokenizers
@@ -427,6 +458,8 @@ class IWSLTDataModule(SplitDataModule):
                 self._raw = read_data_dir(self.data_dir)
             else:
                 self._raw = load_hub(*self.hub)
+                if self._raw["validation"] == self._raw["test"]:
+                    self._raw = hold_out_validation(self._raw, self.seed)
         return self._raw
 
     def prepare_data(self) -> None:
