@@ -52,6 +52,17 @@ def test_misaligned_files_are_an_error(tmp_path):
         IWSLTDataModule(tmp_path).setup("fit")
 
 
+@pytest.mark.parametrize("stem", ["train", "tst2012", "tst2013"])
+def test_a_split_without_sentences_is_an_error(tmp_path, stem):
+    """Empty files (a failed download, a truncated copy) would otherwise train, validate or
+    test on nothing: an empty tst2013 gave a run whose metrics.json had no test_bleu."""
+    write_iwslt(tmp_path)
+    (tmp_path / f"{stem}.en").write_text("\n\n", encoding="utf-8")  # two empty lines
+    (tmp_path / f"{stem}.vi").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{stem}\.en and {stem}\.vi .* hold no sentence"):
+        read_data_dir(tmp_path)
+
+
 def test_lines_end_at_newlines_only_as_wc_and_the_hub_count_them(tmp_path):
     """A carriage return inside a line (a sentence copied from a Mac-era document) does not
     start a new line: otherwise one side gains a line (an error) or, with one in each file,

@@ -106,7 +106,7 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
 
     Raises:
         DataError (a ValueError): a file is missing or not UTF-8 (naming its first bad line),
-            or the two sides of a split differ in line count.
+            the two sides of a split differ in line count, or a split holds no sentence.
     """
     data_dir = Path(data_dir)
     missing = [name for name in FILES if not (data_dir / name).is_file()]
@@ -123,6 +123,11 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
             raise DataError(
                 f"{stem}.en has {len(en)} lines but {stem}.vi has {len(vi)} in {str(data_dir)!r}; "
                 "the files must be line-aligned"
+            )
+        if not any(line.strip() for line in (*en, *vi)):
+            raise DataError(
+                f"{stem}.en and {stem}.vi in {str(data_dir)!r} hold no sentence (empty files "
+                f"or empty lines only)"
             )
         out[split] = (en, vi)
     return out
