@@ -442,6 +442,31 @@ class IWSLTDataModule(SplitDataModule):
             "tgt_tokenizer": self.tgt_tokenizer.to_str(),
         }
 
+    def state_dict(self) -> dict:
+        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
+        return {} if self.src_tokenizer is None else self.saved_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed fit: the checkpoint's tokenisers replace the ones ``setup`` trained again
+        (which differ when the training lines or the ``tokenizers`` release changed), and the
+        splits already tokenised are tokenised again with them. Decode through
+        :meth:`decode_target` (not a tokeniser's bound ``decode``) to follow the swap."""
+        if "src_tokenizer" not in state_dict or state_dict == self.state_dict():
+            return
+        self.src_tokenizer = Tokenizer.from_str(state_dict["src_tokenizer"])
+        self.tgt_tokenizer = Tokenizer.from_str(state_dict["tgt_tokenizer"])
+        if self.datasets:
+            log.warning("resuming with the checkpoint's tokenisers")
+            for split in list(self.datasets):
+                self.datasets[split] = self._tokenize(split, *self._load()[split])
+            self.train_set = self.datasets.get("train")
+            self.val_set = self.datasets.get("validation")
+            self.test_set = self.datasets.get("test")
+
+    def decode_target(self, ids: list[int]) -> str:
+        """Target token ids -> text, with the current target tokeniser."""
+        return self._tokenizers()[1].decode(ids)
+
     @property
     def src_vocab_size(self) -> int:
         return self._tokenizers()[0].get_vocab_size()

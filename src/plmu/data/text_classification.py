@@ -713,6 +713,25 @@ class TextClassificationData(SplitDataModule):
         """``{"tokenizer": json}``: all a checkpoint needs to encode text as in training."""
         return {"tokenizer": self._tokenizer().to_str()}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
+        return {} if self.tokenizer is None else self.saved_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed fit: the checkpoint's vocabulary replaces the one ``setup`` built again
+        (which differs when the training files, or how this or a later release normalises
+        text, changed), and the splits are encoded again with it, so the embedding keeps
+        reading the word ids it was trained with."""
+        stored = state_dict.get("tokenizer")
+        if stored is None or (self.tokenizer is not None and self.tokenizer.to_str() == stored):
+            return
+        self.tokenizer = Tokenizer.from_str(stored)
+        if self.sets:
+            log.warning("%s: resuming with the checkpoint's vocabulary", self.task.name)
+            self.sets = {}
+            self.train_set = self.val_set = self.test_set = None
+            self.setup()
+
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer().encode_batch(texts, add_special_tokens=False)]
 
