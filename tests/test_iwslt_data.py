@@ -290,7 +290,8 @@ def test_hub_validation_that_is_the_test_set_is_held_out_of_train_instead(monkey
     best.ckpt by the test set. A slice of train (seeded) validates instead, and tst2013 stays
     the test set only."""
     pair = lambda i: {"en": f"i see {i} dogs .", "vi": f"tôi thấy {i} con chó ."}  # noqa: E731
-    train = {"translation": [pair(i) for i in range(100)]}
+    empty = [{"en": "", "vi": "một ."}] * 30  # the real train files have one-sided pairs
+    train = {"translation": [pair(i) for i in range(100)] + empty}
     test = {"translation": [pair(1000 + i) for i in range(7)]}
     monkeypatch.setattr(
         datasets,
@@ -306,7 +307,7 @@ def test_hub_validation_that_is_the_test_set_is_held_out_of_train_instead(monkey
     test_en = [module.src_tokenizer.decode(s[:-1]) for s in module.test_set.sources]
     assert len(test_en) == 7 and len(val_en) == 10 and len(train_en) == 90
     assert not set(val_en) & set(test_en) and not set(val_en) & set(train_en)
-    assert sorted(val_en + train_en) == sorted(p["en"] for p in train["translation"])
+    assert sorted(val_en + train_en) == sorted(p["en"] for p in train["translation"][:100])
     again = IWSLTDataModule(None, batch_size=4, vocab_size=60, seed=3)
     again.setup("validate")
     assert again.val_set.refs == module.val_set.refs  # the same slice from the same seed

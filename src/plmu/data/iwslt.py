@@ -184,12 +184,13 @@ def hold_out_validation(data: dict[str, Pairs], seed: int) -> dict[str, Pairs]:
 
     For a hub copy whose validation split is its test split (tst2013 twice, see the module
     docstring): validating on it would choose ``best.ckpt`` by the test set. The held-out pairs
-    (tst2012's 1,553, or a tenth of a smaller train split) are drawn with ``seed`` and leave
-    train; the test split is kept. A warning says so.
+    (tst2012's 1,553, or a tenth of a smaller train split), drawn with ``seed`` from the pairs
+    with two non-empty sides, leave train; the test split is kept. A warning says so.
     """
     en, vi = data["train"]
-    size = min(TST2012_PAIRS, max(1, len(en) // 10))
-    held = set(random.Random(seed).sample(range(len(en)), size))
+    pairs = [i for i, (a, b) in enumerate(zip(en, vi)) if a.strip() and b.strip()]
+    size = min(TST2012_PAIRS, max(1, len(pairs) // 10))
+    held = set(random.Random(seed).sample(pairs, size))
     log.warning(
         "the hub dataset's validation split is its test split (tst2013); validating on %d "
         "training pairs held out with seed %d instead (pass --data-dir for tst2012)",
