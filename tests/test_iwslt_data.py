@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch.utils.data import RandomSampler
 
 from _iwslt_fixture import write_iwslt
+from plmu.data import DataError
 from plmu.data.iwslt import (
     BOS,
     EOS,
@@ -49,6 +50,46 @@ def test_misaligned_files_are_an_error(tmp_path):
         read_data_dir(tmp_path)
     with pytest.raises(ValueError, match="line-aligned"):
         IWSLTDataModule(tmp_path).setup("fit")
+
+
+@pytest.mark.parametrize("stem", ["train", "tst2012", "tst2013"])
+def test_a_split_without_sentences_is_an_error(tmp_path, stem):
+    """Empty files (a failed download, a truncated copy) would otherwise train, validate or
+    test on nothing: an empty tst2013 gave a run whose metrics.json had no test_bleu."""
+    write_iwslt(tmp_path)
+    (tmp_path / f"{stem}.en").write_text("\n\n", encoding="utf-8")  # two empty lines
+    (tmp_path / f"{stem}.vi").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{stem}\.en and {stem}\.vi .* hold no sentence"):
+        read_data_dir(tmp_path)
+
+
+def test_lines_end_at_newlines_only_as_wc_and_the_hub_count_them(tmp_path):
+    """A carriage return inside a line (a sentence copied from a Mac-era document) does not
+    start a new line: otherwise one side gains a line (an error) or, with one in each file,
+    the pairs between them are silently misaligned. Windows line ends are read too."""
+    write_iwslt(tmp_path, n_train=10, n_eval=3)
+    en = (tmp_path / "train.en").read_text(encoding="utf-8").splitlines()
+    vi = (tmp_path / "train.vi").read_text(encoding="utf-8").splitlines()
+    en[2], vi[6] = en[2].replace(" a ", " a\r"), vi[6].replace(" một ", " một\r")
+    for path, lines in ((tmp_path / "train.en", en), (tmp_path / "train.vi", vi)):
+        path.write_bytes("".join(f"{line}\n" for line in lines).encode("utf-8"))
+    (tmp_path / "tst2012.en").write_bytes(
+        (tmp_path / "tst2012.en").read_bytes().replace(b"\n", b"\r\n")
+    )
+    data = read_data_dir(tmp_path)
+    assert data["train"] == (en, vi)
+    assert (
+        data["validation"][0] == (tmp_path / "tst2012.en").read_text(encoding="utf-8").splitlines()
+    )
+
+
+def test_a_file_that_is_not_utf8_is_an_error_naming_it_and_the_line(tmp_path):
+    write_iwslt(tmp_path)
+    lines = (tmp_path / "tst2013.vi").read_bytes().split(b"\n")
+    lines[2] = "tôi .".encode("latin-1")  # one line saved in another encoding
+    (tmp_path / "tst2013.vi").write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError, match=r"tst2013\.vi: line 3 is not UTF-8 text \(byte 0xf4"):
+        read_data_dir(tmp_path)
 
 
 def test_offline_hub_gives_one_line_error_naming_the_files(monkeypatch):
@@ -242,6 +283,34 @@ def test_hub_trailing_empty_pair_is_not_a_test_reference(monkeypatch, tmp_path):
     module = IWSLTDataModule(None, batch_size=4, vocab_size=60)
     module.setup("test")
     assert len(module.test_set) == 5 and all(module.test_set.refs)
+
+
+def test_hub_validation_that_is_the_test_set_is_held_out_of_train_instead(monkeypatch, caplog):
+    """The hub's loader gives tst2013 as both validation and test: validating on it would pick
+    best.ckpt by the test set. A slice of train (seeded) validates instead, and tst2013 stays
+    the test set only."""
+    pair = lambda i: {"en": f"i see {i} dogs .", "vi": f"tôi thấy {i} con chó ."}  # noqa: E731
+    empty = [{"en": "", "vi": "một ."}] * 30  # the real train files have one-sided pairs
+    train = {"translation": [pair(i) for i in range(100)] + empty}
+    test = {"translation": [pair(1000 + i) for i in range(7)]}
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda name, config, revision=None: {"train": train, "validation": test, "test": test},
+    )
+    with caplog.at_level("WARNING"):
+        module = IWSLTDataModule(None, batch_size=4, vocab_size=60, seed=3)
+        module.setup()
+    assert "validation split is its test split" in caplog.text
+    train_en = [module.src_tokenizer.decode(s[:-1]) for s in module.train_set.sources]
+    val_en = [module.src_tokenizer.decode(s[:-1]) for s in module.val_set.sources]
+    test_en = [module.src_tokenizer.decode(s[:-1]) for s in module.test_set.sources]
+    assert len(test_en) == 7 and len(val_en) == 10 and len(train_en) == 90
+    assert not set(val_en) & set(test_en) and not set(val_en) & set(train_en)
+    assert sorted(val_en + train_en) == sorted(p["en"] for p in train["translation"][:100])
+    again = IWSLTDataModule(None, batch_size=4, vocab_size=60, seed=3)
+    again.setup("validate")
+    assert again.val_set.refs == module.val_set.refs  # the same slice from the same seed
 
 
 @pytest.mark.parametrize("revision", [None, "refs/convert/parquet"])

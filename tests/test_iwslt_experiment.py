@@ -7,11 +7,12 @@ import json
 import lightning as L
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from _iwslt_fixture import write_iwslt
 from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu import cli
-from plmu.data.iwslt import IWSLTDataModule
+from plmu.data.iwslt import IWSLTDataModule, read_data_dir
 from plmu.training import registry
 from plmu.training.config import load_config
 from plmu.training.runner import load_checkpoint, train
@@ -160,6 +161,41 @@ def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
     code = cli.main(["train", "iwslt15-en-vi", "--data-dir", str(folder), "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "lacks train.vi" in err and "\n" not in err
+
+
+def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path, monkeypatch):
+    """The resumed process trains its tokenisers again; when they differ (the training lines
+    changed, e.g. the hub's held-out validation split, or the tokenizers release did), the run
+    goes on with the checkpoint's tokenisers: its data is encoded, and its test translations
+    decoded, with them."""
+    import plmu.data.iwslt as iwslt
+
+    data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6, extra_train=2)
+    options = [o for o in TINY if not o.startswith(("epochs=", "vocab_size="))] + ["vocab_size=60"]
+    trained = iwslt.train_tokenizer
+    monkeypatch.setattr(  # the first process's tokenisers: other merges, the same sizes
+        iwslt, "train_tokenizer", lambda lines, size: trained([*lines, *lines[:1] * 40], size)
+    )
+    train("iwslt15-en-vi", out=tmp_path / "run", overrides=[*options, "epochs=1"], data_dir=data,
+          progress_bar=False)  # fmt: skip
+    first = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["plmu"]
+    monkeypatch.undo()
+    en, vi = read_data_dir(data)["train"]
+    for lines, key in ((en, "src_tokenizer"), (vi, "tgt_tokenizer")):
+        stored = Tokenizer.from_str(first["saved"][key])
+        assert trained(lines, 60).to_str() != stored.to_str()
+        assert trained(lines, 60).get_vocab_size() == stored.get_vocab_size()
+    metrics = train("iwslt15-en-vi", out=tmp_path / "run", overrides=[*options, "epochs=2"],
+                    data_dir=data, progress_bar=False)  # fmt: skip
+    last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert last["epoch"] == 1 and last["plmu"]["saved"] == first["saved"]
+    _, _, module, dm = load_checkpoint(metrics["best_checkpoint"], data)
+    module.hypotheses = []
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(
+        module, datamodule=dm, verbose=False
+    )
+    hypotheses = (tmp_path / "run" / "tst2013.hyp.vi").read_text(encoding="utf-8").splitlines()
+    assert hypotheses == module.hypotheses  # decoded with the checkpoint's tokeniser
 
 
 @pytest.mark.slow

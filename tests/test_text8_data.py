@@ -1,5 +1,6 @@
 """text8 data: alphabet, file formats (plain and zip), download, split, windows."""
 
+import http.client
 import io
 import urllib.error
 import urllib.request
@@ -115,6 +116,17 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
     assert "\n" not in message
     assert t8.TEXT8_URL in message and "name resolution" in message and "--data-dir" in message
     assert list((tmp_path / "data").iterdir()) == []  # no partial file left behind
+
+
+def test_download_cut_short_fails_with_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    class Cut(io.BytesIO):  # the connection drops before Content-Length bytes arrived
+        def read(self, *args):
+            raise http.client.IncompleteRead(b"PK", 31344016)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Cut())
+    with pytest.raises(DataError, match=r"downloading .*text8\.zip failed \(IncompleteRead"):
+        t8.load_text8(tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
 
 
 def test_download_saves_the_archive(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from plmu.data.text_classification import (
     TASKS,
     DataNotFoundError,
     TextClassificationData,
+    build_tokenizer,
     collate,
     load_splits,
 )
@@ -44,6 +45,17 @@ def test_local_sentiment_files_load_in_every_format(tmp_path, fmt, names):
     splits = load_splits(TASKS["imdb"], tmp_path, val_fraction=0.25, seed=0)
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [12, 4, 6]
     assert splits["test"].labels == [1, 0, 1, 0, 1, 0]
+    assert splits["test"].texts[0] == ("a great film number 0",)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv"])
+def test_local_files_saved_with_a_byte_order_mark_load(tmp_path, fmt):
+    """Windows tools (Notepad, Excel's "CSV UTF-8") start UTF-8 files with a BOM."""
+    for split, n in (("train", 8), ("test", 4)):
+        path = write_rows(tmp_path / f"{split}{fmt}", sentiment_rows(n))
+        path.write_bytes("\ufeff".encode() + path.read_bytes())
+    splits = load_splits(TASKS["imdb"], tmp_path, val_fraction=0.25, seed=0)
+    assert splits["test"].labels == [1, 0, 1, 0]
     assert splits["test"].texts[0] == ("a great film number 0",)
 
 
@@ -117,6 +129,24 @@ def test_vocabulary_is_built_on_train_only_and_restored_from_saved_state(tmp_pat
     text = "A GREAT film<br />number 3"
     assert restored.encode(text)[0].tolist() == data.encode(text)[0].tolist()
     assert data.tokenizer.decode(data.encode(text)[0][0].tolist()) == "a great film number 3"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        # HTML tags go, as IMDB's <br /> tags must
+        ("Great<br /><br />film <i>really</i> <BR/><hr>", "great film really"),
+        ('see <a href="x.html">this</a> <font color=red>now</font>', "see this now"),
+        # a bare < or > is text: a tag never spans from it to the next tag's >
+        ("10/10 <3 loved it.<br />The cast", "10 / 10 < 3 loved it . the cast"),
+        ("Is x < 5 and y > 3 possible?", "is x < 5 and y > 3 possible ?"),
+        ("Why is x<y and y>z here?", "why is x < y and y > z here ?"),
+    ],
+)
+def test_tokenizer_drops_html_tags_but_no_text_between_angle_brackets(text, words):
+    tokenizer = build_tokenizer(["x"], vocab_size=10, min_frequency=1)
+    normal = tokenizer.normalizer.normalize_str(text)
+    assert " ".join(word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normal)) == words
 
 
 def test_long_texts_are_truncated_in_splits_but_refused_by_encode(tmp_path):
@@ -391,6 +421,34 @@ def test_glue_qqp_skips_malformed_lines_and_tests_on_dev(tmp_path, caplog, given
     assert not any("cut by a line break" in q or "second question" in q for q, _ in everything)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "train.tsv: skipped 4 malformed rows" in warning and "rows 5, 6, 7, 8" in warning
+
+
+def test_original_files_that_are_not_utf8_are_errors_naming_the_file(tmp_path):
+    """A review, a GLUE line or an SNLI line in another encoding (here Latin-1)."""
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(8), "test": sentiment_rows(4)}
+    )
+    (root / "train" / "pos" / "2_10.txt").write_bytes("a café<br />to love".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train: pos/2_10.txt is not UTF-8 text \(byte 0xe9 at"):
+        load_splits(TASKS["imdb"], root, 0.25, 0)
+    rows = qqp_lines(pair_rows(4, ("question1", "question2"), 2))
+    latin = "9\t1\t2\tcafé?\tthé?\t0"
+    root = write_glue_qqp(tmp_path / "QQP", [*rows[:2], latin, *rows[2:]], rows)
+    text = (root / "train.tsv").read_text(encoding="utf-8")
+    (root / "train.tsv").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"QQP/train.tsv: line 4 is not UTF-8 text \(byte 0xe9"):
+        load_splits(TASKS["qqp"], root, 0.25, 0)
+    good, bad = (
+        snli_line("a man sleeps", "a man is awake", "neutral"),
+        snli_line("café", "thé", "-"),
+    )
+    root = write_snli(tmp_path / "snli_1.0", {"train": [good, good], "dev": [good], "test": [good]})
+    path = root / "snli_1.0_dev.jsonl"
+    path.write_bytes(
+        f"{good}\n{good}\n".encode() + bad.encode("ascii").replace(b"\\u00e9", b"\xe9")
+    )
+    with pytest.raises(ValueError, match=r"snli_1.0_dev.jsonl: line 3 is not UTF-8 text"):
+        load_splits(TASKS["snli"], root, 0.25, 0)
 
 
 def test_glue_qqp_wrong_label_or_header_is_an_error(tmp_path):

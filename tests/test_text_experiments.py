@@ -196,3 +196,38 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, num_workers):
         options = [*overrides, f"epochs={epochs}"]
         train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+
+
+@pytest.mark.parametrize("datamodule_state", [True, False])
+def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
+    tmp_path, monkeypatch, datamodule_state
+):
+    """The resumed process builds the vocabulary again; when that one differs (another release
+    of plmu or tokenizers normalises text differently, as when the HTML tag pattern changed,
+    or the training files changed), the run goes on with the checkpoint's vocabulary, not with
+    word ids its embedding never learnt. Also from a checkpoint written before the datamodule
+    kept Lightning state (``datamodule_state`` False: only ``checkpoint["plmu"]["saved"]``)."""
+    import plmu.data.text_classification as tc
+
+    rows = [{**r, "text": f"{r['text']} <3 so good<br />"} for r in sentiment_rows(24)]
+    data = tmp_path / "data"
+    write_rows(data / "train.jsonl", rows)
+    write_rows(data / "test.jsonl", rows[:6])
+    options = [o for o in TINY if not o.startswith(("epochs=", "vocab_size="))]
+    options += ["vocab_size=12"]
+    monkeypatch.setattr(tc, "HTML_TAG", r"<[^>]*>")  # the older pattern: "<3 so good<br />" goes
+    train("imdb", out=tmp_path / "run", overrides=[*options, "epochs=1"], data_dir=data,
+          progress_bar=False)  # fmt: skip
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    first = checkpoint["plmu"]
+    if not datamodule_state:
+        del checkpoint["TextClassificationData"]
+        torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
+    monkeypatch.undo()  # the resumed process keeps "so good": its own vocabulary differs
+    rebuilt = tc.build_tokenizer(tc._column_texts(tc.load_splits(
+        tc.TASKS["imdb"], data, 0.1, 0)["train"]), 12, 1)  # fmt: skip
+    assert rebuilt.to_str() != first["saved"]["tokenizer"]
+    train("imdb", out=tmp_path / "run", overrides=[*options, "epochs=2"], data_dir=data,
+          progress_bar=False)  # fmt: skip
+    last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    assert last["epoch"] == 1 and last["plmu"]["saved"] == first["saved"]

@@ -1,4 +1,5 @@
 import gzip
+import http.client
 import io
 import urllib.request
 from pathlib import Path
@@ -25,6 +26,16 @@ def test_read_idx_roundtrip(tmp_path: Path, name: str) -> None:
     assert np.array_equal(read_idx(write_idx(tmp_path / name, array)), array)
 
 
+@pytest.mark.parametrize(("name", "gz"), [("x-idx3-ubyte.gz", False), ("x-idx3-ubyte", True)])
+def test_read_idx_goes_by_content_not_name(tmp_path: Path, name: str, gz: bool) -> None:
+    """A browser that undoes the server's gzip encoding saves plain bytes under the .gz name;
+    a gzipped file may lose its suffix."""
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    data = write_idx(tmp_path / "plain", array).read_bytes()
+    (tmp_path / name).write_bytes(gzip.compress(data) if gz else data)
+    assert np.array_equal(read_idx(tmp_path / name), array)
+
+
 def test_read_idx_rejects_bad_magic(tmp_path: Path) -> None:
     path = tmp_path / "bad"
     path.write_bytes(b"\x12\x34\x08\x01" + b"\x00" * 8)
@@ -41,8 +52,11 @@ def test_read_idx_rejects_truncated(tmp_path: Path) -> None:
 
 def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
     path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")[:-5])
+    with pytest.raises(DataError, match=r"x\.gz: cannot read"):
+        read_idx(path)
     path.write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match=r"x\.gz: not an IDX file"):
         read_idx(path)
 
 
@@ -100,6 +114,36 @@ def test_download_keeps_verified_files(tmp_path: Path, monkeypatch: pytest.Monke
     assert read_idx(tmp_path / "tiny-idx1-ubyte.gz").tolist() == [7]
 
 
+class _CutResponse(io.BytesIO):
+    """A response whose connection drops part-way (fewer bytes than its Content-Length)."""
+
+    def read(self, *args: object) -> bytes:
+        raise http.client.IncompleteRead(b"\x1f\x8b", 1000)
+
+
+def test_download_tries_the_next_mirror_after_a_cut_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    import hashlib
+
+    monkeypatch.setattr(mnist, "FILES", {"tiny-idx1-ubyte": hashlib.md5(payload).hexdigest()})
+    urls = []
+
+    def urlopen(url: str, timeout: float) -> io.BytesIO:
+        urls.append(url)
+        return _CutResponse() if url.startswith(mnist.MIRRORS[0]) else io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    mnist.download_mnist(tmp_path)
+    assert [url[: -len("tiny-idx1-ubyte.gz")] for url in urls] == list(mnist.MIRRORS)
+    assert read_idx(tmp_path / "tiny-idx1-ubyte.gz").tolist() == [7]
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _CutResponse())
+    with pytest.raises(DataError, match=r"could not be downloaded.*IncompleteRead"):
+        mnist.download_mnist(tmp_path / "cut")
+    assert not list((tmp_path / "cut").iterdir())  # no partial file left behind
+
+
 def test_permutation_is_fixed_by_seed() -> None:
     assert torch.equal(permutation(784, 0), permutation(784, 0))
     assert not torch.equal(permutation(784, 0), permutation(784, 1))
@@ -124,6 +168,19 @@ def test_psmnist_splits_validation_is_last_images(tmp_path: Path) -> None:
     assert [int(val[i][1]) for i in range(3)] == [22 % 10, 23 % 10, 24 % 10]
     with pytest.raises(ValueError, match="val_size"):
         psmnist_splits(tmp_path, val_size=30)
+
+
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_psmnist_splits_reject_labels_outside_the_classes(tmp_path: Path, split: str) -> None:
+    """A label the 10-way classifier cannot output (a corrupt byte, EMNIST's letters 1..26) is
+    an error naming the file, not an IndexError in the loss after training."""
+    write_mnist(tmp_path, 30, 10, size=4, gz=False)
+    labels = np.arange(30 if split == "train" else 10) % 10
+    labels[7] = 12
+    write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match=rf"{split}-labels-idx1-ubyte: label 12 at index 7 is "):
+        psmnist_splits(tmp_path, val_size=8)
+    assert len(psmnist_splits(tmp_path, val_size=8, num_classes=13)[0]) == 22
 
 
 def test_psmnist_splits_take_a_given_permutation(tmp_path: Path) -> None:

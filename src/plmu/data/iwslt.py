@@ -7,12 +7,15 @@ split off, ``'`` and ``"`` written as ``&apos;`` and ``&quot;``; read as it is).
 Sources, in order:
 
 * ``data_dir`` holding ``train.en train.vi tst2012.en tst2012.vi tst2013.en tst2013.vi`` (the
-  files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), one sentence per line;
+  files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), UTF-8, one sentence per
+  line (lines end at ``"\n"``, as ``wc -l`` counts them; a ``"\r"`` inside a line is text);
 * otherwise the Hugging Face hub dataset ``IWSLT/mt_eng_vietnamese``, config ``iwslt2015-en-vi``
   (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
-  ``test`` to tst2013, see the dataset's discussion #2, so pass ``--data-dir`` for a tst2012
-  validation set). The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it.
-  Where the repository holds a loading script, which ``datasets`` >= 4 does not run, the data
+  ``test`` to tst2013, see the dataset's discussion #2: when the two are the same, the
+  validation split is held out of train instead (:func:`hold_out_validation`, a warning says
+  so), so that the test set never picks the checkpoint; pass ``--data-dir`` for tst2012).
+  The config keys ``hf_dataset``, ``hf_config`` and ``hf_revision`` change it. Where the
+  repository holds a loading script, which ``datasets`` >= 4 does not run, the data
   is read from the hub's parquet export instead (revision ``refs/convert/parquet``, folder
   ``hf_config``), as it is when ``hf_revision`` names that branch.
 
@@ -33,6 +36,7 @@ Length handling (documented contract, tested):
 
 from __future__ import annotations
 
+import logging
 import random
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -44,7 +48,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from plmu.data import DataError
+from plmu.data import DataError, not_utf8
 from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
 __all__ = [
@@ -60,6 +64,7 @@ __all__ = [
     "TranslationDataset",
     "collate",
     "encode_source",
+    "hold_out_validation",
     "load_hub",
     "read_data_dir",
     "train_tokenizer",
@@ -72,6 +77,9 @@ FILES = tuple(f"{stem}.{lang}" for stem in SPLITS.values() for lang in ("en", "v
 HUB_NAME, HUB_CONFIG = "IWSLT/mt_eng_vietnamese", "iwslt2015-en-vi"
 STANFORD_URL = "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/"
 PARQUET_EXPORT = "refs/convert/parquet"  # the hub's parquet export branch of a dataset
+TST2012_PAIRS = 1553  # the size of the standard validation split
+
+log = logging.getLogger(__name__)
 
 Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligned
 
@@ -80,8 +88,14 @@ Pairs = tuple[list[str], list[str]]  # (english lines, vietnamese lines), aligne
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f]
+    """The lines of ``path``, ended by ``"\n"`` only (as ``wc -l`` and the hub's loader count
+    them; ``"\r\n"`` ends are stripped): Python's default universal newlines would also end a
+    line at a carriage return inside it, and misalign the two sides."""
+    try:
+        with open(path, encoding="utf-8", newline="\n") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
 
 
 def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
@@ -91,8 +105,8 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
         ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}``, lists of lines.
 
     Raises:
-        DataError (a ValueError): a file is missing, or the two sides of a split differ in
-            line count.
+        DataError (a ValueError): a file is missing or not UTF-8 (naming its first bad line),
+            the two sides of a split differ in line count, or a split holds no sentence.
     """
     data_dir = Path(data_dir)
     missing = [name for name in FILES if not (data_dir / name).is_file()]
@@ -109,6 +123,11 @@ def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
             raise DataError(
                 f"{stem}.en has {len(en)} lines but {stem}.vi has {len(vi)} in {str(data_dir)!r}; "
                 "the files must be line-aligned"
+            )
+        if not any(line.strip() for line in (*en, *vi)):
+            raise DataError(
+                f"{stem}.en and {stem}.vi in {str(data_dir)!r} hold no sentence (empty files "
+                f"or empty lines only)"
             )
         out[split] = (en, vi)
     return out
@@ -158,6 +177,31 @@ def _load_parquet_export(name: str, config: str | None) -> Any:
     import datasets
 
     return datasets.load_dataset(name, revision=PARQUET_EXPORT, data_dir=config)
+
+
+def hold_out_validation(data: dict[str, Pairs], seed: int) -> dict[str, Pairs]:
+    """``data`` with its validation split replaced by pairs held out of train.
+
+    For a hub copy whose validation split is its test split (tst2013 twice, see the module
+    docstring): validating on it would choose ``best.ckpt`` by the test set. The held-out pairs
+    (tst2012's 1,553, or a tenth of a smaller train split), drawn with ``seed`` from the pairs
+    with two non-empty sides, leave train; the test split is kept. A warning says so.
+    """
+    en, vi = data["train"]
+    pairs = [i for i, (a, b) in enumerate(zip(en, vi)) if a.strip() and b.strip()]
+    size = min(TST2012_PAIRS, max(1, len(pairs) // 10))
+    held = set(random.Random(seed).sample(pairs, size))
+    log.warning(
+        "the hub dataset's validation split is its test split (tst2013); validating on %d "
+        "training pairs held out with seed %d instead (pass --data-dir for tst2012)",
+        size, seed,
+    )  # fmt: skip
+    keep = [i for i in range(len(en)) if i not in held]
+    return {
+        "train": ([en[i] for i in keep], [vi[i] for i in keep]),
+        "validation": ([en[i] for i in sorted(held)], [vi[i] for i in sorted(held)]),
+        "test": data["test"],
+    }
 
 
 # ------------------------------------------------------------------------------ tokenizers
@@ -399,6 +443,31 @@ class IWSLTDataModule(SplitDataModule):
             "tgt_tokenizer": self.tgt_tokenizer.to_str(),
         }
 
+    def state_dict(self) -> dict:
+        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
+        return {} if self.src_tokenizer is None else self.saved_state()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed fit: the checkpoint's tokenisers replace the ones ``setup`` trained again
+        (which differ when the training lines or the ``tokenizers`` release changed), and the
+        splits already tokenised are tokenised again with them. Decode through
+        :meth:`decode_target` (not a tokeniser's bound ``decode``) to follow the swap."""
+        if "src_tokenizer" not in state_dict or state_dict == self.state_dict():
+            return
+        self.src_tokenizer = Tokenizer.from_str(state_dict["src_tokenizer"])
+        self.tgt_tokenizer = Tokenizer.from_str(state_dict["tgt_tokenizer"])
+        if self.datasets:
+            log.warning("resuming with the checkpoint's tokenisers")
+            for split in list(self.datasets):
+                self.datasets[split] = self._tokenize(split, *self._load()[split])
+            self.train_set = self.datasets.get("train")
+            self.val_set = self.datasets.get("validation")
+            self.test_set = self.datasets.get("test")
+
+    def decode_target(self, ids: list[int]) -> str:
+        """Target token ids -> text, with the current target tokeniser."""
+        return self._tokenizers()[1].decode(ids)
+
     @property
     def src_vocab_size(self) -> int:
         return self._tokenizers()[0].get_vocab_size()
@@ -420,6 +489,8 @@ class IWSLTDataModule(SplitDataModule):
                 self._raw = read_data_dir(self.data_dir)
             else:
                 self._raw = load_hub(*self.hub)
+                if self._raw["validation"] == self._raw["test"]:
+                    self._raw = hold_out_validation(self._raw, self.seed)
         return self._raw
 
     def prepare_data(self) -> None:

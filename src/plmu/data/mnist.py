@@ -1,10 +1,12 @@
 """MNIST in the standard IDX format, as permuted pixel sequences (psMNIST).
 
 Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``). Missing files are
+``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``; gzip is recognised
+by the content, so a browser's decompressed ``.gz`` reads too). Missing files are
 downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
 :class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
-sizes, a few thousand images).
+sizes, a few thousand images) whose labels are ``0..9``; another label is an error naming the
+labels file (the classifier has 10 outputs).
 
 psMNIST (:func:`psmnist_splits`): pixels scaled to ``[0, 1]``, each image flattened row by row
 to a sequence of ``H * W`` steps (784 for MNIST) of one feature, then all sequences reordered by
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -68,12 +71,16 @@ def default_data_dir() -> Path:
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (plain or gzipped) into an array of its stored dtype and shape."""
+    """Read one IDX file into an array of its stored dtype and shape.
+
+    A gzipped file is recognised by its content (its first two bytes), not its name: a browser
+    that undoes a server's gzip encoding keeps the ``.gz`` name on plain bytes.
+    """
     path = Path(path)
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as stream:
-            data = stream.read()
+        data = path.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
     except (OSError, EOFError) as error:
         raise DataError(f"{path}: cannot read the file ({error})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
@@ -133,7 +140,8 @@ def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
                     continue
                 tmp_path.replace(target)
                 break
-            except (urllib.error.URLError, OSError) as error:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+                # HTTPException: e.g. IncompleteRead, a connection cut part-way
                 errors.append(f"{url}: {getattr(error, 'reason', error)}")
             finally:
                 tmp_path.unlink(missing_ok=True)
@@ -235,13 +243,28 @@ def psmnist_splits(
     permutation_seed: int = 0,
     download: bool = True,
     order: torch.Tensor | list[int] | None = None,
+    num_classes: int = 10,
 ) -> tuple[PixelSequences, PixelSequences, PixelSequences]:
     """The psMNIST train / validation / test sets (see the module docstring).
 
     ``order`` is the pixel permutation (e.g. the one a checkpoint stored); by default
     :func:`permutation` of ``permutation_seed``. Each set keeps it as ``order``.
+
+    Raises:
+        DataError: a file is missing or corrupt, or a label lies outside ``0..num_classes-1``
+            (naming the labels file and the label's index).
     """
     train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
+    for split, labels in (("train", train_y), ("t10k", test_y)):
+        outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if outside.size:
+            name = f"{split}-labels-idx1-ubyte"
+            path = find_idx(Path(data_dir), name) or Path(data_dir) / name
+            raise DataError(
+                f"{path}: label {labels[outside[0]]} at index {outside[0]} is outside "
+                f"0..{num_classes - 1} ({outside.size} such labels); psMNIST classifies "
+                f"{num_classes} digits"
+            )
     if not 0 < val_size < len(train_x):
         raise ValueError(
             f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "

@@ -20,6 +20,7 @@ a split exactly once, each with at least ``context`` characters of history (:cla
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -124,7 +125,8 @@ def _download(url: str, target: Path) -> None:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             shutil.copyfileobj(response, out)
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        # HTTPException: e.g. IncompleteRead, a connection cut part-way
         Path(tmp).unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
         raise DataError(

@@ -36,11 +36,12 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import Dataset
 
-from plmu.data import DataError
+from plmu.data import DataError, not_utf8
 from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
     "FORMATS",
+    "HTML_TAG",
     "ORIGINAL_LAYOUTS",
     "PAD_ID",
     "TASKS",
@@ -62,6 +63,11 @@ PAD = "[PAD]"
 UNK = "[UNK]"
 PAD_ID = 0  # the id of PAD in every vocabulary built here
 FORMATS = (".jsonl", ".csv", ".parquet")
+# An HTML tag (IMDB's <br />, <i>, </i>, <a href="...">): a name right after the "<" and, if
+# anything follows it, attributes with an "=". A bare "<" or ">" is text ("<3", "x < 5 and
+# y > 3", "x<y and y>z"): a looser pattern such as <[^>]*> would delete the words between it
+# and the next ">".
+HTML_TAG = r"</?[A-Za-z][A-Za-z0-9]*(?:\s+[^<>=]*=[^<>]*)?\s*/?>"
 
 
 @dataclass(frozen=True)
@@ -206,8 +212,8 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if path.suffix == ".jsonl":
-        return pd.read_json(path, lines=True, dtype=False)
+    if path.suffix == ".jsonl":  # utf-8-sig: UTF-8 with or without a byte order mark, as CSV
+        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
     return pd.read_parquet(path)
 
 
@@ -309,15 +315,15 @@ def _require(path: Path) -> Path:
 def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
     """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
 
-    One review a file, read as is (``<br />`` tags included, as on the hub); the label is the
-    folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup`` and the
-    other files are ignored; a split's reviews are in file-name order, negatives first.
+    One review a file, read as is (UTF-8, ``<br />`` tags included, as on the hub); the label
+    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``
+    and the other files are ignored; a split's reviews are in file-name order, negatives first.
     """
     splits: dict[str, RawSplit] = {}
     for split in ("train", "test"):
         folder = root / split
         records = [
-            (f"{label}/{path.name}", (path.read_bytes().decode("utf-8"),), index)
+            (f"{label}/{path.name}", (_read_review(path, folder),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
         ]
@@ -325,13 +331,29 @@ def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
     return splits
 
 
+def _read_review(path: Path, folder: Path) -> str:
+    """One review file, as UTF-8 (a DataError naming it if it is not)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise not_utf8(_at(str(folder), path.relative_to(folder).as_posix()), error) from None
+
+
 def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     """One GLUE QQP file (``train.tsv``/``dev.tsv``): tab-separated, a header naming
     ``question1``, ``question2`` and ``is_duplicate``, no quoting (a ``"`` is a character).
 
     The real files have broken lines (a question cut by a line break, so too few or too many
-    fields) and empty questions: such rows are skipped and reported in one warning.
+    fields) and empty questions: such rows are skipped and reported in one warning. A file that
+    is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
+    try:
+        return _read_glue_tsv(path, task)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     needed = ("question1", "question2", "is_duplicate")
     with path.open(encoding="utf-8") as lines:
         header = lines.readline().rstrip("\n").split("\t")
@@ -377,7 +399,15 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     ``sentence1`` (the premise), ``sentence2`` (the hypothesis) and ``gold_label`` are read.
 
     ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route.
+    A file that is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
+    try:
+        return _read_snli_jsonl(path, task)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
+
+
+def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     needed = ("sentence1", "sentence2", "gold_label")
     records = []
     with path.open(encoding="utf-8") as lines:
@@ -545,8 +575,9 @@ def load_splits(
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -> Tokenizer:
-    """A word-level tokenizer trained on ``texts``: lower-cased, accents and HTML tags removed,
-    words and punctuation split. Id 0 is ``[PAD]``, id 1 ``[UNK]`` (every unseen word)."""
+    """A word-level tokenizer trained on ``texts``: lower-cased, accents and HTML tags
+    (:data:`HTML_TAG`; a bare ``<`` or ``>`` stays) removed, words and punctuation split. Id 0
+    is ``[PAD]``, id 1 ``[UNK]`` (every unseen word)."""
     if vocab_size < 3:
         raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
     if min_frequency < 1:
@@ -554,7 +585,7 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int) -
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
     tokenizer.normalizer = normalizers.Sequence(
         [
-            normalizers.Replace(Regex(r"<[^>]*>"), " "),
+            normalizers.Replace(Regex(HTML_TAG), " "),
             normalizers.NFD(),
             normalizers.StripAccents(),
             normalizers.Lowercase(),
@@ -681,6 +712,25 @@ class TextClassificationData(SplitDataModule):
     def saved_state(self) -> dict[str, Any]:
         """``{"tokenizer": json}``: all a checkpoint needs to encode text as in training."""
         return {"tokenizer": self._tokenizer().to_str()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
+        return {} if self.tokenizer is None else self.saved_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A resumed fit: the checkpoint's vocabulary replaces the one ``setup`` built again
+        (which differs when the training files, or how this or a later release normalises
+        text, changed), and the splits are encoded again with it, so the embedding keeps
+        reading the word ids it was trained with."""
+        stored = state_dict.get("tokenizer")
+        if stored is None or (self.tokenizer is not None and self.tokenizer.to_str() == stored):
+            return
+        self.tokenizer = Tokenizer.from_str(stored)
+        if self.sets:
+            log.warning("%s: resuming with the checkpoint's vocabulary", self.task.name)
+            self.sets = {}
+            self.train_set = self.val_set = self.test_set = None
+            self.setup()
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tokenizer().encode_batch(texts, add_special_tokens=False)]

@@ -57,11 +57,10 @@ def build_model(config: dict, datamodule: L.LightningDataModule) -> TranslationM
         dropout=float(config["dropout"]),
         tie_embeddings=bool(config["tie_embeddings"]),
     )
-    tokenizer = datamodule.tgt_tokenizer
-    assert tokenizer is not None  # set by saved state or setup("fit")
     return TranslationModule(
         model,
-        detokenize=tokenizer.decode,
+        # the datamodule's current tokeniser: a resumed fit swaps in the checkpoint's
+        detokenize=datamodule.decode_target,
         lr=float(config["lr"]),
         weight_decay=float(config["weight_decay"]),
         label_smoothing=float(config["label_smoothing"]),

@@ -59,6 +59,7 @@ class PsMNISTData(SplitDataModule):
                 permutation_seed=self.config["permutation_seed"],
                 download=False,
                 order=self.permutation,
+                num_classes=NUM_CLASSES,
             )
         except ValueError as error:
             if self.permutation is None or "permutation" not in str(error):

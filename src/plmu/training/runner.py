@@ -394,6 +394,11 @@ def train(
     datamodule = exp.build_data(config, data_dir, None)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if resumed is not None:
+        # the checkpoint's data state (a vocabulary, a pixel permutation) replaces the one built
+        # again, before the model is sized from it; also for checkpoints that predate
+        # Lightning's datamodule state (which Lightning restores later, the same)
+        datamodule.load_state_dict(resumed["plmu"].get("saved") or {})
     module = exp.build_model(config, datamodule)
     if resumed is not None:
         _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
