@@ -214,3 +214,16 @@ def test_psmnist_data_with_a_stored_permutation_of_the_wrong_size(tmp_path: Path
     data = PsMNISTData(config, tmp_path, {"permutation": list(range(16))[::-1]})
     data.setup()
     assert data.saved_state() == data.state_dict() == {"permutation": list(range(16))[::-1]}
+
+
+def test_load_mnist_reads_torchvision_layout(tmp_path: Path) -> None:
+    """The ``root`` of a torchvision MNIST download (files in ``root/MNIST/raw``) is a data dir;
+    files directly in the directory take precedence."""
+    expected = load_mnist(write_mnist(tmp_path / "flat", 12, 6))
+    write_mnist(tmp_path / "root" / "MNIST" / "raw", 12, 6)
+    got = load_mnist(tmp_path / "root", download=False)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert mnist.files_dir(tmp_path / "root") == tmp_path / "root" / "MNIST" / "raw"
+    write_mnist(tmp_path / "root", 14, 6)  # now also directly in the directory: those win
+    assert len(load_mnist(tmp_path / "root", download=False)[0]) == 14

@@ -1,8 +1,9 @@
 """MNIST in the standard IDX format, as permuted pixel sequences (psMNIST).
 
 Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
-``t10k-labels-idx1-ubyte`` in a directory, each plain or gzipped (``.gz``; gzip is recognised
-by the content, so a browser's decompressed ``.gz`` reads too). Missing files are
+``t10k-labels-idx1-ubyte`` in a directory (or in its ``MNIST/raw``, torchvision's layout), each
+plain or gzipped (``.gz``; gzip is recognised by the content, so a browser's decompressed ``.gz``
+reads too). Missing files are
 downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
 :class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
 sizes, a few thousand images) whose labels are ``0..9``; another label is an error naming the
@@ -40,10 +41,12 @@ from plmu.data import DataError, download_dir
 __all__ = [
     "FILES",
     "MIRRORS",
+    "TORCHVISION_SUBDIR",
     "PixelSequences",
     "check_permutation",
     "default_data_dir",
     "download_mnist",
+    "files_dir",
     "find_idx",
     "load_mnist",
     "permutation",
@@ -97,6 +100,22 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"file has {len(data)} bytes"
         )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+TORCHVISION_SUBDIR = Path("MNIST") / "raw"  # where torchvision.datasets.MNIST(root) keeps them
+
+
+def files_dir(data_dir: str | Path) -> Path:
+    """The directory to read the four IDX files from: ``data_dir``, or torchvision's layout
+    ``data_dir/MNIST/raw`` when that holds all four and ``data_dir`` does not (so the ``root`` of
+    an existing ``torchvision.datasets.MNIST`` download works as ``--data-dir``)."""
+    data_dir = Path(data_dir)
+    nested = data_dir / TORCHVISION_SUBDIR
+    if not all(find_idx(data_dir, name) for name in FILES) and all(
+        find_idx(nested, name) for name in FILES
+    ):
+        return nested
+    return data_dir
 
 
 def find_idx(data_dir: Path, name: str) -> Path | None:
@@ -160,7 +179,7 @@ def load_mnist(
     Images are uint8 ``(N, H, W)``, labels int64 ``(N,)``. Missing files are downloaded when
     ``download`` is True.
     """
-    data_dir = Path(data_dir)
+    data_dir = files_dir(data_dir)
     missing = [name for name in FILES if find_idx(data_dir, name) is None]
     if missing and download:
         download_mnist(data_dir)
