@@ -217,3 +217,66 @@ def test_torch_compile_gives_the_eager_numbers(return_sequences):
         results.append((y, state, *torch.autograd.grad(loss, list(layer.parameters()))))
     for got, expected in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+class _Step(torch.nn.Module):
+    """``layer.step`` as a module's forward, for ``functional_call``."""
+
+    def __init__(self, layer: plmu.ParallelLMU) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, state):
+        return self.layer.step(x, state)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "jvp"])
+@pytest.mark.parametrize("steps", [1, 3, 150])  # step; the short-chunk loop; the fused kernels
+def test_transforms_over_weights_without_autograd(transform, steps):
+    """``vmap`` and ``jvp`` over the output weight (``functional_call``) under
+    ``torch.no_grad()``: the folded step map and the weight-keyed caches meet the transform's
+    tensors, which have no storage (no address to key a cache on), and give each weight's own
+    numbers."""
+    layer = _layer("auto", {"hidden_activation": "identity"}).eval()  # y affine in the weight
+    x, s = _inputs(layer, 2, steps)
+    w = layer.output.weight.detach()
+    v = torch.randn(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def f(w):
+        if steps == 1:
+            return functional_call(_Step(layer), {"layer.output.weight": w}, (x[:, 0], s))[0]
+        return functional_call(layer, {"output.weight": w}, (x, s))[0]
+
+    with torch.no_grad():
+        if transform == "vmap":
+            got = vmap(f)(torch.stack([w, v]))
+            expected = torch.stack([f(w), f(v)])
+        else:
+            got = jvp(f, (w,), (v,))[1]
+            expected = f(w + v) - f(w)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("transform", ["jvp"])
+@pytest.mark.parametrize("mode", plmu.memory.MODES)
+def test_transforms_over_trainable_theta_without_autograd(transform, mode):
+    """``vmap`` and ``jvp`` over a trainable ``theta`` under ``torch.no_grad()``: the memory's
+    kernels come from the transform's ``log_theta`` (no storage, so no cache key)."""
+    torch.manual_seed(0)
+    mem = plmu.LegendreMemory(2, 6, 3.0, trainable_theta=True, mode=mode).double()
+    model = _MemoryOutputs(mem, torch.randn(3, 12, dtype=torch.float64))
+    u, s = torch.randn(2, 40, 2, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    log_theta = mem.log_theta.detach()
+
+    def f(log_theta):
+        return functional_call(model, {"mem.log_theta": log_theta}, (u, s))
+
+    with torch.no_grad():
+        if transform == "vmap":
+            thetas = torch.stack([log_theta, log_theta + 0.5])
+            got, expected = vmap(f)(thetas), torch.stack([f(t) for t in thetas])
+        else:
+            got = jvp(f, (log_theta,), (torch.ones_like(log_theta),))[1]
+    if transform == "jvp":  # against reverse mode
+        expected = torch.autograd.functional.jvp(f, log_theta, torch.ones_like(log_theta))[1]
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)

@@ -383,7 +383,13 @@ class LegendreMemory(nn.Module):
         return float(self.theta_tensor().detach())
 
     def _cacheable(self) -> bool:
-        return not (self.trainable_theta and torch.is_grad_enabled())
+        """Whether kernels may come from (and go into) the cache: not while a trainable theta
+        records a gradient, nor when it is a ``torch.func`` transform's tensor or carries a
+        forward-mode tangent (it has no storage to key on; a cached value would hold the
+        transform's tensor or the tangent beyond the call)."""
+        if not self.trainable_theta:
+            return True
+        return not torch.is_grad_enabled() and _plain(self.log_theta)
 
     def _forget_stale_theta(self) -> None:
         """Clear the cache if a trainable theta changed since its kernels were built.
