@@ -121,6 +121,32 @@ def test_vmap_inference_equals_the_batch(mode, case):
     torch.testing.assert_close(got_state[:, 0], state, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad_enabled", [True, False])
+@pytest.mark.parametrize("argument", ["state", "output.weight", "encoder.weight"])
+@pytest.mark.parametrize("case", ["one channel, two blocks", "short chunk", "two channels"])
+def test_vmap_over_one_argument_equals_a_loop(case, argument, grad_enabled):
+    """``vmap`` over the initial state alone, or over one weight (an ensemble of layers,
+    ``torch.func.stack_module_state``), on the same input: the fused path's output buffer is
+    then not batched while the memory's contribution is, so it must not be added in place."""
+    kwargs, steps = CASES[case]
+    layer = _layer("fused", {**kwargs, "input_to_output": argument != "output.weight"})
+    x, s = _inputs(layer, 2, steps)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def f(a):
+        if argument == "state":
+            return functional_call(layer, params, (x, a))
+        return functional_call(layer, {**params, argument: a}, (x, s))
+
+    a = s if argument == "state" else params[argument]
+    stacked = torch.stack([a, 0.5 * a + 0.1])
+    with torch.set_grad_enabled(grad_enabled):
+        got = vmap(f)(stacked)
+        expected = [torch.stack(t) for t in zip(*map(f, stacked), strict=True)]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
 def test_vmap_step_equals_the_batch():
     """``step`` (the folded inference map) under ``vmap``."""
     layer = _layer("auto", {}).eval()
@@ -257,7 +283,7 @@ def test_transforms_over_weights_without_autograd(transform, steps):
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("transform", ["jvp"])
+@pytest.mark.parametrize("transform", ["vmap", "jvp"])
 @pytest.mark.parametrize("mode", plmu.memory.MODES)
 def test_transforms_over_trainable_theta_without_autograd(transform, mode):
     """``vmap`` and ``jvp`` over a trainable ``theta`` under ``torch.no_grad()``: the memory's

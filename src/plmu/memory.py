@@ -1022,7 +1022,8 @@ class LegendreMemory(nn.Module):
         self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
     ) -> torch.Tensor:
         """``acc`` ``(B, T, out)`` plus the projected free response of ``state``,
-        ``W Abar^(t+1) m_{-1}``, in place.
+        ``W Abar^(t+1) m_{-1}``, in place (a new tensor under export and ``torch.func``
+        transforms, see :func:`_add_leading`).
 
         Only the first :meth:`free_horizon` steps ``h`` are added; the later ones are below
         working precision (see there), i.e. zero. Unless the weight records a gradient, the
@@ -1050,17 +1051,18 @@ class LegendreMemory(nn.Module):
             step = min(horizon, FREE_PROJECTED_MAX_ELEMENTS // (out * S))
         if step < 1:  # the trajectory, projected: (B, out, h)
             X = self._powers_apply(m0, h).reshape(h, Bn, S)
-            free = torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))
-            acc[:, :h].add_(free.transpose(1, 2))
-            return acc
+            free = torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0)).transpose(1, 2)
+            return _add_leading(acc, free)
         R = self._projected_powers(weight, step, state.dtype)  # (step, out, S)
         if h <= step:  # one block: the state itself
             Y = (R[:h].reshape(h * out, S) @ state.T).view(h, out, Bn)
-            acc[:, :h].add_(Y.permute(2, 0, 1))
-            return acc
+            return _add_leading(acc, Y.permute(2, 0, 1))
         blocks = -(-h // step)
         Z = self._block_states(m0, step, blocks).reshape(blocks * Bn, S)
         Y = (R.reshape(step * out, S) @ Z.T).view(step, out, blocks, Bn)  # [r, o, q, b]
+        if plain_autograd(acc, Y):  # vmap over the state: Y batched, acc perhaps not
+            free = Y.permute(3, 2, 0, 1).reshape(Bn, blocks * step, out)[:, :h]
+            return _add_leading(acc, free)
         full = h // step
         acc[:, : full * step].view(Bn, full, step, out).add_(Y[:, :, :full].permute(3, 2, 0, 1))
         if full < blocks:
@@ -1100,13 +1102,24 @@ class LegendreMemory(nn.Module):
         )
 
 
+def _add_leading(acc: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``acc`` ``(B, T, out)`` plus ``free`` ``(B, h, out)`` on its first ``h <= T`` steps: in
+    place, or as a new tensor where :func:`plain_autograd` says so (under ``vmap`` ``free`` can
+    be batched, by a batched state or weight, while ``acc`` is not)."""
+    h = free.shape[1]
+    if plain_autograd(acc, free):
+        return acc + (F.pad(free, (0, 0, 0, acc.shape[1] - h)) if h < acc.shape[1] else free)
+    acc[:, :h].add_(free)
+    return acc
+
+
 def _doubling(first: torch.Tensor, squares: torch.Tensor, length: int) -> torch.Tensor:
     """``[first, first P^T, first (P^T)^2, ...]`` ``(length, *first.shape)``, with ``squares[k]``
     ``= P^(2^k)``: rows ``n..2n-1`` are rows ``0..n-1`` times ``P^n``. Without a gradient to
     record (and no forward-mode tangent or ``torch.func`` transform, which ``out=`` operations
     do not support) each doubling writes into one buffer; else the rows are concatenated."""
     recording = torch.is_grad_enabled() and (first.requires_grad or squares.requires_grad)
-    if recording or not _plain(first):
+    if recording or not (_plain(first) and _plain(squares)):
         X = first.unsqueeze(0)
         k = 0
         while X.shape[0] < length:
@@ -1388,9 +1401,13 @@ def _plain_blocks(
     acc: torch.Tensor, Uf: torch.Tensor, Kf: torch.Tensor, n_fft: int, first: int, L: int
 ) -> torch.Tensor:
     """What :class:`_BlockConvolution` computes, as whole-tensor operations (plain autograd):
-    for export, and for its backward when that is differentiated again. Returns ``acc``."""
-    _add_blocks(acc, torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft), 0, first, L)
-    return acc
+    for export and ``torch.func`` transforms, and for its backward when that is differentiated
+    again. Returns a new tensor, ``acc`` plus the blocks: not in place, since under ``vmap``
+    the blocks can be batched (a batched weight or state) while ``acc`` is not."""
+    y = torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
+    Bn, nb, out, _ = y.shape
+    blocks = y[..., first : first + L].transpose(-1, -2).reshape(Bn, nb * L, out)
+    return acc + blocks[:, : acc.shape[1]]
 
 
 def _block_spectra(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
