@@ -306,3 +306,45 @@ def test_transforms_over_trainable_theta_without_autograd(transform, mode):
     if transform == "jvp":  # against reverse mode
         expected = torch.autograd.functional.jvp(f, log_theta, torch.ones_like(log_theta))[1]
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+COMPILE_CASES = {
+    "layer, carried state": (lambda: _layer("auto", {}), True, {}),
+    "last output, lengths": (
+        lambda: _layer("auto", {"return_sequences": False}),
+        True,
+        {"lengths": torch.tensor([150, 7])},
+    ),
+    "padded sequences": (lambda: _layer("auto", {}), True, {"lengths": torch.tensor([150, 7])}),
+    "memory, fft": (lambda: plmu.LegendreMemory(2, 6, 3.0, mode="fft").double(), True, {}),
+    "memory, chunked, no autograd": (
+        lambda: plmu.LegendreMemory(2, 6, 3.0, mode="chunked").double(),
+        False,
+        {},
+    ),
+    "trainable theta, no autograd": (
+        lambda: plmu.LegendreMemory(2, 6, 3.0, trainable_theta=True).double(),
+        False,
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILE_CASES))
+def test_torch_compile_with_cold_caches(case):
+    """Compiled before any eager call (``fullgraph=True``, ``aot_eager``): the graph computes
+    the kernels itself. Dynamo traced neither :meth:`free_horizon`'s data-dependent search nor
+    the cache's ``torch.is_inference_mode_enabled()``, so only a layer whose caches an eager
+    call had filled compiled."""
+    make, grad_enabled, kwargs = COMPILE_CASES[case]
+    module = make()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 150, 2, dtype=torch.float64, generator=gen)  # 2 inputs / 2 channels
+    s = torch.randn(2, module.state_size, dtype=torch.float64, generator=gen)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    with torch.set_grad_enabled(grad_enabled):
+        got = compiled(x, s, **kwargs)
+        expected = module(x, s, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

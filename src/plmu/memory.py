@@ -383,10 +383,15 @@ class LegendreMemory(nn.Module):
         return float(self.theta_tensor().detach())
 
     def _cacheable(self) -> bool:
-        """Whether kernels may come from (and go into) the cache: not while a trainable theta
-        records a gradient, nor when it is a ``torch.func`` transform's tensor or carries a
-        forward-mode tangent (it has no storage to key on; a cached value would hold the
-        transform's tensor or the tangent beyond the call)."""
+        """Whether kernels may come from (and go into) the cache: not under ``torch.compile``
+        (the graph computes them from the buffers; Dynamo can trace neither the cache's
+        inference-mode check nor :meth:`free_horizon`'s search, so a cold cache broke the
+        graph), not while a trainable theta records a gradient, nor when it is a
+        ``torch.func`` transform's tensor or carries a forward-mode tangent (it has no storage
+        to key on; a cached value would hold the transform's tensor or the tangent beyond the
+        call)."""
+        if torch.compiler.is_compiling():
+            return False
         if not self.trainable_theta:
             return True
         return not torch.is_grad_enabled() and _plain(self.log_theta)
@@ -529,8 +534,8 @@ class LegendreMemory(nn.Module):
         the spectral norm), found by repeated squaring and bisection in float64. From there on
         ``Abar^t m`` lies six orders of magnitude below the rounding error of ``m`` itself, so
         the free response can stop there exactly to working precision. ``None`` when ``Abar``
-        does not decay that far within ``2^24`` steps (or while ``theta`` is trained): then
-        nothing is truncated.
+        does not decay that far within ``2^24`` steps (or while ``theta`` is trained, or under
+        ``torch.compile``): then nothing is truncated.
         """
         if not self._cacheable() or self.trainable_theta:
             return None
