@@ -678,3 +678,19 @@ def test_caches_follow_tensors_swapped_in_by_functional_call(trainable_theta):
             )
         np.testing.assert_allclose(y.numpy(), expected.detach().numpy(), atol=1e-5)
         np.testing.assert_allclose(y_t.numpy(), expected_t.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("steps", [3, 150])  # one block; overlap-save blocks
+def test_state_of_another_dtype_is_cast_to_the_input_in_the_fused_path(grad, steps):
+    """A float32 state with float64 inputs: like every other path the fused projection works
+    in the input's dtype (it formed the projected free response in float32, errors ~1e-8)."""
+    layer = plmu.ParallelLMU(2, 3, 6, 3.0, mode="fused").double()
+    x = torch.randn(2, steps, 2, dtype=torch.float64)
+    state = torch.randn(2, 6)
+    with torch.set_grad_enabled(grad):
+        y, final = layer(x, state)
+        expected, expected_final = layer(x, state.double())
+    assert y.dtype == final.dtype == torch.float64
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, expected_final, rtol=1e-12, atol=1e-12)

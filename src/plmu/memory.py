@@ -890,6 +890,8 @@ class LegendreMemory(nn.Module):
         if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
             y = self.project(u.float(), weight.float(), _float32(state), _float32(accumulate))
             return y.to(u.dtype)
+        if state is not None and state.dtype != u.dtype:  # as check_state does elsewhere
+            state = state.to(u.dtype)
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
