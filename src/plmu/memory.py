@@ -368,7 +368,7 @@ class LegendreMemory(nn.Module):
         in ``dtype`` (default: torch's default float dtype) on ``device`` (default: the
         memory's)."""
         return _zeros(
-            batch_size, self.state_size, dtype, self.Abar.device if device is None else device
+            batch_size, self.state_size, dtype, self.A.device if device is None else device
         )
 
     def theta_tensor(self) -> torch.Tensor:
