@@ -1,5 +1,6 @@
 """The performance paths added for speed give the same numbers as the plain ones."""
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -678,3 +679,60 @@ def test_caches_follow_tensors_swapped_in_by_functional_call(trainable_theta):
             )
         np.testing.assert_allclose(y.numpy(), expected.detach().numpy(), atol=1e-5)
         np.testing.assert_allclose(y_t.numpy(), expected_t.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("steps", [3, 150])  # one block; overlap-save blocks
+def test_state_of_another_dtype_is_cast_to_the_input_in_the_fused_path(grad, steps):
+    """A float32 state with float64 inputs: like every other path the fused projection works
+    in the input's dtype (it formed the projected free response in float32, errors ~1e-8)."""
+    layer = plmu.ParallelLMU(2, 3, 6, 3.0, mode="fused").double()
+    x = torch.randn(2, steps, 2, dtype=torch.float64)
+    state = torch.randn(2, 6)
+    with torch.set_grad_enabled(grad):
+        y, final = layer(x, state)
+        expected, expected_final = layer(x, state.double())
+    assert y.dtype == final.dtype == torch.float64
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(final, expected_final, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("memory_size", [1, 2])
+def test_ordinary_calls_use_the_fast_functions(memory_size, grad):
+    """Outside transforms, forward-mode AD and compilation ``plain_autograd`` is false: the
+    fused path runs its custom Functions (tiled FFTs with hand-written backwards), and the
+    classifier's last output its three-GEMM Function, not the whole-tensor fallback."""
+    from plmu import layers, memory
+
+    fast = (
+        ["_FoldedKernel", "_BlockConvolution"]
+        if memory_size == 1
+        else ["_FoldedKernel", "_SpectralMix", "_BlockSynthesis"]
+    )
+    layer = plmu.ParallelLMU(3, 8, 16, 30.0, memory_size=memory_size)
+    clf = plmu.ParallelLMU(1, 8, 16, 30.0, return_sequences=False)
+    x, s = torch.randn(4, 300, 3), torch.randn(4, 16 * memory_size)
+    answers, original = [], memory.plain_autograd
+
+    def plain_autograd(*tensors):
+        answers.append(original(*tensors))
+        return answers[-1]
+
+    with contextlib.ExitStack() as stack:
+        calls = {
+            n: stack.enter_context(mock.patch.object(f, "apply", wraps=f.apply))
+            for n, f in [(n, getattr(memory, n)) for n in fast]
+            + [("last", layers._ScalarLastOutput)]
+        }
+        for module in (memory, layers):
+            stack.enter_context(mock.patch.object(module, "plain_autograd", plain_autograd))
+        with torch.set_grad_enabled(grad):
+            y, state = layer(x, s)
+            out, _ = clf(torch.randn(4, 100, 1))
+            if grad:
+                (y.square().sum() + state.sum() + out.sum()).backward()
+    for name in fast:
+        assert calls[name].call_count == 1, name
+    assert calls["last"].call_count == (1 if grad else 0)
+    assert answers and not any(answers)

@@ -420,6 +420,25 @@ def test_default_state_is_the_state_none_stands_for():
 
 
 @pytest.mark.parametrize(
+    "make",
+    [
+        lambda: plmu.LegendreMemory(2, 5, 10.0, trainable_theta=True),
+        lambda: plmu.ParallelLMU(2, 4, 5, 10.0, trainable_theta=True),
+        lambda: plmu.LMU(2, 4, 5, 10.0, trainable_theta=True),
+    ],
+    ids=["memory", "parallel", "lmu"],
+)
+def test_default_state_with_a_trainable_theta(make):
+    """A trainable theta keeps no ``Abar`` buffer (it is discretised each call): the memory's
+    ``default_state`` took its device from ``Abar`` and raised ``AttributeError``."""
+    module = make().double()
+    state = module.default_state(3)
+    state = state[1] if isinstance(state, tuple) else state
+    assert state.shape == (3, 10 if isinstance(module, plmu.LegendreMemory) else 5)
+    assert not state.any() and state.device == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
     ("batch_size", "dtype", "error", "match"),
     [
         (-1, None, ValueError, "batch_size"),

@@ -121,6 +121,32 @@ def test_vmap_inference_equals_the_batch(mode, case):
     torch.testing.assert_close(got_state[:, 0], state, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("grad_enabled", [True, False])
+@pytest.mark.parametrize("argument", ["state", "output.weight", "encoder.weight"])
+@pytest.mark.parametrize("case", ["one channel, two blocks", "short chunk", "two channels"])
+def test_vmap_over_one_argument_equals_a_loop(case, argument, grad_enabled):
+    """``vmap`` over the initial state alone, or over one weight (an ensemble of layers,
+    ``torch.func.stack_module_state``), on the same input: the fused path's output buffer is
+    then not batched while the memory's contribution is, so it must not be added in place."""
+    kwargs, steps = CASES[case]
+    layer = _layer("fused", {**kwargs, "input_to_output": argument != "output.weight"})
+    x, s = _inputs(layer, 2, steps)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+
+    def f(a):
+        if argument == "state":
+            return functional_call(layer, params, (x, a))
+        return functional_call(layer, {**params, argument: a}, (x, s))
+
+    a = s if argument == "state" else params[argument]
+    stacked = torch.stack([a, 0.5 * a + 0.1])
+    with torch.set_grad_enabled(grad_enabled):
+        got = vmap(f)(stacked)
+        expected = [torch.stack(t) for t in zip(*map(f, stacked), strict=True)]
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
 def test_vmap_step_equals_the_batch():
     """``step`` (the folded inference map) under ``vmap``."""
     layer = _layer("auto", {}).eval()
@@ -217,3 +243,108 @@ def test_torch_compile_gives_the_eager_numbers(return_sequences):
         results.append((y, state, *torch.autograd.grad(loss, list(layer.parameters()))))
     for got, expected in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+class _Step(torch.nn.Module):
+    """``layer.step`` as a module's forward, for ``functional_call``."""
+
+    def __init__(self, layer: plmu.ParallelLMU) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x, state):
+        return self.layer.step(x, state)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "jvp"])
+@pytest.mark.parametrize("steps", [1, 3, 150])  # step; the short-chunk loop; the fused kernels
+def test_transforms_over_weights_without_autograd(transform, steps):
+    """``vmap`` and ``jvp`` over the output weight (``functional_call``) under
+    ``torch.no_grad()``: the folded step map and the weight-keyed caches meet the transform's
+    tensors, which have no storage (no address to key a cache on), and give each weight's own
+    numbers."""
+    layer = _layer("auto", {"hidden_activation": "identity"}).eval()  # y affine in the weight
+    x, s = _inputs(layer, 2, steps)
+    w = layer.output.weight.detach()
+    v = torch.randn(w.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def f(w):
+        if steps == 1:
+            return functional_call(_Step(layer), {"layer.output.weight": w}, (x[:, 0], s))[0]
+        return functional_call(layer, {"output.weight": w}, (x, s))[0]
+
+    with torch.no_grad():
+        if transform == "vmap":
+            got = vmap(f)(torch.stack([w, v]))
+            expected = torch.stack([f(w), f(v)])
+        else:
+            got = jvp(f, (w,), (v,))[1]
+            expected = f(w + v) - f(w)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("transform", ["vmap", "jvp"])
+@pytest.mark.parametrize("mode", plmu.memory.MODES)
+def test_transforms_over_trainable_theta_without_autograd(transform, mode):
+    """``vmap`` and ``jvp`` over a trainable ``theta`` under ``torch.no_grad()``: the memory's
+    kernels come from the transform's ``log_theta`` (no storage, so no cache key)."""
+    torch.manual_seed(0)
+    mem = plmu.LegendreMemory(2, 6, 3.0, trainable_theta=True, mode=mode).double()
+    model = _MemoryOutputs(mem, torch.randn(3, 12, dtype=torch.float64))
+    u, s = torch.randn(2, 40, 2, dtype=torch.float64), torch.randn(2, 12, dtype=torch.float64)
+    log_theta = mem.log_theta.detach()
+
+    def f(log_theta):
+        return functional_call(model, {"mem.log_theta": log_theta}, (u, s))
+
+    with torch.no_grad():
+        if transform == "vmap":
+            thetas = torch.stack([log_theta, log_theta + 0.5])
+            got, expected = vmap(f)(thetas), torch.stack([f(t) for t in thetas])
+        else:
+            got = jvp(f, (log_theta,), (torch.ones_like(log_theta),))[1]
+    if transform == "jvp":  # against reverse mode
+        expected = torch.autograd.functional.jvp(f, log_theta, torch.ones_like(log_theta))[1]
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+
+
+COMPILE_CASES = {
+    "layer, carried state": (lambda: _layer("auto", {}), True, {}),
+    "last output, lengths": (
+        lambda: _layer("auto", {"return_sequences": False}),
+        True,
+        {"lengths": torch.tensor([150, 7])},
+    ),
+    "padded sequences": (lambda: _layer("auto", {}), True, {"lengths": torch.tensor([150, 7])}),
+    "memory, fft": (lambda: plmu.LegendreMemory(2, 6, 3.0, mode="fft").double(), True, {}),
+    "memory, chunked, no autograd": (
+        lambda: plmu.LegendreMemory(2, 6, 3.0, mode="chunked").double(),
+        False,
+        {},
+    ),
+    "trainable theta, no autograd": (
+        lambda: plmu.LegendreMemory(2, 6, 3.0, trainable_theta=True).double(),
+        False,
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILE_CASES))
+def test_torch_compile_with_cold_caches(case):
+    """Compiled before any eager call (``fullgraph=True``, ``aot_eager``): the graph computes
+    the kernels itself. Dynamo traced neither :meth:`free_horizon`'s data-dependent search nor
+    the cache's ``torch.is_inference_mode_enabled()``, so only a layer whose caches an eager
+    call had filled compiled."""
+    make, grad_enabled, kwargs = COMPILE_CASES[case]
+    module = make()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 150, 2, dtype=torch.float64, generator=gen)  # 2 inputs / 2 channels
+    s = torch.randn(2, module.state_size, dtype=torch.float64, generator=gen)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    with torch.set_grad_enabled(grad_enabled):
+        got = compiled(x, s, **kwargs)
+        expected = module(x, s, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

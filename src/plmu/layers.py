@@ -28,6 +28,7 @@ from plmu.memory import (
     MODES,
     LegendreMemory,
     _check_positive_int,
+    _plain,
     _zeros,
     autocast_enabled,
     check_lengths,
@@ -555,7 +556,8 @@ class ParallelLMU(nn.Module):
             for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
             if t is not None
         ]
-        cached = self._step_cache
+        cacheable = all(map(_plain, tensors))  # a transform's tensor has no storage to key on
+        cached = self._step_cache if cacheable else None
         if cached is not None:
             held, key, value = cached
             if (
@@ -581,6 +583,8 @@ class ParallelLMU(nn.Module):
         Bb = Bbar[:, 0] * b_u[0]
         g = torch.cat([Bb, W_m @ Bb + b]).to(device=device, dtype=dtype)
         value = (G, g, S, self._inplace_activation())
+        if not cacheable:
+            return value
         data = [t.detach() for t in tensors]  # keeps each one's data (and so its address) alive
         versions = [(t._version, t.data_ptr()) for t in tensors]
         self._step_cache = (tensors, (dtype, device, versions, data), value)

@@ -368,7 +368,7 @@ class LegendreMemory(nn.Module):
         in ``dtype`` (default: torch's default float dtype) on ``device`` (default: the
         memory's)."""
         return _zeros(
-            batch_size, self.state_size, dtype, self.Abar.device if device is None else device
+            batch_size, self.state_size, dtype, self.A.device if device is None else device
         )
 
     def theta_tensor(self) -> torch.Tensor:
@@ -383,7 +383,18 @@ class LegendreMemory(nn.Module):
         return float(self.theta_tensor().detach())
 
     def _cacheable(self) -> bool:
-        return not (self.trainable_theta and torch.is_grad_enabled())
+        """Whether kernels may come from (and go into) the cache: not under ``torch.compile``
+        (the graph computes them from the buffers; Dynamo can trace neither the cache's
+        inference-mode check nor :meth:`free_horizon`'s search, so a cold cache broke the
+        graph), not while a trainable theta records a gradient, nor when it is a
+        ``torch.func`` transform's tensor or carries a forward-mode tangent (it has no storage
+        to key on; a cached value would hold the transform's tensor or the tangent beyond the
+        call)."""
+        if torch.compiler.is_compiling():
+            return False
+        if not self.trainable_theta:
+            return True
+        return not torch.is_grad_enabled() and _plain(self.log_theta)
 
     def _forget_stale_theta(self) -> None:
         """Clear the cache if a trainable theta changed since its kernels were built.
@@ -523,8 +534,8 @@ class LegendreMemory(nn.Module):
         the spectral norm), found by repeated squaring and bisection in float64. From there on
         ``Abar^t m`` lies six orders of magnitude below the rounding error of ``m`` itself, so
         the free response can stop there exactly to working precision. ``None`` when ``Abar``
-        does not decay that far within ``2^24`` steps (or while ``theta`` is trained): then
-        nothing is truncated.
+        does not decay that far within ``2^24`` steps (or while ``theta`` is trained, or under
+        ``torch.compile``): then nothing is truncated.
         """
         if not self._cacheable() or self.trainable_theta:
             return None
@@ -879,6 +890,8 @@ class LegendreMemory(nn.Module):
         if u.dtype in _LOW_PRECISION:  # FFTs take neither bfloat16 nor (on CPU) float16
             y = self.project(u.float(), weight.float(), _float32(state), _float32(accumulate))
             return y.to(u.dtype)
+        if state is not None and state.dtype != u.dtype:  # as check_state does elsewhere
+            state = state.to(u.dtype)
         Lk, L = self.projection_blocks(T, u.dtype)
         nb = -(-T // L)  # blocks of L outputs
         n_fft = fft_size(L + Lk - 1)
@@ -1016,7 +1029,8 @@ class LegendreMemory(nn.Module):
         self, acc: torch.Tensor, state: torch.Tensor | None, weight: torch.Tensor
     ) -> torch.Tensor:
         """``acc`` ``(B, T, out)`` plus the projected free response of ``state``,
-        ``W Abar^(t+1) m_{-1}``, in place.
+        ``W Abar^(t+1) m_{-1}``, in place (a new tensor under export and ``torch.func``
+        transforms, see :func:`_add_leading`).
 
         Only the first :meth:`free_horizon` steps ``h`` are added; the later ones are below
         working precision (see there), i.e. zero. Unless the weight records a gradient, the
@@ -1044,17 +1058,18 @@ class LegendreMemory(nn.Module):
             step = min(horizon, FREE_PROJECTED_MAX_ELEMENTS // (out * S))
         if step < 1:  # the trajectory, projected: (B, out, h)
             X = self._powers_apply(m0, h).reshape(h, Bn, S)
-            free = torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0))
-            acc[:, :h].add_(free.transpose(1, 2))
-            return acc
+            free = torch.matmul(weight.to(X.dtype), X.permute(1, 2, 0)).transpose(1, 2)
+            return _add_leading(acc, free)
         R = self._projected_powers(weight, step, state.dtype)  # (step, out, S)
         if h <= step:  # one block: the state itself
             Y = (R[:h].reshape(h * out, S) @ state.T).view(h, out, Bn)
-            acc[:, :h].add_(Y.permute(2, 0, 1))
-            return acc
+            return _add_leading(acc, Y.permute(2, 0, 1))
         blocks = -(-h // step)
         Z = self._block_states(m0, step, blocks).reshape(blocks * Bn, S)
         Y = (R.reshape(step * out, S) @ Z.T).view(step, out, blocks, Bn)  # [r, o, q, b]
+        if plain_autograd(acc, Y):  # vmap over the state: Y batched, acc perhaps not
+            free = Y.permute(3, 2, 0, 1).reshape(Bn, blocks * step, out)[:, :h]
+            return _add_leading(acc, free)
         full = h // step
         acc[:, : full * step].view(Bn, full, step, out).add_(Y[:, :, :full].permute(3, 2, 0, 1))
         if full < blocks:
@@ -1094,13 +1109,24 @@ class LegendreMemory(nn.Module):
         )
 
 
+def _add_leading(acc: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
+    """``acc`` ``(B, T, out)`` plus ``free`` ``(B, h, out)`` on its first ``h <= T`` steps: in
+    place, or as a new tensor where :func:`plain_autograd` says so (under ``vmap`` ``free`` can
+    be batched, by a batched state or weight, while ``acc`` is not)."""
+    h = free.shape[1]
+    if plain_autograd(acc, free):
+        return acc + (F.pad(free, (0, 0, 0, acc.shape[1] - h)) if h < acc.shape[1] else free)
+    acc[:, :h].add_(free)
+    return acc
+
+
 def _doubling(first: torch.Tensor, squares: torch.Tensor, length: int) -> torch.Tensor:
     """``[first, first P^T, first (P^T)^2, ...]`` ``(length, *first.shape)``, with ``squares[k]``
     ``= P^(2^k)``: rows ``n..2n-1`` are rows ``0..n-1`` times ``P^n``. Without a gradient to
     record (and no forward-mode tangent or ``torch.func`` transform, which ``out=`` operations
     do not support) each doubling writes into one buffer; else the rows are concatenated."""
     recording = torch.is_grad_enabled() and (first.requires_grad or squares.requires_grad)
-    if recording or not _plain(first):
+    if recording or not (_plain(first) and _plain(squares)):
         X = first.unsqueeze(0)
         k = 0
         while X.shape[0] < length:
@@ -1382,9 +1408,13 @@ def _plain_blocks(
     acc: torch.Tensor, Uf: torch.Tensor, Kf: torch.Tensor, n_fft: int, first: int, L: int
 ) -> torch.Tensor:
     """What :class:`_BlockConvolution` computes, as whole-tensor operations (plain autograd):
-    for export, and for its backward when that is differentiated again. Returns ``acc``."""
-    _add_blocks(acc, torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft), 0, first, L)
-    return acc
+    for export and ``torch.func`` transforms, and for its backward when that is differentiated
+    again. Returns a new tensor, ``acc`` plus the blocks: not in place, since under ``vmap``
+    the blocks can be batched (a batched weight or state) while ``acc`` is not."""
+    y = torch.fft.irfft(_block_spectra(Uf, Kf), n=n_fft)  # (B, nb, out, n_fft)
+    Bn, nb, out, _ = y.shape
+    blocks = y[..., first : first + L].transpose(-1, -2).reshape(Bn, nb * L, out)
+    return acc + blocks[:, : acc.shape[1]]
 
 
 def _block_spectra(Uf: torch.Tensor, Kf: torch.Tensor) -> torch.Tensor:
