@@ -29,6 +29,7 @@ from plmu.memory import (
     LegendreMemory,
     _check_positive_int,
     _plain,
+    _untransformed,
     _zeros,
     autocast_enabled,
     check_lengths,
@@ -556,7 +557,8 @@ class ParallelLMU(nn.Module):
             for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
             if t is not None
         ]
-        cacheable = all(map(_plain, tensors))  # a transform's tensor has no storage to key on
+        # a transform's tensor has no storage to key on (the global check first: every step)
+        cacheable = _untransformed() or all(map(_plain, tensors))
         cached = self._step_cache if cacheable else None
         if cached is not None:
             held, key, value = cached
