@@ -11,7 +11,8 @@ Everything a run writes lies under its output directory ``OUT``:
 - ``OUT/checkpoints/best.ckpt`` and ``last.ckpt`` (written at the end of every epoch and, with
   the config key ``checkpoint_every_n_steps``, also every that many optimizer steps); each holds
   ``checkpoint["plmu"] = {"experiment", "config", "saved", "data_dir", "version"}`` so that
-  :func:`load_checkpoint` can rebuild the run;
+  :func:`load_checkpoint` can rebuild the run; each is written to a part file beside it and
+  renamed into place (:class:`_AtomicCheckpointIO`), never staged in the system temp directory;
 - ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/version_N/`` (one version per
   invocation, so a resumed run never overwrites its earlier logs);
 - ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed:
