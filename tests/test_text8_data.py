@@ -129,6 +129,17 @@ def test_download_cut_short_fails_with_one_line_and_leaves_no_partial_file(tmp_p
     assert list((tmp_path / "data").iterdir()) == []
 
 
+def test_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path, monkeypatch):
+    class Interrupted(io.BytesIO):  # Ctrl-C part-way through the 31 MB download
+        def read(self, *args):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Interrupted())
+    with pytest.raises(KeyboardInterrupt):
+        t8.load_text8(tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
 def test_download_saves_the_archive(tmp_path, monkeypatch):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:

@@ -1,6 +1,9 @@
 """End-to-end runs of every experiment on tiny fixtures: train, evaluate, resume."""
 
+import errno
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -97,6 +100,42 @@ def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
     _train_mg(out)
     with pytest.raises(CheckpointError, match="cannot change 'lr' when resuming"):
         _train_mg(out, "epochs=2", "lr=0.5")
+
+
+def test_checkpoints_are_written_inside_out_not_in_the_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning staged every checkpoint in the system temp dir (TMPDIR) and moved it into
+    # place: a write outside --out and, with TMPDIR on another file system (a tmpfs /tmp), a
+    # copy over the old last.ckpt that a kill during it leaves truncated. A temp dir that does
+    # not exist shows that nothing goes there.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-temp-dir"))
+    out = tmp_path / "run"
+    _train_mg(out)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not (tmp_path / "no-temp-dir").exists()
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    first = _train_mg(out)
+    last = out / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the next checkpoint fails as it is written
+    with pytest.raises(OSError, match="No space left"):
+        _train_mg(out, "epochs=2")
+    monkeypatch.undo()
+    assert last.read_bytes() == saved  # the previous checkpoint, whole
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
+    (last.parent / ".last.ckpt.0123abcd.part").write_bytes(b"half")  # as a killed run leaves
+    assert _train_mg(out, "epochs=2")["global_step"] == 2 * first["global_step"]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 class _Crash(L.Callback):

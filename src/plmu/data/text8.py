@@ -127,12 +127,13 @@ def _download(url: str, target: Path) -> None:
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         # HTTPException: e.g. IncompleteRead, a connection cut part-way
-        Path(tmp).unlink(missing_ok=True)
         reason = getattr(err, "reason", err)
         raise DataError(
             f"text8 not found in {target.parent} and downloading {url} failed ({reason}); "
             f"put the file 'text8' or 'text8.zip' there (--data-dir)"
         ) from None
+    finally:  # also after Ctrl-C: no partial file is left in the data directory
+        Path(tmp).unlink(missing_ok=True)
 
 
 def locate_text8(data_dir: str | Path, download: bool = True, url: str = TEXT8_URL) -> Path:

@@ -11,7 +11,8 @@ Everything a run writes lies under its output directory ``OUT``:
 - ``OUT/checkpoints/best.ckpt`` and ``last.ckpt`` (written at the end of every epoch and, with
   the config key ``checkpoint_every_n_steps``, also every that many optimizer steps); each holds
   ``checkpoint["plmu"] = {"experiment", "config", "saved", "data_dir", "version"}`` so that
-  :func:`load_checkpoint` can rebuild the run;
+  :func:`load_checkpoint` can rebuild the run; each is written to a part file beside it and
+  renamed into place (:class:`_AtomicCheckpointIO`), never staged in the system temp directory;
 - ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/version_N/`` (one version per
   invocation, so a resumed run never overwrites its earlier logs);
 - ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed:
@@ -35,10 +36,13 @@ checkpoint is marked finished as it loads (Lightning #19617 replayed that epoch)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import random
 import time
+import uuid
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -50,6 +54,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
 import plmu
@@ -280,6 +285,53 @@ class _StepCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+class _AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint into a hidden file in its own folder, then renames it into place.
+
+    Lightning stages every checkpoint in the system temp directory (``TMPDIR``, through an
+    fsspec transaction) and moves it into place: a write outside the run's folder, and where the
+    temp directory is on another file system (a tmpfs ``/tmp``) the move is a copy over the old
+    file, so a run killed during it is left with a truncated ``last.ckpt`` and nothing to resume
+    from. Here the bytes go to ``.NAME.XXXXXXXX.part`` beside ``NAME``, are flushed to disk and
+    renamed over the old file (atomic on POSIX and Windows): a run stopped at any point keeps its
+    previous checkpoint whole, and a failed write leaves no part file behind.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:  # as TorchCheckpointIO
+            raise TypeError(
+                "`Trainer.save_checkpoint(..., storage_options=...)` with `storage_options` arg"
+                f" is not supported for `{type(self).__name__}`."
+            )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+        # os.open with 0o666: the file gets the permissions the umask gives a new file
+        handle = os.open(
+            part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666
+        )
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(part, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+
+
+@rank_zero_only
+def _remove_part_files(out: Path) -> None:
+    """Remove the part files of checkpoints whose writing a killed run left unfinished."""
+    for part in (out / "checkpoints").glob(".*.ckpt.*.part"):
+        with contextlib.suppress(OSError):
+            part.unlink()
+
+
 def _read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -417,6 +469,7 @@ def train(
         progress_bar=progress_bar,
     )
     _write_config(out, config)  # only now: a refused command leaves a run's config.yaml alone
+    _remove_part_files(out)
     for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
         logger.log_hyperparams({"experiment": exp.name, **config})
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
@@ -575,6 +628,7 @@ def _trainer(
         logger=loggers,
         enable_progress_bar=progress_bar,
         enable_checkpointing=fitting,
+        plugins=[_AtomicCheckpointIO()],
         **limits,
     )
 
