@@ -399,10 +399,10 @@ class ParallelLMU(nn.Module):
             return False
         # Measured (benchmarks/cpu.json, "modes" and "full_sequence"; `plmu bench --only modes
         # full_sequence`): at batch 32, memory_size 16, order 64, hidden 128 the fused path is the
-        # fastest training step from 32 steps up (T=32: 11.0 ms vs direct 19.8; T=128: 30.3 vs
-        # recurrent 89.8; T=1024: 208 vs 981), ties the Toeplitz product at 8 (5.7 vs 6.2;
-        # earlier runs 6.2 vs 6.5, 5.9 vs 5.7, 4.3 vs 4.2, 4.4 vs 4.7 and 3.3 vs 3.8) and loses
-        # at 2 (3.9 vs direct 1.8).
+        # fastest training step from 32 steps up (T=32: 9.2 ms vs direct 19.7; T=128: 30.9 vs
+        # recurrent 100.5; T=1024: 213 vs 1043), about ties the Toeplitz product at 8 over the
+        # runs (7.7 vs 6.3; earlier 5.7 vs 6.2, 6.2 vs 6.5, 5.9 vs 5.7, 4.3 vs 4.2, 4.4 vs 4.7
+        # and 3.3 vs 3.8) and loses at 2 (5.1 vs direct 2.3).
         return time >= AUTO_FUSED_MIN_TIME
 
     def forward(

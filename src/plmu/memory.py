@@ -650,9 +650,9 @@ class LegendreMemory(nn.Module):
         # Thresholds from measured training steps of the layer with each memory mode
         # (benchmarks/cpu.json, "modes" and "full_sequence"; `plmu bench --only modes
         # full_sequence`; batch 32, memory_size 16, order 64): the Toeplitz product is the
-        # fastest up to 32 steps (T=32: direct 19.8 ms, chunked 24.8, recurrent 26.1, fft 26.8);
-        # from 128 steps the recurrence on CPU (T=128: 89.8 vs fft 111.6, chunked 112.0, direct
-        # 112.4; T=1024: 981 vs chunked 1531, fft 1964). Its cost grows with order^2, the
+        # fastest up to 32 steps (T=32: direct 19.7 ms, chunked 21.9, fft 27.4, recurrent 27.8);
+        # from 128 steps the recurrence on CPU (T=128: 100.5 vs fft 107.1, direct 113.9, chunked
+        # 116.1; T=1024: 1043 vs chunked 1380, fft 2531). Its cost grows with order^2, the
         # FFT's with order, so above the measured order, and on GPUs (sequential steps), the FFT
         # is used.
         if time <= AUTO_DIRECT_MAX_TIME:
