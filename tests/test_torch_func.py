@@ -39,6 +39,18 @@ def _inputs(layer: plmu.ParallelLMU, batch: int, steps: int) -> tuple[torch.Tens
     return x, s
 
 
+def _assert_per_sample_gradients(module: torch.nn.Module, loss, *inputs: torch.Tensor) -> None:
+    """``vmap(grad(loss))`` over the first axis of ``inputs`` equals ordinary autograd run one
+    sample at a time; ``loss(params, *one_sample)`` calls ``module`` through ``functional_call``."""
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    got = vmap(grad(loss), in_dims=(None, *[0] * len(inputs)))(params, *inputs)
+    for i in range(inputs[0].shape[0]):
+        module.zero_grad()
+        loss(dict(module.named_parameters()), *(t[i] for t in inputs)).backward()
+        for name, p in module.named_parameters():
+            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+
+
 @pytest.mark.parametrize("mode", LAYER_MODES)
 @pytest.mark.parametrize("case", list(CASES))
 def test_per_sample_gradients_equal_a_loop(mode, case):
@@ -46,18 +58,12 @@ def test_per_sample_gradients_equal_a_loop(mode, case):
     kwargs, steps = CASES[case]
     layer = _layer(mode, kwargs)
     x, s = _inputs(layer, 3, steps)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
 
     def loss(p, x1, s1):
         y, state = functional_call(layer, p, (x1[None], s1[None]))
         return y.square().sum() + state.square().sum()
 
-    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, s)
-    for i in range(x.shape[0]):
-        layer.zero_grad()
-        loss(dict(layer.named_parameters()), x[i], s[i]).backward()
-        for name, p in layer.named_parameters():
-            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    _assert_per_sample_gradients(layer, loss, x, s)
 
 
 @pytest.mark.parametrize("mode", LAYER_MODES)
@@ -163,18 +169,12 @@ def test_original_lmu_per_sample_gradients():
     torch.manual_seed(0)
     layer = plmu.LMU(2, 4, 5, 10.0).double()
     x = torch.randn(3, 20, 2, dtype=torch.float64)
-    params = {k: v.detach() for k, v in layer.named_parameters()}
 
     def loss(p, x1):
         y, _ = functional_call(layer, p, (x1[None],))
         return y.square().sum()
 
-    got = vmap(grad(loss), in_dims=(None, 0))(params, x)
-    for i in range(x.shape[0]):
-        layer.zero_grad()
-        loss(dict(layer.named_parameters()), x[i]).backward()
-        for name, p in layer.named_parameters():
-            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    _assert_per_sample_gradients(layer, loss, x)
 
 
 class _MemoryOutputs(torch.nn.Module):
@@ -201,17 +201,11 @@ def test_legendre_memory_transforms(mode, steps):
     model = _MemoryOutputs(mem, W)
     u = torch.randn(3, steps, 2, dtype=torch.float64)
     s = torch.randn(3, 12, dtype=torch.float64)
-    params = {k: v.detach() for k, v in model.named_parameters()}
 
     def loss(p, u1, s1):
         return functional_call(model, p, (u1[None], s1[None])).square().sum()
 
-    got = vmap(grad(loss), in_dims=(None, 0, 0))(params, u, s)
-    for i in range(u.shape[0]):
-        model.zero_grad()
-        loss(dict(model.named_parameters()), u[i], s[i]).backward()
-        for name, p in model.named_parameters():
-            torch.testing.assert_close(got[name][i], p.grad, rtol=1e-9, atol=1e-10, msg=name)
+    _assert_per_sample_gradients(model, loss, u, s)
     v = torch.randn_like(u)
     _, tangent = jvp(lambda u: model(u, s), (u,), (v,))
     _assert_adjoint(lambda u: model(u, s), u, v, tangent)
