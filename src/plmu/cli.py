@@ -4,7 +4,8 @@
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
 traceback instead. A run stopped by SIGTERM exits with status 143, one stopped by Ctrl-C with
-130 (run the same command again to resume it).
+130 (the first Ctrl-C stops training after the current step, with ``last.ckpt`` written there;
+run the same command again to resume it).
 
 To add a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler`` (a function of the parsed arguments returning an exit status), and call it in

@@ -194,6 +194,65 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
+def _ctrl_c_at_step(step: int, times: int = 1):
+    """A callback sending this process SIGINT ``times`` times as the batch after ``step``
+    optimizer steps starts (what Ctrl-C in the terminal does)."""
+    import os
+    import signal
+
+    import lightning as L
+
+    class CtrlC(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+            if trainer.global_step == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+
+    return CtrlC()
+
+
+@pytest.mark.parametrize(
+    ("step", "saved_step", "position"),
+    [(4, 5, [{"epoch": 1, "batches": 2}]), (2, 3, [{"epoch": 0, "batches": 3}])],
+)  # inside epoch 1; in epoch 0's last batch (3 steps each): stops after that epoch's end
+def test_ctrl_c_saves_last_checkpoint_and_resumes_exactly(
+    tmp_path: Path, step: int, saved_step: int, position: list
+) -> None:
+    """The first Ctrl-C stops training after the current step with ``last.ckpt`` written there
+    (no ``checkpoint_every_n_steps`` needed): nothing trained is lost, and the same command
+    again ends with the uninterrupted run's weights to the bit. A second Ctrl-C stops at once,
+    as before."""
+    import signal
+
+    options = ["epochs=3", "dropout=0.3"]
+    reference = _train_mg(tmp_path / "reference", *options)
+    out = tmp_path / "run"
+    # Python's own handler, as in a terminal (an earlier test's Lightning exit may have left
+    # SIGINT ignored, and then no Ctrl-C reaches a run)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt
+            _train_mg(out, *options, callbacks=[_ctrl_c_at_step(step)])
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning leaves it ignored
+    saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == saved_step
+    assert loader_position(out) == position
+    resumed = _train_mg(out, *options)
+    assert resumed["global_step"] == reference["global_step"] == 9
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
+    twice = tmp_path / "twice"
+    try:
+        with pytest.raises(SystemExit):
+            _train_mg(twice, *options, callbacks=[_ctrl_c_at_step(4, times=2)])
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    saved = torch.load(twice / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def _best_score_recorded(run: Path, name: str) -> float:
     """The best validation score the best-checkpoint callback had recorded when ``name``.ckpt
     was written."""

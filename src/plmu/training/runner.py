@@ -41,6 +41,9 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 import uuid
 import warnings
@@ -283,6 +286,80 @@ class _StepCheckpoint(ModelCheckpoint):
         stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if stepped and not trainer.is_last_batch:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class _GracefulStop(Callback):
+    """The first Ctrl-C (SIGINT) stops training at the next safe point with ``last.ckpt``
+    written there; a second one stops at once, as Ctrl-C did before.
+
+    The safe point is the end of the next batch that ends an optimizer step, where
+    ``checkpoint_every_n_steps`` saves too (the resumed run continues the epoch from there, as
+    that path does); at an epoch's last batch it is the start of the next epoch, after the
+    validation and the epoch-end ``last.ckpt``. Then ``KeyboardInterrupt`` is raised, which
+    Lightning turns into its usual exit (``plmu`` exits 130). Only for a single process in the
+    main thread, and only where SIGINT has Python's default handler; otherwise nothing changes.
+    """
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+        self.requested = False
+        self._previous: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = False
+        if (
+            trainer.world_size == 1
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested:  # the second Ctrl-C: at once
+            self._restore()
+            raise KeyboardInterrupt
+        self.requested = True
+        print(
+            "\nplmu: Ctrl-C: stopping after this step with checkpoints/last.ckpt written "
+            "(Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        if self.requested and stepped and not trainer.is_last_batch:
+            trainer.save_checkpoint(self.last)
+            self._restore()
+            raise KeyboardInterrupt
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.requested and batch_idx == 0:  # after the epoch end and its last.ckpt
+            self._restore()
+            raise KeyboardInterrupt
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, KeyboardInterrupt):  # Lightning ignores SIGINT after one
+            self._restore()
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
@@ -588,6 +665,7 @@ def _trainer(
             "enable_version_counter": False,
         }
         callbacks += [
+            _GracefulStop(out / "checkpoints" / "last.ckpt"),
             ModelCheckpoint(
                 dirpath=out / "checkpoints",
                 filename="best",
