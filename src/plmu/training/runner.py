@@ -204,6 +204,14 @@ def _checkpoint_completed_epochs(checkpoint: dict[str, Any]) -> int:
     return int(checkpoint.get("epoch", -1)) + int(bool(batches.get("is_last_batch", True)))
 
 
+def _mid_epoch_save_point(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the end of batch ``batch_idx`` is where a mid-epoch checkpoint resumes exactly:
+    the batch ended an optimizer step (no accumulated gradient is lost) and is not the epoch's
+    last (a checkpoint there would be resumed as the epoch's end, without its validation)."""
+    stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+    return stepped and not trainer.is_last_batch
+
+
 def _stopped_inside_epoch(trainer: L.Trainer) -> bool:
     """Whether ``max_steps`` ends the run at this batch, which is not its epoch's last."""
     return 0 < trainer.max_steps <= trainer.global_step and not trainer.is_last_batch
@@ -283,8 +291,7 @@ class _StepCheckpoint(ModelCheckpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if stepped and not trainer.is_last_batch:
+        if _mid_epoch_save_point(trainer, batch_idx):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
@@ -339,8 +346,7 @@ class _GracefulStop(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if self.requested and stepped and not trainer.is_last_batch:
+        if self.requested and _mid_epoch_save_point(trainer, batch_idx):
             trainer.save_checkpoint(self.last)
             self._restore()
             raise KeyboardInterrupt
