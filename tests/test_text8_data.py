@@ -224,3 +224,21 @@ def test_scored_windows_on_a_long_split_use_the_full_context():
     windows = t8.ScoredWindows(np.zeros(1000, dtype=np.uint8), seq_len=100, context=40)
     assert windows.starts[:3] == [0, 60, 120]
     assert windows.first_scored[:3] == [0, 40, 40]
+
+
+def test_unzipped_into_a_folder_of_its_own(tmp_path):
+    """`unzip text8.zip -d text8` (or a browser's extraction) leaves DATA_DIR/text8/text8."""
+    (tmp_path / "text8").mkdir()
+    (tmp_path / "text8" / "text8").write_bytes(FIXTURE.read_bytes())
+    assert t8.locate_text8(tmp_path, download=False) == tmp_path / "text8" / "text8"
+    assert t8.decode(t8.load_text8(tmp_path, download=False)) == FIXTURE.read_text()
+
+
+def test_download_that_is_not_a_zip_is_not_kept(tmp_path, monkeypatch):
+    """A captive portal's HTML page saved as text8.zip would break every later run."""
+    monkeypatch.setattr(
+        t8.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"<html>login</html>")
+    )
+    with pytest.raises(DataError, match="not a zip archive"):
+        t8.load_text8(tmp_path)
+    assert list(tmp_path.iterdir()) == []

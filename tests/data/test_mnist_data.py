@@ -227,3 +227,45 @@ def test_load_mnist_reads_torchvision_layout(tmp_path: Path) -> None:
     assert mnist.files_dir(tmp_path / "root") == tmp_path / "root" / "MNIST" / "raw"
     write_mnist(tmp_path / "root", 14, 6)  # now also directly in the directory: those win
     assert len(load_mnist(tmp_path / "root", download=False)[0]) == 14
+
+
+def test_psmnist_data_prepares_from_torchvision_layout(tmp_path: Path, monkeypatch) -> None:
+    """`plmu train psmnist --data-dir ROOT` with the files in ROOT/MNIST/raw downloads nothing."""
+    from plmu.experiments.psmnist import PsMNISTData
+    from plmu.training.config import default_config
+
+    write_mnist(tmp_path / "root" / "MNIST" / "raw", 12, 6)
+
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("downloaded although the files are there")
+
+    monkeypatch.setattr(mnist, "download_mnist", no_download)
+    config = {**default_config("psmnist"), "val_size": 2}
+    data = PsMNISTData(config, tmp_path / "root")
+    data.prepare_data()
+    data.setup()
+    assert len(data.train_set) == 10
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "{name}",  # the original names
+        "{dotted}",  # Kaggle's "MNIST Dataset": train-images.idx3-ubyte
+        "{name}/{name}",  # the same download's folders, each holding its file
+        "{dotted}.gz",
+    ],
+)
+def test_load_mnist_reads_common_file_names(tmp_path: Path, layout: str) -> None:
+    """Common renamings of the four IDX files load, and the original names win."""
+    expected = load_mnist(write_mnist(tmp_path / "flat", 12, 6, gz=False))
+    target = tmp_path / "renamed"
+    for name in mnist.FILES:
+        dotted = name.replace("-idx", ".idx")
+        path = target / layout.format(name=name, dotted=dotted)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = (tmp_path / "flat" / name).read_bytes()
+        path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    got = load_mnist(target, download=False)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)

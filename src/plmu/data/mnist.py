@@ -3,7 +3,8 @@
 Files: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
 ``t10k-labels-idx1-ubyte`` in a directory (or in its ``MNIST/raw``, torchvision's layout), each
 plain or gzipped (``.gz``; gzip is recognised by the content, so a browser's decompressed ``.gz``
-reads too). Missing files are
+reads too); Kaggle's renamings (``train-images.idx3-ubyte``, or each file in a folder of its own
+name) are found as well (:func:`idx_candidates`). Missing files are
 downloaded there (MD5 checksums verified) when a mirror can be reached; offline a one-line
 :class:`~plmu.data.DataError` says what to put where. Any set in this format works (other image
 sizes, a few thousand images) whose labels are ``0..9``; another label is an error naming the
@@ -118,9 +119,20 @@ def files_dir(data_dir: str | Path) -> Path:
     return data_dir
 
 
+def idx_candidates(data_dir: Path, name: str) -> list[Path]:
+    """Where the IDX file ``name`` may lie in ``data_dir``, in the order looked up: ``name``,
+    ``name.gz``, then the common renaming with a dot (``train-images.idx3-ubyte``, as in
+    Kaggle's "MNIST Dataset") plain and gzipped, then either name inside a folder of the same
+    name (that download's other copy: ``train-images-idx3-ubyte/train-images-idx3-ubyte``)."""
+    dotted = name.replace("-idx", ".idx")
+    names = [name] if dotted == name else [name, dotted]
+    flat = [data_dir / f"{n}{suffix}" for n in names for suffix in ("", ".gz")]
+    return flat + [data_dir / n / n for n in names]
+
+
 def find_idx(data_dir: Path, name: str) -> Path | None:
-    """The file ``name`` or ``name.gz`` in ``data_dir`` (plain preferred), or None."""
-    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+    """The first of :func:`idx_candidates` that is a file, or None."""
+    for candidate in idx_candidates(data_dir, name):
         if candidate.is_file():
             return candidate
     return None

@@ -7,12 +7,14 @@ proportions by position to a file of any other length (``int(0.9 n)``, ``int(0.0
 
 Data sources, looked up in ``data_dir`` in this order:
 
-1. ``text8``: the unzipped original, or any text in the 27-symbol alphabet (trailing newlines
-   are dropped; any other character outside the alphabet is an error; use
-   :func:`to_text8_alphabet` to clean arbitrary text first);
+1. ``text8`` (or ``text8/text8``, unzipped into a folder of its own): the unzipped original,
+   or any text in the 27-symbol alphabet (trailing newlines are dropped; any other character
+   outside the alphabet is an error; use :func:`to_text8_alphabet` to clean arbitrary text
+   first);
 2. ``text8.zip``: the original archive (its one member ``text8``);
-3. neither: ``text8.zip`` is downloaded from :data:`TEXT8_URL` into ``data_dir``; offline, a
-   one-line :class:`~plmu.data.DataError` says where to put the file.
+3. neither: ``text8.zip`` is downloaded from :data:`TEXT8_URL` into ``data_dir`` (kept only
+   when it is a zip archive); offline, a one-line :class:`~plmu.data.DataError` says where to
+   put the file.
 
 Training uses fixed-length windows (:class:`CharWindows`); evaluation scores every character of
 a split exactly once, each with at least ``context`` characters of history (:class:`ScoredWindows`).
@@ -124,6 +126,11 @@ def _download(url: str, target: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             shutil.copyfileobj(response, out)
+        if not zipfile.is_zipfile(tmp):  # e.g. a proxy's or captive portal's HTML page
+            raise DataError(
+                f"downloading {url} gave something that is not a zip archive (not kept); "
+                f"put the file 'text8' or 'text8.zip' in {target.parent} (--data-dir)"
+            )
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
         # HTTPException: e.g. IncompleteRead, a connection cut part-way
@@ -147,6 +154,8 @@ def locate_text8(data_dir: str | Path, download: bool = True, url: str = TEXT8_U
     plain, archive = data_dir / "text8", data_dir / "text8.zip"
     if plain.is_file():
         return plain
+    if (plain / "text8").is_file():  # unzipped into a folder of its own
+        return plain / "text8"
     if not archive.is_file():
         if not download:
             raise DataError(f"neither {plain} nor {archive} exists (--data-dir)")

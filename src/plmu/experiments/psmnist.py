@@ -46,10 +46,11 @@ class PsMNISTData(SplitDataModule):
         self.permutation = None if stored is None else _stored(stored)
 
     def prepare_data(self) -> None:
-        from plmu.data.mnist import FILES, download_mnist, find_idx
+        from plmu.data import mnist
 
-        if any(find_idx(self.data_dir, name) is None for name in FILES):
-            download_mnist(self.data_dir)
+        data_dir = mnist.files_dir(self.data_dir)  # also torchvision's ROOT/MNIST/raw
+        if any(mnist.find_idx(data_dir, name) is None for name in mnist.FILES):
+            mnist.download_mnist(data_dir)
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
         try:
