@@ -621,16 +621,19 @@ class LMUCell(nn.Module):
         hidden_to_memory: keep ``e_h`` (else it is absent, i.e. zero).
         memory_to_memory: keep ``e_m``.
         input_to_hidden: keep ``W_x``.
-        hidden_to_hidden: keep ``W_h``. The psMNIST setup freezes ``e_h``, ``e_m``, ``W_x`` and
-            ``W_h`` at zero: with all four switches off the cell computes the same outputs and
-            gradients without multiplying by those zeros (and without backpropagating through
-            every step's ``h``, which then feeds nothing but the output).
+        hidden_to_hidden: keep ``W_h``. With all four switches off the cell is the lean
+            variant that trains ``e_x`` and ``W_m`` only (``plmu bench``'s baseline): from the
+            psMNIST initialisation it gives the same outputs and ``W_m`` gradient as the full
+            cell, without multiplying by the zeros (or backpropagating through every step's
+            ``h``), but it does not learn the connections the 2019 setup trains.
         hidden_activation: ``f`` (``"tanh"`` default).
         bias: add ``b`` (the original cell has none).
         discretizer, trainable_theta: passed to :class:`~plmu.LegendreMemory`.
         init: ``"default"`` (encoders LeCun-uniform, ``e_m`` zero, kernels Glorot-normal) or
             ``"psmnist"``, the original psMNIST setup: ``e_x = 1``, ``e_h = e_m = 0``,
-            ``W_x = W_h = 0`` (all frozen), only ``W_m`` (Glorot-normal) trained.
+            ``W_x = W_h = 0``, ``W_m`` Glorot-normal, as initial values; all of them train, as
+            in the 2019 code (102,027 trainable weights with a 10-way head at hidden 212,
+            order 256: PAPER.md's "102k trainable parameters").
 
     Shapes:
         ``x_t`` ``(batch, input_size)``; state ``(h, m)`` with ``h`` ``(batch, hidden_size)`` and
@@ -729,10 +732,6 @@ class LMUCell(nn.Module):
             if self.bias is not None:
                 self.bias.zero_()
         self.memory.reset_parameters()
-        if psmnist:
-            for p in (self.e_x, self.e_h, self.e_m, self.W_x, self.W_h):
-                if p is not None:
-                    p.requires_grad_(False)
 
     def _check_state(
         self, state: tuple[torch.Tensor, torch.Tensor] | None, batch: int, like: torch.Tensor

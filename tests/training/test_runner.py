@@ -481,6 +481,34 @@ def test_psmnist_paper_model_size() -> None:
     assert count_parameters(build_net(default_config("psmnist"))) == 166_092
 
 
+def test_psmnist_original_lmu_size_is_the_papers() -> None:
+    """``model=lmu`` is the 2019 baseline with its 102k trainable parameters (PAPER.md section 2),
+    not the 56k of its read-out alone."""
+    from plmu.experiments.psmnist import build_net
+    from plmu.training.base import count_parameters
+    from plmu.training.config import default_config
+
+    config = default_config("psmnist")
+    config["model"] = "lmu"
+    assert count_parameters(build_net(config)) == 102_027
+
+
+def test_mackey_glass_models_are_the_papers_size() -> None:
+    """PAPER.md section 2: 4 stacked layers, the original LMU with hidden 49, order 4, theta 4
+    (18k parameters); the parallel LMU and the LSTM at the same budget (within 3%)."""
+    from plmu.experiments.mackey_glass import build_net
+    from plmu.training.base import count_parameters
+    from plmu.training.config import default_config
+
+    config = default_config("mackey-glass")
+    assert (config["num_layers"], config["horizon"], config["batch_size"]) == (4, 15, 32)
+    sizes = {}
+    for model in ("parallel-lmu", "lmu", "lstm"):
+        sizes[model] = count_parameters(build_net({**config, "model": model}))
+    assert sizes["lmu"] == 18_050
+    assert all(abs(n - 18_000) <= 540 for n in sizes.values()), sizes
+
+
 @pytest.mark.parametrize("experiment", ["mackey-glass", "psmnist"])
 def test_mixed_precision_training_runs(tmp_path: Path, mnist_dir: Path, experiment: str) -> None:
     """precision=bf16-mixed: the fused and last-state paths train under autocast."""
