@@ -425,3 +425,14 @@ def test_compiled_copy_and_shared_layer():
     with torch.no_grad():
         got = torch.compile(model, backend="aot_eager", fullgraph=True)(x, s)
         torch.testing.assert_close(got, model(x, s), rtol=1e-10, atol=1e-12)
+
+
+def test_export_keeps_the_kernels_in_its_graph():
+    """``torch.export`` must not meet ``plmu::system_constant``: an exported program names no
+    module of this process, so it computes the kernels itself, with eager's numbers."""
+    layer = _layer("auto", {})
+    x, s = _inputs(layer, 2, 40)
+    program = torch.export.export(layer, (x, s))
+    assert "plmu" not in str(program.graph)
+    for got, expected in zip(program.module()(x, s), layer(x, s), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
