@@ -342,3 +342,97 @@ def test_torch_compile_with_cold_caches(case):
         expected = module(x, s, **kwargs)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def _graphs_backend(graphs: list):
+    """A ``torch.compile`` backend that keeps Dynamo's graphs and runs them as they are."""
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    return backend
+
+
+def _targets(graphs: list) -> set:
+    return {node.target for gm in graphs for node in gm.graph.nodes}
+
+
+@pytest.mark.parametrize("mode", ["auto", "fft", "direct", "chunked"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_compiled_graph_reads_the_kernel_cache(mode, return_sequences):
+    """Under ``torch.compile`` a fixed-theta layer's kernels come from the module's cache
+    (``plmu::system_constant``, built once), not from matrix products and FFTs inside the graph
+    that every call repeated: the graph holds the operator and no matrix power, and the cache
+    holds the kernels after the call; outputs and gradients as eager."""
+    layer = _layer(mode, {"return_sequences": return_sequences})
+    x, s = _inputs(layer, 2, 40)
+    graphs: list = []
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=_graphs_backend(graphs), fullgraph=True)
+    results = []
+    for run in (compiled, layer):
+        y, state = run(x, s)
+        loss = y.square().sum() + state.square().sum()
+        results.append((y, state, *torch.autograd.grad(loss, list(layer.parameters()))))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    targets = {str(t) for t in _targets(graphs)}
+    assert "plmu.system_constant" in targets
+    assert not any("matrix_power" in t for t in targets), targets
+
+
+def test_compiled_graph_follows_a_new_theta():
+    """A compiled layer given another theta (``load_state_dict``) computes with the new one:
+    the kernels come from the module's cache when the graph runs, and the free-response
+    horizon baked into the graph is guarded on the module's system (it recompiles)."""
+    a, b = _layer("auto", {}), _layer("auto", {})
+    b.memory._refresh_discrete(30.0)  # free-response horizon: 39 steps at theta 3, 388 at 30
+    b.memory.theta_.fill_(30.0)
+    x, s = _inputs(a, 2, 150)  # longer than theta 3's horizon: the overlap-save blocks
+    torch._dynamo.reset()
+    compiled = torch.compile(a, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        before = compiled(x, s)[0]
+        torch.testing.assert_close(before, a(x, s)[0], rtol=1e-10, atol=1e-12)
+        a.load_state_dict(b.state_dict())
+        assert a.memory.theta == 30.0
+        torch.testing.assert_close(compiled(x, s)[0], b(x, s)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_compiled_copy_and_shared_layer():
+    """A deep copy answers for itself (its own token), and one layer used twice in a graph
+    (as QQP's and SNLI's shared sentence encoder is) compiles and matches eager."""
+    import copy
+
+    layer = _layer("auto", {})
+    twin = copy.deepcopy(layer)
+    assert twin.memory._token != layer.memory._token
+    twin.memory._refresh_discrete(4.0)
+    twin.memory.theta_.fill_(4.0)
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = layer, twin
+
+        def forward(self, x, s):
+            return self.a(x, s)[0] + self.a(x[:, :20], s)[0].sum() + self.b(x, s)[0]
+
+    model = Pair()
+    x, s = _inputs(layer, 2, 40)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(model, backend="aot_eager", fullgraph=True)(x, s)
+        torch.testing.assert_close(got, model(x, s), rtol=1e-10, atol=1e-12)
+
+
+def test_export_keeps_the_kernels_in_its_graph():
+    """``torch.export`` must not meet ``plmu::system_constant``: an exported program names no
+    module of this process, so it computes the kernels itself, with eager's numbers."""
+    layer = _layer("auto", {})
+    x, s = _inputs(layer, 2, 40)
+    program = torch.export.export(layer, (x, s))
+    assert "plmu" not in str(program.graph)
+    for got, expected in zip(program.module()(x, s), layer(x, s), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
