@@ -305,6 +305,24 @@ def test_sigterm_before_training_stops_before_the_first_step(tmp_path: Path) -> 
     assert callback.steps == []
 
 
+def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(tmp_path: Path) -> None:
+    """The same command again after early stopping only tests (Lightning restored the early
+    stopping state but not the decision: the run trained on, one epoch or more); a larger
+    ``patience`` (Lightning kept the checkpoint's) continues it as a run given it at once."""
+    options = ["epochs=30", "lr=0.05"]  # val_nrmse stops improving after a few epochs
+    reference = _train_mg(tmp_path / "reference", *options, "patience=2")
+    out = tmp_path / "run"
+    stopped = _train_mg(out, *options, "patience=1")
+    assert stopped["epochs"] < reference["epochs"] < 30  # both stopped early, at other epochs
+    again = _train_mg(out, *options, "patience=1")
+    assert (again["global_step"], again["epochs"]) == (stopped["global_step"], stopped["epochs"])
+    assert again["test_nrmse"] == stopped["test_nrmse"]
+    more = _train_mg(out, *options, "patience=2")
+    assert more["global_step"] == reference["global_step"]
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert more["test_nrmse"] == reference["test_nrmse"]
+
+
 def _best_score_recorded(run: Path, name: str) -> float:
     """The best validation score the best-checkpoint callback had recorded when ``name``.ckpt
     was written."""

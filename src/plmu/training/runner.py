@@ -297,6 +297,28 @@ class _StepCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+class _EarlyStopping(EarlyStopping):
+    """``EarlyStopping`` (config key ``patience``) that a resumed run obeys.
+
+    Lightning restores the callback's state, ``patience`` included, but not the trainer's
+    decision to stop: the same command run again after an early stop trained on (one more epoch
+    at least, and more whenever that epoch improved), where it should only test, and ``--set
+    patience=N`` given on resuming was replaced by the checkpoint's. Here the configured
+    patience stays, and a run whose restored state has used it up stops before training (a
+    larger ``patience`` continues it, as a larger ``epochs`` does).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+            trainer.should_stop = True
+
+
 _SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: the exit status of a process SIGTERM ended
 # the signals that stop training gracefully: their default handlers and names in messages
 _STOP_SIGNALS: dict[int, tuple[Any, str]] = {
@@ -729,7 +751,7 @@ def _trainer(
             # the file, never deletes it), so the latest of the two saves is the one resumed.
             callbacks.append(_StepCheckpoint(**last, every_n_train_steps=every))
         if config.get("patience") is not None:
-            callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
+            callbacks.append(_EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
     limits = {
         key: config[key]
