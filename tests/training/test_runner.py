@@ -543,6 +543,31 @@ def test_psmnist_resume_uses_the_stored_permutation(
     assert last["plmu"]["saved"]["permutation"] == seed_order.tolist()
 
 
+def test_psmnist_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, mnist_dir: Path) -> None:
+    """psMNIST killed inside epoch 1 (4 batches an epoch, last.ckpt every 2 steps, dropout
+    between the two layers) and resumed: the rest of that epoch, then epoch 2, give the
+    uninterrupted run's weights."""
+    options = ["epochs=3", "num_layers=2", "dropout=0.3", "checkpoint_every_n_steps=2"]
+    reference = _train_psmnist(tmp_path / "reference", mnist_dir, *options)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(
+            "psmnist",
+            out=out,
+            overrides=[*TINY_PSMNIST, *options],
+            data_dir=mnist_dir,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+            callbacks=[crash_at_step(7)],
+        )
+    assert loader_position(out) == [{"epoch": 1, "batches": 2}]  # after step 6
+    resumed = _train_psmnist(out, mnist_dir, *options)
+    assert resumed["global_step"] == reference["global_step"] == 12
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_accuracy"] == reference["test_accuracy"]
+
+
 def test_psmnist_paper_model_size() -> None:
     from plmu.experiments.psmnist import build_net
     from plmu.training.base import count_parameters
