@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 
-from conftest import assert_same_last_checkpoint
+from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.cli import main
 from plmu.data.text_classification import TASKS
 from plmu.predict import predict, predict_loaded
@@ -196,6 +197,24 @@ def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, num_workers):
         options = [*overrides, f"epochs={epochs}"]
         train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+
+
+def test_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
+    """imdb killed inside epoch 1 (6 batches an epoch, last.ckpt every 2 steps, dropout 0.3)
+    and resumed: the rest of that epoch's shuffle, then epoch 2, give the uninterrupted run's
+    weights."""
+    data = _write_task(tmp_path, "imdb", ".jsonl")
+    options = [o for o in TINY if not o.startswith("epochs=")]
+    options += ["epochs=3", "checkpoint_every_n_steps=2"]
+    run = functools.partial(train, "imdb", overrides=options, data_dir=data, progress_bar=False)
+    reference = run(out=tmp_path / "ref")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(out=tmp_path / "run", callbacks=[crash_at_step(9)])
+    assert loader_position(tmp_path / "run") == [{"epoch": 1, "batches": 2}]  # after step 8
+    resumed = run(out=tmp_path / "run")
+    assert resumed["global_step"] == reference["global_step"] == 18
+    assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
+    assert resumed["test_accuracy"] == reference["test_accuracy"]
 
 
 @pytest.mark.parametrize("datamodule_state", [True, False])

@@ -4,8 +4,8 @@
 Errors a user can fix (an unknown experiment, a bad config key, a missing or corrupt data file or
 checkpoint) print one line ``plmu: error: ...`` and exit with status 2; ``--debug`` shows the
 traceback instead. A run stopped by SIGTERM exits with status 143, one stopped by Ctrl-C with
-130 (the first Ctrl-C stops training after the current step, with ``last.ckpt`` written there;
-run the same command again to resume it).
+130 (the first Ctrl-C or SIGTERM stops training after the current step, with ``last.ckpt``
+written there, a second at once; run the same command again to resume it).
 
 To add a subcommand: write ``_add_<name>(subparsers)`` that builds its parser and sets
 ``handler`` (a function of the parsed arguments returning an exit status), and call it in
@@ -276,8 +276,9 @@ def _user_error(error: Exception) -> bool:
 
 
 def _terminated(error: SystemExit) -> bool:
-    """Whether ``error`` is how Lightning stops a run on SIGTERM: a ``SIGTERMException``, which
-    is a ``SystemExit`` with status 0, although the run did not finish."""
+    """Whether ``error`` is how a run stops on SIGTERM: a ``SIGTERMException``, a ``SystemExit``
+    (with status 143 from the runner's graceful stop; with status 0 from Lightning's own SIGTERM
+    handling, under DDP or beside another handler), although the run did not finish."""
     exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
     return exceptions is not None and isinstance(error, exceptions.SIGTERMException)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
 
 from plmu.cli import main
@@ -122,22 +123,43 @@ def test_plmu_turns_on_huge_pages_unless_told_otherwise(monkeypatch: pytest.Monk
 
 
 class _SendSigterm(L.Callback):
-    """Sends this process SIGTERM (as `kill` or a cluster's scheduler does) in the first epoch."""
+    """Sends this process SIGTERM (as `kill` or a cluster's scheduler does) as the second batch
+    starts."""
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.parametrize("own_handler", [False, True])
 def test_sigterm_is_a_failure(
-    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_handler
 ) -> None:
-    # Lightning stops on SIGTERM with a SystemExit of status 0; a killed run must not succeed.
+    """SIGTERM stops the run after the current step with last.ckpt written there, and plmu exits
+    143 (128 + 15) with a message. Where the process has its own SIGTERM handler plmu leaves it
+    and Lightning's to act: Lightning stops on SIGTERM with a SystemExit of status 0, and a
+    killed run must not succeed all the same."""
     sending = functools.partial(runner.train, callbacks=[_SendSigterm()])
     monkeypatch.setattr(runner, "train", sending)
+    calls = []
+    previous = signal.signal(
+        signal.SIGTERM, (lambda *args: calls.append(args)) if own_handler else signal.SIG_DFL
+    )
     args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
-    assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 143
-    assert "plmu: terminated by SIGTERM" in capsys.readouterr().err
+    try:
+        assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 143
+    finally:
+        handler = signal.signal(signal.SIGTERM, previous)
+    err = capsys.readouterr().err
+    assert "plmu: terminated by SIGTERM" in err
     assert not (tmp_path / "metrics.json").exists()
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    if own_handler:  # Lightning's stop, after the batch: no checkpoint yet
+        assert len(calls) == 1 and not last.exists()
+    else:  # after the second batch's step, the handler as before the run
+        assert "plmu: SIGTERM: stopping after this step" in err
+        assert torch.load(last, weights_only=False)["global_step"] == 2
+        assert handler is signal.SIG_DFL
 
 
 class _PressCtrlC(L.Callback):

@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 
@@ -194,47 +195,65 @@ def test_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, num_workers: int)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
 
 
-def _ctrl_c_at_step(step: int, times: int = 1):
-    """A callback sending this process SIGINT ``times`` times as the batch after ``step``
-    optimizer steps starts (what Ctrl-C in the terminal does)."""
-    import os
-    import signal
+def _signal_at_step(signum: int, step: int, times: int = 1) -> L.Callback:
+    """A callback sending this process ``signum`` ``times`` times as the batch after ``step``
+    optimizer steps starts (SIGINT: what Ctrl-C in the terminal does; SIGTERM: what ``kill``,
+    ``timeout``, SLURM or Kubernetes send before they kill a process)."""
 
-    import lightning as L
-
-    class CtrlC(L.Callback):
+    class Send(L.Callback):
         def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
             if trainer.global_step == step:
                 for _ in range(times):
-                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signum)
 
-    return CtrlC()
+    return Send()
+
+
+def _default_stop_handlers() -> None:
+    """Python's own handlers, as in a terminal (Lightning's exit after a KeyboardInterrupt may
+    have left SIGINT ignored, and then no Ctrl-C reaches a run)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _assert_stop_handlers_restored() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _interrupted_mg(out: Path, signum: int, *options: str, **kwargs) -> None:
+    """``_train_mg`` stopped by ``signum``: Lightning's exit after a KeyboardInterrupt, a
+    ``SIGTERMException`` with the status of a process SIGTERM ended after a SIGTERM."""
+    _default_stop_handlers()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            _train_mg(out, *options, **kwargs)
+        _assert_stop_handlers_restored()
+    finally:
+        _default_stop_handlers()
+    assert stop.value.code == (143 if signum == signal.SIGTERM else 1)
 
 
 @pytest.mark.parametrize(
-    ("step", "saved_step", "position"),
-    [(4, 5, [{"epoch": 1, "batches": 2}]), (2, 3, [{"epoch": 0, "batches": 3}])],
-)  # inside epoch 1; in epoch 0's last batch (3 steps each): stops after that epoch's end
-def test_ctrl_c_saves_last_checkpoint_and_resumes_exactly(
-    tmp_path: Path, step: int, saved_step: int, position: list
+    ("signum", "step", "saved_step", "position"),
+    [  # 3 steps an epoch
+        pytest.param(signal.SIGINT, 4, 5, [{"epoch": 1, "batches": 2}], id="sigint-in-epoch"),
+        # in epoch 0's last batch: stops after the epoch's end
+        pytest.param(signal.SIGINT, 2, 3, [{"epoch": 0, "batches": 3}], id="sigint-at-end"),
+        pytest.param(signal.SIGTERM, 4, 5, [{"epoch": 1, "batches": 2}], id="sigterm-in-epoch"),
+    ],
+)
+def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_resumes_exactly(
+    tmp_path: Path, signum: int, step: int, saved_step: int, position: list
 ) -> None:
-    """The first Ctrl-C stops training after the current step with ``last.ckpt`` written there
-    (no ``checkpoint_every_n_steps`` needed): nothing trained is lost, and the same command
-    again ends with the uninterrupted run's weights to the bit. A second Ctrl-C stops at once,
-    as before."""
-    import signal
-
+    """The first Ctrl-C or SIGTERM stops training after the current step with ``last.ckpt``
+    written there (no ``checkpoint_every_n_steps`` needed): nothing trained is lost, and the
+    same command again ends with the uninterrupted run's weights to the bit. A second one stops
+    at once. The handlers from before the run are back after it."""
     options = ["epochs=3", "dropout=0.3"]
     reference = _train_mg(tmp_path / "reference", *options)
     out = tmp_path / "run"
-    # Python's own handler, as in a terminal (an earlier test's Lightning exit may have left
-    # SIGINT ignored, and then no Ctrl-C reaches a run)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(SystemExit):  # Lightning's exit after a KeyboardInterrupt
-            _train_mg(out, *options, callbacks=[_ctrl_c_at_step(step)])
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning leaves it ignored
+    _interrupted_mg(out, signum, *options, callbacks=[_signal_at_step(signum, step)])
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == saved_step
     assert loader_position(out) == position
@@ -243,14 +262,65 @@ def test_ctrl_c_saves_last_checkpoint_and_resumes_exactly(
     assert_same_last_checkpoint(tmp_path / "reference", out)
     assert resumed["test_nrmse"] == reference["test_nrmse"]
     twice = tmp_path / "twice"
-    try:
-        with pytest.raises(SystemExit):
-            _train_mg(twice, *options, callbacks=[_ctrl_c_at_step(4, times=2)])
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    _interrupted_mg(twice, signum, *options, callbacks=[_signal_at_step(signum, 4, times=2)])
     saved = torch.load(twice / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_ctrl_c_or_sigterm_in_the_last_batch_stops_before_the_test(
+    tmp_path: Path, signum: int
+) -> None:
+    """A Ctrl-C or SIGTERM in the last batch lets training end (its last.ckpt written) and stops
+    before the test (Ctrl-C ran the test and exited 0); the same command again only tests, as the
+    uninterrupted run did."""
+    reference = _train_mg(tmp_path / "reference", "epochs=2")
+    out = tmp_path / "run"
+    send = _signal_at_step(signum, 5)  # in the last batch (3 steps an epoch)
+    _interrupted_mg(out, signum, "epochs=2", callbacks=[send])
+    assert not (out / "metrics.json").exists()
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6
+    resumed = _train_mg(out, "epochs=2")
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_nrmse"] == reference["test_nrmse"]
+
+
+def test_sigterm_before_training_stops_before_the_first_step(tmp_path: Path) -> None:
+    """A SIGTERM that Lightning's own handler took (it is in place from the end of the setup
+    to the start of training: here in the sanity check) stops the run before its first step,
+    not after a step that no checkpoint keeps."""
+
+    class SigtermInSanityCheck(L.Callback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+
+        def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+            self.steps.append(trainer.global_step)
+
+    callback = SigtermInSanityCheck()
+    _interrupted_mg(tmp_path / "run", signal.SIGTERM, callbacks=[callback])
+    assert callback.steps == []
+
+
+def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(tmp_path: Path) -> None:
+    """The same command again after early stopping only tests (Lightning restored the early
+    stopping state but not the decision: the run trained on, one epoch or more); a larger
+    ``patience`` (Lightning kept the checkpoint's) continues it as a run given it at once."""
+    options = ["epochs=30", "lr=0.05"]  # val_nrmse stops improving after a few epochs
+    reference = _train_mg(tmp_path / "reference", *options, "patience=2")
+    out = tmp_path / "run"
+    stopped = _train_mg(out, *options, "patience=1")
+    assert stopped["epochs"] < reference["epochs"] < 30  # both stopped early, at other epochs
+    again = _train_mg(out, *options, "patience=1")
+    assert (again["global_step"], again["epochs"]) == (stopped["global_step"], stopped["epochs"])
+    assert again["test_nrmse"] == stopped["test_nrmse"]
+    more = _train_mg(out, *options, "patience=2")
+    assert more["global_step"] == reference["global_step"]
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert more["test_nrmse"] == reference["test_nrmse"]
 
 
 def _best_score_recorded(run: Path, name: str) -> float:
@@ -471,6 +541,31 @@ def test_psmnist_resume_uses_the_stored_permutation(
     assert_same_last_checkpoint(tmp_path / "reference", out)
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["plmu"]["saved"]["permutation"] == seed_order.tolist()
+
+
+def test_psmnist_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, mnist_dir: Path) -> None:
+    """psMNIST killed inside epoch 1 (4 batches an epoch, last.ckpt every 2 steps, dropout
+    between the two layers) and resumed: the rest of that epoch, then epoch 2, give the
+    uninterrupted run's weights."""
+    options = ["epochs=3", "num_layers=2", "dropout=0.3", "checkpoint_every_n_steps=2"]
+    reference = _train_psmnist(tmp_path / "reference", mnist_dir, *options)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(
+            "psmnist",
+            out=out,
+            overrides=[*TINY_PSMNIST, *options],
+            data_dir=mnist_dir,
+            accelerator="cpu",
+            devices=1,
+            progress_bar=False,
+            callbacks=[crash_at_step(7)],
+        )
+    assert loader_position(out) == [{"epoch": 1, "batches": 2}]  # after step 6
+    resumed = _train_psmnist(out, mnist_dir, *options)
+    assert resumed["global_step"] == reference["global_step"] == 12
+    assert_same_last_checkpoint(tmp_path / "reference", out)
+    assert resumed["test_accuracy"] == reference["test_accuracy"]
 
 
 def test_psmnist_paper_model_size() -> None:

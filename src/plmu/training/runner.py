@@ -23,8 +23,9 @@ Everything a run writes lies under its output directory ``OUT``:
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it; the resumed run starts from
 the checkpoint's config, and ``--config``/``--set`` given again apply on top (e.g. ``--set
 epochs=20`` to train longer; ``lr`` and ``weight_decay`` cannot change, the restored optimizer
-state holds them). An interrupted run loses the steps since its last checkpoint: at most an
-epoch, or ``checkpoint_every_n_steps`` steps. Resumed, it trains on as the uninterrupted run
+state holds them). A killed run loses the steps since its last checkpoint: at most an epoch, or
+``checkpoint_every_n_steps`` steps; one stopped by Ctrl-C or SIGTERM none
+(:class:`_GracefulStop`). Resumed, it trains on as the uninterrupted run
 would have: Lightning restores the weights, the optimizer, the LR schedule and the loops;
 :class:`RunInfo` the random generators (dropout); the training loader
 (:class:`~plmu.training.datamodule.ResumableDataLoader`) the epoch's order and, from a
@@ -59,6 +60,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import plmu
 from plmu.training import registry
@@ -295,48 +297,104 @@ class _StepCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+class _EarlyStopping(EarlyStopping):
+    """``EarlyStopping`` (config key ``patience``) that a resumed run obeys.
+
+    Lightning restores the callback's state, ``patience`` included, but not the trainer's
+    decision to stop: the same command run again after an early stop trained on (one more epoch
+    at least, and more whenever that epoch improved), where it should only test, and ``--set
+    patience=N`` given on resuming was replaced by the checkpoint's. Here the configured
+    patience stays, and a run whose restored state has used it up stops before training (a
+    larger ``patience`` continues it, as a larger ``epochs`` does).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+            trainer.should_stop = True
+
+
+_SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: the exit status of a process SIGTERM ended
+# the signals that stop training gracefully: their default handlers and names in messages
+_STOP_SIGNALS: dict[int, tuple[Any, str]] = {
+    signal.SIGINT: (signal.default_int_handler, "Ctrl-C"),
+    signal.SIGTERM: (signal.SIG_DFL, "SIGTERM"),
+}
+
+
 class _GracefulStop(Callback):
-    """The first Ctrl-C (SIGINT) stops training at the next safe point with ``last.ckpt``
-    written there; a second one stops at once, as Ctrl-C did before.
+    """The first Ctrl-C (SIGINT) or SIGTERM stops training at the next safe point with
+    ``last.ckpt`` written there; a second one stops at once (as Ctrl-C and Lightning's own SIGTERM
+    handling did before).
 
     The safe point is the end of the next batch that ends an optimizer step, where
     ``checkpoint_every_n_steps`` saves too (the resumed run continues the epoch from there, as
     that path does); at an epoch's last batch it is the start of the next epoch, after the
-    validation and the epoch-end ``last.ckpt``. Then ``KeyboardInterrupt`` is raised, which
-    Lightning turns into its usual exit (``plmu`` exits 130). Only for a single process in the
-    main thread, and only where SIGINT has Python's default handler; otherwise nothing changes.
+    validation and the epoch-end ``last.ckpt``; after the last epoch's, the end of training (the
+    test is not run). Then Ctrl-C raises ``KeyboardInterrupt``, which Lightning turns into its usual
+    exit (``plmu`` exits 130), and SIGTERM Lightning's ``SIGTERMException`` with status 143
+    (128 + 15, which ``plmu`` exits with).
+
+    Only for a single process in the main thread, and for each signal only where it had its
+    default handler when ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL``
+    for SIGTERM); otherwise nothing changes. Lightning installs its own SIGTERM handler after
+    ``on_fit_start`` (it sets a flag its loops stop on, at the end of any batch, with no
+    checkpoint); the handlers here replace it at ``on_train_start``, so only one of the two acts,
+    and Lightning's teardown then restores the same handlers as :meth:`_restore` does: the ones
+    from before ``fit`` (installed before Lightning records the handlers, the SIGINT one was
+    put back by its teardown after a stop).
     """
 
     def __init__(self, last: Path) -> None:
         self.last = last
-        self.requested = False
-        self._previous: Any = None
+        self.requested: int | None = None  # the signal that asked to stop
+        self._handled: list[int] = []  # the signals to take over at on_train_start
+        self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.requested = False
-        if (
-            trainer.world_size == 1
-            and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        self.requested = None
+        self._handled = []
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._handled = [
+                signum
+                for signum, (default, _) in _STOP_SIGNALS.items()
+                if signal.getsignal(signum) is default
+            ]
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.requested:  # the second Ctrl-C: at once
-            self._restore()
-            raise KeyboardInterrupt
-        self.requested = True
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.SIGTERM in self._handled and trainer.received_sigterm:
+            raise SIGTERMException(_SIGTERM_STATUS)  # Lightning's handler had it (sanity check)
+        for signum in self._handled:
+            signal.signal(signum, self._on_signal)
+            self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # the second signal: at once
+            self._stop(signum)
+        self.requested = signum
+        name = _STOP_SIGNALS[signum][1]
         print(
-            "\nplmu: Ctrl-C: stopping after this step with checkpoints/last.ckpt written "
-            "(Ctrl-C again to stop at once)",
+            f"\nplmu: {name}: stopping after this step with checkpoints/last.ckpt written "
+            f"({name} again to stop at once)",
             file=sys.stderr,
             flush=True,
         )
 
+    def _stop(self, signum: int) -> None:
+        self._restore()
+        if signum == signal.SIGTERM:
+            raise SIGTERMException(_SIGTERM_STATUS)
+        raise KeyboardInterrupt
+
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
     def on_train_batch_end(
         self,
@@ -346,17 +404,19 @@ class _GracefulStop(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.requested and _mid_epoch_save_point(trainer, batch_idx):
+        if self.requested is not None and _mid_epoch_save_point(trainer, batch_idx):
             trainer.save_checkpoint(self.last)
-            self._restore()
-            raise KeyboardInterrupt
+            self._stop(self.requested)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.requested and batch_idx == 0:  # after the epoch end and its last.ckpt
-            self._restore()
-            raise KeyboardInterrupt
+        if self.requested is not None and batch_idx == 0:  # after the epoch end and last.ckpt
+            self._stop(self.requested)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.requested is not None:  # in the last batch: training is done, skip the test
+            self._stop(self.requested)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -364,8 +424,10 @@ class _GracefulStop(Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        if not isinstance(exception, KeyboardInterrupt):  # Lightning ignores SIGINT after one
-            self._restore()
+        if isinstance(exception, KeyboardInterrupt):
+            # Lightning ignores SIGINT while it shuts down; its teardown restores the handler
+            self._previous.pop(signal.SIGINT, None)
+        self._restore()
 
 
 class _AtomicCheckpointIO(TorchCheckpointIO):
@@ -689,7 +751,7 @@ def _trainer(
             # the file, never deletes it), so the latest of the two saves is the one resumed.
             callbacks.append(_StepCheckpoint(**last, every_n_train_steps=every))
         if config.get("patience") is not None:
-            callbacks.append(EarlyStopping(monitor, patience=config["patience"], mode=mode))
+            callbacks.append(_EarlyStopping(monitor, patience=config["patience"], mode=mode))
         loggers.append(TensorBoardLogger(out, name="tensorboard", default_hp_metric=False))
     limits = {
         key: config[key]
