@@ -230,6 +230,21 @@ def check_step_input(x: object, features: int, name: str) -> torch.Tensor:
     return x
 
 
+def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
+    """Raise a ``TypeError`` naming ``name`` when ``x``'s floating dtype is not ``weight``'s.
+
+    A layer with weights runs in their dtype, like ``torch.nn.Linear``: a float64 input to a
+    float32 layer is an error on every path (none silently computes in another precision).
+    Under ``torch.autocast`` mixed dtypes are legitimate and nothing is checked. Cheap: one
+    comparison when the dtypes agree.
+    """
+    if x.dtype != weight.dtype and not autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{name} must have the layer's dtype {weight.dtype} (that of its weights), got "
+            f"{x.dtype}: cast the input, or the layer with .to({x.dtype})"
+        )
+
+
 def check_state(
     state: object, batch: int, size: int, name: str, like: torch.Tensor
 ) -> torch.Tensor:

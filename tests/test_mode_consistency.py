@@ -1,0 +1,48 @@
+"""Every execution mode and path of the core layers behaves the same on the same call: the same
+errors, dtypes and values (the sequence modes, the fused projection, the short-chunk step loop,
+the last-state product, ``step``; with and without autograd)."""
+
+import contextlib
+
+import pytest
+import torch
+
+import plmu
+from plmu.layers import LAYER_MODES, STEP_LOOP_MAX_TIME
+
+# every length class: the step loop's (1 and STEP_LOOP_MAX_TIME), the fused path's and the
+# sequence modes' short (Toeplitz) and long ones
+LENGTHS = (1, STEP_LOOP_MAX_TIME, STEP_LOOP_MAX_TIME + 1, 80)
+CONTEXTS = {
+    "autograd": contextlib.nullcontext,
+    "no_grad": torch.no_grad,
+    "inference_mode": torch.inference_mode,
+}
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("mode", LAYER_MODES)
+@pytest.mark.parametrize(
+    ("layer_dtype", "x_dtype"), [("float32", "float64"), ("float64", "float32")]
+)
+def test_input_of_another_dtype_than_the_layer_is_an_error_on_every_path(
+    context, mode, layer_dtype, x_dtype
+):
+    """Like ``nn.Linear``, a layer takes inputs of its weights' dtype: any other is a
+    ``TypeError`` naming the argument, in every mode, length, output form and grad mode (the
+    step loop of short chunks without autograd computed in the input's dtype instead)."""
+    layer_dtype, x_dtype = getattr(torch, layer_dtype), getattr(torch, x_dtype)
+    for return_sequences in (True, False):
+        layer = plmu.ParallelLMU(1, 5, 8, 10.0, mode=mode, return_sequences=return_sequences)
+        layer.to(layer_dtype)
+        for T in LENGTHS:
+            x = torch.randn(2, T, 1, dtype=x_dtype)
+            with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x must have the layer"):
+                layer(x)
+        with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x_t must have the layer"):
+            layer.step(torch.randn(2, 1, dtype=x_dtype))
+    lmu = plmu.LMU(1, 5, 8, 10.0).to(layer_dtype)
+    with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x must have the layer"):
+        lmu(torch.randn(2, 3, 1, dtype=x_dtype))
+    with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x_t must have the layer"):
+        lmu.cell(torch.randn(2, 1, dtype=x_dtype))
