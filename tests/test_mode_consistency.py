@@ -46,3 +46,23 @@ def test_input_of_another_dtype_than_the_layer_is_an_error_on_every_path(
         lmu(torch.randn(2, 3, 1, dtype=x_dtype))
     with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x_t must have the layer"):
         lmu.cell(torch.randn(2, 1, dtype=x_dtype))
+
+
+@pytest.mark.parametrize("which", ["encoder", "output"])
+def test_parametrized_weights_step_and_short_chunks_without_autograd(which):
+    """A parametrized weight (``weight_norm``: no plain ``weight`` parameter) gives ``step`` and
+    the short-chunk step loop without autograd the autograd numbers (they raised a KeyError),
+    and a change of the parametrization's parameters reaches them (nothing stale is cached)."""
+    layer = plmu.ParallelLMU(2, 4, 6, 10.0).double().eval()
+    torch.nn.utils.parametrizations.weight_norm(getattr(layer, which))
+    x = torch.randn(3, STEP_LOOP_MAX_TIME, 2, dtype=torch.float64)
+    for _ in range(2):
+        y, final = layer(x)
+        with torch.no_grad():
+            y_loop, final_loop = layer(x)
+            y_step, _ = layer.step(x[:, 0])
+        torch.testing.assert_close(y_loop, y.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(final_loop, final.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(y_step, y[:, 0].detach(), rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            getattr(layer, which).parametrizations.weight.original0.mul_(1.5)

@@ -548,7 +548,8 @@ class ParallelLMU(nn.Module):
             pre_t = (W_m Abar) m + (W_m Bbar e + W_x) x + (W_m Bbar b_u + b)
 
         built in float64 from the current weights, cast to ``dtype`` and cached until a weight or
-        ``theta`` changes (keyed by the tensors' identities, versions and data addresses).
+        ``theta`` changes (keyed by the tensors' identities, versions and data addresses; never
+        cached for a parametrized weight or bias, which is computed anew on each access).
 
         Returns:
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
@@ -563,13 +564,13 @@ class ParallelLMU(nn.Module):
         enc, out = modules["encoder"]._parameters, modules["output"]._parameters
         mem = modules["memory"]
         theta = mem._parameters["log_theta"] if mem.trainable_theta else mem._buffers["Abar"]
-        tensors = [
-            t
-            for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
-            if t is not None
-        ]
+        try:
+            own = (enc["weight"], out["weight"], enc["bias"], out["bias"])
+        except KeyError:  # a parametrization (weight_norm, ...): computed anew on each access
+            own = None
+        tensors = [] if own is None else [t for t in (*own, theta) if t is not None]
         # a transform's tensor has no storage to key on (the global check first: every step)
-        cacheable = _untransformed() or all(map(_plain, tensors))
+        cacheable = own is not None and (_untransformed() or all(map(_plain, tensors)))
         cached = self._step_cache if cacheable else None
         if cached is not None:
             held, key, value = cached
