@@ -3,6 +3,7 @@ errors, dtypes and values (the sequence modes, the fused projection, the short-c
 the last-state product, ``step``; with and without autograd)."""
 
 import contextlib
+import itertools
 
 import pytest
 import torch
@@ -66,3 +67,24 @@ def test_parametrized_weights_step_and_short_chunks_without_autograd(which):
         torch.testing.assert_close(y_step, y[:, 0].detach(), rtol=1e-12, atol=1e-12)
         with torch.no_grad():
             getattr(layer, which).parametrizations.weight.original0.mul_(1.5)
+
+
+@pytest.mark.parametrize("context", CONTEXTS)
+@pytest.mark.parametrize("mode", LAYER_MODES)
+@pytest.mark.parametrize(("input_size", "memory_size"), [(1, 1), (2, 3), (3, 2)])
+def test_empty_batch_on_every_path(context, mode, input_size, memory_size):
+    """A batch of zero sequences gives empty outputs on every path: the psMNIST product (one
+    input, one channel), eq. 25 with the encoder folded after it (input_size <= memory_size,
+    which raised "cannot reshape tensor of 0 elements"), the plain last state, every sequence
+    mode and the step loop, with and without a state."""
+    S = memory_size * 5
+    for return_sequences in (True, False):
+        layer = plmu.ParallelLMU(
+            input_size, 4, 5, 10.0, memory_size=memory_size, mode=mode,
+            return_sequences=return_sequences,
+        )  # fmt: skip
+        for T, state in itertools.product(LENGTHS, (None, torch.zeros(0, S))):
+            with CONTEXTS[context]():
+                y, final = layer(torch.randn(0, T, input_size), state)
+            assert y.shape == ((0, T, 4) if return_sequences else (0, 4))
+            assert final.shape == (0, S) and y.dtype == final.dtype == torch.float32

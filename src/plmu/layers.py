@@ -391,7 +391,7 @@ class ParallelLMU(nn.Module):
         xH = xH.view(Bn, n_in, mem.order)
         U = self.encoder.weight  # (C, in)
         # (B * d, in) @ (in, C): one GEMM (a broadcast matmul would expand U over the batch)
-        m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, -1)
+        m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, U.shape[0])
         m = m.transpose(1, 2)  # (B, C, d)
         if self.encoder.bias is not None:
             m = m + self.encoder.bias.view(-1, 1) * mem._kernel_sum(T, x.dtype)[0]
