@@ -10,6 +10,7 @@ import torch
 
 import plmu
 from plmu.layers import LAYER_MODES, STEP_LOOP_MAX_TIME
+from plmu.memory import MODES
 
 # every length class: the step loop's (1 and STEP_LOOP_MAX_TIME), the fused path's and the
 # sequence modes' short (Toeplitz) and long ones
@@ -88,3 +89,50 @@ def test_empty_batch_on_every_path(context, mode, input_size, memory_size):
                 y, final = layer(torch.randn(0, T, input_size), state)
             assert y.shape == ((0, T, 4) if return_sequences else (0, 4))
             assert final.shape == (0, S) and y.dtype == final.dtype == torch.float32
+
+
+_MEMORY_ENTRIES = {
+    **{m: lambda mem, u, s, m=m: mem(u, s, mode=m) for m in MODES if m != "auto"},
+    "last_state": lambda mem, u, s: mem.last_state(u, s),
+    "project": lambda mem, u, s: mem.project(u, torch.randn(5, mem.state_size), s),
+}
+_STATE = r"state must have shape \(3, 8\)"
+_BAD_MEMORY_CALLS = {  # u, state shape, error, message
+    "rank 2": (
+        lambda: torch.randn(3, 2),
+        None,
+        ValueError,
+        r"u must have shape \(batch, time, 2\)",
+    ),
+    "features": (lambda: torch.randn(3, 9, 3), None, ValueError, r"u must have shape .*3 != 2"),
+    "integer u": (lambda: torch.ones(3, 9, 2, dtype=torch.long), None, TypeError, "u must have a"),
+    "state size": (lambda: torch.randn(3, 9, 2), (3, 7), ValueError, _STATE),
+    "state batch 1": (lambda: torch.randn(3, 9, 2), (1, 8), ValueError, _STATE),
+}
+
+
+@pytest.mark.parametrize("bad", _BAD_MEMORY_CALLS)
+@pytest.mark.parametrize("entry", _MEMORY_ENTRIES)
+def test_memory_entries_reject_the_same_bad_inputs(entry, bad):
+    """Each way to run a sequence through ``LegendreMemory`` (every mode, the last state, the
+    fused projection) rejects a bad ``u`` or ``state`` with the same error naming it
+    (``project`` raised torch's internal errors, and broadcast a state of batch 1)."""
+    make_u, state_shape, error, match = _BAD_MEMORY_CALLS[bad]
+    mem = plmu.LegendreMemory(2, 4, 10.0)
+    state = None if state_shape is None else torch.randn(*state_shape)
+    with pytest.raises(error, match=match):
+        _MEMORY_ENTRIES[entry](mem, make_u(), state)
+
+
+@pytest.mark.parametrize(
+    ("weight", "error", "match"),
+    [
+        (torch.randn(5, 7), ValueError, r"weight must have shape \(out_features, 8\), got \(5, 7"),
+        (torch.randn(8), ValueError, r"weight must have shape \(out_features, 8\), got \(8,\)"),
+        (torch.ones(5, 8, dtype=torch.long), TypeError, "weight must be a floating"),
+        ([[0.0] * 8], TypeError, "weight must be a floating torch.Tensor, got list"),
+    ],
+)
+def test_project_checks_its_weight(weight, error, match):
+    with pytest.raises(error, match=match):
+        plmu.LegendreMemory(2, 4, 10.0).project(torch.randn(3, 9, 2), weight)

@@ -903,7 +903,18 @@ class LegendreMemory(nn.Module):
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``
             (plus ``accumulate`` when given).
         """
+        u = check_sequence(u, self.memory_size, "u")
         Bn, T, _ = u.shape
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise TypeError(f"weight must be a floating torch.Tensor, got {got}")
+        if weight.dim() != 2 or weight.shape[1] != self.state_size:
+            raise ValueError(
+                f"weight must have shape (out_features, {self.state_size}), "
+                f"got {tuple(weight.shape)}"
+            )
+        if state is not None:  # checked, not cast (a low-precision input runs in float32)
+            check_state(state, Bn, self.state_size, "state", state)
         out = weight.shape[0]
         if accumulate is not None and tuple(accumulate.shape) != (Bn, T, out):
             raise ValueError(
