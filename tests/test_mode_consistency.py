@@ -41,6 +41,8 @@ def test_input_of_another_dtype_than_the_layer_is_an_error_on_every_path(
             x = torch.randn(2, T, 1, dtype=x_dtype)
             with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x must have the layer"):
                 layer(x)
+        with CONTEXTS[context]():
+            layer.step(torch.randn(2, 1, dtype=layer_dtype))  # a warm step cache changes nothing
         with CONTEXTS[context](), pytest.raises(TypeError, match=r"^x_t must have the layer"):
             layer.step(torch.randn(2, 1, dtype=x_dtype))
     lmu = plmu.LMU(1, 5, 8, 10.0).to(layer_dtype)

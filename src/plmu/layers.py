@@ -39,6 +39,7 @@ from plmu.memory import (
     check_step_input,
     create_graph_backward,
     gather_time,
+    input_dtype_error,
     plain_autograd,
 )
 
@@ -491,8 +492,8 @@ class ParallelLMU(nn.Module):
             ``(o_t, state)``: ``(batch, hidden_size)`` and ``(batch, memory_size * order)``.
         """
         x_t = check_step_input(x_t, self.input_size, "x_t")
-        check_input_dtype(x_t, _weight(self._modules["output"], "weight"), "x_t")
         if self._can_fold_step(x_t.device.type):
+            # (x_t's dtype is checked against the weights' where the map for it is built)
             G, g, S, act = self._folded_step(x_t.dtype, x_t.device)
             state = check_state(state, x_t.shape[0], S, "state", x_t)
             # [m_t, W_m m_t + W_x x_t + b] = [m_{t-1}, x_t] G + g: one GEMV
@@ -500,6 +501,7 @@ class ParallelLMU(nn.Module):
                 [S, G.shape[1] - S], dim=1
             )
             return (o if act is None else act(o)), m
+        check_input_dtype(x_t, self.output.weight, "x_t")
         m, _ = self.memory.step(self._encode(x_t), state)
         return self._readout(m, x_t), m
 
@@ -565,12 +567,15 @@ class ParallelLMU(nn.Module):
         mem = modules["memory"]
         theta = mem._parameters["log_theta"] if mem.trainable_theta else mem._buffers["Abar"]
         try:
-            own = (enc["weight"], out["weight"], enc["bias"], out["bias"])
+            tensors = [
+                t
+                for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
+                if t is not None
+            ]
         except KeyError:  # a parametrization (weight_norm, ...): computed anew on each access
-            own = None
-        tensors = [] if own is None else [t for t in (*own, theta) if t is not None]
+            tensors = None
         # a transform's tensor has no storage to key on (the global check first: every step)
-        cacheable = own is not None and (_untransformed() or all(map(_plain, tensors)))
+        cacheable = tensors is not None and (_untransformed() or all(map(_plain, tensors)))
         cached = self._step_cache if cacheable else None
         if cached is not None:
             held, key, value = cached
@@ -582,6 +587,8 @@ class ParallelLMU(nn.Module):
                 and key[2] == [(t._version, t.data_ptr()) for t in held]
             ):
                 return value
+        if dtype != self.output.weight.dtype:  # (a cached map's dtype was checked here)
+            raise input_dtype_error("x_t", dtype, self.output.weight.dtype)
         S, H, n_in = self.state_size, self.hidden_size, self.input_size
         Abar, Bbar = (t.double() for t in self.memory.discrete())
         e = self.encoder.weight.double()  # (1, in)

@@ -239,10 +239,15 @@ def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
     comparison when the dtypes agree.
     """
     if x.dtype != weight.dtype and not autocast_enabled(x.device.type):
-        raise TypeError(
-            f"{name} must have the layer's dtype {weight.dtype} (that of its weights), got "
-            f"{x.dtype}: cast the input, or the layer with .to({x.dtype})"
-        )
+        raise input_dtype_error(name, x.dtype, weight.dtype)
+
+
+def input_dtype_error(name: str, got: torch.dtype, expected: torch.dtype) -> TypeError:
+    """:func:`check_input_dtype`'s error: ``name`` has dtype ``got``, the layer ``expected``."""
+    return TypeError(
+        f"{name} must have the layer's dtype {expected} (that of its weights), got {got}: "
+        f"cast the input, or the layer with .to({got})"
+    )
 
 
 def check_state(
