@@ -39,17 +39,29 @@ def reference_parallel_lmu(layer, x, state=None):
     batch=st.integers(1, 3),
     with_state=st.booleans(),
     input_to_output=st.booleans(),
+    sizes=st.sampled_from([(3, 2), (1, 1), (2, 3)]),
+    grad=st.booleans(),
 )
-def test_parallel_lmu_every_mode_equals_reference(mode, time, batch, with_state, input_to_output):
-    layer = make_layer(mode, input_to_output=input_to_output)
-    x = torch.randn(batch, time, 3, dtype=torch.float64)
-    state = torch.randn(batch, 12, dtype=torch.float64) if with_state else None
+def test_parallel_lmu_every_mode_equals_reference(
+    mode, time, batch, with_state, input_to_output, sizes, grad
+):
+    """Every mode and path against the float64 recurrence: with and without autograd (the
+    short-chunk step loop, in-place inference forms), and each last-state form (the psMNIST
+    product for one input and channel, eq. 25 with the encoder after it for input_size <=
+    memory_size, the plain one)."""
+    n_in, n_mem = sizes
+    layer = make_layer(mode, input_to_output=input_to_output, input_size=n_in, memory_size=n_mem)
+    x = torch.randn(batch, time, n_in, dtype=torch.float64)
+    S = 6 * n_mem
+    state = torch.randn(batch, S, dtype=torch.float64) if with_state else None
     ref = reference_parallel_lmu(layer, x, state)
-    y, final = layer(x, state)
-    assert y.shape == (batch, time, 7) and final.shape == (batch, 12)
+    with torch.set_grad_enabled(grad):
+        y, final = layer(x, state)
+    assert y.shape == (batch, time, 7) and final.shape == (batch, S)
     np.testing.assert_allclose(y.detach().numpy(), ref.numpy(), atol=1e-9)
     layer.return_sequences = False
-    y_last, final_last = layer(x, state)
+    with torch.set_grad_enabled(grad):
+        y_last, final_last = layer(x, state)
     np.testing.assert_allclose(y_last.detach().numpy(), ref[:, -1].numpy(), atol=1e-9)
     np.testing.assert_allclose(final_last.detach().numpy(), final.detach().numpy(), atol=1e-9)
 

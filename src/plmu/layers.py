@@ -32,12 +32,14 @@ from plmu.memory import (
     _untransformed,
     _zeros,
     autocast_enabled,
+    check_input_dtype,
     check_lengths,
     check_sequence,
     check_state,
     check_step_input,
     create_graph_backward,
     gather_time,
+    input_dtype_error,
     plain_autograd,
 )
 
@@ -73,6 +75,14 @@ def _activation(name: str | None, argument: str) -> nn.Module:
     if key not in ACTIVATIONS:
         raise ValueError(f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[key]()
+
+
+def _weight(module: nn.Module, name: str) -> torch.Tensor:
+    """``getattr(module, name)`` for a parameter, by a dict lookup where it is a plain one
+    (about 0.1 us; the attribute costs about 1 us, much of a batch-1 step's budget), else the
+    attribute (a parametrization such as ``weight_norm`` computes it)."""
+    weight = module._parameters.get(name)
+    return getattr(module, name) if weight is None else weight
 
 
 def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -382,7 +392,7 @@ class ParallelLMU(nn.Module):
         xH = xH.view(Bn, n_in, mem.order)
         U = self.encoder.weight  # (C, in)
         # (B * d, in) @ (in, C): one GEMM (a broadcast matmul would expand U over the batch)
-        m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, -1)
+        m = (xH.transpose(1, 2).reshape(Bn * mem.order, n_in) @ U.T).view(Bn, mem.order, U.shape[0])
         m = m.transpose(1, 2)  # (B, C, d)
         if self.encoder.bias is not None:
             m = m + self.encoder.bias.view(-1, 1) * mem._kernel_sum(T, x.dtype)[0]
@@ -426,6 +436,7 @@ class ParallelLMU(nn.Module):
             after the last valid step ``(batch, memory_size * order)``.
         """
         x = check_sequence(x, self.input_size, "x")
+        check_input_dtype(x, _weight(self._modules["output"], "weight"), "x")
         Bn, T, _ = x.shape
         check_state(state, Bn, self.state_size, "state", x)  # (each path casts it as it runs)
         lengths = check_lengths(lengths, Bn, T)
@@ -482,6 +493,7 @@ class ParallelLMU(nn.Module):
         """
         x_t = check_step_input(x_t, self.input_size, "x_t")
         if self._can_fold_step(x_t.device.type):
+            # (x_t's dtype is checked against the weights' where the map for it is built)
             G, g, S, act = self._folded_step(x_t.dtype, x_t.device)
             state = check_state(state, x_t.shape[0], S, "state", x_t)
             # [m_t, W_m m_t + W_x x_t + b] = [m_{t-1}, x_t] G + g: one GEMV
@@ -489,6 +501,7 @@ class ParallelLMU(nn.Module):
                 [S, G.shape[1] - S], dim=1
             )
             return (o if act is None else act(o)), m
+        check_input_dtype(x_t, self.output.weight, "x_t")
         m, _ = self.memory.step(self._encode(x_t), state)
         return self._readout(m, x_t), m
 
@@ -537,7 +550,8 @@ class ParallelLMU(nn.Module):
             pre_t = (W_m Abar) m + (W_m Bbar e + W_x) x + (W_m Bbar b_u + b)
 
         built in float64 from the current weights, cast to ``dtype`` and cached until a weight or
-        ``theta`` changes (keyed by the tensors' identities, versions and data addresses).
+        ``theta`` changes (keyed by the tensors' identities, versions and data addresses; never
+        cached for a parametrized weight or bias, which is computed anew on each access).
 
         Returns:
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
@@ -552,13 +566,16 @@ class ParallelLMU(nn.Module):
         enc, out = modules["encoder"]._parameters, modules["output"]._parameters
         mem = modules["memory"]
         theta = mem._parameters["log_theta"] if mem.trainable_theta else mem._buffers["Abar"]
-        tensors = [
-            t
-            for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
-            if t is not None
-        ]
+        try:
+            tensors = [
+                t
+                for t in (enc["weight"], out["weight"], enc["bias"], out["bias"], theta)
+                if t is not None
+            ]
+        except KeyError:  # a parametrization (weight_norm, ...): computed anew on each access
+            tensors = None
         # a transform's tensor has no storage to key on (the global check first: every step)
-        cacheable = _untransformed() or all(map(_plain, tensors))
+        cacheable = tensors is not None and (_untransformed() or all(map(_plain, tensors)))
         cached = self._step_cache if cacheable else None
         if cached is not None:
             held, key, value = cached
@@ -570,6 +587,8 @@ class ParallelLMU(nn.Module):
                 and key[2] == [(t._version, t.data_ptr()) for t in held]
             ):
                 return value
+        if dtype != self.output.weight.dtype:  # (a cached map's dtype was checked here)
+            raise input_dtype_error("x_t", dtype, self.output.weight.dtype)
         S, H, n_in = self.state_size, self.hidden_size, self.input_size
         Abar, Bbar = (t.double() for t in self.memory.discrete())
         e = self.encoder.weight.double()  # (1, in)
@@ -783,6 +802,7 @@ class LMUCell(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """One step. ``x_t`` ``(batch, input_size)`` -> ``(h_t, (h_t, m_t))``."""
         x_t = check_step_input(x_t, self.input_size, "x_t")
+        check_input_dtype(x_t, _weight(self, "W_m"), "x_t")
         h, m = self._check_state(state, x_t.shape[0], x_t)
         Abar, Bbar = self.memory._discrete_as(x_t)
         xe, xw = self._inputs(x_t)
@@ -844,6 +864,7 @@ class LMU(nn.Module):
         """
         cell = self.cell
         x = check_sequence(x, cell.input_size, "x")
+        check_input_dtype(x, _weight(cell, "W_m"), "x")
         Bn, T, _ = x.shape
         h, m = cell._check_state(state, Bn, x)
         lengths = check_lengths(lengths, Bn, T)

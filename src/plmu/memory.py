@@ -327,6 +327,26 @@ def check_step_input(x: object, features: int, name: str) -> torch.Tensor:
     return x
 
 
+def check_input_dtype(x: torch.Tensor, weight: torch.Tensor, name: str) -> None:
+    """Raise a ``TypeError`` naming ``name`` when ``x``'s floating dtype is not ``weight``'s.
+
+    A layer with weights runs in their dtype, like ``torch.nn.Linear``: a float64 input to a
+    float32 layer is an error on every path (none silently computes in another precision).
+    Under ``torch.autocast`` mixed dtypes are legitimate and nothing is checked. Cheap: one
+    comparison when the dtypes agree.
+    """
+    if x.dtype != weight.dtype and not autocast_enabled(x.device.type):
+        raise input_dtype_error(name, x.dtype, weight.dtype)
+
+
+def input_dtype_error(name: str, got: torch.dtype, expected: torch.dtype) -> TypeError:
+    """:func:`check_input_dtype`'s error: ``name`` has dtype ``got``, the layer ``expected``."""
+    return TypeError(
+        f"{name} must have the layer's dtype {expected} (that of its weights), got {got}: "
+        f"cast the input, or the layer with .to({got})"
+    )
+
+
 def check_state(
     state: object, batch: int, size: int, name: str, like: torch.Tensor
 ) -> torch.Tensor:
@@ -1026,7 +1046,18 @@ class LegendreMemory(nn.Module):
             ``(batch, time, out_features)``, equal to ``forward(u, state)[0] @ weight.T``
             (plus ``accumulate`` when given).
         """
+        u = check_sequence(u, self.memory_size, "u")
         Bn, T, _ = u.shape
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise TypeError(f"weight must be a floating torch.Tensor, got {got}")
+        if weight.dim() != 2 or weight.shape[1] != self.state_size:
+            raise ValueError(
+                f"weight must have shape (out_features, {self.state_size}), "
+                f"got {tuple(weight.shape)}"
+            )
+        if state is not None:  # checked, not cast (a low-precision input runs in float32)
+            check_state(state, Bn, self.state_size, "state", state)
         out = weight.shape[0]
         if accumulate is not None and tuple(accumulate.shape) != (Bn, T, out):
             raise ValueError(
