@@ -501,7 +501,7 @@ def train(
         callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
-    out = Path(out) if out is not None else Path("runs") / exp.name
+    out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
     base = None
@@ -600,7 +600,7 @@ def evaluate(
             else checkpoint.parent
         )
         out = run_dir / "evaluate"
-    out = Path(out)
+    out = _output_dir(Path(out))
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -743,6 +743,19 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
     return metrics
+
+
+def _output_dir(out: Path) -> Path:
+    """``out``, refused before any work when it (or the nearest part of it that exists) is a
+    file: Lightning's loggers failed on it only after the data was prepared, with a bare
+    ``[Errno 17] File exists``."""
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return out
+        if path.exists():
+            problem = "is a file" if path == out else f"cannot be made: {path} is a file"
+            raise ValueError(f"output directory --out {out} {problem}, not a directory")
+    return out
 
 
 def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> None:
