@@ -94,6 +94,19 @@ def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     assert (out / "config.yaml").read_text() == written  # still the run's config
 
 
+def test_resume_refuses_a_new_theta(tmp_path: Path) -> None:
+    """theta changes no weight's shape, and loading the checkpoint restored its theta_ buffer:
+    the resumed run trained on with the old window while config.yaml gave the new one."""
+    out = tmp_path / "run"
+    _train_mg(out)
+    written = (out / "config.yaml").read_text()
+    message = "it would restore net.stack.layers.0.memory.theta_: 16.0 saved, 4.0 now, which "
+    with pytest.raises(CheckpointError, match=rf"{message}.*\(changed: epochs, theta\)"):
+        _train_mg(out, "epochs=2", "theta=4")
+    assert (out / "config.yaml").read_text() == written
+    assert _train_mg(out, "epochs=2", "theta=16")["epochs"] == 2  # the same value: resumed
+
+
 def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
     # The restored optimizer state would keep lr=0.001 whatever the config says.
     out = tmp_path / "run"

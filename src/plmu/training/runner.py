@@ -23,7 +23,8 @@ Everything a run writes lies under its output directory ``OUT``:
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it; the resumed run starts from
 the checkpoint's config, and ``--config``/``--set`` given again apply on top (e.g. ``--set
 epochs=20`` to train longer; ``lr`` and ``weight_decay`` cannot change, the restored optimizer
-state holds them). An interrupted run loses the steps since its last checkpoint: at most an
+state holds them, nor can a model setting the checkpoint's weights or buffers do not fit or would
+put back, e.g. ``theta``). An interrupted run loses the steps since its last checkpoint: at most an
 epoch, or ``checkpoint_every_n_steps`` steps. Resumed, it trains on as the uninterrupted run
 would have: Lightning restores the weights, the optimizer, the LR schedule and the loops;
 :class:`RunInfo` the random generators (dropout); the training loader
@@ -536,7 +537,8 @@ def train(
         datamodule.load_state_dict(resumed["plmu"].get("saved") or {})
     module = exp.build_model(config, datamodule)
     if resumed is not None:
-        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        changed = sorted(k for k in config if k in base and config[k] != base[k])
+        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path, changed)
         del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
@@ -758,16 +760,33 @@ def _output_dir(out: Path) -> Path:
     return out
 
 
-def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> None:
-    """Refuse to resume when the (overridden) config builds a model the weights do not fit."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+def _check_weights_fit(
+    module: L.LightningModule, state: dict, path: Path, changed: Iterable[str] = ()
+) -> None:
+    """Refuse to resume when the (overridden) config builds a model the weights do not fit, or
+    one whose fixed buffers differ from the checkpoint's: loading would put the checkpoint's
+    back, so the new value would be silently ignored (``--set theta=4`` on a run of theta 16
+    trained on with theta 16 while ``config.yaml`` said 4). ``changed`` names the config keys
+    that differ from the checkpoint's config, for the message."""
+    because = f" (changed: {', '.join(changed)})" if changed else ""
+    built = module.state_dict()
+    expected = {name: tuple(t.shape) for name, t in built.items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if expected != found:
         names = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
         raise CheckpointError(
             f"cannot resume from {path}: its weights do not fit the model this config builds "
-            f"(e.g. {names[0]}); train into another --out instead"
+            f"(e.g. {names[0]}){because}; train into another --out instead"
         )
+    for name, buffer in module.named_buffers():
+        saved = state.get(name)
+        if name in built and saved is not None and not torch.equal(buffer.cpu(), saved.cpu()):
+            now, then = buffer.tolist(), saved.tolist()
+            shown = f": {then} saved, {now} now" if buffer.numel() == 1 else ""
+            raise CheckpointError(
+                f"cannot resume from {path}: it would restore {name}{shown}, which this config "
+                f"sets otherwise{because}; train into another --out instead"
+            )
 
 
 def _check_optimizer_settings(base: dict, config: dict, path: Path) -> None:
