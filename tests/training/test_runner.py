@@ -393,15 +393,20 @@ def test_step_checkpoints_leave_out_an_epochs_last_batch(
 def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
-    with pytest.raises(CheckpointError, match="belongs to experiment 'mackey-glass'"):
-        train(
-            "psmnist",
-            out=out,
-            overrides=TINY_PSMNIST,
-            data_dir=mnist_dir,
-            accelerator="cpu",
-            progress_bar=False,
-        )
+    run = {"overrides": TINY_PSMNIST, "data_dir": mnist_dir, "accelerator": "cpu"}
+    with pytest.raises(CheckpointError, match=r"to experiment 'mackey-glass'.*another --out"):
+        train("psmnist", out=out, progress_bar=False, **run)
+    # given with --resume, the other --out was no remedy
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"not 'psmnist'; resume another checkpoint$"):
+        train("psmnist", out=tmp_path / "new", resume=last, progress_bar=False, **run)
+
+
+def test_resume_from_a_folder_names_its_last_checkpoint(tmp_path: Path) -> None:
+    """--resume RUN suggested RUN/checkpoints/best.ckpt, not the latest state to resume."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"is a folder; .* e\.g\. .*checkpoints/last\.ckpt$"):
+        _train_mg(tmp_path / "new", resume=tmp_path / "run")
 
 
 @pytest.mark.parametrize("model", ["parallel-lmu", "lstm", "lmu"])

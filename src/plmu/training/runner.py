@@ -416,13 +416,14 @@ def _remove_part_files(out: Path) -> None:
             part.unlink()
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+def _read_checkpoint(path: str | Path, suggest: str = "best.ckpt") -> dict[str, Any]:
+    """The checkpoint at ``path``; a folder is refused naming the file ``suggest`` in it."""
     path = Path(path)
     if path.is_dir():
         # the run folder or its checkpoints/ folder: name the file that is (or would be) there
-        inside = path / "best.ckpt"
+        inside = path / suggest
         if not inside.is_file() and path.name != "checkpoints":
-            inside = path / "checkpoints" / "best.ckpt"
+            inside = path / "checkpoints" / suggest
         raise CheckpointError(
             f"checkpoint {path} is a folder; give a checkpoint file, e.g. {inside}"
         )
@@ -508,12 +509,13 @@ def train(
     base = None
     resumed: dict[str, Any] | None = None
     if resume is not None or checkpoint_path.is_file():
-        resumed = _read_checkpoint(checkpoint_path)
+        resumed = _read_checkpoint(checkpoint_path, "last.ckpt")  # resume the latest
         info = resumed["plmu"]
         if info["experiment"] != exp.name:
+            remedy = "resume another checkpoint" if resume is not None else "use another --out"
             raise CheckpointError(
                 f"{checkpoint_path} belongs to experiment {info['experiment']!r}, "
-                f"not {exp.name!r}; use another --out"
+                f"not {exp.name!r}; {remedy}"
             )
         base = info["config"]
         if data_dir is None and info.get("data_dir"):
