@@ -61,6 +61,18 @@ def test_evaluate_from_checkpoint_matches_training(tmp_path: Path) -> None:
     assert (out / "evaluate" / "prediction.png").is_file()
 
 
+def test_evaluate_inside_the_checkpoints_folder_writes_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``plmu evaluate best.ckpt`` run in RUN/checkpoints wrote RUN/checkpoints/evaluate."""
+    out = tmp_path / "run"
+    _train_mg(out)
+    monkeypatch.chdir(out / "checkpoints")
+    evaluate("best.ckpt", accelerator="cpu", progress_bar=False)
+    assert (out / "evaluate" / "metrics.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)

@@ -598,12 +598,9 @@ def evaluate(
     if data_dir is None and info.get("data_dir"):
         data_dir = info["data_dir"]
     if out is None:
-        run_dir = (
-            checkpoint.parent.parent
-            if checkpoint.parent.name == "checkpoints"
-            else checkpoint.parent
-        )
-        out = run_dir / "evaluate"
+        # absolute: "best.ckpt" given inside RUN/checkpoints has the parent "." (no name)
+        folder = checkpoint.absolute().parent
+        out = (folder.parent if folder.name == "checkpoints" else folder) / "evaluate"
     out = _output_dir(Path(out))
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
     _set_threads(config)
