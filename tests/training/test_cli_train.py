@@ -184,7 +184,7 @@ def test_ctrl_c_during_training_is_an_interruption(
 
 
 def test_a_folder_given_as_checkpoint_says_which_file_to_give(
-    capsys: pytest.CaptureFixture, tmp_path: Path
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message = _one_line_error(capsys, main(["evaluate", str(tmp_path)]))
     assert "is a folder" in message and "best.ckpt" in message
@@ -195,3 +195,6 @@ def test_a_folder_given_as_checkpoint_says_which_file_to_give(
     assert message.endswith(f"e.g. {folder / 'best.ckpt'}")
     message = _one_line_error(capsys, main(["evaluate", str(folder.parent)]))
     assert message.endswith(f"e.g. {folder / 'best.ckpt'}")
+    # "." inside checkpoints/ (was: e.g. checkpoints/best.ckpt, a file in a folder not there)
+    monkeypatch.chdir(folder)
+    assert _one_line_error(capsys, main(["evaluate", "."])).endswith("e.g. best.ckpt")

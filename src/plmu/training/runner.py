@@ -422,7 +422,7 @@ def _read_checkpoint(path: str | Path, suggest: str = "best.ckpt") -> dict[str, 
     if path.is_dir():
         # the run folder or its checkpoints/ folder: name the file that is (or would be) there
         inside = path / suggest
-        if not inside.is_file() and path.name != "checkpoints":
+        if not inside.is_file() and path.absolute().name != "checkpoints":  # "." has no name
             inside = path / "checkpoints" / suggest
         raise CheckpointError(
             f"checkpoint {path} is a folder; give a checkpoint file, e.g. {inside}"
