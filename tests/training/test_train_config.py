@@ -111,3 +111,19 @@ def test_base_config_fills_new_keys() -> None:
     base = {"epochs": 9, "lr": 0.5}
     config = load_config("mackey-glass", base=base, overrides=["epochs=10"])
     assert config["epochs"] == 10 and config["lr"] == 0.5 and "window" in config
+
+
+def test_hub_revision_is_a_string_or_null() -> None:
+    """A null default accepted any value: a short commit hash of digits reached the hub as an
+    int (and one with a leading 0 as an octal number's value)."""
+    with pytest.raises(
+        ConfigError, match=r"'hf_revision' in --set expects str or null, got 1234567"
+    ):
+        load_config("iwslt15-en-vi", overrides=["hf_revision=1234567"])
+    with pytest.raises(ConfigError, match="expects str or null, got True"):
+        load_config("iwslt15-en-vi", overrides=["hf_revision=true"])
+    quoted = load_config("iwslt15-en-vi", overrides=["hf_revision='0123456'"])
+    assert quoted["hf_revision"] == "0123456"
+    ref = load_config("iwslt15-en-vi", overrides=["hf_revision=refs/convert/parquet"])
+    assert ref["hf_revision"] == "refs/convert/parquet"
+    assert load_config("iwslt15-en-vi", overrides=["hf_revision=null"])["hf_revision"] is None

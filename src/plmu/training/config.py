@@ -55,8 +55,11 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     "checkpoint_every_n_steps": None,
 }
 
-# What the runner keys without a default accept besides null (any value would pass otherwise).
+# What the keys without a default accept besides null (any value would pass otherwise): the
+# runner's, and IWSLT's hub revision (a git ref: `hf_revision=1234567`, a short commit hash
+# YAML reads as an int, reached the hub as one).
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "hf_revision": (str,),
     "gradient_clip_val": (int, float),
     "limit_train_batches": (int, float),
     "limit_val_batches": (int, float),
@@ -202,9 +205,10 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, types) and not isinstance(value, bool):
             return value
         names = " or ".join(t.__name__ for t in types)
+        quote = f"; quote one YAML reads otherwise: {key}=\"'...'\"" if types == (str,) else ""
         raise ConfigError(
             f"config key {key!r} in {source} expects {names} or null, "
-            f"got {value!r} ({type(value).__name__})"
+            f"got {value!r} ({type(value).__name__}){quote}"
         )
     expected = type(default).__name__
     if value is None:
