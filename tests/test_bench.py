@@ -117,6 +117,28 @@ def test_peak_memory_sees_a_large_buffer():
     assert bench.peak_memory(allocate, torch.device("cpu")) >= 60 * 2**20
 
 
+def test_output_files_are_checked_before_the_run(tmp_path, capsys):
+    """The JSON and PNG are written after the whole run: a folder given as --json failed only
+    then ("[Errno 21] Is a directory"), and --plot without the sweep group wrote nothing."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    cases = [
+        (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file name"),
+        (["--plot", str(tmp_path)], f"--plot {tmp_path} is a folder; give a file name"),
+        (["--json", str(file / "b.json")], f"{file} is a file, not a folder"),
+        (["--plot", str(tmp_path / "p.png")], "--plot draws the sweep group's curves"),
+    ]
+    timed = []
+    for options, message in cases:
+        args = ["--quick", "--only", "latency", *options]
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(bench, "bench_latency", lambda *a: timed.append(a))
+            assert bench.main(args) == 2
+        assert message in capsys.readouterr().err
+    assert timed == [] and file.read_text() == "mine\n"
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_crossing():
     assert bench.crossing([100, 1000], [2.0, 0.5]) == {"length": 316, "direction": "falling"}
     assert bench.crossing([100, 1000], [0.5, 2.0]) == {"length": 316, "direction": "rising"}

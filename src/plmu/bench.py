@@ -848,6 +848,12 @@ def run(
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    # the output files are written after the whole run: refuse a path that cannot be one now,
+    # not after many minutes of timing (a folder was "[Errno 21] Is a directory" at the end)
+    _check_output_file(json_path, "--json")
+    _check_output_file(plot_path, "--plot")
+    if plot_path is not None and "sweep" not in groups:
+        raise ValueError("--plot draws the sweep group's curves: add sweep to --only")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -884,13 +890,31 @@ def run(
     return res
 
 
+def _check_output_file(path: str | Path | None, option: str) -> None:
+    """Refuse an output ``path`` that is a folder or whose folder cannot be made or written."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name")
+    for folder in path.parents:
+        if folder.is_dir():
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {path}: cannot write into {folder}")
+            return
+        if folder.exists():
+            raise ValueError(f"{option} {path}: {folder} is a file, not a folder")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` options (shared by ``plmu bench`` and ``python -m plmu.bench``)."""
     parser.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default cpu)"
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
-    parser.add_argument("--plot", type=Path, help="write the log-log sweep plot (PNG) here")
+    parser.add_argument(
+        "--plot", type=Path, help="write the log-log sweep plot (PNG) here (needs the sweep group)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default: torch's choice)"

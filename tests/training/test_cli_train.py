@@ -98,6 +98,27 @@ def test_train_and_evaluate_plain_idx(
     assert main(["evaluate", str(out / "checkpoints" / "last.ckpt"), *common]) == 0
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert metrics["experiment"] == "psmnist" and 0.0 <= metrics["test_accuracy"] <= 1.0
+    # an --out that is a file: named, before any work (was "[Errno 20] Not a directory: .../logs")
+    checkpoint = str(out / "checkpoints" / "last.ckpt")
+    status = main(["evaluate", checkpoint, "--out", str(out / "metrics.json"), *common])
+    message = _one_line_error(capsys, status)
+    assert message.endswith(f"--out {out / 'metrics.json'} is a file, not a directory")
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_out_that_is_a_file_is_named(
+    capsys: pytest.CaptureFixture, tmp_path: Path, inside: bool
+) -> None:
+    """Was ``[Errno 17] File exists: 'PATH'`` (``[Errno 20] Not a directory`` inside a file),
+    raised only once the data was ready."""
+    file = tmp_path / "notes.txt"
+    file.write_text("mine\n")
+    out = file / "run" if inside else file
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    message = _one_line_error(capsys, main([*args, "--accelerator", "cpu"]))
+    problem = f"cannot be made: {file} is a file" if inside else "is a file"
+    assert message == f"plmu: error: output directory --out {out} {problem}, not a directory"
+    assert file.read_text() == "mine\n"
 
 
 def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
@@ -185,7 +206,7 @@ def test_ctrl_c_during_training_is_an_interruption(
 
 
 def test_a_folder_given_as_checkpoint_says_which_file_to_give(
-    capsys: pytest.CaptureFixture, tmp_path: Path
+    capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     message = _one_line_error(capsys, main(["evaluate", str(tmp_path)]))
     assert "is a folder" in message and "best.ckpt" in message
@@ -196,3 +217,6 @@ def test_a_folder_given_as_checkpoint_says_which_file_to_give(
     assert message.endswith(f"e.g. {folder / 'best.ckpt'}")
     message = _one_line_error(capsys, main(["evaluate", str(folder.parent)]))
     assert message.endswith(f"e.g. {folder / 'best.ckpt'}")
+    # "." inside checkpoints/ (was: e.g. checkpoints/best.ckpt, a file in a folder not there)
+    monkeypatch.chdir(folder)
+    assert _one_line_error(capsys, main(["evaluate", "."])).endswith("e.g. best.ckpt")

@@ -62,6 +62,18 @@ def test_evaluate_from_checkpoint_matches_training(tmp_path: Path) -> None:
     assert (out / "evaluate" / "prediction.png").is_file()
 
 
+def test_evaluate_inside_the_checkpoints_folder_writes_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``plmu evaluate best.ckpt`` run in RUN/checkpoints wrote RUN/checkpoints/evaluate."""
+    out = tmp_path / "run"
+    _train_mg(out)
+    monkeypatch.chdir(out / "checkpoints")
+    evaluate("best.ckpt", accelerator="cpu", progress_bar=False)
+    assert (out / "evaluate" / "metrics.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
@@ -93,6 +105,19 @@ def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="weights do not fit"):
         _train_mg(out, "epochs=2", "hidden_size=9")
     assert (out / "config.yaml").read_text() == written  # still the run's config
+
+
+def test_resume_refuses_a_new_theta(tmp_path: Path) -> None:
+    """theta changes no weight's shape, and loading the checkpoint restored its theta_ buffer:
+    the resumed run trained on with the old window while config.yaml gave the new one."""
+    out = tmp_path / "run"
+    _train_mg(out)
+    written = (out / "config.yaml").read_text()
+    message = "it would restore net.stack.layers.0.memory.theta_: 16.0 saved, 4.0 now, which "
+    with pytest.raises(CheckpointError, match=rf"{message}.*\(changed: epochs, theta\)"):
+        _train_mg(out, "epochs=2", "theta=4")
+    assert (out / "config.yaml").read_text() == written
+    assert _train_mg(out, "epochs=2", "theta=16")["epochs"] == 2  # the same value: resumed
 
 
 def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
@@ -450,15 +475,20 @@ def test_step_checkpoints_leave_out_an_epochs_last_batch(
 def test_resume_refuses_another_experiments_checkpoint(tmp_path: Path, mnist_dir: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
-    with pytest.raises(CheckpointError, match="belongs to experiment 'mackey-glass'"):
-        train(
-            "psmnist",
-            out=out,
-            overrides=TINY_PSMNIST,
-            data_dir=mnist_dir,
-            accelerator="cpu",
-            progress_bar=False,
-        )
+    run = {"overrides": TINY_PSMNIST, "data_dir": mnist_dir, "accelerator": "cpu"}
+    with pytest.raises(CheckpointError, match=r"to experiment 'mackey-glass'.*another --out"):
+        train("psmnist", out=out, progress_bar=False, **run)
+    # given with --resume, the other --out was no remedy
+    last = out / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=r"not 'psmnist'; resume another checkpoint$"):
+        train("psmnist", out=tmp_path / "new", resume=last, progress_bar=False, **run)
+
+
+def test_resume_from_a_folder_names_its_last_checkpoint(tmp_path: Path) -> None:
+    """--resume RUN suggested RUN/checkpoints/best.ckpt, not the latest state to resume."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=r"is a folder; .* e\.g\. .*checkpoints/last\.ckpt$"):
+        _train_mg(tmp_path / "new", resume=tmp_path / "run")
 
 
 @pytest.mark.parametrize("model", ["parallel-lmu", "lstm", "lmu"])

@@ -53,11 +53,30 @@ def test_unknown_key_suggests_the_closest() -> None:
         ("checkpoint_every_n_steps=2.5", "'checkpoint_every_n_steps' in --set expects int or null"),
         ("checkpoint_every_n_steps=true", "'checkpoint_every_n_steps' in --set expects int or"),
         ("checkpoint_every_n_steps=often", "'checkpoint_every_n_steps' in --set expects int or"),
+        # not finite: lr=.inf trained to NaN, gradient_clip_val=.nan was taken
+        ("lr=.inf", "'lr' in --set must be finite, got inf"),
+        ("lr=inf", "'lr' in --set must be finite, got 'inf'"),  # a string YAML leaves, made float
+        ("theta=-.inf", "'theta' in --set must be finite"),
+        ("gradient_clip_val=.nan", "'gradient_clip_val' in --set must be finite"),
+        # seeds: NumPy's message named no key ("expected non-negative integer")
+        ("seed=-1", "'seed' in --set must be >= 0, got -1"),
+        ("seed=4294967296", "'seed' in --set must be <= 4294967295"),
+        ("data_seed=-1", "'data_seed' in --set must be >= 0, got -1"),
     ],
 )
 def test_wrong_types_rejected(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("mackey-glass", overrides=[override])
+
+
+def test_permutation_seed_must_not_be_negative() -> None:
+    with pytest.raises(ConfigError, match="'permutation_seed' in --set must be >= 0, got -3"):
+        load_config("psmnist", overrides=["permutation_seed=-3"])
+    assert load_config("psmnist", overrides=["permutation_seed=0"])["permutation_seed"] == 0
+
+
+def test_largest_seed_accepted() -> None:
+    assert load_config("mackey-glass", overrides=["seed=4294967295"])["seed"] == 2**32 - 1
 
 
 @pytest.mark.parametrize("text", ["epochs", "=3", ""])
@@ -92,3 +111,19 @@ def test_base_config_fills_new_keys() -> None:
     base = {"epochs": 9, "lr": 0.5}
     config = load_config("mackey-glass", base=base, overrides=["epochs=10"])
     assert config["epochs"] == 10 and config["lr"] == 0.5 and "window" in config
+
+
+def test_hub_revision_is_a_string_or_null() -> None:
+    """A null default accepted any value: a short commit hash of digits reached the hub as an
+    int (and one with a leading 0 as an octal number's value)."""
+    with pytest.raises(
+        ConfigError, match=r"'hf_revision' in --set expects str or null, got 1234567"
+    ):
+        load_config("iwslt15-en-vi", overrides=["hf_revision=1234567"])
+    with pytest.raises(ConfigError, match="expects str or null, got True"):
+        load_config("iwslt15-en-vi", overrides=["hf_revision=true"])
+    quoted = load_config("iwslt15-en-vi", overrides=["hf_revision='0123456'"])
+    assert quoted["hf_revision"] == "0123456"
+    ref = load_config("iwslt15-en-vi", overrides=["hf_revision=refs/convert/parquet"])
+    assert ref["hf_revision"] == "refs/convert/parquet"
+    assert load_config("iwslt15-en-vi", overrides=["hf_revision=null"])["hf_revision"] is None

@@ -10,13 +10,14 @@ A run's config is built in layers, each later one overriding the earlier:
    ``--set model=lstm``, ``--set patience=null``).
 
 Unknown keys are rejected (with the closest known key suggested) and a value must have the type
-of the key's default (an int where a float is expected is accepted), so a typo never trains a
-silently different model.
+of the key's default (an int where a float is expected is accepted; a float must be finite;
+seeds must be >= 0), so a typo never trains a silently different model.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -54,8 +55,11 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     "checkpoint_every_n_steps": None,
 }
 
-# What the runner keys without a default accept besides null (any value would pass otherwise).
+# What the keys without a default accept besides null (any value would pass otherwise): the
+# runner's, and IWSLT's hub revision (a git ref: `hf_revision=1234567`, a short commit hash
+# YAML reads as an int, reached the hub as one).
 _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
+    "hf_revision": (str,),
     "gradient_clip_val": (int, float),
     "limit_train_batches": (int, float),
     "limit_val_batches": (int, float),
@@ -65,13 +69,21 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint_every_n_steps": (int,),
 }
 
-# The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever).
+# The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever),
+# and of the seeds (NumPy's generators, which Lightning and the data pipelines seed, refuse a
+# negative one with a message that does not name the key).
 _MINIMUM: dict[str, int] = {
     "epochs": 0,
     "accumulate_grad_batches": 1,
     "patience": 0,
     "checkpoint_every_n_steps": 1,
+    "seed": 0,
+    "data_seed": 0,
+    "permutation_seed": 0,
 }
+
+# The largest values: Lightning's seed_everything refuses a seed NumPy cannot take.
+_MAXIMUM: dict[str, int] = {"seed": 2**32 - 1}
 
 
 class ConfigError(ValueError):
@@ -129,10 +141,18 @@ def merge_config(
                 f"(known keys: {', '.join(sorted(base))})"
             )
         merged[key] = _coerce(key, value, base[key], source)
-        minimum = _MINIMUM.get(key)
+        if isinstance(merged[key], float) and not math.isfinite(merged[key]):
+            # YAML's .inf and .nan, or "inf" read as a float: no key means anything by one
+            # (lr=.inf trained to NaN)
+            raise ConfigError(f"config key {key!r} in {source} must be finite, got {value!r}")
+        minimum, maximum = _MINIMUM.get(key), _MAXIMUM.get(key)
         if minimum is not None and merged[key] is not None and merged[key] < minimum:
             raise ConfigError(
                 f"config key {key!r} in {source} must be >= {minimum}, got {merged[key]!r}"
+            )
+        if maximum is not None and merged[key] is not None and merged[key] > maximum:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be <= {maximum}, got {merged[key]!r}"
             )
     return merged
 
@@ -185,9 +205,10 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, types) and not isinstance(value, bool):
             return value
         names = " or ".join(t.__name__ for t in types)
+        quote = f"; quote one YAML reads otherwise: {key}=\"'...'\"" if types == (str,) else ""
         raise ConfigError(
             f"config key {key!r} in {source} expects {names} or null, "
-            f"got {value!r} ({type(value).__name__})"
+            f"got {value!r} ({type(value).__name__}){quote}"
         )
     expected = type(default).__name__
     if value is None:

@@ -23,8 +23,9 @@ Everything a run writes lies under its output directory ``OUT``:
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it; the resumed run starts from
 the checkpoint's config, and ``--config``/``--set`` given again apply on top (e.g. ``--set
 epochs=20`` to train longer; ``lr`` and ``weight_decay`` cannot change, the restored optimizer
-state holds them). A killed run loses the steps since its last checkpoint: at most an epoch, or
-``checkpoint_every_n_steps`` steps; one stopped by Ctrl-C or SIGTERM none
+state holds them, nor can a model setting the checkpoint's weights or buffers do not fit or would
+put back, e.g. ``theta``). A killed run loses the steps since its last checkpoint: at most an
+epoch, or ``checkpoint_every_n_steps`` steps; one stopped by Ctrl-C or SIGTERM none
 (:class:`_GracefulStop`). Resumed, it trains on as the uninterrupted run
 would have: Lightning restores the weights, the optimizer, the LR schedule and the loops;
 :class:`RunInfo` the random generators (dropout); the training loader
@@ -477,13 +478,14 @@ def _remove_part_files(out: Path) -> None:
             part.unlink()
 
 
-def _read_checkpoint(path: str | Path) -> dict[str, Any]:
+def _read_checkpoint(path: str | Path, suggest: str = "best.ckpt") -> dict[str, Any]:
+    """The checkpoint at ``path``; a folder is refused naming the file ``suggest`` in it."""
     path = Path(path)
     if path.is_dir():
         # the run folder or its checkpoints/ folder: name the file that is (or would be) there
-        inside = path / "best.ckpt"
-        if not inside.is_file() and path.name != "checkpoints":
-            inside = path / "checkpoints" / "best.ckpt"
+        inside = path / suggest
+        if not inside.is_file() and path.absolute().name != "checkpoints":  # "." has no name
+            inside = path / "checkpoints" / suggest
         raise CheckpointError(
             f"checkpoint {path} is a folder; give a checkpoint file, e.g. {inside}"
         )
@@ -563,18 +565,19 @@ def train(
         callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
-    out = Path(out) if out is not None else Path("runs") / exp.name
+    out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
     base = None
     resumed: dict[str, Any] | None = None
     if resume is not None or checkpoint_path.is_file():
-        resumed = _read_checkpoint(checkpoint_path)
+        resumed = _read_checkpoint(checkpoint_path, "last.ckpt")  # resume the latest
         info = resumed["plmu"]
         if info["experiment"] != exp.name:
+            remedy = "resume another checkpoint" if resume is not None else "use another --out"
             raise CheckpointError(
                 f"{checkpoint_path} belongs to experiment {info['experiment']!r}, "
-                f"not {exp.name!r}; use another --out"
+                f"not {exp.name!r}; {remedy}"
             )
         base = info["config"]
         if data_dir is None and info.get("data_dir"):
@@ -598,7 +601,8 @@ def train(
         datamodule.load_state_dict(resumed["plmu"].get("saved") or {})
     module = exp.build_model(config, datamodule)
     if resumed is not None:
-        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        changed = sorted(k for k in config if k in base and config[k] != base[k])
+        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path, changed)
         del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
@@ -656,13 +660,10 @@ def evaluate(
     if data_dir is None and info.get("data_dir"):
         data_dir = info["data_dir"]
     if out is None:
-        run_dir = (
-            checkpoint.parent.parent
-            if checkpoint.parent.name == "checkpoints"
-            else checkpoint.parent
-        )
-        out = run_dir / "evaluate"
-    out = Path(out)
+        # absolute: "best.ckpt" given inside RUN/checkpoints has the parent "." (no name)
+        folder = checkpoint.absolute().parent
+        out = (folder.parent if folder.name == "checkpoints" else folder) / "evaluate"
+    out = _output_dir(Path(out))
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -807,16 +808,46 @@ def _finish(
     return metrics
 
 
-def _check_weights_fit(module: L.LightningModule, state: dict, path: Path) -> None:
-    """Refuse to resume when the (overridden) config builds a model the weights do not fit."""
-    expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+def _output_dir(out: Path) -> Path:
+    """``out``, refused before any work when it (or the nearest part of it that exists) is a
+    file: Lightning's loggers failed on it only after the data was prepared, with a bare
+    ``[Errno 17] File exists``."""
+    for path in (out, *out.parents):
+        if path.is_dir():
+            return out
+        if path.exists():
+            problem = "is a file" if path == out else f"cannot be made: {path} is a file"
+            raise ValueError(f"output directory --out {out} {problem}, not a directory")
+    return out
+
+
+def _check_weights_fit(
+    module: L.LightningModule, state: dict, path: Path, changed: Iterable[str] = ()
+) -> None:
+    """Refuse to resume when the (overridden) config builds a model the weights do not fit, or
+    one whose fixed buffers differ from the checkpoint's: loading would put the checkpoint's
+    back, so the new value would be silently ignored (``--set theta=4`` on a run of theta 16
+    trained on with theta 16 while ``config.yaml`` said 4). ``changed`` names the config keys
+    that differ from the checkpoint's config, for the message."""
+    because = f" (changed: {', '.join(changed)})" if changed else ""
+    built = module.state_dict()
+    expected = {name: tuple(t.shape) for name, t in built.items()}
     found = {name: tuple(t.shape) for name, t in state.items()}
     if expected != found:
         names = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
         raise CheckpointError(
             f"cannot resume from {path}: its weights do not fit the model this config builds "
-            f"(e.g. {names[0]}); train into another --out instead"
+            f"(e.g. {names[0]}){because}; train into another --out instead"
         )
+    for name, buffer in module.named_buffers():
+        saved = state.get(name)
+        if name in built and saved is not None and not torch.equal(buffer.cpu(), saved.cpu()):
+            now, then = buffer.tolist(), saved.tolist()
+            shown = f": {then} saved, {now} now" if buffer.numel() == 1 else ""
+            raise CheckpointError(
+                f"cannot resume from {path}: it would restore {name}{shown}, which this config "
+                f"sets otherwise{because}; train into another --out instead"
+            )
 
 
 def _check_optimizer_settings(base: dict, config: dict, path: Path) -> None:
