@@ -641,7 +641,7 @@ class LMUCell(nn.Module):
         memory_to_memory: keep ``e_m``.
         input_to_hidden: keep ``W_x``.
         hidden_to_hidden: keep ``W_h``. With all four switches off the cell is the lean
-            variant that trains ``e_x`` and ``W_m`` only (``plmu bench``'s baseline): from the
+            variant that trains ``e_x`` and ``W_m`` only (a ``plmu bench`` comparison row): from the
             psMNIST initialisation it gives the same outputs and ``W_m`` gradient as the full
             cell, without multiplying by the zeros (or backpropagating through every step's
             ``h``), but it does not learn the connections the 2019 setup trains.
