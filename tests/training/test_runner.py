@@ -511,7 +511,7 @@ def test_psmnist_end_to_end(tmp_path: Path, mnist_dir: Path, model: str) -> None
     assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
-def _train_psmnist(out: Path, mnist_dir: Path, *extra: str) -> dict:
+def _train_psmnist(out: Path, mnist_dir: Path, *extra: str, **kwargs) -> dict:
     return train(
         "psmnist",
         out=out,
@@ -520,6 +520,7 @@ def _train_psmnist(out: Path, mnist_dir: Path, *extra: str) -> dict:
         accelerator="cpu",
         devices=1,
         progress_bar=False,
+        **kwargs,
     )
 
 
@@ -581,16 +582,7 @@ def test_psmnist_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, mnist_dir
     reference = _train_psmnist(tmp_path / "reference", mnist_dir, *options)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(
-            "psmnist",
-            out=out,
-            overrides=[*TINY_PSMNIST, *options],
-            data_dir=mnist_dir,
-            accelerator="cpu",
-            devices=1,
-            progress_bar=False,
-            callbacks=[crash_at_step(7)],
-        )
+        _train_psmnist(out, mnist_dir, *options, callbacks=[crash_at_step(7)])
     assert loader_position(out) == [{"epoch": 1, "batches": 2}]  # after step 6
     resumed = _train_psmnist(out, mnist_dir, *options)
     assert resumed["global_step"] == reference["global_step"] == 12
