@@ -84,7 +84,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="train an experiment, test it, write OUT/metrics.json",
         description="Train an experiment with its packaged config (the paper's "
         "hyperparameters), then test the best checkpoint. A run resumes automatically "
-        "from OUT/checkpoints/last.ckpt.",
+        "from OUT/checkpoints/last.ckpt; resumed, it may change only the config keys epochs, "
+        "max_steps, patience, checkpoint_every_n_steps, num_workers, num_threads and "
+        "log_every_n_steps.",
         epilog_factory=_experiments_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -121,6 +121,24 @@ def test_an_out_that_is_a_file_is_named(
     assert file.read_text() == "mine\n"
 
 
+def test_resuming_with_a_changed_task_is_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """``--set horizon=5 window=64`` on a resumed Mackey-Glass run trained the rest of it on
+    another task; now one line names both keys, and the run's files stay as they were."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--no-progress-bar"]
+    assert main(args) == 0
+    capsys.readouterr()
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    status = main([*args, *sets(["epochs=2", "window=64", "horizon=5"])])
+    message = _one_line_error(capsys, status)
+    assert "cannot change 'horizon' (15 -> 5), 'window' (32 -> 64) when resuming" in message
+    assert message.endswith("train into another --out instead")
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
 def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -102,7 +102,7 @@ def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
     written = (out / "config.yaml").read_text()
-    with pytest.raises(CheckpointError, match="weights do not fit"):
+    with pytest.raises(CheckpointError, match=r"cannot change 'hidden_size' \(8 -> 9\) when"):
         _train_mg(out, "epochs=2", "hidden_size=9")
     assert (out / "config.yaml").read_text() == written  # still the run's config
 
@@ -113,19 +113,83 @@ def test_resume_refuses_a_new_theta(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
     written = (out / "config.yaml").read_text()
-    message = "it would restore net.stack.layers.0.memory.theta_: 16.0 saved, 4.0 now, which "
-    with pytest.raises(CheckpointError, match=rf"{message}.*\(changed: epochs, theta\)"):
+    with pytest.raises(CheckpointError, match=r"cannot change 'theta' \(16.0 -> 4.0\) when"):
         _train_mg(out, "epochs=2", "theta=4")
     assert (out / "config.yaml").read_text() == written
     assert _train_mg(out, "epochs=2", "theta=16")["epochs"] == 2  # the same value: resumed
+
+
+def test_weights_that_do_not_fit_are_refused() -> None:
+    """The check behind the config's: weights or buffers the built model does not take (a
+    checkpoint of another plmu version, say) are refused, not loaded or silently put back."""
+    from plmu.experiments import mackey_glass
+    from plmu.training.config import load_config
+    from plmu.training.runner import _check_weights_fit
+
+    def module(*extra: str) -> L.LightningModule:
+        config = load_config("mackey-glass", overrides=[*TINY_MACKEY_GLASS, *extra])
+        return mackey_glass.build_model(config, None)
+
+    saved = module().state_dict()
+    _check_weights_fit(module(), saved, Path("last.ckpt"))
+    with pytest.raises(CheckpointError, match=r"weights do not fit .* another --out"):
+        _check_weights_fit(module("hidden_size=9"), saved, Path("last.ckpt"))
+    message = r"restore net.stack.layers.0.memory.theta_: 16.0 saved, 4.0 now.*\(changed: theta\)"
+    with pytest.raises(CheckpointError, match=message):
+        _check_weights_fit(module("theta=4"), saved, Path("last.ckpt"), ["theta"])
 
 
 def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:
     # The restored optimizer state would keep lr=0.001 whatever the config says.
     out = tmp_path / "run"
     _train_mg(out)
-    with pytest.raises(CheckpointError, match="cannot change 'lr' when resuming"):
+    message = r"'lr' \(0.001 -> 0.5\) when resuming .* optimizer state .* keeps lr=0.001"
+    with pytest.raises(CheckpointError, match=message):
         _train_mg(out, "epochs=2", "lr=0.5")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        ["horizon=5"],  # another task: predict 5 steps ahead, not 15
+        ["window=16", "train_length=800"],  # other training windows, of another series
+        ["data_seed=1"],
+        ["seed=1"],  # another shuffle order
+        ["batch_size=4"],  # other batches, another count of steps per epoch
+        ["accumulate_grad_batches=2"],
+        ["gradient_clip_val=1.0"],
+        ["limit_train_batches=2"],
+    ],
+)
+def test_resume_refuses_a_changed_data_or_training_key(tmp_path: Path, changes: list) -> None:
+    """``--set horizon=5`` (or any key that changes the data, the task or how the steps are
+    made) on a resumed run was applied: it trained on another task than its checkpoint's
+    while claiming to continue it. It is refused before any data is built, naming every key."""
+    out = tmp_path / "run"
+    _train_mg(out)
+    written = (out / "config.yaml").read_text()
+    with pytest.raises(CheckpointError) as refused:
+        _train_mg(out, "epochs=2", *changes)
+    message = str(refused.value)
+    for key in (change.split("=")[0] for change in changes):
+        assert f"'{key}' (" in message
+    assert "'epochs'" not in message  # a key that may change is not named
+    assert message.endswith("train into another --out instead")
+    assert (out / "config.yaml").read_text() == written
+    with pytest.raises(CheckpointError, match=r"another --out without --resume instead$"):
+        _train_mg(tmp_path / "new", "epochs=2", *changes, resume=out / "checkpoints/last.ckpt")
+
+
+def test_resume_may_change_the_length_saving_and_reading_keys(tmp_path: Path) -> None:
+    """The keys that do not change what a step computes may change: the run resumes."""
+    out = tmp_path / "run"
+    first = _train_mg(out)
+    options = ["epochs=3", "max_steps=5", "patience=4", "checkpoint_every_n_steps=2"]
+    options += ["num_workers=1", "num_threads=2", "log_every_n_steps=1"]
+    resumed = _train_mg(out, *options)
+    assert (resumed["epochs"], resumed["global_step"]) == (1, 5)
+    assert first["global_step"] == 3
+    assert "num_workers: 1" in (out / "config.yaml").read_text()
 
 
 def test_checkpoints_are_written_inside_out_not_in_the_temp_dir(

@@ -12,6 +12,9 @@ A run's config is built in layers, each later one overriding the earlier:
 Unknown keys are rejected (with the closest known key suggested) and a value must have the type
 of the key's default (an int where a float is expected is accepted; a float must be finite;
 seeds must be >= 0), so a typo never trains a silently different model.
+
+A resumed run may change only the keys in :data:`RESUME_KEYS` (the runner refuses any other
+change, see :func:`plmu.training.runner.train`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 
 __all__ = [
     "REQUIRED_KEYS",
+    "RESUME_KEYS",
     "RUNNER_DEFAULTS",
     "ConfigError",
     "default_config",
@@ -54,6 +58,25 @@ RUNNER_DEFAULTS: dict[str, Any] = {
     # resumed from such a checkpoint reads the rest of that epoch
     "checkpoint_every_n_steps": None,
 }
+
+# The keys a resumed run may set to other values than its checkpoint's config: they change how
+# long it trains, when it saves or stops early, and how it reads data and logs, not what a step
+# computes (a schedule set by the total step count, like text8's cosine decay, follows a new
+# ``epochs`` or ``max_steps`` from the resumed step on). Every other key changes the data, the
+# task, the model, the optimisation or the order and count of the batches (the seeds,
+# ``batch_size``, ``accumulate_grad_batches``, ``precision``, ``limit_*_batches``, ...): resumed
+# with it, the run would not train on as the uninterrupted run would have.
+RESUME_KEYS = frozenset(
+    {
+        "epochs",
+        "max_steps",
+        "patience",
+        "checkpoint_every_n_steps",
+        "num_workers",
+        "num_threads",
+        "log_every_n_steps",
+    }
+)
 
 # What the keys without a default accept besides null (any value would pass otherwise): the
 # runner's, and IWSLT's hub revision (a git ref: `hf_revision=1234567`, a short commit hash

@@ -22,13 +22,19 @@ Everything a run writes lies under its output directory ``OUT``:
 
 A run whose ``OUT/checkpoints/last.ckpt`` exists resumes from it; the resumed run starts from
 the checkpoint's config, and ``--config``/``--set`` given again apply on top (e.g. ``--set
-epochs=20`` to train longer; ``lr`` and ``weight_decay`` cannot change, the restored optimizer
-state holds them, nor can a model setting the checkpoint's weights or buffers do not fit or would
-put back, e.g. ``theta``). A killed run loses the steps since its last checkpoint: at most an
-epoch, or ``checkpoint_every_n_steps`` steps; one stopped by Ctrl-C or SIGTERM none
-(:class:`_GracefulStop`). Resumed, it trains on as the uninterrupted run
-would have: Lightning restores the weights, the optimizer, the LR schedule and the loops;
-:class:`RunInfo` the random generators (dropout); the training loader
+epochs=20`` to train longer). Only the keys in :data:`~plmu.training.config.RESUME_KEYS` may
+change (``epochs``, ``max_steps``, ``patience``, ``checkpoint_every_n_steps``, ``num_workers``,
+``num_threads``, ``log_every_n_steps``: how long it trains, when it saves or stops, how it reads
+and logs); a new value of any other one is refused, naming every changed key
+(:func:`_check_resume_config`): a data or task key (``horizon``, ``max_length``, ``seq_len``,
+...), a seed or ``batch_size`` would train the rest of the run on another task or batches than
+the checkpoint's, ``lr``/``weight_decay`` would be replaced by the restored optimizer state's, a
+model setting would not fit the weights or be put back by them (e.g. ``theta``).
+:func:`evaluate` takes no overrides: it tests a checkpoint on its own config. A killed run
+loses the steps since its last checkpoint: at most an epoch, or ``checkpoint_every_n_steps``
+steps; one stopped by Ctrl-C or SIGTERM none (:class:`_GracefulStop`). Resumed, it trains on as
+the uninterrupted run would have: Lightning restores the weights, the optimizer, the LR schedule
+and the loops; :class:`RunInfo` the random generators (dropout); the training loader
 (:class:`~plmu.training.datamodule.ResumableDataLoader`) the epoch's order and, from a
 checkpoint written mid-epoch, its position, so the rest of that epoch follows. A run that
 ``max_steps`` stops inside an epoch validates its final weights and writes ``last.ckpt`` inside
@@ -66,7 +72,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 import plmu
 from plmu.training import registry
 from plmu.training.base import count_parameters
-from plmu.training.config import load_config
+from plmu.training.config import RESUME_KEYS, load_config
 
 __all__ = [
     "CheckpointError",
@@ -587,7 +593,9 @@ def train(
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
     if base is not None:
-        _check_optimizer_settings(base, config, checkpoint_path)
+        _check_resume_config(
+            load_config(exp.name, base=base), config, checkpoint_path, resume is not None
+        )
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -601,8 +609,9 @@ def train(
         datamodule.load_state_dict(resumed["plmu"].get("saved") or {})
     module = exp.build_model(config, datamodule)
     if resumed is not None:
-        changed = sorted(k for k in config if k in base and config[k] != base[k])
-        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path, changed)
+        # the config keys are those of the checkpoint or RESUME_KEYS: this catches weights
+        # that the model built from the checkpoint's own config does not take
+        _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
         del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
@@ -850,15 +859,29 @@ def _check_weights_fit(
             )
 
 
-def _check_optimizer_settings(base: dict, config: dict, path: Path) -> None:
-    """Refuse a resumed run's new ``lr``/``weight_decay``: the optimizer state restored from the
-    checkpoint would silently keep the old values."""
-    for key in ("lr", "weight_decay"):
-        if key in base and config.get(key) != base[key]:
-            raise CheckpointError(
-                f"cannot change {key!r} when resuming from {path}: the optimizer state restored "
-                f"from it keeps {key}={base[key]!r}; train into another --out instead"
-            )
+def _check_resume_config(saved: dict, config: dict, path: Path, given: bool = False) -> None:
+    """Refuse a resumed run whose config changes a key outside :data:`RESUME_KEYS`.
+
+    ``saved`` is the checkpoint's config (keys the packaged config gained since filled in with
+    their defaults), ``config`` the one ``--config``/``--set`` made of it. A new data or task key
+    (``horizon``, ``window``, ``max_length``, ``seq_len``, ``val_size``, a seed, ``batch_size``,
+    ...) trained the rest of the run on another task than the checkpoint's while it claimed to
+    continue it; a new ``lr``/``weight_decay`` was replaced by the restored optimizer state's;
+    a new model setting did not fit the weights or was put back by them. ``given``: the
+    checkpoint came from ``--resume``, so the remedy is a run without it.
+    """
+    changed = sorted(k for k in config if k not in RESUME_KEYS and config[k] != saved.get(k))
+    if not changed:
+        return
+    shown = ", ".join(f"{key!r} ({saved.get(key)!r} -> {config[key]!r})" for key in changed)
+    kept = [f"{key}={saved[key]!r}" for key in ("lr", "weight_decay") if key in changed]
+    optimizer = f"; the optimizer state restored from it keeps {', '.join(kept)}" if kept else ""
+    remedy = "another --out without --resume" if given else "another --out"
+    raise CheckpointError(
+        f"cannot change {shown} when resuming from {path}: the rest of the run would not train "
+        f"on as the uninterrupted run would have{optimizer} (a resumed run may change only "
+        f"{', '.join(sorted(RESUME_KEYS))}); train into {remedy} instead"
+    )
 
 
 def _set_threads(config: dict) -> None:
