@@ -139,6 +139,19 @@ def test_output_files_are_checked_before_the_run(tmp_path, capsys):
     assert not (tmp_path / "p.png").exists()
 
 
+def test_os_error_is_one_line_from_both_entry_points(tmp_path, capsys, monkeypatch):
+    """python -m plmu.bench caught only ValueError: an OSError (here a --json name too long for
+    the file system) gave a traceback there and a one-line error from plmu bench."""
+    from plmu import cli
+
+    monkeypatch.setattr(bench, "bench_latency", lambda *a: pytest.fail("timed"))
+    args = ["bench", "--quick", "--only", "latency", "--json", str(tmp_path / ("a" * 300))]
+    for entry, argv in ((cli.main, args), (bench.main, args[1:])):
+        assert entry(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("plmu: error: ") and "too long" in err and err.count("\n") == 1
+
+
 def test_crossing():
     assert bench.crossing([100, 1000], [2.0, 0.5]) == {"length": 316, "direction": "falling"}
     assert bench.crossing([100, 1000], [0.5, 2.0]) == {"length": 316, "direction": "rising"}

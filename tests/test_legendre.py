@@ -80,14 +80,26 @@ def test_impulse_response_is_powers_times_B(order, length, theta):
     np.testing.assert_allclose(Ht.numpy(), H, rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("length", [-1, -5, 2.5, True])
-def test_a_bad_kernel_length_is_refused(length):
+@pytest.mark.parametrize(
+    ("length", "error", "message"),
+    [
+        (-1, ValueError, "length must be >= 0, got -1"),
+        (-5, ValueError, "length must be >= 0, got -5"),
+        # a wrong type is a TypeError, as for order (was a ValueError)
+        (2.5, TypeError, "length must be an int >= 0, got float"),
+        (True, TypeError, "length must be an int >= 0, got bool"),
+        ("3", TypeError, "length must be an int >= 0, got str"),
+    ],
+)
+def test_a_bad_kernel_length_is_refused(length, error, message):
     """``LegendreMemory.kernel(-1)`` returned two rows (``impulse_response_torch`` did not check
     ``length`` as ``impulse_response`` does)."""
-    Abar, Bbar = (torch.from_numpy(a) for a in plmu.discretize(*plmu.legendre_delay(3), 9.0))
-    with pytest.raises(ValueError, match="length must be an int >= 0"):
-        impulse_response_torch(Abar, Bbar, length)
-    with pytest.raises(ValueError, match="length must be an int >= 0"):
+    Abar, Bbar = plmu.discretize(*plmu.legendre_delay(3), 9.0)
+    with pytest.raises(error, match=message):
+        plmu.impulse_response(Abar, Bbar, length)
+    with pytest.raises(error, match=message):
+        impulse_response_torch(torch.from_numpy(Abar), torch.from_numpy(Bbar), length)
+    with pytest.raises(error, match=message):
         plmu.LegendreMemory(1, 3, 9.0).kernel(length)
 
 

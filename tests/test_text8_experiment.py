@@ -157,6 +157,21 @@ def test_generate_command_missing_checkpoint(tmp_path, capsys):
     assert status == 2 and "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("temperature", ["0.5", "1.0"])
+def test_generate_greedy_with_temperature_refused(tmp_path, capsys, temperature):
+    # --greedy ignored the temperature silently; the default's value given explicitly counts too
+    checkpoint = str(tmp_path / "nope.ckpt")
+    args = ["generate", checkpoint, "--prompt", "a", "--greedy", "--temperature", temperature]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--greedy" in err and "--temperature" in err
+    # either one alone passes the parser (and reaches the checkpoint)
+    for flag in (["--greedy"], ["--temperature", temperature]):
+        assert cli.main(["generate", checkpoint, "--prompt", "a", *flag]) == 2
+        assert "does not exist" in capsys.readouterr().err
+
+
 def test_train_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")

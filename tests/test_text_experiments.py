@@ -179,6 +179,34 @@ def test_train_without_data_offline_says_what_to_put_where(tmp_path, capsys):
     assert "has no train file: put train.jsonl, train.csv or train.parquet there" in err
 
 
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_failed_evaluate_leaves_nothing_behind(tmp_path, capsys):
+    """evaluate made its CSVLogger's OUT/logs/version_N before reading the data (imdb reads it
+    in setup): a --data-dir without the data left an empty folder per try. The data is now
+    read first; what OUT held before the call stays."""
+    data = _write_task(tmp_path, "imdb", ".jsonl")
+    run = tmp_path / "run"
+    train("imdb", out=run, overrides=TINY, data_dir=data, progress_bar=False)
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = _tree(run)
+    capsys.readouterr()
+    for out in ([], ["--out", str(tmp_path / "eval" / "new")]):
+        assert main(["evaluate", checkpoint, "--data-dir", str(empty), *out]) == 2
+        assert "has no train file" in capsys.readouterr().err
+    assert _tree(run) == before and not (tmp_path / "eval").exists()
+    # an OUT holding an earlier evaluation: it stays, and no version_1 appears beside it
+    evaluate(checkpoint, progress_bar=False)
+    before = _tree(run)
+    assert "evaluate/logs/version_0/metrics.csv" in before
+    assert main(["evaluate", checkpoint, "--data-dir", str(empty)]) == 2
+    assert _tree(run) == before
+
+
 def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
     import lightning as L
 

@@ -959,15 +959,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m plmu.bench [--device cpu|cuda] [--json FILE] [--plot FILE] [--quick]``."""
-    parser = argparse.ArgumentParser(prog="plmu bench", description=__doc__.split("\n")[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except ValueError as error:
-        print(f"plmu bench: error: {error}", file=sys.stderr)
-        return 2
+    """``python -m plmu.bench [--device cpu|cuda] [--json FILE] [--plot FILE] [--quick]``: the
+    same as ``plmu bench ...`` (its error, Ctrl-C and huge-page handling included)."""
+    from plmu import cli
+
+    return cli.main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

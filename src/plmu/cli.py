@@ -220,8 +220,10 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train text8")
     parser.add_argument("--prompt", required=True, help="text to continue (a-z and space)")
     parser.add_argument("--length", type=int, default=500, help="characters to generate")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    parser.add_argument("--greedy", action="store_true", help="always the most likely character")
+    # greedy decoding has no temperature: giving both is an error, not a silently ignored one
+    decoding = parser.add_mutually_exclusive_group()
+    decoding.add_argument("--temperature", type=float, help="sampling temperature (default: 1)")
+    decoding.add_argument("--greedy", action="store_true", help="always the most likely character")
     parser.add_argument("--seed", type=int, help="random seed for sampling")
     parser.set_defaults(handler=_generate)
 
@@ -229,8 +231,9 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from plmu.generation import generate_from_checkpoint
 
+    temperature = 1.0 if args.temperature is None else args.temperature
     text = generate_from_checkpoint(
-        args.checkpoint, args.prompt, args.length, args.temperature, args.greedy, args.seed
+        args.checkpoint, args.prompt, args.length, temperature, args.greedy, args.seed
     )
     print(args.prompt.lower() + text)
     return 0

@@ -57,6 +57,14 @@ def _check_order(order: object) -> int:
     return int(order)
 
 
+def _check_length(length: object) -> int:
+    if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+        raise TypeError(f"length must be an int >= 0, got {type(length).__name__}")
+    if length < 0:
+        raise ValueError(f"length must be >= 0, got {length}")
+    return int(length)
+
+
 def _check_theta(theta: object) -> float:
     """``theta`` as a float: a real number (``int``, ``float``, a NumPy scalar or 0-dim array, a
     0-dim tensor), positive and finite. ``str`` and ``bool`` are rejected (``float("10")`` and
@@ -258,11 +266,10 @@ def impulse_response(Abar: np.ndarray, Bbar: np.ndarray, length: int) -> np.ndar
     Returns:
         float64 array of shape ``(length, order)``.
     """
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
-        raise ValueError(f"length must be an int >= 0, got {length!r}")
+    length = _check_length(length)
     Abar, Bbar = _check_system(Abar, Bbar, ("Abar", "Bbar"))
     Bbar = Bbar.reshape(-1)
-    H = np.empty((int(length), Bbar.shape[0]))
+    H = np.empty((length, Bbar.shape[0]))
     if length == 0:
         return H
     H[0] = Bbar
@@ -371,9 +378,7 @@ def impulse_response_torch(Abar: torch.Tensor, Bbar: torch.Tensor, length: int) 
     """
     if isinstance(length, torch.Tensor):  # a size under torch.jit.trace
         length = int(length)
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
-        raise ValueError(f"length must be an int >= 0, got {length!r}")
-    length = int(length)
+    length = _check_length(length)
     b = Bbar.reshape(-1)
     if length == 0:
         return b.new_zeros((0, b.shape[0]))

@@ -1,3 +1,4 @@
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,24 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_config("mackey-glass", bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config("mackey-glass", tmp_path / "missing.yaml")
+
+
+def test_config_file_duplicate_key_refused(tmp_path: Path) -> None:
+    # PyYAML keeps the last of two equal keys: epochs: 3 was silently dropped
+    path = tmp_path / "dup.yaml"
+    path.write_text("epochs: 3\nlr: 0.01\nepochs: 5\n")
+    message = r"config file .*dup\.yaml repeats the key 'epochs' \(line 3\)"
+    with pytest.raises(ConfigError, match=message):
+        load_config("mackey-glass", path)
+
+
+def test_every_packaged_config_loads() -> None:
+    # the packaged configs are read by the same duplicate-refusing loader
+    names = [p.name[: -len(".yaml")] for p in (files("plmu") / "configs").iterdir()]
+    names = sorted(n for n in names if not n.startswith((".", "_")) and "." not in n)
+    assert len(names) >= 7
+    for name in names:
+        assert all(key in default_config(name) for key in REQUIRED_KEYS), name
 
 
 def test_base_config_fills_new_keys() -> None:

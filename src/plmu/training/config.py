@@ -113,6 +113,31 @@ class ConfigError(ValueError):
     """A config file or an override is malformed, names an unknown key or has a wrong type."""
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a mapping repeating a key (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *anchor": keys beside it override the merged ones by design
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the SafeLoader refuses it itself
+                continue
+            if repeated:
+                raise _DuplicateKeyError(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def default_config(experiment: str) -> dict[str, Any]:
     """The packaged config of ``experiment`` merged over :data:`RUNNER_DEFAULTS`."""
     resource = resources.files("plmu") / "configs" / f"{experiment}.yaml"
@@ -206,7 +231,9 @@ def load_config(
 
 def _parse_mapping(text: str, source: str) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKeyError as error:
+        raise ConfigError(f"{source} repeats the key {error.key!r} (line {error.line})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

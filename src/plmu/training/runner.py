@@ -676,6 +676,10 @@ def evaluate(
     exp, config, module, datamodule = load_checkpoint(checkpoint, data_dir)
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
+    # the data first, as in train: the Trainer's CSVLogger makes OUT/logs/version_N as the
+    # test starts, and a --data-dir without the data left that folder behind, empty
+    datamodule.prepare_data()
+    datamodule.setup("test")
     trainer = _trainer(
         config,
         out,
