@@ -170,6 +170,11 @@ def test_generate_greedy_with_temperature_refused(tmp_path, capsys, temperature)
     for flag in (["--greedy"], ["--temperature", temperature]):
         assert cli.main(["generate", checkpoint, "--prompt", "a", *flag]) == 2
         assert "does not exist" in capsys.readouterr().err
+    # greedy decoding draws nothing: a --seed with it would be ignored too
+    assert cli.main(["generate", checkpoint, "--prompt", "a", "--greedy", "--seed", "1"]) == 2
+    assert "--seed has no effect with --greedy" in capsys.readouterr().err
+    assert cli.main(["generate", checkpoint, "--prompt", "a", "--seed", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_train_offline_without_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):

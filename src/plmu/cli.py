@@ -231,6 +231,8 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from plmu.generation import generate_from_checkpoint
 
+    if args.greedy and args.seed is not None:  # it would be ignored silently
+        raise ValueError("--seed has no effect with --greedy (nothing is drawn); give one of them")
     temperature = 1.0 if args.temperature is None else args.temperature
     text = generate_from_checkpoint(
         args.checkpoint, args.prompt, args.length, temperature, args.greedy, args.seed
