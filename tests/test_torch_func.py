@@ -436,3 +436,36 @@ def test_export_keeps_the_kernels_in_its_graph():
     assert "plmu" not in str(program.graph)
     for got, expected in zip(program.module()(x, s), layer(x, s), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_compile_while_another_thread_builds_a_constant():
+    """The flag that lets a kernel build use the cache while Dynamo is active is per thread: a
+    graph traced while another thread is inside a build still reads the cache."""
+    import threading
+
+    from plmu import memory
+
+    inside, done = threading.Event(), threading.Event()
+
+    def build_elsewhere():
+        memory._CONSTANT_BUILD.active = True  # as while _system_constant runs
+        inside.set()
+        done.wait(30)
+        memory._CONSTANT_BUILD.active = False
+
+    thread = threading.Thread(target=build_elsewhere)
+    thread.start()
+    try:
+        inside.wait(30)
+        layer = _layer("auto", {})
+        x, s = _inputs(layer, 2, 40)
+        graphs: list = []
+        torch._dynamo.reset()
+        with torch.no_grad():
+            got = torch.compile(layer, backend=_graphs_backend(graphs), fullgraph=True)(x, s)[0]
+        assert "plmu.system_constant" in {str(t) for t in _targets(graphs)}
+    finally:
+        done.set()
+        thread.join()
+    with torch.no_grad():
+        torch.testing.assert_close(got, layer(x, s)[0], rtol=1e-10, atol=1e-12)

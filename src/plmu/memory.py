@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 import numbers
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -164,12 +165,15 @@ _CONSTANT_KINDS = {
 }
 
 
-class _ConstantBuild:
+class _ConstantBuild(threading.local):
     """Set while a compiled graph's constant is built eagerly (:func:`_system_constant`,
     :func:`_compiled_horizon`): the module's cache then works as in eager mode
     (``torch.compiler.is_compiling()`` may still be true in there)."""
 
-    active = False
+    active = False  # per thread: another thread may be tracing meanwhile
+
+
+_CONSTANT_BUILD = _ConstantBuild()
 
 
 # the memories a compiled graph may ask for a kernel, by their `_token`
@@ -198,11 +202,11 @@ def _system_constant(
     memory = _MEMORIES.get(token)
     if memory is None:
         raise RuntimeError(f"plmu::system_constant: no live LegendreMemory with token {token}")
-    _ConstantBuild.active = True
+    _CONSTANT_BUILD.active = True
     try:
         value = memory._constant((kind, *sizes, dtype))
     finally:
-        _ConstantBuild.active = False
+        _CONSTANT_BUILD.active = False
     return value.clone(memory_format=torch.contiguous_format)  # the layout the fake gives
 
 
@@ -234,11 +238,11 @@ def _compiled_horizon(memory: LegendreMemory, dtype: torch.dtype, generation: in
     ``generation`` is the module's ``_generation``, which changes with the discretised system:
     the graph is guarded on it, so a new ``theta`` recompiles."""
     del generation  # only for the guard
-    _ConstantBuild.active = True
+    _CONSTANT_BUILD.active = True
     try:
         return memory.free_horizon(dtype) or 0
     finally:
-        _ConstantBuild.active = False
+        _CONSTANT_BUILD.active = False
 
 
 if hasattr(torch.compiler, "assume_constant_result"):
@@ -520,7 +524,7 @@ class LegendreMemory(nn.Module):
         trainable theta records a gradient, nor when it is a ``torch.func`` transform's tensor
         or carries a forward-mode tangent (it has no storage to key on; a cached value would
         hold the transform's tensor or the tangent beyond the call)."""
-        if torch.compiler.is_compiling() and not _ConstantBuild.active:
+        if torch.compiler.is_compiling() and not _CONSTANT_BUILD.active:
             return False
         if not self.trainable_theta:
             return True
@@ -540,7 +544,7 @@ class LegendreMemory(nn.Module):
         kernels from the module's cache (:func:`_system_constant`) instead of computing them."""
         return (
             torch.compiler.is_compiling()
-            and not _ConstantBuild.active
+            and not _CONSTANT_BUILD.active
             and not self.trainable_theta
             and _is_exporting is not None
             and not _is_exporting()
