@@ -49,20 +49,23 @@ __all__ = [
 DISCRETIZERS = ("zoh", "euler", "bilinear")
 
 
+def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int`` (NumPy integers too), checked ``>= minimum``: a TypeError naming
+    ``name`` for another type (``bool`` too), a ValueError for a smaller value."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
-        raise TypeError(f"order must be an int >= 1, got {type(order).__name__}")
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
-    return int(order)
+    return _check_positive_int(order, "order")
 
 
 def _check_length(length: object) -> int:
-    if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
-        raise TypeError(f"length must be an int >= 0, got {type(length).__name__}")
-    if length < 0:
-        raise ValueError(f"length must be >= 0, got {length}")
-    return int(length)
+    return _check_positive_int(length, "length", 0)
 
 
 def _check_theta(theta: object) -> float:

@@ -26,13 +26,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-import numbers
 import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +38,7 @@ from torch import nn
 from plmu.legendre import (
     DISCRETIZERS,
     _check_order,
+    _check_positive_int,
     _check_theta,
     discretize,
     discretize_torch,
@@ -279,16 +278,6 @@ def plain_autograd(*tensors: torch.Tensor | None) -> bool:
 
 
 # ------------------------------------------------------------------------------ validation
-
-
-def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as an ``int`` (NumPy integers too), checked ``>= minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _zeros(
