@@ -23,12 +23,13 @@ modelling one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import torch
@@ -175,6 +176,16 @@ class _ConstantBuild(threading.local):
 _CONSTANT_BUILD = _ConstantBuild()
 
 
+@contextlib.contextmanager
+def _building_constant() -> Iterator[None]:
+    """Within: this thread builds a compiled graph's constant (:class:`_ConstantBuild`)."""
+    _CONSTANT_BUILD.active = True
+    try:
+        yield
+    finally:
+        _CONSTANT_BUILD.active = False
+
+
 # the memories a compiled graph may ask for a kernel, by their `_token`
 _MEMORIES: weakref.WeakValueDictionary[int, LegendreMemory] = weakref.WeakValueDictionary()
 _TOKENS = itertools.count(1)
@@ -201,11 +212,8 @@ def _system_constant(
     memory = _MEMORIES.get(token)
     if memory is None:
         raise RuntimeError(f"plmu::system_constant: no live LegendreMemory with token {token}")
-    _CONSTANT_BUILD.active = True
-    try:
+    with _building_constant():
         value = memory._constant((kind, *sizes, dtype))
-    finally:
-        _CONSTANT_BUILD.active = False
     return value.clone(memory_format=torch.contiguous_format)  # the layout the fake gives
 
 
@@ -219,7 +227,7 @@ def _(Abar: torch.Tensor, token: int, kind: str, sizes: list[int], dtype: torch.
     elif kind == "kernel_rfft_stacked":
         shape = (2 * (sizes[1] // 2 + 1), d)
     elif kind == "kernel_rfft":
-        shape, dtype = (d, sizes[1] // 2 + 1), (torch.ones((), dtype=dtype) * 1j).dtype
+        shape, dtype = (d, sizes[1] // 2 + 1), torch.promote_types(dtype, torch.complex64)
     elif kind == "powers":
         shape = (sizes[0], d, d)
     elif kind == "toeplitz":
@@ -237,11 +245,8 @@ def _compiled_horizon(memory: LegendreMemory, dtype: torch.dtype, generation: in
     ``generation`` is the module's ``_generation``, which changes with the discretised system:
     the graph is guarded on it, so a new ``theta`` recompiles."""
     del generation  # only for the guard
-    _CONSTANT_BUILD.active = True
-    try:
+    with _building_constant():
         return memory.free_horizon(dtype) or 0
-    finally:
-        _CONSTANT_BUILD.active = False
 
 
 if hasattr(torch.compiler, "assume_constant_result"):
