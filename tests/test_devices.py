@@ -26,8 +26,18 @@ MEMORY_MODES = ["recurrent", "fft", "direct", "chunked", "auto"]
 
 
 @pytest.fixture(params=DEVICES)
-def device(request) -> torch.device:
-    return torch.device(request.param)
+def device(request):
+    """The device; on CUDA with float32 products in full precision for the test: the tolerances
+    are float32's, and TF32 (if something switched it on) rounds inputs to 10 mantissa bits."""
+    if request.param != "cuda":
+        yield torch.device(request.param)
+        return
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield torch.device("cuda")
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 @pytest.mark.parametrize("mode", MEMORY_MODES)
