@@ -48,7 +48,8 @@ def test_commands_limits_and_files(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "out"
     calls = log.read_text().splitlines()
-    assert any("-m pytest -v -p no:cacheprovider tests/test_devices.py" in c for c in calls)
+    tests = next(c for c in calls if "-m pytest" in c)
+    assert "--hypothesis-profile=derandomized" in tests and "tests/test_devices.py" in tests
     bench = next(c for c in calls if "plmu.bench" in c)
     assert bench == f"-m plmu.bench --device cuda --json {out}/cuda.json --plot {out}/cuda.png"
     train = next(c for c in calls if "plmu.cli train" in c)
