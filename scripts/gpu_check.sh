@@ -12,11 +12,12 @@
 #    cuda_train.txt and its metrics, cuda_train_metrics.json.
 # Each step has its own time limit, so a step that hangs costs only its share of the 530 s
 # (GPU_CHECK_BUDGET) that the 540 s call allows: the environment 40 s at most, the tests 115,
-# training 70 kept back, and the benchmark what is left (300 s or more). The expected time on an H100 is 3 to 4
-# minutes (estimates in benchmarks/README.md). It uses the machine's own python3 (PyTorch with
-# CUDA, lightning, pytest, hypothesis and matplotlib are there; nothing is installed) and writes
-# everything into $OUT when set (the device tool's folder: at most 8 files come back; this
-# writes 7), else into benchmarks/. Copy cuda.json, cuda.png and cuda.txt to benchmarks/.
+# training 70 kept back, and the benchmark what is left (300 s or more). The expected time on
+# an H100 is 3 to 4 minutes (estimates in benchmarks/README.md). It uses the machine's own
+# python3 (PyTorch with CUDA, lightning, pytest, hypothesis and matplotlib are there; nothing
+# is installed) and writes everything into $OUT when set (the device tool's folder: at most 8
+# files come back; this writes 7), else into benchmarks/. Copy cuda.json, cuda.png and
+# cuda.txt to benchmarks/.
 #
 # A dry run without a GPU (the same steps on the CPU, small sizes; tests/test_gpu_check.py):
 #     GPU_CHECK_DEVICE=cpu GPU_CHECK_QUICK=1 OUT=/tmp/check bash scripts/gpu_check.sh
@@ -80,8 +81,8 @@ step "tests exit status $tests; CUDA cases: $cuda_passed passed, $cuda_skipped s
 step "benchmark -> $out/cuda.json, cuda.png, cuda.txt"
 limit=$((budget - (SECONDS - begin) - 70 - 5))
 step "benchmark: $limit s at most"
-timeout -k 5 "$limit" "$py" -m plmu.bench --device "$device" ${quick[@]+"${quick[@]}"} --json "$out/cuda.json" \
-    --plot "$out/cuda.png" 2>&1 | tee "$out/cuda.txt"
+timeout -k 5 "$limit" "$py" -m plmu.bench --device "$device" ${quick[@]+"${quick[@]}"} \
+    --json "$out/cuda.json" --plot "$out/cuda.png" 2>&1 | tee "$out/cuda.txt"
 bench=${PIPESTATUS[0]}
 step "benchmark exit status $bench"
 
