@@ -242,3 +242,25 @@ def test_token_id_checks_on_cuda():
         s2s.encode(src, torch.tensor([3, 2], device="cuda"))
     with pytest.raises(ValueError, match=r"prompt must hold token ids in \[0, 27\)"):
         next(iter_tokens(lm, torch.tensor([3, 27], device="cuda"), 1))
+
+
+def test_original_lmu_takes_lengths_to_the_device_once():
+    """``LMU.forward`` with host ``lengths`` and an input on a GPU copied each step's mask to the
+    GPU inside the time loop: a blocking copy, i.e. a synchronisation, at every step. The
+    lengths go to the input's device once (counted here on the CPU: ``Tensor.to`` calls)."""
+    rnn = plmu.LMU(2, 3, 4, 8.0)
+    x, lengths = torch.randn(2, 40, 2), torch.tensor([40, 17])
+    calls = []
+    to = torch.Tensor.to
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return to(self, *args, **kwargs)
+
+    with mock.patch.object(torch.Tensor, "to", counted):
+        y, (h, m) = rnn(x, lengths=lengths)
+    assert len(calls) <= 2
+    _, (h1, m1) = rnn(x[1:, :17])
+    torch.testing.assert_close(h[1:], h1)
+    torch.testing.assert_close(m[1:], m1)
+    torch.testing.assert_close(y[1:, 16], h1)
