@@ -191,3 +191,81 @@ def test_psmnist_original_lmu_lean_variant(cfg):
     assert cell.e_h is None and cell.e_m is None and cell.W_x is None and cell.W_h is None
     assert [n for n, p in rnn.named_parameters() if p.requires_grad] == ["cell.W_m"]
     assert (cell.hidden_size, cell.memory.order) == (cfg.ps_lmu_hidden, cfg.ps_lmu_order)
+
+
+def test_json_and_plot_are_written_as_the_groups_finish(tmp_path, monkeypatch):
+    """scripts/gpu_check.sh runs the benchmark under a time limit on a machine lent once: the
+    JSON (and the sweep's plot) used to be written only after the last group, so a run stopped
+    by the limit (or failing) in a later group left nothing. Each finished group is saved at
+    once, with the groups still to run listed; the final JSON lists none."""
+    json_path, png_path = tmp_path / "b.json", tmp_path / "b.png"
+
+    def stopped(*args):
+        saved = json.loads(json_path.read_text())
+        assert set(saved) >= {"meta", "sweep", "targets"} and "latency" not in saved
+        assert saved["unfinished"] == ["latency"]
+        assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        raise KeyboardInterrupt  # as a time limit's signal would stop it here
+
+    monkeypatch.setattr(bench, "bench_latency", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(
+            quick=True,
+            groups=["sweep", "latency"],
+            json_path=json_path,
+            plot_path=png_path,
+            log=lambda _: None,
+        )
+    assert json.loads(json_path.read_text())["unfinished"] == ["latency"]
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, then renamed
+    monkeypatch.undo()
+    res = bench.run(quick=True, groups=["latency"], json_path=json_path, log=lambda _: None)
+    saved = json.loads(json_path.read_text())
+    assert "unfinished" not in saved and "unfinished" not in res
+    assert saved["latency"] == res["latency"]
+
+
+def test_cuda_settings_are_recorded(monkeypatch):
+    """On CUDA the JSON's meta names what decides the float32 arithmetic (TF32 for cuBLAS and
+    cuDNN's LSTM): readable here with the GPU queries mocked, every value plain JSON."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    meta = bench._meta(torch.device("cuda"), bench.BenchConfig.quick(), True)
+    settings = meta["cuda"]
+    assert meta["device_name"] == "Fake GPU" and settings["capability"] == "9.0"
+    assert settings["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    assert settings["cublas_allow_tf32"] is torch.backends.cuda.matmul.allow_tf32
+    assert json.loads(json.dumps(meta)) == meta
+    assert "CUDA: capability 9.0" in bench.format_report({"meta": meta})
+    assert "cuda" not in bench._meta(torch.device("cpu"), bench.BenchConfig.quick(), True)
+
+
+def test_cuda_timing_and_memory_synchronise(monkeypatch):
+    """The CUDA branches, with the device calls mocked: every timed block starts and ends with
+    a synchronisation (kernels run asynchronously: without it a timer sees launches only), and
+    peak memory is the allocator's peak during the step above what was allocated before."""
+    events: list[str] = []
+    peak = {"now": 100, "max": 100}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: peak["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: peak["max"])
+
+    def reset(device=None):
+        events.append("reset")
+        peak["max"] = peak["now"]
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    cuda = torch.device("cuda")
+    fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    bench.time_interleaved(fns, repeats=1, warmup=1, device=cuda)
+    # warm-up, a synchronised call that sets the round length, then the synchronised round
+    timed = ["sync", "a", "sync", "sync", "b", "sync"]
+    assert events == ["a", "sync", "a", "sync", "b", "sync", "b", "sync", *timed]
+    events.clear()
+
+    def step():
+        events.append("step")
+        peak["max"] = 1100  # a buffer of 1000 bytes, freed before the step ends
+
+    assert bench.peak_memory(step, cuda) == 1000
+    assert events == ["sync", "reset", "step", "sync"]

@@ -6,7 +6,9 @@ device is compared with float64 on the CPU: the recurrence for the memory, autog
 same layer for gradients.
 """
 
+import contextlib
 import copy
+from unittest import mock
 
 import pytest
 import torch
@@ -26,8 +28,18 @@ MEMORY_MODES = ["recurrent", "fft", "direct", "chunked", "auto"]
 
 
 @pytest.fixture(params=DEVICES)
-def device(request) -> torch.device:
-    return torch.device(request.param)
+def device(request):
+    """The device; on CUDA with float32 products in full precision for the test: the tolerances
+    are float32's, and TF32 (if something switched it on) rounds inputs to 10 mantissa bits."""
+    if request.param != "cuda":
+        yield torch.device(request.param)
+        return
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield torch.device("cuda")
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 @pytest.mark.parametrize("mode", MEMORY_MODES)
@@ -162,6 +174,57 @@ def test_original_lmu_matches_float64(device):
     assert_close_to_reference(m, m_ref.detach().numpy())
 
 
+@contextlib.contextmanager
+def _cuda_sync_is_error():
+    """Within: any host/device synchronisation raises (CUDA's sync debug mode)."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@contextlib.contextmanager
+def _moving_tensors_is_error():
+    """Within: copying a tensor to a device raises. On ``meta`` tensors, which hold no values,
+    reading one back raises anyway: together the CPU's stand-in for CUDA's sync debug mode,
+    where a blocking host-to-device copy (moving a module, say) is a synchronisation too."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("a tensor was copied inside a region that must not synchronise")
+
+    with (
+        mock.patch.object(torch.Tensor, "to", refuse),
+        mock.patch.object(torch.Tensor, "cuda", refuse),
+        mock.patch.object(torch.Tensor, "cpu", refuse),
+        mock.patch.object(torch.Tensor, "copy_", refuse),
+    ):
+        yield
+
+
+def _token_checks_without_sync(device, no_sync):
+    """The token-id checks of a training step on ``device`` inside ``no_sync``: they must
+    neither read ids back nor copy anything there."""
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.models.text import TextClassifier
+
+    lm = LMULanguageModel(27, 8, 1, order=4, theta=8.0).to(device)
+    clf = TextClassifier(2, vocab_size=10, embedding_dim=4, hidden_size=4, order=4, theta=8.0)
+    clf.to(device)  # before the region: moving it there is a blocking copy, a sync
+    tokens = torch.randint(0, 27, (2, 50)).to(device)
+    with no_sync():
+        lm._check_tokens(tokens, 2, "tokens")
+        lm._check_tokens(tokens[:, 0], 1, "token")
+        clf.encoder.check_ids(tokens % 10)
+
+
+def test_token_id_checks_make_no_sync_stand_in():
+    """On ``meta`` (no values, no CUDA needed): the region of the CUDA test below moves no
+    tensor. It moved a model to the GPU, a blocking copy that sync debug mode refuses."""
+    _token_checks_without_sync(torch.device("meta"), _moving_tensors_is_error)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_token_id_checks_on_cuda():
     """Token-id range checks add no host/device sync where the model's forward makes none
@@ -170,22 +233,34 @@ def test_token_id_checks_on_cuda():
     from plmu.generation import iter_tokens
     from plmu.models.language_model import LMULanguageModel
     from plmu.models.seq2seq import LMUSeq2Seq
-    from plmu.models.text import TextClassifier
 
+    _token_checks_without_sync(torch.device("cuda"), _cuda_sync_is_error)
     lm = LMULanguageModel(27, 8, 1, order=4, theta=8.0).cuda()
-    clf = TextClassifier(2, vocab_size=10, embedding_dim=4, hidden_size=4, order=4, theta=8.0)
-    tokens = torch.randint(0, 27, (2, 50), device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        lm._check_tokens(tokens, 2, "tokens")
-        lm._check_tokens(tokens[:, 0], 1, "token")
-        clf.cuda().encoder.check_ids(tokens % 10)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
     s2s = LMUSeq2Seq(10, 12, d_model=8, order=4, theta=8.0, encoder_layers=1).cuda()
     src = torch.full((2, 3), 10, device="cuda")
     with pytest.raises(ValueError, match=r"src must hold token ids in \[0, 10\)"):
         s2s.encode(src, torch.tensor([3, 2], device="cuda"))
     with pytest.raises(ValueError, match=r"prompt must hold token ids in \[0, 27\)"):
         next(iter_tokens(lm, torch.tensor([3, 27], device="cuda"), 1))
+
+
+def test_original_lmu_takes_lengths_to_the_device_once():
+    """``LMU.forward`` with host ``lengths`` and an input on a GPU copied each step's mask to the
+    GPU inside the time loop: a blocking copy, i.e. a synchronisation, at every step. The
+    lengths go to the input's device once (counted here on the CPU: ``Tensor.to`` calls)."""
+    rnn = plmu.LMU(2, 3, 4, 8.0)
+    x, lengths = torch.randn(2, 40, 2), torch.tensor([40, 17])
+    calls = []
+    to = torch.Tensor.to
+
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return to(self, *args, **kwargs)
+
+    with mock.patch.object(torch.Tensor, "to", counted):
+        y, (h, m) = rnn(x, lengths=lengths)
+    assert len(calls) <= 2
+    _, (h1, m1) = rnn(x[1:, :17])
+    torch.testing.assert_close(h[1:], h1)
+    torch.testing.assert_close(m[1:], m1)
+    torch.testing.assert_close(y[1:, 16], h1)

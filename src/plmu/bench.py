@@ -26,6 +26,8 @@ freed heap memory returned by ``malloc_trim`` first). PyTorch's CPU allocator do
 this counts every buffer the step touches (activations, gradients, optimizer state, library
 workspaces); it is ``None`` where ``/proc`` is unavailable.
 
+On CUDA, ``meta.cuda`` records the CUDA/cuDNN versions and TF32 switches (:func:`cuda_settings`).
+
 The module imports only torch and numpy (and matplotlib, lazily, for the plot).
 """
 
@@ -55,6 +57,7 @@ from plmu.layers import LMU, ParallelLMU
 
 __all__ = [
     "BenchConfig",
+    "cuda_settings",
     "main",
     "peak_memory",
     "psmnist_original_lmu",
@@ -734,6 +737,8 @@ def format_report(res: dict) -> str:
             f"{meta['device_name']} ({meta['device']}), {meta['threads']} thread(s), "
             f"torch {meta['torch']}, THP_MEM_ALLOC_ENABLE={meta.get('THP_MEM_ALLOC_ENABLE')}"
         )
+        if meta.get("cuda"):
+            lines.append("CUDA: " + ", ".join(f"{k} {v}" for k, v in meta["cuda"].items()))
     for key, title, ratio_key, ratio_name in (
         ("psmnist", "psMNIST training step", "x_slower_than_parallel", "x parallel"),
         ("full_sequence", "full-sequence training step", "time_vs_lstm", "time/LSTM"),
@@ -826,6 +831,7 @@ def _meta(device: torch.device, cfg: BenchConfig, quick: bool) -> dict:
         pass
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
+    extra = {"cuda": cuda_settings(device)} if device.type == "cuda" else {}
     return {
         "device": str(device),
         "device_name": name,
@@ -842,6 +848,40 @@ def _meta(device: torch.device, cfg: BenchConfig, quick: bool) -> dict:
         # when this is set (read once, before the first tensor): far fewer page faults
         # for every model's large activations
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        **extra,
+    }
+
+
+def _setting(read: Callable[[], object]) -> object:
+    """One backend flag, or ``None`` where this torch lacks it or refuses to read it (torch
+    >= 2.9 raises when the legacy and the new TF32 switches were both set)."""
+    try:
+        value = read()
+    except (AttributeError, RuntimeError):
+        return None
+    return value if isinstance(value, (bool, int, str)) or value is None else str(value)
+
+
+def cuda_settings(device: torch.device) -> dict:
+    """What decides a CUDA run's float32 arithmetic and kernels, for the JSON's ``meta``.
+
+    The models compare in float32 as PyTorch runs it by default: cuBLAS products (the parallel
+    LMU, the original LMU) in full float32 unless TF32 is switched on, while cuDNN's LSTM may
+    use TF32 tensor cores by default (``torch.backends.cudnn.allow_tf32``; in torch >= 2.9
+    ``cudnn.rnn.fp32_precision`` ``"tf32"``), which favours the LSTM baseline. Recorded, not
+    changed.
+    """
+    backends = torch.backends
+    return {
+        "capability": ".".join(map(str, torch.cuda.get_device_capability(device))),
+        "cuda": torch.version.cuda,
+        "cudnn": _setting(backends.cudnn.version),
+        "cudnn_enabled": _setting(lambda: backends.cudnn.enabled),
+        "cudnn_benchmark": _setting(lambda: backends.cudnn.benchmark),
+        "float32_matmul_precision": _setting(torch.get_float32_matmul_precision),
+        "cublas_allow_tf32": _setting(lambda: backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": _setting(lambda: backends.cudnn.allow_tf32),
+        "cudnn_rnn_fp32_precision": _setting(lambda: backends.cudnn.rnn.fp32_precision),
     }
 
 
@@ -858,7 +898,12 @@ def run(
     repeats: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run the benchmarks; write JSON/PNG where asked; return the results dict."""
+    """Run the benchmarks; write JSON/PNG where asked; return the results dict.
+
+    The JSON is rewritten as each group finishes, with ``"unfinished"`` listing the groups still
+    to run (absent once all ran), and the plot once the sweep is done: a run stopped by a time
+    limit (``scripts/gpu_check.sh``) keeps the groups it finished.
+    """
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
         raise ValueError(f"groups must be among {GROUPS}, got {unknown}")
@@ -892,21 +937,32 @@ def run(
         "latency": bench_latency,
         "streaming": bench_streaming,
     }
-    for group in GROUPS:
-        if group in groups:
-            start = time.perf_counter()
-            log(f"[plmu bench] {group} ...")
-            res[group] = fns[group](cfg, dev)
-            log(f"[plmu bench] {group} done in {time.perf_counter() - start:.1f} s")
+    todo = [group for group in GROUPS if group in groups]
+    for i, group in enumerate(todo):
+        start = time.perf_counter()
+        log(f"[plmu bench] {group} ...")
+        res[group] = fns[group](cfg, dev)
+        log(f"[plmu bench] {group} done in {time.perf_counter() - start:.1f} s")
+        # saved as each group finishes: a run stopped later (a time limit, a failure) keeps it
+        if json_path is not None and i + 1 < len(todo):
+            partial = {**res, "targets": _targets(res), "unfinished": todo[i + 1 :]}
+            _write_json(partial, Path(json_path))
+        if plot_path is not None and group == "sweep":
+            plot_sweep(res, Path(plot_path))
     res["targets"] = _targets(res)
     log(format_report(res))
     if json_path is not None:
-        json_path = Path(json_path)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(res, indent=2) + "\n")
-    if plot_path is not None and "sweep" in res:
-        plot_sweep(res, Path(plot_path))
+        _write_json(res, Path(json_path))
     return res
+
+
+def _write_json(res: dict, path: Path) -> None:
+    """``res`` as indented JSON at ``path``, written whole to a temporary file, then renamed (a
+    run killed while writing leaves the previous version, never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(res, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _check_output_file(path: str | Path | None, option: str) -> None:

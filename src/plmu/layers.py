@@ -877,10 +877,12 @@ class LMU(nn.Module):
         # the whole sequence for every step (quadratic in T)
         xe_steps = xe.unbind(1)
         xw_steps = [None] * T if xw is None else xw.unbind(1)
+        if lengths is not None:  # once: a copy per step would synchronise with a GPU each step
+            lengths = lengths.to(x.device).unsqueeze(1)
         for t in range(T):
             h_new, m_new = cell._step(xe_steps[t], xw_steps[t], h, m, Abar, Bbar)
             if lengths is not None:
-                keep = (t < lengths).to(x.device).unsqueeze(1)
+                keep = t < lengths
                 h_new, m_new = torch.where(keep, h_new, h), torch.where(keep, m_new, m)
             h, m = h_new, m_new
             if self.return_sequences:  # (a list of every h would keep every step's graph alive)
