@@ -674,6 +674,44 @@ def test_psmnist_original_lmu_size_is_the_papers() -> None:
     assert count_parameters(build_net(config)) == 102_027
 
 
+class _FreezePsMNISTWeights(L.Callback):
+    """What ``LMUCell(init="psmnist")`` did before its ``e_x``, ``e_h``, ``e_m``, ``W_x`` and
+    ``W_h`` trained: freeze them (before the optimizer is built)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        import plmu
+
+        for cell in pl_module.modules():
+            if isinstance(cell, plmu.LMUCell):
+                for p in (cell.e_x, cell.e_h, cell.e_m, cell.W_x, cell.W_h):
+                    if p is not None:
+                        p.requires_grad_(False)
+
+
+def test_psmnist_lmu_checkpoint_with_frozen_weights(tmp_path: Path, mnist_dir: Path) -> None:
+    """An old psMNIST ``model=lmu`` checkpoint (five weight tensors frozen, so Adam's state
+    holds three): evaluate tests it; resuming failed inside ``fit`` with torch's "loaded state
+    dict contains a parameter group that doesn't match the size of optimizer's group" and is
+    now refused before anything is written, saying why and what to do."""
+    out = tmp_path / "old"
+    trained = _train_psmnist(out, mnist_dir, "model=lmu", callbacks=[_FreezePsMNISTWeights()])
+    evaluated = evaluate(out / "checkpoints" / "best.ckpt", accelerator="cpu", progress_bar=False)
+    assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    message = (
+        r"^cannot resume from .*last\.ckpt: its optimizer state is for 3 trainable weight "
+        r"tensors, this version's model trains 8 \(.*psMNIST model=lmu.*\); plmu evaluate "
+        r"still tests it, but to train, start a new run in another --out"
+    )
+    with pytest.raises(CheckpointError, match=message + "$"):
+        _train_psmnist(out, mnist_dir, "model=lmu", "epochs=2")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    new = tmp_path / "new"
+    with pytest.raises(CheckpointError, match=message + " without --resume$"):
+        _train_psmnist(new, mnist_dir, "epochs=2", resume=out / "checkpoints" / "last.ckpt")
+    assert not new.exists()
+
+
 def test_mackey_glass_models_are_the_papers_size() -> None:
     """PAPER.md section 2: 4 stacked layers, the original LMU with hidden 49, order 4, theta 4
     (18k parameters); the parallel LMU and the LSTM at the same budget (within 3%)."""

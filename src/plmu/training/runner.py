@@ -612,6 +612,9 @@ def train(
         # the config keys are those of the checkpoint or RESUME_KEYS: this catches weights
         # that the model built from the checkpoint's own config does not take
         _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        _check_optimizer_fits(
+            module, resumed.get("optimizer_states") or [], checkpoint_path, resume is not None
+        )
         del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
@@ -861,6 +864,30 @@ def _check_weights_fit(
                 f"cannot resume from {path}: it would restore {name}{shown}, which this config "
                 f"sets otherwise{because}; train into another --out instead"
             )
+
+
+def _check_optimizer_fits(
+    module: L.LightningModule, states: list[dict], path: Path, given: bool = False
+) -> None:
+    """Refuse to resume when the checkpoint's optimizer state is for other trainable weights
+    than this version's model has: Lightning failed inside ``fit`` with torch's "loaded state
+    dict contains a parameter group that doesn't match the size of optimizer's group". A
+    psMNIST ``model=lmu`` checkpoint of a plmu that froze ``LMUCell(init="psmnist")``'s
+    ``e_x``, ``e_h``, ``e_m``, ``W_x`` and ``W_h`` holds Adam's state for ``W_m`` and the head
+    only; they all train now, so the run cannot go on as it would have (its weights still
+    evaluate). ``given``: the checkpoint came from ``--resume``."""
+    if not states:
+        return
+    saved = sum(len(group["params"]) for group in states[0].get("param_groups", []))
+    trainable = sum(1 for p in module.parameters() if p.requires_grad)
+    if saved != trainable:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer state is for {saved} trainable weight "
+            f"tensors, this version's model trains {trainable} (it was written by a plmu whose "
+            f"model froze some weights, e.g. psMNIST model=lmu before its e_x, e_h, e_m, W_x "
+            f"and W_h trained); plmu evaluate still tests it, but to train, start a new run in "
+            f"{'another --out without --resume' if given else 'another --out'}"
+        )
 
 
 def _check_resume_config(saved: dict, config: dict, path: Path, given: bool = False) -> None:
