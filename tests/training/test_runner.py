@@ -14,6 +14,7 @@ from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
 from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.data.mnist import permutation, psmnist_splits
+from plmu.training import runner
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
@@ -410,6 +411,35 @@ def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(tmp_path:
     assert more["global_step"] == reference["global_step"]
     assert_same_last_checkpoint(tmp_path / "reference", out)
     assert more["test_nrmse"] == reference["test_nrmse"]
+
+
+class _NaNWeightsInEpoch(L.Callback):
+    """Makes the weights NaN before epoch ``epoch``'s validation, so its metric is not finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+@pytest.mark.skipif(
+    runner._NON_FINITE is None, reason="this Lightning does not record why a run stopped"
+)
+def test_a_run_stopped_on_a_non_finite_metric_stays_stopped(tmp_path: Path) -> None:
+    """Early stopping stops at a NaN validation metric whatever its patience; the restored
+    state's wait count does not show it, so the same command again trained one more epoch (on
+    NaN weights) before stopping. Now it only tests, even with more patience."""
+    out = tmp_path / "run"
+    options = ["epochs=5", "patience=3"]
+    stopped = _train_mg(out, *options, callbacks=[_NaNWeightsInEpoch(1)])
+    assert stopped["epochs"] == 2  # stopped at the NaN of epoch 1 (best.ckpt is epoch 0)
+    for patience in (3, 4):
+        again = _train_mg(out, "epochs=5", f"patience={patience}")
+        assert (again["global_step"], again["epochs"]) == (stopped["global_step"], 2)
 
 
 def _best_score_recorded(run: Path, name: str) -> float:

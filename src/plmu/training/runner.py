@@ -64,6 +64,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import early_stopping as _early_stopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -304,6 +305,13 @@ class _StepCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+# why a run stopped early, kept in the callback's state by the Lightning releases that have
+# EarlyStoppingReason (2.6 does; None with older ones, which do not record it)
+_NON_FINITE = getattr(
+    getattr(_early_stopping, "EarlyStoppingReason", None), "NON_FINITE_METRIC", None
+)
+
+
 class _EarlyStopping(EarlyStopping):
     """``EarlyStopping`` (config key ``patience``) that a resumed run obeys.
 
@@ -312,7 +320,10 @@ class _EarlyStopping(EarlyStopping):
     at least, and more whenever that epoch improved), where it should only test, and ``--set
     patience=N`` given on resuming was replaced by the checkpoint's. Here the configured
     patience stays, and a run whose restored state has used it up stops before training (a
-    larger ``patience`` continues it, as a larger ``epochs`` does).
+    larger ``patience`` continues it, as a larger ``epochs`` does). A run stopped by a
+    non-finite metric (whatever its patience; the wait count does not show it, so the resumed
+    run trained one more epoch, on the weights that gave it) stays stopped, whatever
+    ``patience`` says (with a Lightning that records why it stopped, as 2.6 does).
     """
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -323,6 +334,8 @@ class _EarlyStopping(EarlyStopping):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+            trainer.should_stop = True
+        if _NON_FINITE is not None and getattr(self, "stopping_reason", None) == _NON_FINITE:
             trainer.should_stop = True
 
 
