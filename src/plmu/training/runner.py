@@ -584,6 +584,7 @@ def train(
         callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
+    _check_data_dir_applies(exp, data_dir)
     out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
@@ -682,6 +683,7 @@ def evaluate(
     checkpoint = Path(checkpoint)
     raw = _read_checkpoint(checkpoint)
     info = raw["plmu"]
+    _check_data_dir_applies(registry.get(info["experiment"]), data_dir)
     if data_dir is None and info.get("data_dir"):
         data_dir = info["data_dir"]
     if out is None:
@@ -835,6 +837,16 @@ def _finish(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
     print(format_summary(f"{title}  ->  {out}", metrics), flush=True)
     return metrics
+
+
+def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | None) -> None:
+    """Refuse a ``data_dir`` given for an experiment that generates its data: it was ignored
+    silently, though its user probably expected it read (as ``--seed`` with ``--greedy``)."""
+    if data_dir is not None and not exp.reads_data:
+        raise ValueError(
+            f"{exp.name} generates its data and reads none: --data-dir {data_dir} would be "
+            f"ignored; leave it out"
+        )
 
 
 def _output_dir(out: Path) -> Path:
