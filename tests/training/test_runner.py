@@ -629,6 +629,7 @@ def test_psmnist_evaluates_with_the_checkpoints_permutation(
     checkpoint = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
     seed_order = permutation(784, 0)
     assert checkpoint["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    assert "PsMNISTData" not in checkpoint  # stored once (it was in Lightning's state too)
     stored = seed_order.flip(0)  # as if this torch's randperm had given other values
     checkpoint["plmu"]["saved"]["permutation"] = stored.tolist()
     tampered = tmp_path / "other-torch.ckpt"
@@ -649,23 +650,31 @@ def test_psmnist_evaluates_with_the_checkpoints_permutation(
     assert evaluated["test_loss"] == pytest.approx(test_loss(stored), rel=1e-5)
 
 
+@pytest.mark.parametrize("written_before", [False, True])
 def test_psmnist_resume_uses_the_stored_permutation(
-    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, written_before: bool
 ) -> None:
     """A run resumed where torch's randperm gives another permutation for the seed trains on
-    with the stored one, exactly as the uninterrupted run."""
+    with the stored one, exactly as the uninterrupted run. ``written_before``: a checkpoint
+    that also holds the permutation in Lightning's datamodule state, as they did."""
     import plmu.data.mnist
 
     _train_psmnist(tmp_path / "reference", mnist_dir, "epochs=2")
     out = tmp_path / "run"
     _train_psmnist(out, mnist_dir)
     seed_order = permutation(784, 0)
+    last = out / "checkpoints" / "last.ckpt"
+    if written_before:
+        checkpoint = torch.load(last, weights_only=False)
+        checkpoint["PsMNISTData"] = {"permutation": seed_order.tolist()}
+        torch.save(checkpoint, last)
     monkeypatch.setattr(plmu.data.mnist, "permutation", lambda n, seed: torch.arange(n))
     resumed = _train_psmnist(out, mnist_dir, "epochs=2")
     assert resumed["epochs"] == 2
     assert_same_last_checkpoint(tmp_path / "reference", out)
-    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    assert "PsMNISTData" not in checkpoint
 
 
 def test_psmnist_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, mnist_dir: Path) -> None:
