@@ -103,6 +103,34 @@ def test_a_bad_kernel_length_is_refused(length, error, message):
         plmu.LegendreMemory(1, 3, 9.0).kernel(length)
 
 
+@pytest.mark.parametrize("length", [True, 2.0, np.float64(2.0)], ids=repr)
+def test_a_bad_length_after_a_cached_kernel_is_refused(length):
+    """``kernel(True)`` (and ``kernel(2.0)``) returned the cached ``kernel(1)`` (``kernel(2)``):
+    the cache key compared ``True == 1``. The other public methods taking a length or size
+    took a bool as 1."""
+    memory = plmu.LegendreMemory(1, 3, 9.0)
+    memory.kernel(1), memory.kernel(2)  # cached
+    with pytest.raises(TypeError, match="length must be an int >= 0"):
+        memory.kernel(length)
+    with pytest.raises(TypeError, match="length must be an int >= 0"):
+        memory.free_response(torch.zeros(2, 3), length)
+    with pytest.raises(TypeError, match="length must be an int >= 0"):
+        matrix_powers_apply(memory.discrete()[0], torch.zeros(3, dtype=torch.float64), length)
+    for call in (
+        lambda: memory.last_window(length, torch.float32),
+        lambda: memory.projection_blocks(length, torch.float32),
+        lambda: memory.resolve_mode(length, 4),
+        lambda: plmu.ParallelLMU(1, 2, 3, 9.0).use_fused(length, 4),
+    ):
+        with pytest.raises(TypeError, match="time must be an int >= 0"):
+            call()
+    with pytest.raises(TypeError, match="batch must be an int >= 0"):
+        memory.resolve_mode(4, length)
+    # NumPy integers and (under torch.jit.trace) 0-dim tensors are lengths
+    torch.testing.assert_close(memory.kernel(np.int64(2)), memory.kernel(2))
+    torch.testing.assert_close(memory.kernel(torch.tensor(2)), memory.kernel(2))
+
+
 def test_matrix_powers_apply():
     rng = np.random.default_rng(0)
     A = rng.normal(size=(5, 5)) / 3

@@ -275,6 +275,7 @@ def test_hub_splits_are_mapped_and_unlabelled_pairs_dropped(monkeypatch):
             ("a man sleeps", "a man is awake"),
             ("a dog runs", "an animal moves"),
         ]
+    assert list(load_splits(TASKS["snli"], None, 0.1, 0, test_only=True)) == ["test"]
 
 
 def test_qqp_tests_on_glue_validation_and_holds_out_part_of_train(monkeypatch):
@@ -506,3 +507,45 @@ def test_stanford_snli_bad_lines_are_errors(tmp_path):
     write_snli(root, {"test": [snli_line("a", "b", "unrelated")]})
     with pytest.raises(ValueError, match=r"row 0: column 'label': unknown label 'unrelated'"):
         load_splits(TASKS["snli"], root, 0.5, 0)
+
+
+def _write_original_test_only(task: str, root):
+    """``task``'s original distribution holding only its test split (GLUE QQP's is dev.tsv)."""
+    if task == "imdb":
+        write_aclimdb(root / "aclImdb", {"test": sentiment_rows(4)})  # train/unsup only
+        return root / "aclImdb" / "test"
+    if task == "qqp":
+        write_glue_qqp(root / "QQP", [], qqp_lines(pair_rows(4, TASKS["qqp"].columns, 2)))
+        (root / "QQP" / "train.tsv").unlink()
+        return root / "QQP" / "dev.tsv"
+    rows = pair_rows(4, TASKS["snli"].columns, 3, TASKS["snli"].label_names)
+    lines = [snli_line(r["premise"], r["hypothesis"], r["label"]) for r in rows]
+    write_snli(root / "snli_1.0", {"test": lines})
+    return root / "snli_1.0" / "snli_1.0_test.jsonl"
+
+
+@pytest.mark.parametrize("task", ["imdb", "qqp", "snli"])
+@pytest.mark.parametrize("layout", ["files", "original"])
+def test_a_saved_vocabulary_tests_on_the_test_split_alone(tmp_path, task, layout):
+    """``plmu evaluate`` (``setup("test")`` with a checkpoint's vocabulary) needs only the test
+    split: it read all three and refused a folder without the training file ("has no train
+    file"), though the vocabulary comes from the checkpoint. Training still needs them all."""
+    spec = TASKS[task]
+    if layout == "files":
+        rows = pair_rows(4, spec.columns, spec.num_classes) if spec.is_pair else sentiment_rows(4)
+        source = write_rows(tmp_path / "test.jsonl", rows)
+    else:
+        source = _write_original_test_only(task, tmp_path)
+    tokenizer = build_tokenizer(["a great film number what is the colour"], 100, 1)
+    saved = {"tokenizer": tokenizer.to_str()}
+    data = TextClassificationData(spec, CONFIG, tmp_path, saved)
+    data.setup("test")
+    assert len(data.test_set) == 4 and data.train_set is None and data.val_set is None
+    assert load_splits(spec, tmp_path, 0.25, 0, test_only=True)["test"].source == str(source)
+    loader = data.test_dataloader()
+    assert sum(len(batch[-1]) for batch in loader) == 4
+    data.setup("test")  # again: nothing more to read
+    with pytest.raises(DataNotFoundError, match="train"):
+        TextClassificationData(spec, CONFIG, tmp_path, saved).setup("fit")
+    with pytest.raises(DataNotFoundError, match="train"):
+        TextClassificationData(spec, CONFIG, tmp_path).setup("test")  # no vocabulary: all

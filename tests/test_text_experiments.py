@@ -197,7 +197,7 @@ def test_failed_evaluate_leaves_nothing_behind(tmp_path, capsys):
     capsys.readouterr()
     for out in ([], ["--out", str(tmp_path / "eval" / "new")]):
         assert main(["evaluate", checkpoint, "--data-dir", str(empty), *out]) == 2
-        assert "has no train file" in capsys.readouterr().err
+        assert "has no test file" in capsys.readouterr().err
     assert _tree(run) == before and not (tmp_path / "eval").exists()
     # an OUT holding an earlier evaluation: it stays, and no version_1 appears beside it
     evaluate(checkpoint, progress_bar=False)
@@ -205,6 +205,21 @@ def test_failed_evaluate_leaves_nothing_behind(tmp_path, capsys):
     assert "evaluate/logs/version_0/metrics.csv" in before
     assert main(["evaluate", checkpoint, "--data-dir", str(empty)]) == 2
     assert _tree(run) == before
+
+
+def test_evaluate_needs_only_the_test_file(tmp_path):
+    """The vocabulary travels in the checkpoint: ``plmu evaluate --data-dir`` with the test file
+    alone tests as the training run did (it read every split and said "has no train file")."""
+    data = _write_task(tmp_path, "imdb", ".jsonl")
+    metrics = train("imdb", out=tmp_path / "run", overrides=TINY, data_dir=data, progress_bar=False)
+    alone = tmp_path / "test-only"
+    alone.mkdir()
+    (alone / "test.jsonl").write_bytes((data / "test.jsonl").read_bytes())
+    evaluated = evaluate(
+        metrics["best_checkpoint"], data_dir=alone, out=tmp_path / "eval", progress_bar=False
+    )
+    assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
 
 
 def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():

@@ -28,6 +28,7 @@ from plmu.memory import (
     MODES,
     LegendreMemory,
     _check_positive_int,
+    _check_size,
     _plain,
     _untransformed,
     _zeros,
@@ -403,6 +404,7 @@ class ParallelLMU(nn.Module):
 
     def use_fused(self, time: int, batch: int) -> bool:
         """Whether a full-sequence call of this shape folds the output map into the kernel."""
+        time, batch = _check_size(time, "time"), _check_size(batch, "batch")
         if self.mode == "fused":
             return True
         if self.mode != "auto":

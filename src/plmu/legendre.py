@@ -60,6 +60,18 @@ def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _check_size(value: object, name: str) -> int | torch.Tensor | torch.SymInt:
+    """A time length or batch size given to a public method: an ``int >= 0`` (NumPy integers
+    too; ``bool`` and ``float`` are a TypeError naming ``name``). A traced size passes as it is:
+    ``torch.jit.trace`` gives a 0-dim tensor, ``torch.compile`` with dynamic shapes a
+    ``SymInt``."""
+    if type(value) is int and value >= 0:  # the common case, kept cheap for the forward paths
+        return value
+    if isinstance(value, (torch.Tensor, torch.SymInt)):
+        return value
+    return _check_positive_int(value, name, 0)
+
+
 def _check_order(order: object) -> int:
     return _check_positive_int(order, "order")
 
@@ -362,6 +374,7 @@ def matrix_powers_apply(Abar: torch.Tensor, x: torch.Tensor, length: int) -> tor
     Returns:
         ``(n, ..., order)``, using ``O(log n)`` matrix products. Differentiable.
     """
+    length = _check_size(length, "length")
     if length == 0:
         return x.new_zeros((0, *x.shape))
     X = (x @ Abar.T).unsqueeze(0)  # powers 1..n, n = X.shape[0]

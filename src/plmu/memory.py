@@ -40,6 +40,7 @@ from plmu.legendre import (
     DISCRETIZERS,
     _check_order,
     _check_positive_int,
+    _check_size,
     _check_theta,
     discretize,
     discretize_torch,
@@ -651,6 +652,10 @@ class LegendreMemory(nn.Module):
 
     def kernel(self, length: int, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The impulse response ``H`` ``(length, order)`` (computed in float64, then cast)."""
+        # checked before the cache is read: its key would take True or 2.0 for 1 or 2
+        length = _check_size(length, "length")
+        if isinstance(length, torch.Tensor):  # a size under torch.jit.trace
+            length = int(length)
         dtype = dtype or torch.float64
 
         def build():
@@ -785,6 +790,7 @@ class LegendreMemory(nn.Module):
         Returns:
             ``(batch, length, memory_size * order)``.
         """
+        length = _check_size(length, "length")
         m0 = state.reshape(state.shape[0], self.memory_size, self.order)
         horizon = self.free_horizon(state.dtype)
         h = length if horizon is None else min(length, horizon)  # later steps: negligible
@@ -796,6 +802,7 @@ class LegendreMemory(nn.Module):
 
     def resolve_mode(self, time: int, batch: int, device: torch.device | None = None) -> str:
         """The strategy ``mode="auto"`` uses for a sequence of this shape on this device."""
+        time, batch = _check_size(time, "time"), _check_size(batch, "batch")
         if self.mode != "auto":
             return self.mode
         # Thresholds from measured training steps of the layer with each memory mode
@@ -1109,6 +1116,7 @@ class LegendreMemory(nn.Module):
         ``min(time, free_horizon)``: an input ``h`` or more steps back reaches the state through
         ``Abar^h``, below working precision (see :meth:`free_horizon`).
         """
+        time = _check_size(time, "time")
         horizon = self.free_horizon(dtype)
         return time if horizon is None else min(time, horizon)
 
@@ -1124,6 +1132,7 @@ class LegendreMemory(nn.Module):
         Returns:
             ``(kernel_length, block_length)``; ``block_length == time`` means one block.
         """
+        time = _check_size(time, "time")
         Lk = self.last_window(time, dtype)
         longest = BLOCK_RATIO * Lk
         if time <= longest:

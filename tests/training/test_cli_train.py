@@ -60,6 +60,33 @@ def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert "'model' must be one of" in _one_line_error(capsys, status)
 
 
+def test_data_dir_for_mackey_glass_is_refused(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Mackey-Glass generates its series: a --data-dir was ignored silently; now it is a
+    one-line error, before anything is written. A checkpoint that names a data directory (one
+    of a plmu that took it) still evaluates."""
+    data = tmp_path / "series"
+    data.mkdir()
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    err = _one_line_error(capsys, main([*args, "--data-dir", str(data), "--accelerator", "cpu"]))
+    assert err == (
+        f"plmu: error: mackey-glass generates its data and reads none: --data-dir {data} "
+        "would be ignored; leave it out"
+    )
+    assert not out.exists()
+    assert main([*args, "--accelerator", "cpu", "--no-progress-bar"]) == 0
+    last = out / "checkpoints" / "last.ckpt"
+    status = main(["evaluate", str(last), "--data-dir", str(data), "--accelerator", "cpu"])
+    assert "--data-dir" in _one_line_error(capsys, status)
+    assert not (out / "evaluate").exists()
+    checkpoint = torch.load(last, weights_only=False)
+    checkpoint["plmu"]["data_dir"] = str(data)
+    torch.save(checkpoint, last)
+    assert main(["evaluate", str(last), "--accelerator", "cpu", "--no-progress-bar"]) == 0
+
+
 def test_missing_mnist_offline(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     args = ["train", "psmnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]
     err = _one_line_error(capsys, main([*args, *sets(TINY_PSMNIST)]))

@@ -14,6 +14,7 @@ from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
 from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.data.mnist import permutation, psmnist_splits
+from plmu.training import runner
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
@@ -412,6 +413,35 @@ def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(tmp_path:
     assert more["test_nrmse"] == reference["test_nrmse"]
 
 
+class _NaNWeightsInEpoch(L.Callback):
+    """Makes the weights NaN before epoch ``epoch``'s validation, so its metric is not finite."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            with torch.no_grad():
+                for p in pl_module.parameters():
+                    p.fill_(float("nan"))
+
+
+@pytest.mark.skipif(
+    runner._NON_FINITE is None, reason="this Lightning does not record why a run stopped"
+)
+def test_a_run_stopped_on_a_non_finite_metric_stays_stopped(tmp_path: Path) -> None:
+    """Early stopping stops at a NaN validation metric whatever its patience; the restored
+    state's wait count does not show it, so the same command again trained one more epoch (on
+    NaN weights) before stopping. Now it only tests, even with more patience."""
+    out = tmp_path / "run"
+    options = ["epochs=5", "patience=3"]
+    stopped = _train_mg(out, *options, callbacks=[_NaNWeightsInEpoch(1)])
+    assert stopped["epochs"] == 2  # stopped at the NaN of epoch 1 (best.ckpt is epoch 0)
+    for patience in (3, 4):
+        again = _train_mg(out, "epochs=5", f"patience={patience}")
+        assert (again["global_step"], again["epochs"]) == (stopped["global_step"], 2)
+
+
 def _best_score_recorded(run: Path, name: str) -> float:
     """The best validation score the best-checkpoint callback had recorded when ``name``.ckpt
     was written."""
@@ -599,6 +629,7 @@ def test_psmnist_evaluates_with_the_checkpoints_permutation(
     checkpoint = torch.load(out / "checkpoints" / "best.ckpt", weights_only=False)
     seed_order = permutation(784, 0)
     assert checkpoint["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    assert "PsMNISTData" not in checkpoint  # stored once (it was in Lightning's state too)
     stored = seed_order.flip(0)  # as if this torch's randperm had given other values
     checkpoint["plmu"]["saved"]["permutation"] = stored.tolist()
     tampered = tmp_path / "other-torch.ckpt"
@@ -619,23 +650,31 @@ def test_psmnist_evaluates_with_the_checkpoints_permutation(
     assert evaluated["test_loss"] == pytest.approx(test_loss(stored), rel=1e-5)
 
 
+@pytest.mark.parametrize("written_before", [False, True])
 def test_psmnist_resume_uses_the_stored_permutation(
-    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, written_before: bool
 ) -> None:
     """A run resumed where torch's randperm gives another permutation for the seed trains on
-    with the stored one, exactly as the uninterrupted run."""
+    with the stored one, exactly as the uninterrupted run. ``written_before``: a checkpoint
+    that also holds the permutation in Lightning's datamodule state, as they did."""
     import plmu.data.mnist
 
     _train_psmnist(tmp_path / "reference", mnist_dir, "epochs=2")
     out = tmp_path / "run"
     _train_psmnist(out, mnist_dir)
     seed_order = permutation(784, 0)
+    last = out / "checkpoints" / "last.ckpt"
+    if written_before:
+        checkpoint = torch.load(last, weights_only=False)
+        checkpoint["PsMNISTData"] = {"permutation": seed_order.tolist()}
+        torch.save(checkpoint, last)
     monkeypatch.setattr(plmu.data.mnist, "permutation", lambda n, seed: torch.arange(n))
     resumed = _train_psmnist(out, mnist_dir, "epochs=2")
     assert resumed["epochs"] == 2
     assert_same_last_checkpoint(tmp_path / "reference", out)
-    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["plmu"]["saved"]["permutation"] == seed_order.tolist()
+    assert "PsMNISTData" not in checkpoint
 
 
 def test_psmnist_interrupted_mid_epoch_resumes_exactly(tmp_path: Path, mnist_dir: Path) -> None:
@@ -672,6 +711,44 @@ def test_psmnist_original_lmu_size_is_the_papers() -> None:
     config = default_config("psmnist")
     config["model"] = "lmu"
     assert count_parameters(build_net(config)) == 102_027
+
+
+class _FreezePsMNISTWeights(L.Callback):
+    """What ``LMUCell(init="psmnist")`` did before its ``e_x``, ``e_h``, ``e_m``, ``W_x`` and
+    ``W_h`` trained: freeze them (before the optimizer is built)."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        import plmu
+
+        for cell in pl_module.modules():
+            if isinstance(cell, plmu.LMUCell):
+                for p in (cell.e_x, cell.e_h, cell.e_m, cell.W_x, cell.W_h):
+                    if p is not None:
+                        p.requires_grad_(False)
+
+
+def test_psmnist_lmu_checkpoint_with_frozen_weights(tmp_path: Path, mnist_dir: Path) -> None:
+    """An old psMNIST ``model=lmu`` checkpoint (five weight tensors frozen, so Adam's state
+    holds three): evaluate tests it; resuming failed inside ``fit`` with torch's "loaded state
+    dict contains a parameter group that doesn't match the size of optimizer's group" and is
+    now refused before anything is written, saying why and what to do."""
+    out = tmp_path / "old"
+    trained = _train_psmnist(out, mnist_dir, "model=lmu", callbacks=[_FreezePsMNISTWeights()])
+    evaluated = evaluate(out / "checkpoints" / "best.ckpt", accelerator="cpu", progress_bar=False)
+    assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    message = (
+        r"^cannot resume from .*last\.ckpt: its optimizer state is for 3 trainable weight "
+        r"tensors, this version's model trains 8 \(.*psMNIST model=lmu.*\); plmu evaluate "
+        r"still tests it, but to train, start a new run in another --out"
+    )
+    with pytest.raises(CheckpointError, match=message + "$"):
+        _train_psmnist(out, mnist_dir, "model=lmu", "epochs=2")
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    new = tmp_path / "new"
+    with pytest.raises(CheckpointError, match=message + " without --resume$"):
+        _train_psmnist(new, mnist_dir, "epochs=2", resume=out / "checkpoints" / "last.ckpt")
+    assert not new.exists()
 
 
 def test_mackey_glass_models_are_the_papers_size() -> None:

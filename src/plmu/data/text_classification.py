@@ -312,23 +312,26 @@ def _require(path: Path) -> Path:
     return path
 
 
-def read_aclimdb(root: Path, task: TextTask) -> dict[str, RawSplit]:
+def read_aclimdb(
+    root: Path, task: TextTask, splits: Sequence[str] = ("train", "test")
+) -> dict[str, RawSplit]:
     """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
 
     One review a file, read as is (UTF-8, ``<br />`` tags included, as on the hub); the label
     is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``
     and the other files are ignored; a split's reviews are in file-name order, negatives first.
+    ``splits``: which of ``"train"`` and ``"test"`` to read.
     """
-    splits: dict[str, RawSplit] = {}
-    for split in ("train", "test"):
+    read: dict[str, RawSplit] = {}
+    for split in (name for name in ("train", "test") if name in splits):
         folder = root / split
         records = [
             (f"{label}/{path.name}", (_read_review(path, folder),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
         ]
-        splits[split] = _labelled(records, task, str(folder), drop_empty=True)
-    return splits
+        read[split] = _labelled(records, task, str(folder), drop_empty=True)
+    return read
 
 
 def _read_review(path: Path, folder: Path) -> str:
@@ -381,16 +384,21 @@ def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     return _labelled(records, task, str(path))
 
 
-def read_glue_qqp(root: Path, task: TextTask) -> dict[str, RawSplit]:
+def read_glue_qqp(
+    root: Path, task: TextTask, splits: Sequence[str] = ("train", "test")
+) -> dict[str, RawSplit]:
     """QQP as GLUE distributes it: ``root/train.tsv`` and ``root/dev.tsv``
     (:func:`read_glue_tsv`).
 
     GLUE's ``test.tsv`` has no labels, so, as on the hub route, ``dev.tsv`` is the test split
-    and the validation split is held out of train.
+    and the validation split is held out of train. ``splits``: which of ``"train"`` and
+    ``"test"`` to read.
     """
+    files = {"train": "train.tsv", "test": "dev.tsv"}
     return {
-        "train": read_glue_tsv(_require(root / "train.tsv"), task),
-        "test": read_glue_tsv(_require(root / "dev.tsv"), task),
+        split: read_glue_tsv(_require(root / name), task)
+        for split, name in files.items()
+        if split in splits
     }
 
 
@@ -428,51 +436,58 @@ def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     return _labelled(records, task, str(path), drop_empty=True)
 
 
-def read_snli(root: Path, task: TextTask) -> dict[str, RawSplit]:
+def read_snli(
+    root: Path, task: TextTask, splits: Sequence[str] = ("train", "validation", "test")
+) -> dict[str, RawSplit]:
     """SNLI as Stanford distributes it: ``root/snli_1.0_{train,dev,test}.jsonl``
-    (:func:`read_snli_jsonl`); ``dev`` is the validation split."""
+    (:func:`read_snli_jsonl`); ``dev`` is the validation split. ``splits``: which to read."""
     files = {"train": "train", "validation": "dev", "test": "test"}
     return {
         split: read_snli_jsonl(_require(root / f"snli_1.0_{name}.jsonl"), task)
         for split, name in files.items()
+        if split in splits
     }
 
 
 @dataclass(frozen=True)
 class OriginalLayout:
     """A task's original distribution: its ``folder`` (in ``data_dir``, or ``data_dir`` itself)
-    holds ``marker``, which identifies it; ``read(folder, task)`` gives its splits."""
+    holds ``marker``, which identifies it (``test_marker`` where only the test split is read,
+    as by ``plmu evaluate``); ``read(folder, task, splits)`` gives the named splits."""
 
     folder: str
     marker: str
     description: str
-    read: Callable[[Path, TextTask], dict[str, RawSplit]]
+    read: Callable[[Path, TextTask, Sequence[str]], dict[str, RawSplit]]
+    test_marker: str
 
 
 ORIGINAL_LAYOUTS: dict[str, OriginalLayout] = {
     "imdb": OriginalLayout(
         "aclImdb", "train/pos",
         "the aclImdb/ folder of aclImdb_v1.tar.gz (train/pos, train/neg, test/pos, test/neg)",
-        read_aclimdb,
+        read_aclimdb, "test/pos",
     ),
     "qqp": OriginalLayout(
-        "QQP", "train.tsv", "GLUE's QQP/ folder (train.tsv, dev.tsv)", read_glue_qqp,
+        "QQP", "train.tsv", "GLUE's QQP/ folder (train.tsv, dev.tsv)", read_glue_qqp, "dev.tsv",
     ),
     "snli": OriginalLayout(
         "snli_1.0", "snli_1.0_train.jsonl",
         "the snli_1.0/ folder (snli_1.0_train.jsonl, snli_1.0_dev.jsonl, snli_1.0_test.jsonl)",
-        read_snli,
+        read_snli, "snli_1.0_test.jsonl",
     ),
 }  # fmt: skip
 
 
-def _find_original(task: TextTask, data_dir: Path) -> Path | None:
-    """The folder of ``task``'s original distribution: ``data_dir/FOLDER`` or ``data_dir``."""
+def _find_original(task: TextTask, data_dir: Path, test_only: bool = False) -> Path | None:
+    """The folder of ``task``'s original distribution: ``data_dir/FOLDER`` or ``data_dir``
+    (found by its test files alone with ``test_only``)."""
     layout = ORIGINAL_LAYOUTS.get(task.name)
     if layout is None:
         return None
+    marker = layout.test_marker if test_only else layout.marker
     for root in (data_dir / layout.folder, data_dir):
-        if (root / layout.marker).exists():
+        if (root / marker).exists():
             return root
     return None
 
@@ -482,17 +497,19 @@ def _or_original(task: TextTask) -> str:
     return f", or put {layout.description} there" if layout else ""
 
 
-def _load_local(task: TextTask, data_dir: Path) -> dict[str, RawSplit]:
+def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict[str, RawSplit]:
     """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` (:data:`SPLIT_STEMS`)
     files in the task's schema when it has any, else the task's original distribution
-    (:data:`ORIGINAL_LAYOUTS`)."""
+    (:data:`ORIGINAL_LAYOUTS`). ``test_only``: the test split alone (the others need not be
+    there)."""
     if not data_dir.is_dir():
         raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
-    files = {split: _find_file(data_dir, split) for split in ("train", "validation", "test")}
+    wanted = ("test",) if test_only else ("train", "validation", "test")
+    files = {split: _find_file(data_dir, split) for split in wanted}
     if not any(files.values()):
-        root = _find_original(task, data_dir)
+        root = _find_original(task, data_dir, test_only)
         if root is not None:
-            return ORIGINAL_LAYOUTS[task.name].read(root, task)
+            return ORIGINAL_LAYOUTS[task.name].read(root, task, wanted)
     splits: dict[str, RawSplit] = {}
     for split, path in files.items():
         if path is not None:
@@ -515,7 +532,7 @@ def _hint(task: TextTask) -> str:
     )
 
 
-def _load_hub(task: TextTask) -> dict[str, RawSplit]:
+def _load_hub(task: TextTask, test_only: bool = False) -> dict[str, RawSplit]:
     import datasets
 
     name = task.hub_path + (f" ({task.hub_config})" if task.hub_config else "")
@@ -528,6 +545,8 @@ def _load_hub(task: TextTask) -> dict[str, RawSplit]:
         ) from None
     splits: dict[str, RawSplit] = {}
     for split, hub_split in task.hub_splits.items():
+        if test_only and split != "test":
+            continue
         part = hub[hub_split]
         columns = [part[c] for c in task.columns]
         texts, labels, dropped = [], [], 0
@@ -547,14 +566,25 @@ def _load_hub(task: TextTask) -> dict[str, RawSplit]:
 
 
 def load_splits(
-    task: TextTask, data_dir: Path | None, val_fraction: float, seed: int
+    task: TextTask,
+    data_dir: Path | None,
+    val_fraction: float,
+    seed: int,
+    test_only: bool = False,
 ) -> dict[str, RawSplit]:
-    """``{"train", "validation", "test"}`` raw splits from ``data_dir`` or the hub.
+    """``{"train", "validation", "test"}`` raw splits from ``data_dir`` or the hub
+    (``{"test"}`` alone with ``test_only``: the training and validation files are not read and
+    need not exist).
 
     Without a validation split, a ``val_fraction`` of the shuffled (``seed``) training split
     becomes the validation split and the rest stays for training.
     """
-    splits = _load_local(task, Path(data_dir)) if data_dir is not None else _load_hub(task)
+    if data_dir is not None:
+        splits = _load_local(task, Path(data_dir), test_only)
+    else:
+        splits = _load_hub(task, test_only)
+    if test_only:
+        return splits
     if "validation" not in splits:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
@@ -792,6 +822,18 @@ class TextClassificationData(SplitDataModule):
         return EncodedTexts(rows, list(split.labels))
 
     # -- SplitDataModule
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and encode the splits (first call). A test (``stage="test"``) with the
+        vocabulary of a checkpoint (``saved``) reads the test split alone, so ``plmu evaluate``
+        needs no training file; any other stage then reads all three."""
+        if stage == "test" and self.train_set is None and self.tokenizer is not None:
+            if self.test_set is None:
+                raw = load_splits(self.task, self.data_dir, self.val_fraction, self.seed, True)
+                self.sets = {"test": self._encode_split(raw["test"])}
+                self.test_set = self.sets["test"]
+            return
+        super().setup(stage)
 
     def build(self) -> tuple[EncodedTexts, EncodedTexts, EncodedTexts]:
         """Read the splits, build the vocabulary on train unless loaded, encode (first setup)."""

@@ -75,7 +75,9 @@ def build_net(config: dict) -> SequenceRegressor:
 
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> MackeyGlassData:
-    return MackeyGlassData(config)  # generated, never read: data_dir is not used
+    # generated, never read: data_dir is not used (train and evaluate refuse one given for it;
+    # a checkpoint of an earlier plmu may still name one)
+    return MackeyGlassData(config)
 
 
 def build_model(config: dict, datamodule: L.LightningDataModule) -> SequenceRegression:
@@ -116,5 +118,6 @@ EXPERIMENT = register(
         build_data=build_data,
         build_model=build_model,
         finish=plot_prediction,
+        reads_data=False,
     )
 )

@@ -32,10 +32,13 @@ class PsMNISTData(SplitDataModule):
 
     The pixel permutation is part of the task, and ``torch.randperm`` of ``permutation_seed``
     may give other values under another torch version, so a checkpoint stores the permutation
-    itself: in ``checkpoint["plmu"]["saved"]`` (:meth:`saved_state`; ``saved`` rebuilds the
-    datamodule for ``load_checkpoint`` and ``plmu evaluate``) and in Lightning's datamodule state
-    (:meth:`state_dict`; a resumed ``fit`` restores it after ``setup``). A stored permutation wins
-    over ``permutation_seed``; checkpoints without one use the seed.
+    itself, once: in ``checkpoint["plmu"]["saved"]`` (:meth:`saved_state`; ``saved`` rebuilds
+    the datamodule for ``load_checkpoint`` and ``plmu evaluate``, and the runner gives it to
+    :meth:`load_state_dict` before a resumed fit). Lightning's datamodule state
+    (:meth:`state_dict`) is empty, so Lightning stores nothing; checkpoints written before held
+    the permutation there too, and Lightning still hands it to :meth:`load_state_dict` on
+    resuming them. A stored permutation wins over ``permutation_seed``; checkpoints without one
+    use the seed.
     """
 
     def __init__(self, config: dict, data_dir: Path | None, saved: dict | None = None) -> None:
@@ -77,10 +80,13 @@ class PsMNISTData(SplitDataModule):
         return {} if self.permutation is None else {"permutation": self.permutation.tolist()}
 
     def state_dict(self) -> dict:
-        return self.saved_state()
+        """Nothing: the permutation is in ``checkpoint["plmu"]["saved"]`` (:meth:`saved_state`),
+        which the runner restores; here it stored the permutation a second time."""
+        return {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed fit: the checkpoint's permutation replaces the one ``setup`` built."""
+        """A resumed fit: the checkpoint's permutation (its ``saved``, or the Lightning state of a
+        checkpoint written before that was empty) replaces the one ``setup`` built."""
         stored = state_dict.get("permutation")
         if stored is None:
             return

@@ -39,6 +39,9 @@ class Experiment:
         finish: optional ``(module, datamodule, out) -> dict``, called after testing on rank 0:
             writes artefacts (plots, samples) into ``out`` and returns extra metrics that are
             merged into ``OUT/metrics.json``.
+        reads_data: whether the experiment reads data from a ``data_dir``; one that generates
+            its data (Mackey-Glass) sets ``False``, and ``train``/``evaluate`` given a
+            ``data_dir`` for it refuse it (it would be ignored).
     """
 
     name: str
@@ -46,6 +49,7 @@ class Experiment:
     build_data: BuildData
     build_model: BuildModel
     finish: Finish | None = None
+    reads_data: bool = True
 
 
 class UnknownExperimentError(ValueError):

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import early_stopping as _early_stopping
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -304,6 +305,13 @@ class _StepCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
+# why a run stopped early, kept in the callback's state by the Lightning releases that have
+# EarlyStoppingReason (2.6 does; None with older ones, which do not record it)
+_NON_FINITE = getattr(
+    getattr(_early_stopping, "EarlyStoppingReason", None), "NON_FINITE_METRIC", None
+)
+
+
 class _EarlyStopping(EarlyStopping):
     """``EarlyStopping`` (config key ``patience``) that a resumed run obeys.
 
@@ -312,7 +320,10 @@ class _EarlyStopping(EarlyStopping):
     at least, and more whenever that epoch improved), where it should only test, and ``--set
     patience=N`` given on resuming was replaced by the checkpoint's. Here the configured
     patience stays, and a run whose restored state has used it up stops before training (a
-    larger ``patience`` continues it, as a larger ``epochs`` does).
+    larger ``patience`` continues it, as a larger ``epochs`` does). A run stopped by a
+    non-finite metric (whatever its patience; the wait count does not show it, so the resumed
+    run trained one more epoch, on the weights that gave it) stays stopped, whatever
+    ``patience`` says (with a Lightning that records why it stopped, as 2.6 does).
     """
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -323,6 +334,8 @@ class _EarlyStopping(EarlyStopping):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+            trainer.should_stop = True
+        if _NON_FINITE is not None and getattr(self, "stopping_reason", None) == _NON_FINITE:
             trainer.should_stop = True
 
 
@@ -571,6 +584,7 @@ def train(
         callbacks: extra Lightning callbacks.
     """
     exp = registry.get(experiment)
+    _check_data_dir_applies(exp, data_dir)
     out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
@@ -612,6 +626,9 @@ def train(
         # the config keys are those of the checkpoint or RESUME_KEYS: this catches weights
         # that the model built from the checkpoint's own config does not take
         _check_weights_fit(module, resumed.get("state_dict", {}), checkpoint_path)
+        _check_optimizer_fits(
+            module, resumed.get("optimizer_states") or [], checkpoint_path, resume is not None
+        )
         del resumed
 
     run_info = RunInfo(exp.name, config, data_dir)
@@ -666,6 +683,7 @@ def evaluate(
     checkpoint = Path(checkpoint)
     raw = _read_checkpoint(checkpoint)
     info = raw["plmu"]
+    _check_data_dir_applies(registry.get(info["experiment"]), data_dir)
     if data_dir is None and info.get("data_dir"):
         data_dir = info["data_dir"]
     if out is None:
@@ -821,6 +839,16 @@ def _finish(
     return metrics
 
 
+def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | None) -> None:
+    """Refuse a ``data_dir`` given for an experiment that generates its data: it was ignored
+    silently, though its user probably expected it read (as ``--seed`` with ``--greedy``)."""
+    if data_dir is not None and not exp.reads_data:
+        raise ValueError(
+            f"{exp.name} generates its data and reads none: --data-dir {data_dir} would be "
+            f"ignored; leave it out"
+        )
+
+
 def _output_dir(out: Path) -> Path:
     """``out``, refused before any work when it (or the nearest part of it that exists) is a
     file: Lightning's loggers failed on it only after the data was prepared, with a bare
@@ -861,6 +889,30 @@ def _check_weights_fit(
                 f"cannot resume from {path}: it would restore {name}{shown}, which this config "
                 f"sets otherwise{because}; train into another --out instead"
             )
+
+
+def _check_optimizer_fits(
+    module: L.LightningModule, states: list[dict], path: Path, given: bool = False
+) -> None:
+    """Refuse to resume when the checkpoint's optimizer state is for other trainable weights
+    than this version's model has: Lightning failed inside ``fit`` with torch's "loaded state
+    dict contains a parameter group that doesn't match the size of optimizer's group". A
+    psMNIST ``model=lmu`` checkpoint of a plmu that froze ``LMUCell(init="psmnist")``'s
+    ``e_x``, ``e_h``, ``e_m``, ``W_x`` and ``W_h`` holds Adam's state for ``W_m`` and the head
+    only; they all train now, so the run cannot go on as it would have (its weights still
+    evaluate). ``given``: the checkpoint came from ``--resume``."""
+    if not states:
+        return
+    saved = sum(len(group["params"]) for group in states[0].get("param_groups", []))
+    trainable = sum(1 for p in module.parameters() if p.requires_grad)
+    if saved != trainable:
+        raise CheckpointError(
+            f"cannot resume from {path}: its optimizer state is for {saved} trainable weight "
+            f"tensors, this version's model trains {trainable} (it was written by a plmu whose "
+            f"model froze some weights, e.g. psMNIST model=lmu before its e_x, e_h, e_m, W_x "
+            f"and W_h trained); plmu evaluate still tests it, but to train, start a new run in "
+            f"{'another --out without --resume' if given else 'another --out'}"
+        )
 
 
 def _check_resume_config(saved: dict, config: dict, path: Path, given: bool = False) -> None:
