@@ -1165,7 +1165,10 @@ class LegendreMemory(nn.Module):
         if hit is not None and hit[0] is base:
             return hit[1]
         value = _outside_inference_mode(build)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+        # the stale entries of this kind, from a snapshot of the keys: another thread calling
+        # the module may add an entry meanwhile (iterating the dict itself would then fail)
+        for stale in [k for k in list(self._cache) if k[0] == kind]:
+            self._cache.pop(stale, None)
         self._cache[key] = (base, value, weight.detach())
         return value
 

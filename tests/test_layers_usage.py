@@ -1,0 +1,126 @@
+"""The layers as a researcher uses them: threads, copies, checkpoints, precision, options.
+
+Every number is checked against a float64 recurrence written here from PAPER.md (the LegT
+matrices, zero-order hold by ``scipy.linalg.expm`` of the augmented matrix), not from plmu's own
+``legendre_delay``/``discretize``.
+"""
+
+import sys
+import threading
+
+import numpy as np
+import scipy.linalg
+import torch
+
+import plmu
+
+
+def paper_system(order: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(Abar, Bbar)`` of PAPER.md section 1: the LegT ``A``, ``B``, then zero-order hold,
+    ``expm([[A, B], [0, 0]] / theta)``."""
+    i = np.arange(order)[:, None]
+    j = np.arange(order)[None, :]
+    A = (2 * i + 1) * np.where(i < j, -1.0, (-1.0) ** (i - j + 1))
+    B = (2 * i[:, 0] + 1) * (-1.0) ** i[:, 0]
+    M = np.zeros((order + 1, order + 1))
+    M[:order, :order] = A
+    M[:order, order] = B
+    E = scipy.linalg.expm(M / theta)
+    return E[:order, :order], E[:order, order]
+
+
+def reference_layer(layer: plmu.ParallelLMU, x: torch.Tensor, state=None):
+    """``ParallelLMU``'s equations (PAPER.md section 3) step by step in float64 NumPy.
+
+    Returns ``(o, m_last)``: ``(batch, time, hidden)`` and ``(batch, memory_size * order)``.
+    """
+    p = {k: v.detach().double().numpy() for k, v in layer.named_parameters()}
+    x = x.detach().double().numpy()
+    Bn, T, _ = x.shape
+    C, d = layer.memory_size, layer.order
+    Abar, Bbar = paper_system(d, layer.memory.theta)
+    u = x @ p["encoder.weight"].T + p.get("encoder.bias", 0.0)
+    u = layer.memory_activation(torch.from_numpy(u)).numpy()
+    m = np.zeros((Bn, C, d)) if state is None else state.double().numpy().reshape(Bn, C, d)
+    outs = []
+    for t in range(T):
+        m = m @ Abar.T + u[:, t, :, None] * Bbar
+        z = m.reshape(Bn, C * d)
+        if layer.input_to_output:
+            z = np.concatenate([z, x[:, t]], axis=1)
+        pre = z @ p["output.weight"].T + p.get("output.bias", 0.0)
+        outs.append(layer.hidden_activation(torch.from_numpy(pre)).numpy())
+    return np.stack(outs, 1), m.reshape(Bn, C * d)
+
+
+def assert_close(actual: torch.Tensor, reference: np.ndarray, rel: float = 1e-4) -> None:
+    actual = actual.detach().double().numpy()
+    scale = max(float(np.abs(reference).max()), 1e-12)
+    assert np.abs(actual - reference).max() <= rel * scale
+
+
+# ------------------------------------------------------------------------------ threads
+
+
+def test_a_cache_entry_added_meanwhile_does_not_break_the_weight_cache():
+    """Two threads calling one layer share its kernel cache. A thread replacing its folded
+    kernel (a fused inference call of a new length) dropped the old entries by iterating over the
+    cache while the other thread could add one: "dictionary changed size during iteration".
+    Here the other thread's insertion is made to happen exactly then, from a key compared during
+    the iteration."""
+    layer = plmu.ParallelLMU(1, 4, 6, 9.0, mode="fused")
+    mem = layer.memory
+
+    class Intruder(str):  # a key whose comparison lets "another thread" add an entry
+        def __eq__(self, other):
+            mem._cache[("added meanwhile", len(mem._cache))] = None
+            return str.__eq__(self, other)
+
+        def __ne__(self, other):
+            return not self == other
+
+        __hash__ = str.__hash__
+
+    x = torch.randn(2, 30, 1)
+    with torch.no_grad():
+        layer(x[:, :20])  # caches a folded kernel for 20 steps
+        mem._cache[(Intruder("other"),)] = None
+        y, state = layer(x)  # a new length: the 20-step kernel is replaced
+    want, want_state = reference_layer(layer, x)
+    assert_close(y, want)
+    assert_close(state, want_state)
+
+
+def test_two_threads_share_one_layer():
+    """One layer called from four threads at once (inference and training calls, several lengths,
+    the step form): every result equals the reference."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 5, 6, 9.0, memory_size=2)
+    xs = [torch.randn(2, T, 2) for T in (1, 3, 8, 40, 200)]
+    refs = [reference_layer(layer, x) for x in xs]
+    failures: list[str] = []
+
+    def work(grad: bool) -> None:
+        try:
+            for _ in range(3):
+                for x, (want, want_state) in zip(xs, refs):
+                    with torch.set_grad_enabled(grad):
+                        y, state = layer(x)
+                        y_t, _ = layer.step(x[:, 0])
+                    assert_close(y, want)
+                    assert_close(state, want_state)
+                    assert_close(y_t, want[:, 0])
+        except Exception as error:  # reported by the main thread
+            failures.append(repr(error))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often
+    try:
+        threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures
