@@ -159,3 +159,24 @@ def test_original_lmu_memory_stays_float32_under_autocast(run, init, grad, input
     assert m.dtype == torch.float32
     assert float((m.detach() - want_m).norm() / want_m.norm()) < 0.01
     assert float((y.detach().float() - want).norm() / want.norm()) < 0.02
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "direct", "chunked", "recurrent"])
+@pytest.mark.parametrize("time", [2, 20])
+@pytest.mark.parametrize("memory_size", [1, 3])
+@pytest.mark.parametrize("grad", [True, False])
+def test_output_dtype_under_autocast_is_the_same_in_every_mode(mode, time, memory_size, grad):
+    """Under autocast the output is the output layer's, in the autocast dtype, whichever mode
+    runs (the mode changes speed, never results). The fused mode returned float32 (its ``W_m m``
+    is summed in float32), so ``mode="auto"`` gave bfloat16 below 5 steps and float32 above."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 6, 8, 20.0, memory_size=memory_size, mode=mode)
+    x = torch.randn(2, time, 2)
+    want, want_state = reference_layer(layer, x)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = layer(x)
+        y_last, _ = layer.step(x[:, -1], state)
+    assert y.dtype == y_last.dtype == torch.bfloat16
+    assert state.dtype == torch.float32
+    assert_close(y, want, rel=0.02)
+    assert_close(state, want_state, rel=0.02)
