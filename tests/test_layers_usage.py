@@ -180,3 +180,28 @@ def test_output_dtype_under_autocast_is_the_same_in_every_mode(mode, time, memor
     assert state.dtype == torch.float32
     assert_close(y, want, rel=0.02)
     assert_close(state, want_state, rel=0.02)
+
+
+# ---------------------------------------------------------------------------------- repr
+
+
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_repr_of_a_model_built_on_the_meta_device(trainable_theta):
+    """``print(model)`` after building it on the meta device (before ``to_empty`` and loading
+    weights, as for large models): the memory's repr read theta's value, which a meta tensor
+    does not have ("Tensor.item() cannot be called on meta tensors")."""
+    with torch.device("meta"):
+        models = [
+            plmu.ParallelLMU(2, 3, 6, 10.0, trainable_theta=trainable_theta),
+            plmu.LMU(2, 3, 6, 10.0, trainable_theta=trainable_theta),
+        ]
+    for model in models:
+        assert "theta=10" in repr(model)
+
+
+def test_repr_shows_theta_to_full_precision_and_a_trained_value():
+    assert "theta=1234567.5," in repr(plmu.LegendreMemory(1, 4, 1234567.5))  # was 1.23457e+06
+    mem = plmu.LegendreMemory(1, 4, 10.0, trainable_theta=True)
+    with torch.no_grad():
+        mem.log_theta.fill_(np.log(12.5))
+    assert "theta=12.5 (trainable)," in repr(mem)  # was "theta=trainable"

@@ -1282,10 +1282,15 @@ class LegendreMemory(nn.Module):
         return self._weight_cached("projected_powers", weight, (length, dtype), build)
 
     def extra_repr(self) -> str:
-        theta = "trainable" if self.trainable_theta else f"{self.theta:g}"
+        # the current theta (a trained one too; its float32 log_theta holds ~6 digits); a meta
+        # tensor has no value: the theta it was built with
+        held = self.log_theta if self.trainable_theta else self.theta_
+        value = self.initial_theta if held.is_meta else self.theta
+        theta = f"{value:.6g} (trainable)" if self.trainable_theta else f"{value:.10g}"
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
         return (
             f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
-            f"discretizer={self.discretizer!r}, mode={self.mode!r}"
+            f"discretizer={self.discretizer!r}, mode={self.mode!r}{chunk}"
         )
 
 
