@@ -5,6 +5,9 @@ matrices, zero-order hold by ``scipy.linalg.expm`` of the augmented matrix), not
 ``legendre_delay``/``discretize``.
 """
 
+import copy
+import io
+import pickle
 import sys
 import threading
 
@@ -205,3 +208,110 @@ def test_repr_shows_theta_to_full_precision_and_a_trained_value():
     with torch.no_grad():
         mem.log_theta.fill_(np.log(12.5))
     assert "theta=12.5 (trainable)," in repr(mem)  # was "theta=trainable"
+
+
+# ------------------------------------------------------------------- copies and checkpoints
+
+
+def _round_trip(module: torch.nn.Module, how: str) -> torch.nn.Module:
+    if how == "deepcopy":
+        return copy.deepcopy(module)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(module))
+    buffer = io.BytesIO()
+    torch.save(module if how == "torch.save" else module.state_dict(), buffer)
+    buffer.seek(0)
+    if how == "torch.save":
+        return torch.load(buffer, weights_only=False)
+    fresh = copy.deepcopy(module)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save", "state_dict"])
+@pytest.mark.parametrize("trainable_theta", [False, True])
+@pytest.mark.parametrize("memory_size", [1, 2])
+def test_copies_and_checkpoints_of_a_used_layer(how, trainable_theta, memory_size):
+    """A layer whose kernels are cached (inference calls of each path), copied or saved and
+    loaded: the copy gives the reference's numbers, and changing it leaves the original alone
+    (no cache is shared)."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 5, 6, 9.0, memory_size=memory_size, trainable_theta=trainable_theta)
+    x, state = torch.randn(2, 40, 2), torch.randn(2, layer.state_size)
+    with torch.no_grad():
+        for T in (2, 40):
+            layer(x[:, :T], state)
+        layer.step(x[:, 0], state)
+    twin = _round_trip(layer, how)
+    want, want_state = reference_layer(layer, x, state)
+    for model in (layer, twin):
+        with torch.no_grad():
+            y, m = model(x, state)
+            y_t, _ = model.step(x[:, 0], state)
+        assert_close(y, want)
+        assert_close(m, want_state)
+        assert_close(y_t, want[:, 0])
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+        y, _ = layer(x, state)
+        y_twin, _ = twin(x, state)
+    assert_close(y, want)
+    assert_close(y_twin, reference_layer(twin, x, state)[0])
+
+
+@pytest.mark.parametrize(
+    "other, keys",
+    [
+        (dict(order=8), ["output.weight"]),
+        (dict(memory_size=3), ["encoder.weight", "output.weight"]),
+        (dict(input_to_output=False), ["output.weight"]),
+        (dict(bias=False), ["encoder.bias", "output.bias"]),
+        (dict(trainable_theta=True), ["memory.log_theta", "memory.theta_"]),
+    ],
+)
+def test_loading_into_a_layer_built_with_other_options_names_the_keys(other, keys):
+    args = dict(input_size=3, hidden_size=5, order=6, theta=9.0, memory_size=2)
+    saved = plmu.ParallelLMU(**args).state_dict()
+    with pytest.raises(RuntimeError) as error:
+        plmu.ParallelLMU(**{**args, **other}).load_state_dict(saved)
+    assert all(key in str(error.value) for key in keys)
+
+
+def test_the_loaded_theta_is_the_layers_theta():
+    """``theta`` is part of the state: a layer built with another ``theta`` takes the saved one
+    (and its discretisation) on ``load_state_dict``."""
+    torch.manual_seed(0)
+    saved = plmu.ParallelLMU(2, 5, 6, 9.0)
+    layer = plmu.ParallelLMU(2, 5, 6, 40.0)
+    x = torch.randn(2, 30, 2)
+    with torch.no_grad():
+        layer(x)  # caches kernels of theta = 40
+    layer.load_state_dict(saved.state_dict())
+    assert layer.memory.theta == 9.0
+    with torch.no_grad():
+        y, _ = layer(x)
+    assert_close(y, reference_layer(saved, x)[0])
+
+
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "direct", "chunked", "recurrent"])
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_inference_mode_then_training(mode, return_sequences):
+    """Kernels cached under ``torch.inference_mode`` do not break a later training step
+    ("Inference tensors cannot be saved for backward"), and both give the reference."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(1, 4, 6, 9.0, mode=mode, return_sequences=return_sequences)
+    x, state = torch.randn(2, 30, 1), torch.randn(2, 6)
+    want, want_state = reference_layer(layer, x, state)
+    want = want if return_sequences else want[:, -1]
+    with torch.inference_mode():
+        y, m = layer(x, state)
+    assert_close(y, want)
+    assert_close(m, want_state)
+    y, m = layer(x, state)
+    (y.sum() + m.sum()).backward()
+    assert_close(y, want)
+    assert all(p.grad is not None for p in layer.parameters())
