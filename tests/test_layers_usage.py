@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import plmu
 
@@ -315,3 +317,46 @@ def test_inference_mode_then_training(mode, return_sequences):
     (y.sum() + m.sum()).backward()
     assert_close(y, want)
     assert all(p.grad is not None for p in layer.parameters())
+
+
+# ------------------------------------------------------------------------------ streaming
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    mode=st.sampled_from(["auto", "fused", "fft", "direct", "chunked", "recurrent"]),
+    sizes=st.sampled_from([(1, 1), (3, 2), (2, 1)]),  # (input_size, memory_size)
+    chunks=st.lists(
+        st.tuples(st.integers(1, 40), st.sampled_from(["forward", "step"]), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    float64=st.booleans(),
+)
+def test_a_stream_in_any_mix_of_calls_equals_the_reference(mode, sizes, chunks, float64):
+    """A stream fed as any mix of ``forward`` chunks and ``step`` calls, each with or without
+    autograd (so through the step map, the short-chunk loop, the cached and the recorded
+    paths), carrying the state from one call to the next: the outputs and the final state of
+    the float64 recurrence."""
+    input_size, memory_size = sizes
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(input_size, 4, 6, 9.0, memory_size=memory_size, mode=mode)
+    if float64:
+        layer.double()
+    dtype = layer.output.weight.dtype
+    x = torch.randn(2, sum(n for n, _, _ in chunks), input_size, dtype=dtype)
+    outputs, state, start = [], None, 0
+    for n, call, grad in chunks:
+        with torch.set_grad_enabled(grad):
+            if call == "step":
+                n = 1
+                y, state = layer.step(x[:, start], state)
+                y = y.unsqueeze(1)
+            else:
+                y, state = layer(x[:, start : start + n], state)
+        outputs.append(y)
+        start += n
+    want, want_state = reference_layer(layer, x[:, :start])  # (a step takes one step)
+    rel = 1e-10 if float64 else 1e-4
+    assert_close(torch.cat(outputs, 1), want, rel)
+    assert_close(state, want_state, rel)
