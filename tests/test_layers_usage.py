@@ -360,3 +360,25 @@ def test_a_stream_in_any_mix_of_calls_equals_the_reference(mode, sizes, chunks, 
     rel = 1e-10 if float64 else 1e-4
     assert_close(torch.cat(outputs, 1), want, rel)
     assert_close(state, want_state, rel)
+
+
+# ------------------------------------------------------------------------------ float64
+
+
+@pytest.fixture
+def default_float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("make", [plmu.ParallelLMU, plmu.LMU])
+def test_a_trainable_theta_follows_the_default_dtype(default_float64, make):
+    """Under ``torch.set_default_dtype(torch.float64)`` every parameter is float64, a trainable
+    ``log theta`` too (it was always float32: ``theta`` 9.00000036 instead of 9, and a float64
+    model held one float32 parameter), so the model starts at the theta it was given."""
+    layer = make(2, 4, 6, 9.0, trainable_theta=True)
+    assert {p.dtype for p in layer.parameters()} == {torch.float64}
+    memory = layer.memory if make is plmu.ParallelLMU else layer.cell.memory
+    assert memory.theta == pytest.approx(9.0, rel=1e-15)

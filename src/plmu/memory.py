@@ -458,7 +458,8 @@ class LegendreMemory(nn.Module):
         self.chunk_size = chunk_size
         self.initial_theta = theta  # what reset_parameters gives a trainable theta back
         if self.trainable_theta:
-            self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
+            # (in the default dtype, as nn.Linear makes its weights)
+            self.log_theta = nn.Parameter(torch.tensor(math.log(theta)))
             if discretizer == "euler":
                 # a fixed theta is checked where it is discretised (plmu.discretize, when built
                 # or loaded); a trainable one is discretised by the differentiable version in
@@ -1282,7 +1283,7 @@ class LegendreMemory(nn.Module):
         return self._weight_cached("projected_powers", weight, (length, dtype), build)
 
     def extra_repr(self) -> str:
-        # the current theta (a trained one too; its float32 log_theta holds ~6 digits); a meta
+        # the current theta (a trained one too; a float32 log_theta holds ~7 digits); a meta
         # tensor has no value: the theta it was built with
         held = self.log_theta if self.trainable_theta else self.theta_
         value = self.initial_theta if held.is_meta else self.theta
