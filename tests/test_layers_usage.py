@@ -187,6 +187,26 @@ def test_output_dtype_under_autocast_is_the_same_in_every_mode(mode, time, memor
     assert_close(state, want_state, rel=0.02)
 
 
+@pytest.mark.parametrize("mode", ["auto", "fused", "fft", "direct", "chunked", "recurrent"])
+@pytest.mark.parametrize("time", [2, 20])
+def test_a_float64_layer_under_autocast_stays_float64(mode, time):
+    """Autocast leaves float64 operations alone, so a float64 layer returns float64 in every
+    mode, as ``nn.Linear`` does."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 6, 8, 20.0, mode=mode).double()
+    x = torch.randn(2, time, 2, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, state = layer(x)
+    assert y.dtype == state.dtype == torch.float64
+    want, want_state = reference_layer(layer, x)
+    assert_close(y, want, rel=1e-10)
+    assert_close(state, want_state, rel=1e-10)
+    rnn = plmu.LMU(2, 6, 8, 20.0).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, m) = rnn(x)
+    assert y.dtype == h.dtype == m.dtype == torch.float64
+
+
 # ---------------------------------------------------------------------------------- repr
 
 

@@ -472,9 +472,11 @@ class ParallelLMU(nn.Module):
             pre = self.memory.project(u, W_m, state)
             if self.output.bias is not None:
                 pre = pre + self.output.bias
+        # under autocast W_m m was summed in float32: give the output layer's dtype, as the
+        # other modes do (autocast leaves a float64 layer alone)
         device_type = "cpu" if x.is_cpu else x.device.type  # (x.device costs ~1 us)
-        if autocast_enabled(device_type):  # W_m m was summed in float32: the output layer's
-            pre = pre.to(torch.get_autocast_dtype(device_type))  # dtype, as in the other modes
+        if pre.dtype is not torch.float64 and autocast_enabled(device_type):
+            pre = pre.to(torch.get_autocast_dtype(device_type))
         final = self.memory.last_state(u, state, lengths)
         if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
             act = self._inplace_activation()
