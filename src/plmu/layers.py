@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmu.memory import (
+    _LOW_PRECISION,
     AUTO_FUSED_MIN_TIME,
     MODES,
     LegendreMemory,
@@ -473,6 +474,11 @@ class ParallelLMU(nn.Module):
             pre = self.memory.project(u, W_m, state)
             if self.output.bias is not None:
                 pre = pre + self.output.bias
+        # under autocast W_m m was summed in float32: give the output layer's dtype, as the
+        # other modes do (autocast leaves a float64 layer alone)
+        device_type = "cpu" if x.is_cpu else x.device.type  # (x.device costs ~1 us)
+        if pre.dtype is not torch.float64 and autocast_enabled(device_type):
+            pre = pre.to(torch.get_autocast_dtype(device_type))
         final = self.memory.last_state(u, state, lengths)
         if not torch.is_grad_enabled() and not (self.training and self.dropout.p > 0):
             act = self._inplace_activation()
@@ -755,16 +761,22 @@ class LMUCell(nn.Module):
         self.memory.reset_parameters()
 
     def _check_state(
-        self, state: tuple[torch.Tensor, torch.Tensor] | None, batch: int, like: torch.Tensor
+        self,
+        state: tuple[torch.Tensor, torch.Tensor] | None,
+        batch: int,
+        like: torch.Tensor,
+        memory_like: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h, m)`` checked (zeros for ``None``), ``h`` in ``like``'s dtype and ``m`` in
+        ``memory_like``'s (the system's, float32 under autocast: see :meth:`_system_for`)."""
         if state is None:
-            return like.new_zeros((batch, self.hidden_size)), like.new_zeros(
+            return like.new_zeros((batch, self.hidden_size)), memory_like.new_zeros(
                 (batch, self.state_size)
             )
         if not isinstance(state, (tuple, list)) or len(state) != 2:
             raise TypeError("state must be a tuple (h, m) or None")
         h = check_state(state[0], batch, self.hidden_size, "state[0] (h)", like)
-        m = check_state(state[1], batch, self.state_size, "state[1] (m)", like)
+        m = check_state(state[1], batch, self.state_size, "state[1] (m)", memory_like)
         return h, m
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -781,14 +793,24 @@ class LMUCell(nn.Module):
         m: torch.Tensor,
         Abar: torch.Tensor,
         Bbar: torch.Tensor,
+        autocast_device: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from the precomputed ``e_x x`` and ``W_x x``. Under autocast
+        (``autocast_device`` names its device type) the memory update runs in ``Abar``'s dtype
+        (float32 for a low-precision input, :meth:`_system_for`) with autocast off, as
+        :class:`~plmu.LegendreMemory` does, so ``m`` is not rounded each step."""
         u = xe
         if self.e_h is not None:
             u = u + F.linear(h, self.e_h)
         if self.e_m is not None:
             u = u + F.linear(m, self.e_m)
         C, d = self.memory.memory_size, self.memory.order
-        m = m.view(-1, C, d) @ Abar.T + u.unsqueeze(-1) * Bbar.view(1, 1, d)
+        if autocast_device is None:
+            m = m.view(-1, C, d) @ Abar.T + u.unsqueeze(-1) * Bbar.view(1, 1, d)
+        else:
+            with torch.autocast(autocast_device, enabled=False):
+                m, u = m.to(Abar.dtype), u.to(Abar.dtype)
+                m = m.view(-1, C, d) @ Abar.T + u.unsqueeze(-1) * Bbar.view(1, 1, d)
         m = m.reshape(-1, C * d)
         pre = F.linear(m, self.W_m)
         if self.W_h is not None:  # (the same sum, in the same order, as W_h h + W_m m)
@@ -805,11 +827,23 @@ class LMUCell(nn.Module):
         """One step. ``x_t`` ``(batch, input_size)`` -> ``(h_t, (h_t, m_t))``."""
         x_t = check_step_input(x_t, self.input_size, "x_t")
         check_input_dtype(x_t, _weight(self, "W_m"), "x_t")
-        h, m = self._check_state(state, x_t.shape[0], x_t)
-        Abar, Bbar = self.memory._discrete_as(x_t)
+        Abar, Bbar, autocast_device = self._system_for(x_t)
+        h, m = self._check_state(state, x_t.shape[0], x_t, Abar)
         xe, xw = self._inputs(x_t)
-        h, m = self._step(xe, xw, h, m, Abar, Bbar)
+        h, m = self._step(xe, xw, h, m, Abar, Bbar, autocast_device)
         return h, (h, m)
+
+    def _system_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        """``(Abar, Bbar, autocast_device)`` for input ``x``: the system in ``x``'s dtype, or
+        under autocast in float32 (for a low-precision ``x``) with the device type to turn
+        autocast off for the memory update (:meth:`_step`)."""
+        device_type = x.device.type
+        if not autocast_enabled(device_type):
+            Abar, Bbar = self.memory._discrete_as(x)
+            return Abar, Bbar, None
+        like = x if x.dtype not in _LOW_PRECISION else x.new_empty((), dtype=torch.float32)
+        Abar, Bbar = self.memory._discrete_as(like)
+        return Abar, Bbar, device_type
 
 
 class LMU(nn.Module):
@@ -868,11 +902,11 @@ class LMU(nn.Module):
         x = check_sequence(x, cell.input_size, "x")
         check_input_dtype(x, _weight(cell, "W_m"), "x")
         Bn, T, _ = x.shape
-        h, m = cell._check_state(state, Bn, x)
+        Abar, Bbar, autocast_device = cell._system_for(x)
+        h, m = cell._check_state(state, Bn, x, Abar)
         lengths = check_lengths(lengths, Bn, T)
         if T == 0:
             raise ValueError("x must have at least one time step, got time = 0")
-        Abar, Bbar = cell.memory._discrete_as(x)
         xe, xw = cell._inputs(x)
         outputs = []
         # unbound once: indexing xe[:, t] per step would make backward write a zero gradient of
@@ -882,7 +916,7 @@ class LMU(nn.Module):
         if lengths is not None:  # once: a copy per step would synchronise with a GPU each step
             lengths = lengths.to(x.device).unsqueeze(1)
         for t in range(T):
-            h_new, m_new = cell._step(xe_steps[t], xw_steps[t], h, m, Abar, Bbar)
+            h_new, m_new = cell._step(xe_steps[t], xw_steps[t], h, m, Abar, Bbar, autocast_device)
             if lengths is not None:
                 keep = t < lengths
                 h_new, m_new = torch.where(keep, h_new, h), torch.where(keep, m_new, m)

@@ -459,7 +459,8 @@ class LegendreMemory(nn.Module):
         self.chunk_size = chunk_size
         self.initial_theta = theta  # what reset_parameters gives a trainable theta back
         if self.trainable_theta:
-            self.log_theta = nn.Parameter(torch.tensor(math.log(theta), dtype=torch.float32))
+            # (in the default dtype, as nn.Linear makes its weights)
+            self.log_theta = nn.Parameter(torch.tensor(math.log(theta)))
             if discretizer == "euler":
                 # a fixed theta is checked where it is discretised (plmu.discretize, when built
                 # or loaded); a trainable one is discretised by the differentiable version in
@@ -1174,7 +1175,10 @@ class LegendreMemory(nn.Module):
         if hit is not None and hit[0] is base:
             return hit[1]
         value = _outside_inference_mode(build)
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != kind}
+        # the stale entries of this kind, from a snapshot of the keys: another thread calling
+        # the module may add an entry meanwhile (iterating the dict itself would then fail)
+        for stale in [k for k in list(self._cache) if k[0] == kind]:
+            self._cache.pop(stale, None)
         self._cache[key] = (base, value, weight.detach())
         return value
 
@@ -1288,10 +1292,15 @@ class LegendreMemory(nn.Module):
         return self._weight_cached("projected_powers", weight, (length, dtype), build)
 
     def extra_repr(self) -> str:
-        theta = "trainable" if self.trainable_theta else f"{self.theta:g}"
+        # the current theta (a trained one too; a float32 log_theta holds ~7 digits); a meta
+        # tensor has no value: the theta it was built with
+        held = self.log_theta if self.trainable_theta else self.theta_
+        value = self.initial_theta if held.is_meta else self.theta
+        theta = f"{value:.6g} (trainable)" if self.trainable_theta else f"{value:.10g}"
+        chunk = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
         return (
             f"memory_size={self.memory_size}, order={self.order}, theta={theta}, "
-            f"discretizer={self.discretizer!r}, mode={self.mode!r}"
+            f"discretizer={self.discretizer!r}, mode={self.mode!r}{chunk}"
         )
 
 
