@@ -2,11 +2,13 @@
 
 The psMNIST case of ``plmu bench`` (batch 100, 784 steps, order 468, hidden 346, last state by
 eq. 25, a 10-way head, cross-entropy, fused Adam) or, with ``--case full``, its full-sequence case
-(batch 32, 1024 steps, input 64, memory_size 16, order 64, hidden 128, every output, MSE). Prints
+(batch 32, 1024 steps, input 64, memory_size 16, order 64, hidden 128, every output, MSE;
+``--activation`` its hidden activation). Prints
 the compile time (the first two compiled steps) and the median of ``--repeats`` steps each way.
 
     python scripts/compile_step.py --backend inductor          # needs a C++ compiler
     python scripts/compile_step.py --backend aot_eager --case full
+    python scripts/compile_step.py --case full --activation identity
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def main() -> None:
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     parser.add_argument("--case", choices=["psmnist", "full"], default="psmnist")
     parser.add_argument("--repeats", type=int, default=8, help="timed steps each way")
+    parser.add_argument(
+        "--activation", default="relu", help="the full case's hidden_activation (default relu)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -41,7 +46,10 @@ def main() -> None:
                 F.cross_entropy,
             )
         else:
-            model = _Sequence(ParallelLMU(64, 128, 64, 1024.0, memory_size=16))
+            layer = ParallelLMU(
+                64, 128, 64, 1024.0, memory_size=16, hidden_activation=args.activation
+            )
+            model = _Sequence(layer)
             x, target, loss = torch.randn(32, 1024, 64), torch.randn(32, 1024, 128), F.mse_loss
         if compiled:
             model = torch.compile(model, backend=args.backend, fullgraph=True)

@@ -565,11 +565,16 @@ def test_last_state_reads_only_the_last_horizon(input_size):
 @pytest.mark.parametrize("memory_size", [1, 2])
 @pytest.mark.parametrize("accumulate", [False, True])
 @pytest.mark.parametrize("grad", [False, True])
-def test_whole_tensor_projection_equals_eager(memory_size, accumulate, grad):
-    """The whole-tensor path that ``project`` takes under ``torch.compile`` / ``torch.export``
-    (plain autograd, no custom Functions) gives the eager numbers and gradients: several
-    overlap-save blocks, a carried state, with and without an output to add to. Run eagerly
-    here with ``is_compiling`` reporting true, which selects exactly that branch."""
+@pytest.mark.parametrize("graph", ["export", "compile"])
+def test_graph_projection_equals_eager(memory_size, accumulate, grad, graph):
+    """The paths that ``project`` takes in a graph give the eager numbers and gradients:
+    several overlap-save blocks, a carried state, with and without an output to add to. Under
+    ``torch.export`` whole-tensor operations with plain autograd; under ``torch.compile`` the
+    tiled kernels as operators (``plmu::block_synthesis``, ...) with their hand-written
+    backwards. Run eagerly here with ``is_compiling`` (and ``is_exporting``) reporting true,
+    which selects exactly that branch."""
+    if graph == "export" and plmu.memory._is_exporting is None:
+        pytest.skip("torch < 2.7 has no torch.compiler.is_exporting")
     mem = plmu.LegendreMemory(memory_size, 6, 10.0)
     T = 7 * mem.free_horizon(torch.float64) + 5
     assert mem.projection_blocks(T, torch.float64)[1] < T
@@ -585,8 +590,15 @@ def test_whole_tensor_projection_equals_eager(memory_size, accumulate, grad):
         return y, (torch.autograd.grad((y * g).sum(), (u, W)) if grad else ())
 
     eager, eager_grads = run()
-    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(torch.compiler, "is_compiling", lambda: True))
+        exporting = graph == "export"
+        stack.enter_context(mock.patch.object(plmu.memory, "_is_exporting", lambda: exporting))
+        blocks = stack.enter_context(
+            mock.patch.object(plmu.memory, "_compiled_blocks", wraps=plmu.memory._compiled_blocks)
+        )
         whole, whole_grads = run()
+    assert blocks.called == (graph == "compile")
     ref = reference_memory(u.detach(), 6, 10.0, s) @ W.detach().numpy().T
     assert_close_to_reference(whole.detach() - (base if accumulate else 0), ref, 1e-9)
     for a, b in zip((whole, *whole_grads), (eager, *eager_grads)):

@@ -5,6 +5,7 @@ hand-written first-order backward passes; differentiated again they recompute th
 plain operations. Reference: the float64 recurrence (``mode="recurrent"``) and plain autograd.
 """
 
+import contextlib
 from unittest import mock
 
 import numpy as np
@@ -31,7 +32,10 @@ def assert_same(got, ref):
 @pytest.mark.parametrize("memory_size", [1, 2])
 @pytest.mark.parametrize("horizons", [0.5, 7.0])  # one block, or several overlap-save blocks
 @pytest.mark.parametrize("tile", [None, 1])  # whole batch, or one frame a tile
-def test_project_second_order(memory_size, horizons, tile):
+@pytest.mark.parametrize("operators", [False, True])
+def test_project_second_order(memory_size, horizons, tile, operators):
+    """Also through the tiled kernels' operators, which a ``torch.compile`` graph calls (run
+    eagerly here with ``is_compiling`` reporting true, which selects them)."""
     mem = plmu.LegendreMemory(memory_size, 5, 8.0)
     T = max(3, int(horizons * mem.free_horizon(torch.float64)))
     S = memory_size * 5
@@ -39,8 +43,15 @@ def test_project_second_order(memory_size, horizons, tile):
     W = torch.randn(3, S, dtype=torch.float64, requires_grad=True)
     s = torch.randn(2, S, dtype=torch.float64, requires_grad=True)
     elements = plmu.memory.BLOCK_TILE_ELEMENTS if tile is None else tile
-    with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", elements):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", elements))
+        if operators:
+            stack.enter_context(mock.patch.object(torch.compiler, "is_compiling", lambda: True))
+        blocks = stack.enter_context(
+            mock.patch.object(plmu.memory, "_compiled_blocks", wraps=plmu.memory._compiled_blocks)
+        )
         got = second_order(lambda: mem.project(u, W, s), (u, W, s), (W, u))
+    assert blocks.called == operators
     ref = second_order(lambda: mem(u, s, mode="recurrent")[0] @ W.T, (u, W, s), (W, u))
     assert_same(got, ref)
 

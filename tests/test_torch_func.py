@@ -7,6 +7,9 @@ custom autograd Functions of the fast paths; the references here come from those
 each other. Sizes: order 6, theta 3 puts 150 steps into two overlap-save blocks (float64).
 """
 
+import contextlib
+from unittest import mock
+
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -380,6 +383,103 @@ def test_compiled_graph_reads_the_kernel_cache(mode, return_sequences):
     targets = {str(t) for t in _targets(graphs)}
     assert "plmu.system_constant" in targets
     assert not any("matrix_power" in t for t in targets), targets
+
+
+def _recording_aot_eager(graphs: list):
+    """``aot_eager`` (forward and backward graphs through AOTAutograd), keeping Dynamo's
+    graphs."""
+
+    def backend(gm: torch.fx.GraphModule, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    return backend
+
+
+# the first-order backwards of the tiled kernels, which the compiled backward graph must call
+_TILED_BACKWARDS = ("_fold_backward", "_mix_backward", "_synthesis_backward")
+
+
+@pytest.mark.parametrize(
+    ("memory_size", "variant"),
+    [(1, None), (2, None), (2, "encoder"), (1, "output"), (2, "trainable theta")],
+)
+def test_compiled_graph_calls_the_tiled_kernels(memory_size, variant):
+    """Under ``torch.compile`` the fused projection calls the eager path's tiled kernels and
+    their hand-written backwards as operators (``plmu::fold``, ``plmu::spectral_mix``,
+    ``plmu::block_synthesis``; ``plmu::block_convolution`` for one channel). It computed with
+    whole-tensor operations instead: whole-batch inverse-FFT buffers, a compiled full-sequence
+    training step twice as slow as eager. Outputs and gradients as eager, also when the
+    kernel or the input spectra need no gradient (frozen output or encoder weights), and
+    with a trainable theta (the kernel's spectrum then needs one too)."""
+    from plmu import memory
+
+    trainable = variant == "trainable theta"
+    layer = _layer("auto", {"memory_size": memory_size, "trainable_theta": trainable})
+    if variant in ("encoder", "output"):
+        getattr(layer, variant).requires_grad_(False)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    x, s = _inputs(layer, 2, 150)  # two overlap-save blocks
+    graphs: list = []
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=_recording_aot_eager(graphs), fullgraph=True)
+    results = []
+    for run in (layer, compiled):
+        with contextlib.ExitStack() as stack:
+            calls = {
+                name: stack.enter_context(
+                    mock.patch.object(memory, name, wraps=getattr(memory, name))
+                )
+                for name in (*_TILED_BACKWARDS, "_convolution_backward")
+            }
+            y, state = run(x, s)
+            loss = y.square().sum() + state.square().sum()
+            results.append((y, state, *torch.autograd.grad(loss, params)))
+        if run is compiled:
+            backwards = {name for name, call in calls.items() if call.call_count}
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+    targets = {str(t) for t in _targets(graphs)}
+    ops = (
+        {"plmu.block_convolution"}
+        if memory_size == 1
+        else {
+            "plmu.spectral_mix",
+            "plmu.block_synthesis",
+        }
+    )
+    assert {"plmu.fold", *ops} <= targets, targets
+    assert not any("irfft" in t for t in targets), targets  # no whole-batch inverse FFT
+    if memory_size == 1:
+        expected_backwards = {"_convolution_backward"}
+    else:
+        expected_backwards = {"_mix_backward", "_synthesis_backward"}
+    if variant != "output":  # a frozen output weight: the folded kernel needs no gradient
+        expected_backwards.add("_fold_backward")
+    assert backwards == expected_backwards
+
+
+def _complex(*shape: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(len(shape))
+    parts = torch.randn(2, *shape, dtype=torch.float64, generator=gen)
+    return torch.complex(parts[0], parts[1]).requires_grad_(True)
+
+
+@pytest.mark.parametrize("name", ["fold", "spectral_mix", "block_convolution", "block_synthesis"])
+def test_kernel_operators_pass_opcheck(name):
+    """``torch.library.opcheck``: each tiled kernel's operator has a schema, a fake giving the
+    real output's shape, dtype and strides, an autograd registration, and the same outputs
+    through AOTAutograd (static and dynamic shapes). Geometry: 3 blocks of 7 steps in frames of
+    16 (9 frequencies), the valid outputs from entry 6, cut at 20 steps."""
+    Hs = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    Wp = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    args = {
+        "fold": (Hs, Wp),
+        "spectral_mix": (_complex(4, 2, 5), _complex(5, 2, 3)),
+        "block_convolution": (_complex(2, 3, 1, 9), _complex(4, 9), 20, 16, 6, 7),
+        "block_synthesis": (_complex(2, 3, 4, 9), 20, 16, 6, 7),
+    }[name]
+    torch.library.opcheck(getattr(torch.ops.plmu, name).default, args)
 
 
 def test_compiled_graph_follows_a_new_theta():
