@@ -42,3 +42,12 @@ def test_metric_mask_drops_entries() -> None:
     metric = NRMSE()
     metric.update(prediction, target, mask)
     assert float(metric.compute()) == 0.0
+    # errors on the kept steps too: the masked-out entries count neither in the error nor in
+    # the target's spread (the 0.0 above holds also when only the error is masked)
+    prediction = target + 0.1 * torch.randn(2, 10, 1)
+    prediction[:, :3] += 100.0
+    target[:, :3] += 50.0
+    metric = NRMSE()
+    metric.update(prediction, target, mask)
+    kept = nrmse(prediction[:, 3:], target[:, 3:])
+    assert float(metric.compute()) == pytest.approx(float(kept), rel=1e-5)
