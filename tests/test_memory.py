@@ -84,6 +84,28 @@ def test_chunked_mode_in_several_chunks_equals_recurrence(chunk_size, with_state
     assert_close_to_reference(final, ref[:, -1], rel)
 
 
+@pytest.mark.parametrize("discretizer", ["zoh", "euler", "bilinear"])
+@pytest.mark.parametrize("mode", ["recurrent", "fft", "direct", "chunked"])
+def test_trainable_theta_uses_its_discretizer(discretizer, mode):
+    """A trainable theta is discretised each call by ``discretize_torch`` (a fixed one once, by
+    ``discretize``): every discretizer against the float64 recurrence, through every mode, the
+    last state and the fused projection (only zoh was compared; a trainable memory that always
+    used zoh passed)."""
+    mem = plmu.LegendreMemory(2, 6, 20.0, discretizer=discretizer, trainable_theta=True)
+    mem = mem.double()
+    u = torch.randn(2, 90, 2, dtype=torch.float64)
+    state = torch.randn(2, 12, dtype=torch.float64)
+    # theta as stored: log(20) held in float32 before .double() is 20 * (1 +- 1e-7)
+    ref = reference_memory(u, 6, mem.theta, state, method=discretizer)
+    with torch.no_grad():
+        m, final = mem(u, state, mode=mode)
+        assert_close_to_reference(m, ref, 1e-9)
+        assert_close_to_reference(final, ref[:, -1], 1e-9)
+        assert_close_to_reference(mem.last_state(u, state), ref[:, -1], 1e-9)
+        W = torch.randn(3, 12, dtype=torch.float64)
+        assert_close_to_reference(mem.project(u, W, state), ref @ W.numpy().T, 1e-9)
+
+
 @pytest.mark.parametrize("mode", ["fft", "chunked", "last", "fused"])
 def test_long_sequences_float32(mode):
     """Lengths past 10,000 steps in float32 stay within 1e-4 of max |m|."""
