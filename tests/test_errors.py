@@ -174,17 +174,22 @@ def test_order_not_int():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "match"),
     [
-        ({"memory_size": 0}, "memory_size"),
-        ({"mode": "turbo"}, "mode"),
-        ({"discretizer": "rk4"}, "discretizer"),
-        ({"hidden_activation": "swishy"}, "hidden_activation"),
-        ({"dropout": 1.5}, "dropout"),
+        ({"memory_size": 0}, r"memory_size must be >= 1, got 0"),
+        ({"mode": "turbo"}, r"mode must be one of \(.*'fused'\), got 'turbo'"),
+        ({"discretizer": "rk4"}, r"discretizer must be one of \('zoh', .*\), got 'rk4'"),
+        ({"hidden_activation": "swishy"}, r"hidden_activation must be one of \[.*'relu'.*\]"),
+        ({"dropout": 1.5}, r"dropout must lie in \[0, 1\), got 1.5"),
+        ({"dropout": -0.1}, r"dropout must lie in \[0, 1\), got -0.1"),
+        ({"dropout": 1.0}, r"dropout must lie in \[0, 1\), got 1.0"),
     ],
 )
-def test_bad_constructor_arguments(kwargs, name):
-    with pytest.raises((ValueError, TypeError), match=name):
+def test_bad_constructor_arguments(kwargs, match):
+    """The layer's own message, from its start: ``match="dropout"`` alone also took torch's
+    ``nn.Dropout`` error, so the layer's check could go unnoticed; dropout 1.0, which torch
+    accepts (every output zero), was not tried."""
+    with pytest.raises(ValueError, match=f"^{match}"):
         plmu.ParallelLMU(3, 5, 4, 10.0, **kwargs)
 
 

@@ -199,7 +199,7 @@ def test_float32_modes_agree():
 # ------------------------------------------------------------------------------ original LMU
 
 
-def reference_lmu(cell, x):
+def reference_lmu(cell, x, activation=torch.tanh):
     """The original LMU equations (PAPER.md section 2) step by step, float64."""
     Abar, Bbar = plmu.discretize(*plmu.legendre_delay(cell.memory.order), cell.memory.theta)
     Abar, Bbar = torch.from_numpy(Abar), torch.from_numpy(Bbar)[:, 0]
@@ -220,7 +220,9 @@ def reference_lmu(cell, x):
             pre = pre + h @ cell.W_h.T
         if cell.W_x is not None:
             pre = pre + x[:, t] @ cell.W_x.T
-        h = torch.tanh(pre)
+        if cell.bias is not None:
+            pre = pre + cell.bias
+        h = activation(pre)
         hs.append(h)
     return torch.stack(hs, 1), m
 
@@ -235,8 +237,12 @@ def reference_lmu(cell, x):
         (True, True, False, False),
     ],
 )
-def test_lmu_equals_reference(switches):
+@pytest.mark.parametrize("bias_and_relu", [False, True])
+def test_lmu_equals_reference(switches, bias_and_relu):
+    """Every connection switch; the bias and another activation than tanh (the reference
+    applied neither before, so the cell could drop them unnoticed)."""
     h2m, m2m, i2h, h2h = switches
+    options = dict(bias=True, hidden_activation="relu") if bias_and_relu else {}
     rnn = plmu.LMU(
         3,
         9,
@@ -247,13 +253,16 @@ def test_lmu_equals_reference(switches):
         memory_to_memory=m2m,
         input_to_hidden=i2h,
         hidden_to_hidden=h2h,
+        **options,
     ).double()
     with torch.no_grad():
         if rnn.cell.e_m is not None:
             rnn.cell.e_m.normal_(0, 0.1)  # default init is zero; test the connection for real
+        if rnn.cell.bias is not None:
+            rnn.cell.bias.normal_(0, 0.5)  # zero-initialised too
         x = torch.randn(2, 25, 3, dtype=torch.float64)
         y, (_h, m) = rnn(x)
-        y_ref, m_ref = reference_lmu(rnn.cell, x)
+        y_ref, m_ref = reference_lmu(rnn.cell, x, torch.relu if bias_and_relu else torch.tanh)
     np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-10)
     np.testing.assert_allclose(m.numpy(), m_ref.numpy(), atol=1e-10)
     assert (rnn.cell.e_h is None) == (not h2m) and (rnn.cell.W_x is None) == (not i2h)

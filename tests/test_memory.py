@@ -24,6 +24,7 @@ STRATEGIES = [m for m in MODES if m != "auto"] + ["auto"]
     with_state=st.booleans(),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     discretizer=st.sampled_from(["zoh", "bilinear"]),
+    chunk_size=st.sampled_from([None, 1, 7, 32]),
 )
 # torch.linalg.matrix_exp was 4e-9 off here; fixed theta now uses scipy's expm
 @example(
@@ -36,11 +37,17 @@ STRATEGIES = [m for m in MODES if m != "auto"] + ["auto"]
     with_state=False,
     dtype=torch.float64,
     discretizer="zoh",
+    chunk_size=None,
 )
 def test_every_mode_equals_recurrence(
-    mode, batch, time, memory_size, order, theta, with_state, dtype, discretizer
+    mode, batch, time, memory_size, order, theta, with_state, dtype, discretizer, chunk_size
 ):
-    mem = plmu.LegendreMemory(memory_size, order, theta, discretizer=discretizer, mode=mode)
+    """``chunk_size`` below ``time`` runs ``mode="chunked"`` in several chunks, with a partial
+    last one (the default chunk, at least 256 steps for these orders, never split a sequence
+    here: a wrong state carried across chunks passed)."""
+    mem = plmu.LegendreMemory(
+        memory_size, order, theta, discretizer=discretizer, mode=mode, chunk_size=chunk_size
+    )
     u = torch.randn(batch, time, memory_size, dtype=dtype)
     state = torch.randn(batch, memory_size * order, dtype=dtype) if with_state else None
     ref = reference_memory(u, order, theta, state, method=discretizer)
@@ -57,6 +64,48 @@ def test_every_mode_equals_recurrence(
     # against the sum: out - acc would cancel acc's rounding (~1e-7 in float32) against a
     # projection that can be 1e4 times smaller (theta 169, one step: |W m| ~ 4e-4)
     assert_close_to_reference(out, acc.double().numpy() + ref @ W.double().numpy().T, rel)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 32, 100])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chunked_mode_in_several_chunks_equals_recurrence(chunk_size, with_state, dtype):
+    """``mode="chunked"`` with chunks shorter than the sequence (100 steps: 100 chunks of one
+    step, 15 of 7 with a partial last one, 4 of 32, one of 100): the state carried from chunk to
+    chunk. The default chunk (at least 256 steps for orders up to 16) never split the sequences
+    of the tests above."""
+    mem = plmu.LegendreMemory(2, 5, 30.0, mode="chunked", chunk_size=chunk_size)
+    u = torch.randn(3, 100, 2, dtype=dtype)
+    state = torch.randn(3, 10, dtype=dtype) if with_state else None
+    ref = reference_memory(u, 5, 30.0, state)
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    m, final = mem(u, state)
+    assert_close_to_reference(m, ref, rel)
+    assert_close_to_reference(final, ref[:, -1], rel)
+
+
+@pytest.mark.parametrize("trainable_theta", [False, True])
+@pytest.mark.parametrize("discretizer", ["zoh", "euler", "bilinear"])
+@pytest.mark.parametrize("mode", ["recurrent", "fft", "direct", "chunked"])
+def test_every_discretizer_through_every_mode(discretizer, mode, trainable_theta):
+    """A trainable theta is discretised each call by ``discretize_torch``, a fixed one once by
+    ``discretize``: every discretizer against the float64 recurrence, through every mode, the
+    last state and the fused projection. A trainable memory that always used zoh passed every
+    test before, and a fixed one that used bilinear for euler failed only a warning test."""
+    mem = plmu.LegendreMemory(
+        2, 6, 20.0, discretizer=discretizer, trainable_theta=trainable_theta
+    ).double()
+    u = torch.randn(2, 90, 2, dtype=torch.float64)
+    state = torch.randn(2, 12, dtype=torch.float64)
+    # theta as stored: log(20) held in float32 before .double() is 20 * (1 +- 1e-7)
+    ref = reference_memory(u, 6, mem.theta, state, method=discretizer)
+    with torch.no_grad():
+        m, final = mem(u, state, mode=mode)
+        assert_close_to_reference(m, ref, 1e-9)
+        assert_close_to_reference(final, ref[:, -1], 1e-9)
+        assert_close_to_reference(mem.last_state(u, state), ref[:, -1], 1e-9)
+        W = torch.randn(3, 12, dtype=torch.float64)
+        assert_close_to_reference(mem.project(u, W, state), ref @ W.numpy().T, 1e-9)
 
 
 @pytest.mark.parametrize("mode", ["fft", "chunked", "last", "fused"])
@@ -94,7 +143,7 @@ def test_step_equals_recurrence():
     cuts=st.lists(st.integers(1, 60), min_size=1, max_size=5),
 )
 def test_chunked_streaming_equals_one_call(mode, cuts):
-    mem = plmu.LegendreMemory(2, 8, 30.0, mode=mode)
+    mem = plmu.LegendreMemory(2, 8, 30.0, mode=mode, chunk_size=16)  # several chunks a call
     T = sum(cuts)
     u = torch.randn(2, T, 2, dtype=torch.float64)
     whole, final = mem(u)

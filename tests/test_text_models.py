@@ -66,6 +66,11 @@ def test_pair_features_are_symmetric_in_swapping_nothing_but_order():
         a = model.encoder(*x)
         features = torch.cat([a, a, (a - a).abs(), a * a], dim=-1)
         torch.testing.assert_close(model(*x, *x), model.head(features))
+        # two different texts (of different widths): each feature in its slot (the same text
+        # twice cannot tell a * b from a * a, nor a and b swapped in the first two slots)
+        b = model.encoder(*y)
+        features = torch.cat([a, b, (a - b).abs(), a * b], dim=-1)
+        torch.testing.assert_close(model(*x, *y), model.head(features), rtol=1e-5, atol=1e-6)
 
 
 def test_the_classifier_learns_a_token_rule():

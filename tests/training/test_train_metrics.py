@@ -42,3 +42,95 @@ def test_metric_mask_drops_entries() -> None:
     metric = NRMSE()
     metric.update(prediction, target, mask)
     assert float(metric.compute()) == 0.0
+    # errors on the kept steps too: the masked-out entries count neither in the error nor in
+    # the target's spread (the 0.0 above holds also when only the error is masked)
+    prediction = target + 0.1 * torch.randn(2, 10, 1)
+    prediction[:, :3] += 100.0
+    target[:, :3] += 50.0
+    metric = NRMSE()
+    metric.update(prediction, target, mask)
+    kept = nrmse(prediction[:, 3:], target[:, 3:])
+    assert float(metric.compute()) == pytest.approx(float(kept), rel=1e-5)
+
+
+# ------------------------------------------- the training modules' test metrics, recomputed
+
+
+def _test_results(module, loader) -> dict[str, float]:
+    """``Trainer.test`` of ``module`` on ``loader``: the logged epoch metrics."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    (results,) = trainer.test(module, dataloaders=loader, verbose=False)
+    return results
+
+
+def test_classification_accuracy_is_the_fraction_of_argmax_hits() -> None:
+    """Train and evaluate share this code, so their agreement shows nothing; here the logits
+    are the data (an identity net), 7 of 10 argmaxes are right, in batches of 4, 4 and 2."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.training.classification import SequenceClassification
+
+    logits = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    labels = logits.argmax(-1)
+    labels[7:] = (labels[7:] + 1) % 3
+    module = SequenceClassification(torch.nn.Identity(), num_classes=3, lr=1e-3)
+    results = _test_results(module, DataLoader(TensorDataset(logits, labels), batch_size=4))
+    assert results["test_accuracy"] == pytest.approx(0.7, abs=1e-6)
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert results["test_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_regression_metrics_count_only_the_masked_in_steps() -> None:
+    """Mackey-Glass's warm-up mask: the masked-out steps (wildly wrong here) count neither in
+    ``test_nrmse`` nor in ``test_loss``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.training.regression import SequenceRegression
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(6, 12, 1, generator=g)
+    prediction = target + 0.3 * torch.randn(6, 12, 1, generator=g)
+    prediction[:, :4] += 100.0
+    mask = (torch.arange(12) >= 4).expand(6, 12)
+    module = SequenceRegression(torch.nn.Identity(), lr=1e-3)
+    loader = DataLoader(TensorDataset(prediction, target, mask), batch_size=3)
+    results = _test_results(module, loader)
+    kept = (prediction[:, 4:], target[:, 4:])
+    assert results["test_nrmse"] == pytest.approx(float(nrmse(*kept)), rel=1e-5)
+    expected = torch.nn.functional.mse_loss(*kept)
+    assert results["test_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_language_model_loss_and_bpc_are_over_the_scored_tokens() -> None:
+    """text8's scored windows: only the tokens the mask selects count, each batch weighted by
+    how many it scores (batches of 3 and 1 windows scoring 5 to 8 tokens)."""
+    import math
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.training.language_modeling import LanguageModeling
+
+    g = torch.Generator().manual_seed(0)
+    net = LMULanguageModel(7, 8, 1, order=4, theta=8.0)
+    x = torch.randint(0, 7, (4, 8), generator=g)
+    y = torch.randint(0, 7, (4, 8), generator=g)
+    mask = torch.arange(8) >= torch.tensor([0, 3, 1, 2]).unsqueeze(1)
+    module = LanguageModeling(net, lr=1e-3)
+    results = _test_results(module, DataLoader(TensorDataset(x, y, mask), batch_size=3))
+    with torch.no_grad():
+        losses = torch.nn.functional.cross_entropy(
+            net(x)[0].flatten(0, 1), y.flatten(), reduction="none"
+        )
+    expected = float(losses[mask.flatten()].mean())
+    assert results["test_loss"] == pytest.approx(expected, rel=1e-5)
+    assert results["test_bpc"] == pytest.approx(expected / math.log(2), rel=1e-5)
