@@ -163,11 +163,16 @@ def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
     assert code == 2 and "lacks train.vi" in err and "\n" not in err
 
 
-def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path, monkeypatch):
+@pytest.mark.parametrize("written_before", [False, True])
+def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(
+    tmp_path, monkeypatch, written_before
+):
     """The resumed process trains its tokenisers again; when they differ (the training lines
     changed, e.g. the hub's held-out validation split, or the tokenizers release did), the run
     goes on with the checkpoint's tokenisers: its data is encoded, and its test translations
-    decoded, with them."""
+    decoded, with them. The tokenisers are stored once, in ``checkpoint["plmu"]["saved"]``
+    (Lightning's datamodule state held them a second time); ``written_before``: a checkpoint
+    that holds both copies, as they did."""
     import plmu.data.iwslt as iwslt
 
     data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6, extra_train=2)
@@ -178,7 +183,12 @@ def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path
     )
     train("iwslt15-en-vi", out=tmp_path / "run", overrides=[*options, "epochs=1"], data_dir=data,
           progress_bar=False)  # fmt: skip
-    first = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["plmu"]
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    first = checkpoint["plmu"]
+    assert "IWSLTDataModule" not in checkpoint  # stored once
+    if written_before:
+        checkpoint["IWSLTDataModule"] = dict(first["saved"])
+        torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
     monkeypatch.undo()
     en, vi = read_data_dir(data)["train"]
     for lines, key in ((en, "src_tokenizer"), (vi, "tgt_tokenizer")):
@@ -189,6 +199,7 @@ def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path
                     data_dir=data, progress_bar=False)  # fmt: skip
     last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
     assert last["epoch"] == 1 and last["plmu"]["saved"] == first["saved"]
+    assert "IWSLTDataModule" not in last
     _, _, module, dm = load_checkpoint(metrics["best_checkpoint"], data)
     module.hypotheses = []
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(
@@ -400,12 +411,20 @@ def test_bad_decoding_setting_fails_before_training(tmp_path, setting):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("written_before", [False, True])
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, written_before):
     """Stopped after epoch 1 and resumed: the length buckets of epoch 2 (seed + epoch, through
-    the sampler's set_epoch) and so the weights are those of one run of 2 epochs."""
+    the sampler's set_epoch) and so the weights are those of one run of 2 epochs.
+    ``written_before``: the checkpoint also holds the tokenisers in Lightning's datamodule
+    state, as checkpoints written before did."""
     data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6)
     overrides = [o for o in TINY if not o.startswith(("epochs=", "beam_size="))] + ["beam_size=1"]
     for out, epochs in (("ref", 2), ("run", 1), ("run", 2)):
+        last = tmp_path / out / "checkpoints" / "last.ckpt"
+        if written_before and last.is_file():
+            checkpoint = torch.load(last, weights_only=False)
+            checkpoint["IWSLTDataModule"] = dict(checkpoint["plmu"]["saved"])
+            torch.save(checkpoint, last)
         train(
             "iwslt15-en-vi",
             out=tmp_path / out,

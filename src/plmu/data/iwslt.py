@@ -444,15 +444,21 @@ class IWSLTDataModule(SplitDataModule):
         }
 
     def state_dict(self) -> dict:
-        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
-        return {} if self.src_tokenizer is None else self.saved_state()
+        """Nothing: the tokenisers are stored once, in ``checkpoint["plmu"]["saved"]``
+        (:meth:`saved_state`), which the runner gives to :meth:`load_state_dict` before a
+        resumed fit. (Checkpoints written before also held them here, in Lightning's datamodule
+        state; Lightning still hands that copy to :meth:`load_state_dict` on resuming them.)"""
+        return {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed fit: the checkpoint's tokenisers replace the ones ``setup`` trained again
+        """A resumed fit: the checkpoint's tokenisers (its ``saved``, or the Lightning state of
+        a checkpoint written before that was empty) replace the ones ``setup`` trained again
         (which differ when the training lines or the ``tokenizers`` release changed), and the
         splits already tokenised are tokenised again with them. Decode through
         :meth:`decode_target` (not a tokeniser's bound ``decode``) to follow the swap."""
-        if "src_tokenizer" not in state_dict or state_dict == self.state_dict():
+        if "src_tokenizer" not in state_dict:
+            return
+        if self.src_tokenizer is not None and state_dict == self.saved_state():
             return
         self.src_tokenizer = Tokenizer.from_str(state_dict["src_tokenizer"])
         self.tgt_tokenizer = Tokenizer.from_str(state_dict["tgt_tokenizer"])
