@@ -358,3 +358,32 @@ def test_references_are_nfc_as_the_decoded_hypotheses(tmp_path):
     dm = IWSLTDataModule(data, batch_size=4, vocab_size=60)
     dm.setup("test")
     assert dm.test_set.refs[0] == unicodedata.normalize("NFC", "tiếng Việt") != lines[0]
+
+
+def test_a_checkpoints_tokenisers_test_on_the_test_files_alone(tmp_path):
+    """``plmu evaluate`` (``saved`` tokenisers, then ``prepare_data`` and ``setup("test")``)
+    reads only tst2013.en/vi: it read all six and refused a folder without the training files
+    ("lacks train.en"), though the tokenisers come from the checkpoint. Training, or another
+    stage, still reads what it needs."""
+    full = write_iwslt(tmp_path / "full", n_train=12, n_eval=3)
+    trained = IWSLTDataModule(full, batch_size=4, vocab_size=60)
+    trained.prepare_data()
+    trained.setup("test")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("tst2013.en", "tst2013.vi"):
+        (alone / name).write_bytes((full / name).read_bytes())
+    data = IWSLTDataModule(alone, batch_size=4, saved=trained.saved_state())
+    data.prepare_data()
+    data.setup("test")
+    assert data.train_set is None and data.val_set is None and list(data._raw) == ["test"]
+    assert data.test_set.sources == trained.test_set.sources
+    assert data.test_set.refs == trained.test_set.refs
+    assert sum(len(batch.refs) for batch in data.test_dataloader()) == 3
+    assert list(read_data_dir(alone, ["test"])) == ["test"]
+    with pytest.raises(DataError, match=r"lacks train\.en, train\.vi, tst2012\.en, tst2012\.vi;"):
+        data.setup("fit")
+    with pytest.raises(DataError, match=r"lacks train\.en"):
+        IWSLTDataModule(alone).prepare_data()  # no tokenisers: all six, as training needs
+    with pytest.raises(DataError, match=r"lacks train\.en, train\.vi; .* needs the line-al"):
+        IWSLTDataModule(alone).setup("test")  # the tokenisers are trained on train

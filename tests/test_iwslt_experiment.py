@@ -155,6 +155,22 @@ def test_evaluate_recomputes_bleu(run):
     assert metrics["decode_tokens_per_s"] > 0 and "train_tokens_per_s" not in metrics
 
 
+def test_evaluate_needs_only_the_test_files(run, tmp_path):
+    """The tokenisers travel in the checkpoint: ``plmu evaluate --data-dir`` with tst2013.en/vi
+    alone scores as the training run did (it read all six: "lacks train.en")."""
+    out, data, trained = run
+    alone = tmp_path / "test-only"
+    alone.mkdir()
+    for name in ("tst2013.en", "tst2013.vi"):
+        (alone / name).write_bytes((data / name).read_bytes())
+    checkpoint = str(out / "checkpoints" / "best.ckpt")
+    args = ["evaluate", checkpoint, "--data-dir", str(alone), "--out", str(tmp_path / "eval")]
+    assert cli.main([*args, "--no-progress-bar"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test_bleu"] == pytest.approx(trained["test_bleu"])
+    assert metrics["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+
+
 def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
     folder = write_iwslt(tmp_path / "data")
     (folder / "train.vi").unlink()
