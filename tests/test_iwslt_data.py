@@ -192,6 +192,34 @@ def test_items_and_batches_carry_dataset_positions():
     assert batch.to("cpu").indices == [2, 0]
 
 
+def test_a_batch_is_pinned_and_copied_to_a_gpu_without_blocking(monkeypatch):
+    """A DataLoader with ``pin_memory=True`` (workers, CUDA) pins a batch through its
+    ``pin_memory`` method: without one, this type stayed in pageable memory. The copy to a GPU
+    does not block the host, as Lightning's own transfer of tensors does not; on the CPU it is
+    a plain copy."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    batch = collate([([5, 6, EOS], [7, 8, 9], "a"), ([5, EOS], [7], "b")])
+    batch.indices = [1, 0]
+    pinned_calls, copies = [], []
+    monkeypatch.setattr(  # no CUDA here: stand-ins that record the calls
+        torch.Tensor, "pin_memory", lambda t, *a, **k: pinned_calls.append(t) or t.clone()
+    )
+    pinned = pin_memory(batch)  # what the loader's pinning thread does to each batch
+    assert pinned is not batch and len(pinned_calls) == 4
+    assert pinned.src.tolist() == batch.src.tolist() and pinned.refs == batch.refs
+    assert pinned.indices == [1, 0] and pinned.tgt_out.tolist() == batch.tgt_out.tolist()
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda t, device, non_blocking=False: copies.append(non_blocking) or t
+    )
+    dm = IWSLTDataModule(None)
+    moved = dm.transfer_batch_to_device(pinned, torch.device("cuda", 0), 0)
+    assert copies == [True] * 4 and moved.refs == ["a", "b"] and moved.indices == [1, 0]
+    copies.clear()
+    dm.transfer_batch_to_device(pinned, torch.device("cpu"), 0)
+    assert copies == [False] * 4
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 50), min_size=1, max_size=200),
