@@ -192,6 +192,34 @@ def test_items_and_batches_carry_dataset_positions():
     assert batch.to("cpu").indices == [2, 0]
 
 
+def test_a_batch_is_pinned_and_copied_to_a_gpu_without_blocking(monkeypatch):
+    """A DataLoader with ``pin_memory=True`` (workers, CUDA) pins a batch through its
+    ``pin_memory`` method: without one, this type stayed in pageable memory. The copy to a GPU
+    does not block the host, as Lightning's own transfer of tensors does not; on the CPU it is
+    a plain copy."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    batch = collate([([5, 6, EOS], [7, 8, 9], "a"), ([5, EOS], [7], "b")])
+    batch.indices = [1, 0]
+    pinned_calls, copies = [], []
+    monkeypatch.setattr(  # no CUDA here: stand-ins that record the calls
+        torch.Tensor, "pin_memory", lambda t, *a, **k: pinned_calls.append(t) or t.clone()
+    )
+    pinned = pin_memory(batch)  # what the loader's pinning thread does to each batch
+    assert pinned is not batch and len(pinned_calls) == 4
+    assert pinned.src.tolist() == batch.src.tolist() and pinned.refs == batch.refs
+    assert pinned.indices == [1, 0] and pinned.tgt_out.tolist() == batch.tgt_out.tolist()
+    monkeypatch.setattr(
+        torch.Tensor, "to", lambda t, device, non_blocking=False: copies.append(non_blocking) or t
+    )
+    dm = IWSLTDataModule(None)
+    moved = dm.transfer_batch_to_device(pinned, torch.device("cuda", 0), 0)
+    assert copies == [True] * 4 and moved.refs == ["a", "b"] and moved.indices == [1, 0]
+    copies.clear()
+    dm.transfer_batch_to_device(pinned, torch.device("cpu"), 0)
+    assert copies == [False] * 4
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 50), min_size=1, max_size=200),
@@ -358,3 +386,32 @@ def test_references_are_nfc_as_the_decoded_hypotheses(tmp_path):
     dm = IWSLTDataModule(data, batch_size=4, vocab_size=60)
     dm.setup("test")
     assert dm.test_set.refs[0] == unicodedata.normalize("NFC", "tiếng Việt") != lines[0]
+
+
+def test_a_checkpoints_tokenisers_test_on_the_test_files_alone(tmp_path):
+    """``plmu evaluate`` (``saved`` tokenisers, then ``prepare_data`` and ``setup("test")``)
+    reads only tst2013.en/vi: it read all six and refused a folder without the training files
+    ("lacks train.en"), though the tokenisers come from the checkpoint. Training, or another
+    stage, still reads what it needs."""
+    full = write_iwslt(tmp_path / "full", n_train=12, n_eval=3)
+    trained = IWSLTDataModule(full, batch_size=4, vocab_size=60)
+    trained.prepare_data()
+    trained.setup("test")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("tst2013.en", "tst2013.vi"):
+        (alone / name).write_bytes((full / name).read_bytes())
+    data = IWSLTDataModule(alone, batch_size=4, saved=trained.saved_state())
+    data.prepare_data()
+    data.setup("test")
+    assert data.train_set is None and data.val_set is None and list(data._raw) == ["test"]
+    assert data.test_set.sources == trained.test_set.sources
+    assert data.test_set.refs == trained.test_set.refs
+    assert sum(len(batch.refs) for batch in data.test_dataloader()) == 3
+    assert list(read_data_dir(alone, ["test"])) == ["test"]
+    with pytest.raises(DataError, match=r"lacks train\.en, train\.vi, tst2012\.en, tst2012\.vi;"):
+        data.setup("fit")
+    with pytest.raises(DataError, match=r"lacks train\.en"):
+        IWSLTDataModule(alone).prepare_data()  # no tokenisers: all six, as training needs
+    with pytest.raises(DataError, match=r"lacks train\.en, train\.vi; .* needs the line-al"):
+        IWSLTDataModule(alone).setup("test")  # the tokenisers are trained on train

@@ -155,6 +155,22 @@ def test_evaluate_recomputes_bleu(run):
     assert metrics["decode_tokens_per_s"] > 0 and "train_tokens_per_s" not in metrics
 
 
+def test_evaluate_needs_only_the_test_files(run, tmp_path):
+    """The tokenisers travel in the checkpoint: ``plmu evaluate --data-dir`` with tst2013.en/vi
+    alone scores as the training run did (it read all six: "lacks train.en")."""
+    out, data, trained = run
+    alone = tmp_path / "test-only"
+    alone.mkdir()
+    for name in ("tst2013.en", "tst2013.vi"):
+        (alone / name).write_bytes((data / name).read_bytes())
+    checkpoint = str(out / "checkpoints" / "best.ckpt")
+    args = ["evaluate", checkpoint, "--data-dir", str(alone), "--out", str(tmp_path / "eval")]
+    assert cli.main([*args, "--no-progress-bar"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["test_bleu"] == pytest.approx(trained["test_bleu"])
+    assert metrics["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+
+
 def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
     folder = write_iwslt(tmp_path / "data")
     (folder / "train.vi").unlink()
@@ -163,11 +179,16 @@ def test_missing_data_is_one_line_cli_error(tmp_path, capsys):
     assert code == 2 and "lacks train.vi" in err and "\n" not in err
 
 
-def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path, monkeypatch):
+@pytest.mark.parametrize("written_before", [False, True])
+def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(
+    tmp_path, monkeypatch, written_before
+):
     """The resumed process trains its tokenisers again; when they differ (the training lines
     changed, e.g. the hub's held-out validation split, or the tokenizers release did), the run
     goes on with the checkpoint's tokenisers: its data is encoded, and its test translations
-    decoded, with them."""
+    decoded, with them. The tokenisers are stored once, in ``checkpoint["plmu"]["saved"]``
+    (Lightning's datamodule state held them a second time); ``written_before``: a checkpoint
+    that holds both copies, as they did."""
     import plmu.data.iwslt as iwslt
 
     data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6, extra_train=2)
@@ -178,7 +199,12 @@ def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path
     )
     train("iwslt15-en-vi", out=tmp_path / "run", overrides=[*options, "epochs=1"], data_dir=data,
           progress_bar=False)  # fmt: skip
-    first = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)["plmu"]
+    checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
+    first = checkpoint["plmu"]
+    assert "IWSLTDataModule" not in checkpoint  # stored once
+    if written_before:
+        checkpoint["IWSLTDataModule"] = dict(first["saved"])
+        torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
     monkeypatch.undo()
     en, vi = read_data_dir(data)["train"]
     for lines, key in ((en, "src_tokenizer"), (vi, "tgt_tokenizer")):
@@ -189,6 +215,7 @@ def test_resumed_run_keeps_the_tokenisers_its_weights_were_trained_with(tmp_path
                     data_dir=data, progress_bar=False)  # fmt: skip
     last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
     assert last["epoch"] == 1 and last["plmu"]["saved"] == first["saved"]
+    assert "IWSLTDataModule" not in last
     _, _, module, dm = load_checkpoint(metrics["best_checkpoint"], data)
     module.hypotheses = []
     L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(
@@ -400,12 +427,20 @@ def test_bad_decoding_setting_fails_before_training(tmp_path, setting):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("written_before", [False, True])
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, written_before):
     """Stopped after epoch 1 and resumed: the length buckets of epoch 2 (seed + epoch, through
-    the sampler's set_epoch) and so the weights are those of one run of 2 epochs."""
+    the sampler's set_epoch) and so the weights are those of one run of 2 epochs.
+    ``written_before``: the checkpoint also holds the tokenisers in Lightning's datamodule
+    state, as checkpoints written before did."""
     data = write_iwslt(tmp_path / "data", n_train=48, n_eval=6)
     overrides = [o for o in TINY if not o.startswith(("epochs=", "beam_size="))] + ["beam_size=1"]
     for out, epochs in (("ref", 2), ("run", 1), ("run", 2)):
+        last = tmp_path / out / "checkpoints" / "last.ckpt"
+        if written_before and last.is_file():
+            checkpoint = torch.load(last, weights_only=False)
+            checkpoint["IWSLTDataModule"] = dict(checkpoint["plmu"]["saved"])
+            torch.save(checkpoint, last)
         train(
             "iwslt15-en-vi",
             out=tmp_path / out,

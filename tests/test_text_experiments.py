@@ -229,14 +229,21 @@ def test_predict_refuses_a_checkpoint_that_is_not_a_text_classifier():
         predict_loaded(torch.nn.Linear(1, 1), L.LightningDataModule(), "some text")
 
 
-@pytest.mark.parametrize("num_workers", [0, 1])
-def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, num_workers):
+@pytest.mark.parametrize(("num_workers", "written_before"), [(0, False), (1, False), (0, True)])
+def test_resumed_run_trains_as_the_uninterrupted_one(tmp_path, num_workers, written_before):
     """Stopped after epoch 1 and resumed: the shuffles of epochs 2 and 3 (seed + epoch) and so
     the weights are those of one run of 3 epochs. (With a worker process the resumed run once
-    read epoch 0's order: the worker drew indices before Lightning's set_epoch.)"""
+    read epoch 0's order: the worker drew indices before Lightning's set_epoch.)
+    ``written_before``: the checkpoint also holds the vocabulary in Lightning's datamodule
+    state, as checkpoints written before did."""
     data = _write_task(tmp_path, "imdb", ".jsonl")
     overrides = [o for o in TINY if not o.startswith("epochs=")] + [f"num_workers={num_workers}"]
     for out, epochs in (("ref", 3), ("run", 1), ("run", 3)):
+        last = tmp_path / out / "checkpoints" / "last.ckpt"
+        if written_before and last.is_file():
+            checkpoint = torch.load(last, weights_only=False)
+            checkpoint["TextClassificationData"] = dict(checkpoint["plmu"]["saved"])
+            torch.save(checkpoint, last)
         options = [*overrides, f"epochs={epochs}"]
         train("imdb", out=tmp_path / out, overrides=options, data_dir=data, progress_bar=False)
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
@@ -260,15 +267,16 @@ def test_run_interrupted_mid_epoch_resumes_exactly(tmp_path):
     assert resumed["test_accuracy"] == reference["test_accuracy"]
 
 
-@pytest.mark.parametrize("datamodule_state", [True, False])
+@pytest.mark.parametrize("written_before", [False, True])
 def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
-    tmp_path, monkeypatch, datamodule_state
+    tmp_path, monkeypatch, written_before
 ):
     """The resumed process builds the vocabulary again; when that one differs (another release
     of plmu or tokenizers normalises text differently, as when the HTML tag pattern changed,
     or the training files changed), the run goes on with the checkpoint's vocabulary, not with
-    word ids its embedding never learnt. Also from a checkpoint written before the datamodule
-    kept Lightning state (``datamodule_state`` False: only ``checkpoint["plmu"]["saved"]``)."""
+    word ids its embedding never learnt. The vocabulary is stored once, in
+    ``checkpoint["plmu"]["saved"]`` (Lightning's datamodule state held it a second time);
+    ``written_before``: a checkpoint that holds both copies, as they did."""
     import plmu.data.text_classification as tc
 
     rows = [{**r, "text": f"{r['text']} <3 so good<br />"} for r in sentiment_rows(24)]
@@ -282,8 +290,9 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
           progress_bar=False)  # fmt: skip
     checkpoint = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
     first = checkpoint["plmu"]
-    if not datamodule_state:
-        del checkpoint["TextClassificationData"]
+    assert "TextClassificationData" not in checkpoint  # stored once
+    if written_before:
+        checkpoint["TextClassificationData"] = dict(first["saved"])
         torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
     monkeypatch.undo()  # the resumed process keeps "so good": its own vocabulary differs
     rebuilt = tc.build_tokenizer(tc._column_texts(tc.load_splits(
@@ -293,3 +302,4 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
           progress_bar=False)  # fmt: skip
     last = torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=False)
     assert last["epoch"] == 1 and last["plmu"]["saved"] == first["saved"]
+    assert "TextClassificationData" not in last

@@ -270,3 +270,84 @@ def test_load_mnist_reads_common_file_names(tmp_path: Path, layout: str) -> None
     got = load_mnist(target, download=False)
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def _test_files_only(source: Path, target: Path) -> Path:
+    """``target`` holding only the two t10k files of the MNIST set in ``source``."""
+    target.mkdir(parents=True)
+    for name in mnist.TEST_FILES:
+        found = find_idx(source, name)
+        (target / found.name).write_bytes(found.read_bytes())
+    return target
+
+
+def test_psmnist_test_set_reads_the_test_files_alone(tmp_path: Path) -> None:
+    """The test set of psmnist_splits, from a folder that holds only the t10k files."""
+    write_mnist(tmp_path / "all", 30, 10, size=4, gz=True)
+    order = torch.arange(16).flip(0)
+    expected = psmnist_splits(tmp_path / "all", val_size=8, order=order)[2]
+    alone = _test_files_only(tmp_path / "all", tmp_path / "alone")
+    for kwargs in ({"order": order.tolist()}, {"permutation_seed": 3}):
+        got = mnist.psmnist_test_set(alone, download=False, **kwargs)
+        want = psmnist_splits(tmp_path / "all", val_size=8, **kwargs)[2]
+        assert torch.equal(got.pixels, want.pixels) and torch.equal(got.labels, want.labels)
+        assert torch.equal(got.order, want.order)
+    assert torch.equal(mnist.psmnist_test_set(alone, order=order).pixels, expected.pixels)
+    with pytest.raises(DataError, match="MNIST files missing"):
+        load_mnist(alone, download=False)  # all four: the training files are not there
+    with pytest.raises(ValueError, match="order must be a permutation"):
+        mnist.psmnist_test_set(alone, order=torch.arange(15))
+    labels = np.arange(10) % 10
+    labels[3] = 11
+    write_idx(alone / "t10k-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz: label 11 at index 3 "):
+        mnist.psmnist_test_set(alone)
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_psmnist_data_from_a_checkpoint_tests_on_the_test_files_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    """``plmu evaluate`` (a datamodule rebuilt from a checkpoint's ``saved``, then
+    ``prepare_data`` and ``setup("test")``) needs only the t10k files: all four were read, and
+    the missing training files downloaded (offline: an error), though the permutation comes
+    from the checkpoint. A fresh datamodule, or another stage, still needs all four."""
+    from plmu.experiments.psmnist import PsMNISTData
+    from plmu.training.config import default_config
+
+    write_mnist(tmp_path / "all", 30, 10, size=4, gz=True)
+    root = tmp_path / "root"
+    _test_files_only(tmp_path / "all", root / "MNIST" / "raw" if layout == "torchvision" else root)
+    config = {**default_config("psmnist"), "val_size": 8}
+    stored = list(range(16))[::-1]
+    downloads = []
+    real_download = mnist.download_mnist
+    monkeypatch.setattr(
+        mnist, "download_mnist", lambda *a, **k: downloads.append(k) or real_download(*a, **k)
+    )
+    data = PsMNISTData(config, root, {"permutation": stored})
+    data.prepare_data()
+    data.setup("test")
+    data.setup("test")  # again (Lightning's test calls it): nothing more to read
+    assert downloads == []
+    assert data.train_set is None and data.val_set is None
+    expected = psmnist_splits(tmp_path / "all", val_size=8, order=stored)[2]
+    assert torch.equal(data.test_set.pixels, expected.pixels)
+    assert data.saved_state() == {"permutation": stored}
+    assert sum(len(y) for _, y in data.test_dataloader()) == 10
+    data.load_state_dict({"permutation": list(range(16))})  # the test set follows the order
+    assert torch.equal(data.test_set.order, torch.arange(16)) and data.train_set is None
+    old = PsMNISTData(config, root, {})  # a checkpoint that stored no permutation: the seed's
+    old.setup("test")
+    assert torch.equal(old.test_set.order, permutation(16, config["permutation_seed"]))
+    with pytest.raises(DataError, match="could not be downloaded"):
+        PsMNISTData(config, root, {"permutation": stored}).setup("fit")  # offline
+    with pytest.raises(DataError, match=r"could not be downloaded.*put the four IDX files"):
+        PsMNISTData(config, root).prepare_data()  # a fresh run fetches all four
+    empty = PsMNISTData(config, tmp_path / "empty", {"permutation": stored})
+    with pytest.raises(
+        DataError,
+        match=r"t10k-images-idx3-ubyte\[\.gz\] is not in .*put "
+        r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte \(or \.gz\) there",
+    ):
+        empty.prepare_data()  # offline: the error names the files evaluate needs

@@ -1,6 +1,7 @@
 """EpochRandomSampler: an order given by seed and epoch alone (what makes a resumed run exact)."""
 
 import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -168,3 +169,48 @@ def test_the_datamodule_loaders_leave_the_global_generator_alone() -> None:
     for loader in (train, data.val_dataloader(), data.test_dataloader()):
         next(iter(loader))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def _attached(data: SplitDataModule, device: str | None) -> SplitDataModule:
+    """``data`` as a trainer whose root device is ``device`` sees it (``None``: no trainer)."""
+    if device is not None:
+        data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device(device)))
+    return data
+
+
+@pytest.mark.parametrize(
+    ("device", "num_workers", "pinned"),
+    [
+        ("cuda", 1, True),
+        ("cuda:1", 2, True),
+        ("cuda", 0, False),
+        ("cpu", 1, False),
+        (None, 1, False),
+    ],
+)
+def test_loaders_pin_batches_that_workers_load_for_a_cuda_device(device, num_workers, pinned):
+    """Training on a GPU, batches from worker processes are pinned (page-locked) by the
+    loader's pinning thread, so that Lightning's non_blocking copy to the device overlaps the
+    step; they never were. Not on the CPU, nor without workers (pinning would then be one
+    more copy inside the training loop)."""
+    data = _attached(_Ranges(batch_size=4, num_workers=num_workers), device)
+    data.setup()
+    loaders = (data.train_dataloader(), data.val_dataloader(), data.test_dataloader())
+    assert [loader.pin_memory for loader in loaders] == [pinned] * 3
+
+
+def test_loader_options_decide_pinning_and_a_cpu_trainer_pins_nothing():
+    import lightning as L
+
+    class Unpinned(_Ranges):
+        def loader_options(self, split, dataset, batch_size, shuffle):
+            return {"pin_memory": False}
+
+    data = _attached(Unpinned(batch_size=4, num_workers=1), "cuda")
+    data.setup()
+    assert not data.train_dataloader().pin_memory
+    data = _Ranges(batch_size=4, num_workers=1)
+    data.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False)  # the real attributes
+    data.setup()
+    assert data.trainer.strategy.root_device.type == "cpu"
+    assert not data.train_dataloader().pin_memory

@@ -650,6 +650,29 @@ def test_psmnist_evaluates_with_the_checkpoints_permutation(
     assert evaluated["test_loss"] == pytest.approx(test_loss(stored), rel=1e-5)
 
 
+def test_psmnist_evaluate_needs_only_the_test_files(tmp_path: Path, mnist_dir: Path) -> None:
+    """The permutation travels in the checkpoint: ``plmu evaluate --data-dir`` with only the two
+    t10k files tests as the training run did (every split was loaded, and the missing
+    training files downloaded: offline, an error)."""
+    metrics = _train_psmnist(tmp_path / "run", mnist_dir)
+    alone = tmp_path / "test-only"
+    alone.mkdir()
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (alone / name).write_bytes((mnist_dir / name).read_bytes())
+    evaluated = evaluate(
+        metrics["best_checkpoint"],
+        data_dir=alone,
+        out=tmp_path / "eval",
+        accelerator="cpu",
+        progress_bar=False,
+    )
+    assert evaluated["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)
+    assert evaluated["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert sorted(p.name for p in alone.iterdir()) == [
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("written_before", [False, True])
 def test_psmnist_resume_uses_the_stored_permutation(
     tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch, written_before: bool

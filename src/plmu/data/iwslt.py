@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import random
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,25 +98,31 @@ def _read_lines(path: Path) -> list[str]:
         raise not_utf8(path) from None
 
 
-def read_data_dir(data_dir: Path | str) -> dict[str, Pairs]:
-    """Read the six line-aligned files of ``data_dir``.
+def read_data_dir(data_dir: Path | str, splits: Iterable[str] = tuple(SPLITS)) -> dict[str, Pairs]:
+    """Read the six line-aligned files of ``data_dir``, or only those of ``splits`` (of
+    ``"train"``, ``"validation"``, ``"test"``; the others need not exist).
 
     Returns:
-        ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}``, lists of lines.
+        ``{"train": (en, vi), "validation": (en, vi), "test": (en, vi)}`` (the ``splits``
+        asked for), lists of lines.
 
     Raises:
         DataError (a ValueError): a file is missing or not UTF-8 (naming its first bad line),
             the two sides of a split differ in line count, or a split holds no sentence.
     """
     data_dir = Path(data_dir)
-    missing = [name for name in FILES if not (data_dir / name).is_file()]
+    wanted = set(splits)
+    splits = [split for split in SPLITS if split in wanted]
+    needed = [f"{SPLITS[split]}.{lang}" for split in splits for lang in ("en", "vi")]
+    missing = [name for name in needed if not (data_dir / name).is_file()]
     if missing:
         raise DataError(
             f"data_dir {str(data_dir)!r} lacks {', '.join(missing)}; IWSLT'15 en-vi needs the "
-            f"line-aligned files {', '.join(FILES)}"
+            f"line-aligned files {', '.join(needed)}"
         )
     out: dict[str, Pairs] = {}
-    for split, stem in SPLITS.items():
+    for split in splits:
+        stem = SPLITS[split]
         en = _read_lines(data_dir / f"{stem}.en")
         vi = _read_lines(data_dir / f"{stem}.vi")
         if len(en) != len(vi):
@@ -281,15 +287,21 @@ class TranslationBatch:
     refs: list[str]
     indices: list[int] | None = None
 
-    def to(self, device: torch.device | str) -> TranslationBatch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TranslationBatch:
+        """The batch with its tensors on ``device`` (``non_blocking`` as ``Tensor.to``)."""
         return TranslationBatch(
-            self.src.to(device),
-            self.src_lengths.to(device),
-            self.tgt_in.to(device),
-            self.tgt_out.to(device),
+            *(t.to(device, non_blocking=non_blocking) for t in self._tensors()),
             self.refs,
             self.indices,
         )
+
+    def pin_memory(self) -> TranslationBatch:
+        """The batch with its tensors in page-locked memory (what a ``DataLoader`` with
+        ``pin_memory=True`` calls: otherwise it would leave this type unpinned)."""
+        return TranslationBatch(*(t.pin_memory() for t in self._tensors()), self.refs, self.indices)
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.src, self.src_lengths, self.tgt_in, self.tgt_out
 
 
 def _pad(rows: list[list[int]]) -> torch.Tensor:
@@ -444,22 +456,29 @@ class IWSLTDataModule(SplitDataModule):
         }
 
     def state_dict(self) -> dict:
-        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
-        return {} if self.src_tokenizer is None else self.saved_state()
+        """Nothing: the tokenisers are stored once, in ``checkpoint["plmu"]["saved"]``
+        (:meth:`saved_state`), which the runner gives to :meth:`load_state_dict` before a
+        resumed fit. (Checkpoints written before also held them here, in Lightning's datamodule
+        state; Lightning still hands that copy to :meth:`load_state_dict` on resuming them.)"""
+        return {}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """A resumed fit: the checkpoint's tokenisers replace the ones ``setup`` trained again
+        """A resumed fit: the checkpoint's tokenisers (its ``saved``, or the Lightning state of
+        a checkpoint written before that was empty) replace the ones ``setup`` trained again
         (which differ when the training lines or the ``tokenizers`` release changed), and the
         splits already tokenised are tokenised again with them. Decode through
         :meth:`decode_target` (not a tokeniser's bound ``decode``) to follow the swap."""
-        if "src_tokenizer" not in state_dict or state_dict == self.state_dict():
+        if "src_tokenizer" not in state_dict:
+            return
+        if self.src_tokenizer is not None and state_dict == self.saved_state():
             return
         self.src_tokenizer = Tokenizer.from_str(state_dict["src_tokenizer"])
         self.tgt_tokenizer = Tokenizer.from_str(state_dict["tgt_tokenizer"])
         if self.datasets:
             log.warning("resuming with the checkpoint's tokenisers")
+            raw = self._load(self.datasets)
             for split in list(self.datasets):
-                self.datasets[split] = self._tokenize(split, *self._load()[split])
+                self.datasets[split] = self._tokenize(split, *raw[split])
             self.train_set = self.datasets.get("train")
             self.val_set = self.datasets.get("validation")
             self.test_set = self.datasets.get("test")
@@ -483,33 +502,45 @@ class IWSLTDataModule(SplitDataModule):
 
     # -- data
 
-    def _load(self) -> dict[str, Pairs]:
+    def _load(self, splits: Iterable[str] = tuple(SPLITS)) -> dict[str, Pairs]:
+        """The raw splits, ``splits`` among them: from ``data_dir`` each split's files are read
+        the first time it is asked for; the hub gives all three at once."""
+        if self.data_dir is not None:
+            raw = self._raw or {}
+            missing = [split for split in splits if split not in raw]
+            if missing:
+                self._raw = {**raw, **read_data_dir(self.data_dir, missing)}
+            return self._raw or {}
         if self._raw is None:
-            if self.data_dir is not None:
-                self._raw = read_data_dir(self.data_dir)
-            else:
-                self._raw = load_hub(*self.hub)
-                if self._raw["validation"] == self._raw["test"]:
-                    self._raw = hold_out_validation(self._raw, self.seed)
+            self._raw = load_hub(*self.hub)
+            if self._raw["validation"] == self._raw["test"]:
+                self._raw = hold_out_validation(self._raw, self.seed)
         return self._raw
 
+    def _trained(self) -> bool:
+        return self.src_tokenizer is not None and self.tgt_tokenizer is not None
+
     def prepare_data(self) -> None:
-        """Download (hub) or check (``data_dir``) the data once."""
-        self._load()
+        """Download (hub) or check (``data_dir``) the data once: from ``data_dir`` the six
+        files, or with a checkpoint's tokenisers (``saved``) the test split's alone, so
+        ``plmu evaluate`` needs no training or validation file (a later ``setup("fit")``
+        reads them)."""
+        self._load(("test",) if self._trained() else tuple(SPLITS))
 
     def setup(self, stage: str | None = None) -> None:
-        """Train the tokenisers (unless loaded) and tokenise the splits ``stage`` needs."""
-        raw = self._load()
-        if self.src_tokenizer is None or self.tgt_tokenizer is None:
-            en, vi = raw["train"]
-            self.src_tokenizer = train_tokenizer(en, self.vocab_size)
-            self.tgt_tokenizer = train_tokenizer(vi, self.vocab_size)
+        """Train the tokenisers (unless loaded) and tokenise the splits ``stage`` needs; from
+        ``data_dir`` only those splits are read (and train, to train the tokenisers)."""
         wanted = {
             "fit": ("train", "validation"),
             "validate": ("validation",),
             "test": ("test",),
             "predict": ("test",),
         }.get(stage or "", tuple(SPLITS))
+        raw = self._load(wanted if self._trained() else ("train", *wanted))
+        if not self._trained():
+            en, vi = raw["train"]
+            self.src_tokenizer = train_tokenizer(en, self.vocab_size)
+            self.tgt_tokenizer = train_tokenizer(vi, self.vocab_size)
         for split in wanted:
             if split not in self.datasets:
                 self.datasets[split] = self._tokenize(split, *raw[split])
@@ -574,4 +605,6 @@ class IWSLTDataModule(SplitDataModule):
     def transfer_batch_to_device(
         self, batch: TranslationBatch, device: torch.device, dataloader_idx: int
     ) -> TranslationBatch:
-        return batch.to(device)
+        """``batch`` on ``device``; not blocking the host where Lightning's own transfer does
+        not (any device but the CPU and MPS), so a pinned batch's copy overlaps."""
+        return batch.to(device, non_blocking=torch.device(device).type not in ("cpu", "mps"))

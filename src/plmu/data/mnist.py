@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from plmu.data import DataError, download_dir
 __all__ = [
     "FILES",
     "MIRRORS",
+    "TEST_FILES",
     "TORCHVISION_SUBDIR",
     "PixelSequences",
     "check_permutation",
@@ -50,8 +52,10 @@ __all__ = [
     "files_dir",
     "find_idx",
     "load_mnist",
+    "load_mnist_test",
     "permutation",
     "psmnist_splits",
+    "psmnist_test_set",
     "read_idx",
 ]
 
@@ -62,6 +66,8 @@ FILES = {
     "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
 }
+# the test split's two files: all that evaluating a trained model reads
+TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -106,14 +112,16 @@ def read_idx(path: str | Path) -> np.ndarray:
 TORCHVISION_SUBDIR = Path("MNIST") / "raw"  # where torchvision.datasets.MNIST(root) keeps them
 
 
-def files_dir(data_dir: str | Path) -> Path:
-    """The directory to read the four IDX files from: ``data_dir``, or torchvision's layout
-    ``data_dir/MNIST/raw`` when that holds all four and ``data_dir`` does not (so the ``root`` of
-    an existing ``torchvision.datasets.MNIST`` download works as ``--data-dir``)."""
+def files_dir(data_dir: str | Path, names: Iterable[str] | None = None) -> Path:
+    """The directory to read the IDX files ``names`` (default: all four) from: ``data_dir``, or
+    torchvision's layout ``data_dir/MNIST/raw`` when that holds them all and ``data_dir`` does
+    not (so the ``root`` of an existing ``torchvision.datasets.MNIST`` download works as
+    ``--data-dir``)."""
     data_dir = Path(data_dir)
     nested = data_dir / TORCHVISION_SUBDIR
-    if not all(find_idx(data_dir, name) for name in FILES) and all(
-        find_idx(nested, name) for name in FILES
+    names = tuple(FILES if names is None else names)
+    if not all(find_idx(data_dir, name) for name in names) and all(
+        find_idx(nested, name) for name in names
     ):
         return nested
     return data_dir
@@ -146,11 +154,17 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
-    """Download the MNIST files missing from ``data_dir``, verifying their MD5 checksums."""
+def download_mnist(
+    data_dir: str | Path, timeout: float = 30.0, names: Iterable[str] | None = None
+) -> None:
+    """Download the MNIST files ``names`` (default: all four) missing from ``data_dir``,
+    verifying their MD5 checksums."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name, md5 in FILES.items():
+    names = tuple(FILES if names is None else names)
+    what = "the four IDX files" if set(names) == set(FILES) else f"{', '.join(names)} (or .gz)"
+    for name in names:
+        md5 = FILES[name]
         if find_idx(data_dir, name) is not None:
             continue
         target = data_dir / f"{name}.gz"
@@ -179,7 +193,7 @@ def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
         else:
             raise DataError(
                 f"MNIST file {name}[.gz] is not in {data_dir} and could not be downloaded "
-                f"({'; '.join(errors)}); put the four IDX files there (or pass --data-dir)"
+                f"({'; '.join(errors)}); put {what} there (or pass --data-dir)"
             )
 
 
@@ -191,27 +205,47 @@ def load_mnist(
     Images are uint8 ``(N, H, W)``, labels int64 ``(N,)``. Missing files are downloaded when
     ``download`` is True.
     """
-    data_dir = files_dir(data_dir)
-    missing = [name for name in FILES if find_idx(data_dir, name) is None]
-    if missing and download:
-        download_mnist(data_dir)
-    elif missing:
-        raise DataError(f"MNIST files missing from {data_dir}: {', '.join(missing)} (or .gz)")
-    arrays = [read_idx(find_idx(data_dir, name)) for name in FILES]
-    for (name, _), array, rank in zip(FILES.items(), arrays, (3, 1, 3, 1)):
-        if array.ndim != rank:
-            raise DataError(f"{data_dir / name}: expected {rank} dimensions, got {array.shape}")
-    train_x, train_y, test_x, test_y = arrays
-    for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "t10k")):
-        if len(images) != len(labels):
-            raise DataError(
-                f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels"
-            )
+    data_dir = _with_files(data_dir, tuple(FILES), download)
+    train_x, train_y = _read_split(data_dir, "train")
+    test_x, test_y = _read_split(data_dir, "t10k")
     if train_x.shape[1:] != test_x.shape[1:]:
         raise DataError(f"{data_dir}: train images {train_x.shape[1:]} != t10k {test_x.shape[1:]}")
-    if train_x.dtype != np.uint8 or test_x.dtype != np.uint8:
+    return train_x, train_y, test_x, test_y
+
+
+def load_mnist_test(data_dir: str | Path, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``(test_images, test_labels)`` from the two t10k files (:data:`TEST_FILES`) alone, as
+    :func:`load_mnist` reads them; the training files are not read and need not exist."""
+    data_dir = _with_files(data_dir, TEST_FILES, download)
+    return _read_split(data_dir, "t10k")
+
+
+def _with_files(data_dir: str | Path, names: Iterable[str], download: bool) -> Path:
+    """The folder holding the IDX files ``names`` (:func:`files_dir`), the missing ones
+    downloaded first when ``download`` is True (else a :class:`DataError` naming them)."""
+    names = tuple(names)
+    data_dir = files_dir(data_dir, names)
+    missing = [name for name in names if find_idx(data_dir, name) is None]
+    if missing and download:
+        download_mnist(data_dir, names=names)
+    elif missing:
+        raise DataError(f"MNIST files missing from {data_dir}: {', '.join(missing)} (or .gz)")
+    return data_dir
+
+
+def _read_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``split``'s (``"train"`` or ``"t10k"``) images uint8 ``(N, H, W)`` and labels int64
+    ``(N,)``, their ranks, counts and image type checked."""
+    names = (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte")
+    images, labels = (read_idx(find_idx(data_dir, name)) for name in names)  # type: ignore[arg-type]
+    for name, array, rank in zip(names, (images, labels), (3, 1)):
+        if array.ndim != rank:
+            raise DataError(f"{data_dir / name}: expected {rank} dimensions, got {array.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels")
+    if images.dtype != np.uint8:
         raise DataError(f"{data_dir}: images must be unsigned bytes (IDX type 0x08)")
-    return train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64)
+    return images, labels.astype(np.int64)
 
 
 def permutation(length: int, seed: int) -> torch.Tensor:
@@ -286,16 +320,8 @@ def psmnist_splits(
             (naming the labels file and the label's index).
     """
     train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
-    for split, labels in (("train", train_y), ("t10k", test_y)):
-        outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
-        if outside.size:
-            name = f"{split}-labels-idx1-ubyte"
-            path = find_idx(Path(data_dir), name) or Path(data_dir) / name
-            raise DataError(
-                f"{path}: label {labels[outside[0]]} at index {outside[0]} is outside "
-                f"0..{num_classes - 1} ({outside.size} such labels); psMNIST classifies "
-                f"{num_classes} digits"
-            )
+    _check_labels(data_dir, "train", train_y, num_classes)
+    _check_labels(data_dir, "t10k", test_y, num_classes)
     if not 0 < val_size < len(train_x):
         raise ValueError(
             f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "
@@ -312,3 +338,39 @@ def psmnist_splits(
         PixelSequences(train_x[cut:], train_y[cut:], order),
         PixelSequences(test_x, test_y, order),
     )
+
+
+def psmnist_test_set(
+    data_dir: str | Path,
+    permutation_seed: int = 0,
+    download: bool = True,
+    order: torch.Tensor | list[int] | None = None,
+    num_classes: int = 10,
+) -> PixelSequences:
+    """The psMNIST test set alone, read from the t10k files only (:func:`load_mnist_test`): the
+    third set of :func:`psmnist_splits` with the same arguments, for evaluating a trained model
+    without the training files.
+
+    Raises:
+        DataError: as :func:`psmnist_splits`, for the two t10k files.
+    """
+    test_x, test_y = load_mnist_test(data_dir, download)
+    _check_labels(data_dir, "t10k", test_y, num_classes)
+    length = int(np.prod(test_x.shape[1:]))
+    if order is None:
+        order = permutation(length, permutation_seed)
+    return PixelSequences(test_x, test_y, check_permutation(order, length))
+
+
+def _check_labels(data_dir: str | Path, split: str, labels: np.ndarray, num_classes: int) -> None:
+    """A :class:`DataError` naming ``split``'s labels file when a label lies outside
+    ``0..num_classes-1``."""
+    outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if outside.size:
+        name = f"{split}-labels-idx1-ubyte"
+        path = find_idx(Path(data_dir), name) or Path(data_dir) / name
+        raise DataError(
+            f"{path}: label {labels[outside[0]]} at index {outside[0]} is outside "
+            f"0..{num_classes - 1} ({outside.size} such labels); psMNIST classifies "
+            f"{num_classes} digits"
+        )

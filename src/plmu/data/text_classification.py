@@ -744,11 +744,15 @@ class TextClassificationData(SplitDataModule):
         return {"tokenizer": self._tokenizer().to_str()}
 
     def state_dict(self) -> dict[str, Any]:
-        """Lightning's datamodule state in every checkpoint: :meth:`saved_state` once known."""
-        return {} if self.tokenizer is None else self.saved_state()
+        """Nothing: the vocabulary is stored once, in ``checkpoint["plmu"]["saved"]``
+        (:meth:`saved_state`), which the runner gives to :meth:`load_state_dict` before a
+        resumed fit. (Checkpoints written before also held it here, in Lightning's datamodule
+        state; Lightning still hands that copy to :meth:`load_state_dict` on resuming them.)"""
+        return {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """A resumed fit: the checkpoint's vocabulary replaces the one ``setup`` built again
+        """A resumed fit: the checkpoint's vocabulary (its ``saved``, or the Lightning state of
+        a checkpoint written before that was empty) replaces the one ``setup`` built again
         (which differs when the training files, or how this or a later release normalises
         text, changed), and the splits are encoded again with it, so the embedding keeps
         reading the word ids it was trained with."""

@@ -8,13 +8,15 @@ psMNIST initialisation) or an LSTM.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data.mnist import default_data_dir, psmnist_splits
+from plmu.data.mnist import default_data_dir, psmnist_splits, psmnist_test_set
 from plmu.models import SequenceClassifier
 from plmu.training.classification import SequenceClassification
 from plmu.training.datamodule import SplitDataModule
@@ -28,7 +30,11 @@ NUM_CLASSES = 10
 class PsMNISTData(SplitDataModule):
     """psMNIST train/validation/test sets from the IDX files in ``data_dir``.
 
-    The files are downloaded in :meth:`prepare_data` (once per machine) when missing.
+    The files are downloaded in :meth:`prepare_data` (once per machine) when missing. A
+    datamodule rebuilt from a checkpoint (``saved`` given, as ``load_checkpoint`` and
+    ``plmu evaluate`` do) tests on the t10k files alone: :meth:`prepare_data` fetches only
+    those and ``setup("test")`` reads only those, so evaluating needs no training file (any
+    other stage then reads, and if need be downloads, all four).
 
     The pixel permutation is part of the task, and ``torch.randperm`` of ``permutation_seed``
     may give other values under another torch version, so a checkpoint stores the permutation
@@ -47,24 +53,52 @@ class PsMNISTData(SplitDataModule):
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         stored = (saved or {}).get("permutation")
         self.permutation = None if stored is None else _stored(stored)
+        self.from_checkpoint = saved is not None
 
     def prepare_data(self) -> None:
         from plmu.data import mnist
 
-        data_dir = mnist.files_dir(self.data_dir)  # also torchvision's ROOT/MNIST/raw
-        if any(mnist.find_idx(data_dir, name) is None for name in mnist.FILES):
-            mnist.download_mnist(data_dir)
+        names = mnist.TEST_FILES if self.from_checkpoint else tuple(mnist.FILES)
+        data_dir = mnist.files_dir(self.data_dir, names)  # also torchvision's ROOT/MNIST/raw
+        if any(mnist.find_idx(data_dir, name) is None for name in names):
+            mnist.download_mnist(data_dir, names=names)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the three sets (first call); a datamodule rebuilt from a checkpoint builds the
+        test set alone for ``stage="test"`` (reading the t10k files only)."""
+        if stage == "test" and self.from_checkpoint and self.train_set is None:
+            if self.test_set is None:
+                with self._stored_permutation_named():
+                    self.test_set = psmnist_test_set(
+                        self.data_dir,
+                        permutation_seed=self.config["permutation_seed"],
+                        download=False,
+                        order=self.permutation,
+                        num_classes=NUM_CLASSES,
+                    )
+                self.permutation = self.test_set.order
+            return
+        super().setup(stage)
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
-        try:
+        with self._stored_permutation_named():
             sets = psmnist_splits(
                 self.data_dir,
                 val_size=self.config["val_size"],
                 permutation_seed=self.config["permutation_seed"],
-                download=False,
+                # prepare_data fetched only the test files of a checkpoint's datamodule
+                download=self.from_checkpoint,
                 order=self.permutation,
                 num_classes=NUM_CLASSES,
             )
+        self.permutation = sets[0].order
+        return sets
+
+    @contextmanager
+    def _stored_permutation_named(self) -> Iterator[None]:
+        """A stored permutation that does not fit the images is named as the checkpoint's."""
+        try:
+            yield
         except ValueError as error:
             if self.permutation is None or "permutation" not in str(error):
                 raise
@@ -72,8 +106,6 @@ class PsMNISTData(SplitDataModule):
                 f"the checkpoint's pixel permutation does not fit the images in "
                 f"{self.data_dir}: {error}"
             ) from None
-        self.permutation = sets[0].order
-        return sets
 
     def saved_state(self) -> dict:
         """``{"permutation": [...]}`` once known (after ``setup``, or from ``saved``)."""
@@ -97,6 +129,9 @@ class PsMNISTData(SplitDataModule):
         if self.train_set is not None:  # rebuild the sets in the stored order
             self.train_set = self.val_set = self.test_set = None
             self.setup()
+        elif self.test_set is not None:  # the test set alone (setup("test") of a checkpoint's)
+            self.test_set = None
+            self.setup("test")
 
 
 def _stored(permutation: object) -> torch.Tensor:

@@ -147,6 +147,13 @@ class SplitDataModule(L.LightningDataModule):
     override :meth:`saved_state` to store what a loaded checkpoint needs to rebuild the model
     without reading data (a vocabulary, a normaliser).
 
+    Batches that go to a CUDA device (the trainer's root device) from worker processes are
+    pinned (``pin_memory=True``): the loader's pinning thread copies each into page-locked
+    memory beside the training loop, and Lightning's copy to the device, ``non_blocking``
+    there, then overlaps the computation. Without workers (``num_workers=0``) the batches are
+    not pinned: pinning would be one more copy inside the loop (PyTorch's guide to
+    ``pin_memory`` and ``non_blocking``), for the small batches here.
+
     The three loaders share :meth:`_loader`; a subclass changes them through
     :meth:`loader_options` (a ``collate_fn``, a ``batch_sampler``, a ``generator``, ...) and, when
     it keeps its datasets elsewhere, :meth:`split_set`. The splits are named ``"train"``,
@@ -214,12 +221,12 @@ class SplitDataModule(L.LightningDataModule):
     ) -> dict[str, Any]:
         """Extra ``DataLoader`` keyword arguments for ``split`` (default: none).
 
-        They are applied last, so they may also replace ``num_workers`` or
-        ``persistent_workers``. When they hold a ``batch_sampler``, ``batch_size`` and the
-        shuffling sampler are not passed (the batch sampler does the batching); when they hold
-        a ``sampler``, it replaces the shuffling one. A training sampler that orders an epoch
-        by a seed and the epoch alone (``set_epoch``, like :class:`EpochRandomSampler`) keeps
-        a resumed run exact.
+        They are applied last, so they may also replace ``num_workers``,
+        ``persistent_workers`` or ``pin_memory``. When they hold a ``batch_sampler``,
+        ``batch_size`` and the shuffling sampler are not passed (the batch sampler does the
+        batching); when they hold a ``sampler``, it replaces the shuffling one. A training
+        sampler that orders an epoch by a seed and the epoch alone (``set_epoch``, like
+        :class:`EpochRandomSampler`) keeps a resumed run exact.
 
         Args:
             split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -244,8 +251,17 @@ class SplitDataModule(L.LightningDataModule):
             if shuffle and "sampler" not in options:
                 kwargs["sampler"] = EpochRandomSampler(dataset, self.seed)
         kwargs.update(options)
+        if "pin_memory" not in options:
+            kwargs["pin_memory"] = kwargs["num_workers"] > 0 and self._to_cuda()
         loader = ResumableDataLoader if split == "train" else DataLoader
         return loader(dataset, **kwargs)
+
+    def _to_cuda(self) -> bool:
+        """Whether the batches go to a CUDA device: the root device of the trainer this
+        datamodule is attached to (none outside ``fit``/``test``: no)."""
+        strategy = getattr(self.trainer, "strategy", None)
+        device = getattr(strategy, "root_device", None)
+        return isinstance(device, torch.device) and device.type == "cuda"
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)
