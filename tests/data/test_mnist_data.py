@@ -351,3 +351,19 @@ def test_psmnist_data_from_a_checkpoint_tests_on_the_test_files_alone(
         r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte \(or \.gz\) there",
     ):
         empty.prepare_data()  # offline: the error names the files evaluate needs
+
+
+def test_a_bad_label_in_torchvisions_layout_names_the_file_read(tmp_path: Path) -> None:
+    """The labels file is named where it was read: ``DIR/MNIST/raw/...``, not ``DIR/...``."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist(raw, 30, 10, size=4)
+    labels = np.arange(10) % 10
+    labels[2] = 10
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels)
+    expected = str(raw / "t10k-labels-idx1-ubyte")
+    for read in (
+        lambda: psmnist_splits(tmp_path, val_size=8, download=False),
+        lambda: mnist.psmnist_test_set(tmp_path, download=False),
+    ):
+        with pytest.raises(DataError, match=rf"^{expected}: label 10 at index 2 "):
+            read()

@@ -368,7 +368,8 @@ def _check_labels(data_dir: str | Path, split: str, labels: np.ndarray, num_clas
     outside = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if outside.size:
         name = f"{split}-labels-idx1-ubyte"
-        path = find_idx(Path(data_dir), name) or Path(data_dir) / name
+        folder = files_dir(data_dir, [name])  # data_dir, or torchvision's MNIST/raw in it
+        path = find_idx(folder, name) or folder / name
         raise DataError(
             f"{path}: label {labels[outside[0]]} at index {outside[0]} is outside "
             f"0..{num_classes - 1} ({outside.size} such labels); psMNIST classifies "
