@@ -705,3 +705,14 @@ def test_mixed_precision_training_runs(tmp_path: Path, mnist_dir: Path, experime
     )
     key = "test_nrmse" if experiment == "mackey-glass" else "test_accuracy"
     assert metrics["epochs"] == 1 and 0.0 <= metrics[key] < 5.0
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_mackey_glass_plot_in_the_weights_precision(tmp_path: Path, precision: str) -> None:
+    """A run whose weights Lightning casts (``64-true``, ``bf16-true``) draws its prediction plot
+    and writes metrics.json: the plot fed the float32 test series to the cast model, a dtype
+    error after the whole training and test."""
+    out = tmp_path / "run"
+    metrics = _train_mg(out, f"precision={precision}")
+    assert (out / "prediction.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text())["plot"] == metrics["plot"]

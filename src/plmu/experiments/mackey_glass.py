@@ -90,7 +90,8 @@ def plot_prediction(module: SequenceRegression, datamodule: MackeyGlassData, out
     import matplotlib.pyplot as plt
 
     x, y, mask = datamodule.test_set[0]
-    prediction = module(x.unsqueeze(0).to(module.device)).squeeze(0).cpu()
+    # in the weights' dtype: Lightning casts them under precision=64-true, bf16-true, ...
+    prediction = module(x.unsqueeze(0).to(module.device, module.dtype)).squeeze(0).float().cpu()
     norm = datamodule.normaliser or {"mean": 0.0, "std": 1.0}
     truth = y.squeeze(-1) * norm["std"] + norm["mean"]
     guess = prediction.squeeze(-1) * norm["std"] + norm["mean"]
