@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data import DataError, download_dir
+from plmu.data import DataError, download_dir, download_folder
 
 __all__ = [
     "FILES",
@@ -148,8 +148,11 @@ def _md5(path: Path) -> str:
 
 def download_mnist(data_dir: str | Path, timeout: float = 30.0) -> None:
     """Download the MNIST files missing from ``data_dir``, verifying their MD5 checksums."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    with download_folder(data_dir) as folder:  # removed again when empty and a file fails
+        _download_missing(folder, timeout)
+
+
+def _download_missing(data_dir: Path, timeout: float) -> None:
     for name, md5 in FILES.items():
         if find_idx(data_dir, name) is not None:
             continue
