@@ -356,6 +356,20 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_resumes_exactly(
     assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
 
 
+def test_graceful_stop_prints_no_lightning_notice(tmp_path: Path, caplog) -> None:
+    """The checkpoint a Ctrl-C or SIGTERM writes is a full one, said so to Lightning: its
+    ``weights_only`` default was announced as a stray line ("`weights_only` was not set,
+    defaulting to `False`.") between plmu's stop message and the exit."""
+    caplog.set_level("INFO", logger="lightning.pytorch")
+    _interrupted_mg(
+        tmp_path / "run", signal.SIGTERM, callbacks=[_signal_at_step(signal.SIGTERM, 1)]
+    )
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)[
+        "optimizer_states"
+    ]
+    assert "weights_only" not in caplog.text
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_ctrl_c_or_sigterm_in_the_last_batch_stops_before_the_test(
     tmp_path: Path, signum: int

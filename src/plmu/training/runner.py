@@ -412,7 +412,8 @@ class _GracefulStop(Callback):
         batch_idx: int,
     ) -> None:
         if self.requested is not None and _mid_epoch_save_point(trainer, batch_idx):
-            trainer.save_checkpoint(self.last)
+            # a full checkpoint; left unset, Lightning prints a notice that it chose that
+            trainer.save_checkpoint(self.last, weights_only=False)
             self._stop(self.requested)
 
     def on_train_batch_start(
