@@ -773,25 +773,33 @@ def _trainer(
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
         if config.get(key) is not None
     }
-    return L.Trainer(
-        default_root_dir=out,
-        max_epochs=config["epochs"],
-        max_steps=config.get("max_steps", -1),
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        precision=config.get("precision", "32-true"),
-        gradient_clip_val=config.get("gradient_clip_val"),
-        accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
-        log_every_n_steps=config.get("log_every_n_steps", 10),
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=progress_bar,
-        enable_checkpointing=fitting,
-        plugins=[_AtomicCheckpointIO()],
-        **limits,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=out,
+            max_epochs=config["epochs"],
+            max_steps=config.get("max_steps", -1),
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=config.get("precision", "32-true"),
+            gradient_clip_val=config.get("gradient_clip_val"),
+            accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
+            log_every_n_steps=config.get("log_every_n_steps", 10),
+            callbacks=callbacks,
+            logger=loggers,
+            enable_progress_bar=progress_bar,
+            enable_checkpointing=fitting,
+            plugins=[_AtomicCheckpointIO()],
+            **limits,
+        )
+    except ImportError as error:  # e.g. --accelerator tpu without torch_xla: Lightning's
+        # ModuleNotFoundError says what to install, in one line rather than a traceback
+        raise ValueError(
+            f"--accelerator {accelerator}, --strategy {strategy} and precision "
+            f"{config.get('precision', '32-true')!r} need a package that is not installed: "
+            f"{error}"
+        ) from error
 
 
 def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
