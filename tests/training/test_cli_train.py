@@ -127,6 +127,10 @@ def test_train_and_evaluate_plain_idx(
     status = main(["evaluate", checkpoint, "--out", str(out / "metrics.json"), *common])
     message = _one_line_error(capsys, status)
     assert message.endswith(f"--out {out / 'metrics.json'} is a file, not a directory")
+    # the commands for other experiments' checkpoints name the run's experiment
+    for command in (["predict", checkpoint, "a text"], ["translate", checkpoint, "a text ."]):
+        assert "'psmnist'" in _one_line_error(capsys, main(command))
+    assert "'psmnist'" in _one_line_error(capsys, main(["generate", checkpoint, "--prompt", "a"]))
 
 
 @pytest.mark.parametrize("inside", [False, True])
