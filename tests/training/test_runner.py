@@ -74,6 +74,20 @@ def test_evaluate_inside_the_checkpoints_folder_writes_beside_it(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_metrics_json_paths_do_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files metrics.json names are absolute, as ``best_checkpoint`` was: a relative --out
+    gave ``"plot": "run/prediction.png"`` (train) and ``"checkpoint": "run/checkpoints/..."``
+    (evaluate), relative to the directory the command ran in, not to metrics.json."""
+    monkeypatch.chdir(tmp_path)
+    trained = _train_mg(Path("run"))
+    evaluated = evaluate(Path("run/checkpoints/best.ckpt"), accelerator="cpu", progress_bar=False)
+    paths = [trained["best_checkpoint"], trained["plot"], evaluated["checkpoint"]]
+    paths.append(evaluated["plot"])
+    assert all(Path(path).is_absolute() and Path(path).is_file() for path in paths), paths
+
+
 def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)

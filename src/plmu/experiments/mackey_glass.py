@@ -107,7 +107,7 @@ def plot_prediction(module: SequenceRegression, datamodule: MackeyGlassData, out
     path = out / "prediction.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return {"plot": str(path)}
+    return {"plot": str(path.absolute())}  # as best_checkpoint: not relative to the cwd
 
 
 EXPERIMENT = register(

@@ -703,7 +703,7 @@ def evaluate(
         "epochs": _checkpoint_completed_epochs(raw),
         "global_step": int(raw.get("global_step", 0)),
         "seconds": round(time.perf_counter() - start, 2),
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint.absolute()),
     }
     return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu evaluate {checkpoint}")
 
