@@ -115,7 +115,7 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message
     assert t8.TEXT8_URL in message and "name resolution" in message and "--data-dir" in message
-    assert list((tmp_path / "data").iterdir()) == []  # no partial file left behind
+    assert not (tmp_path / "data").exists()  # no partial file, nor the folder made for it
 
 
 def test_download_cut_short_fails_with_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -126,7 +126,7 @@ def test_download_cut_short_fails_with_one_line_and_leaves_no_partial_file(tmp_p
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Cut())
     with pytest.raises(DataError, match=r"downloading .*text8\.zip failed \(IncompleteRead"):
         t8.load_text8(tmp_path / "data")
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()
 
 
 def test_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -137,7 +137,19 @@ def test_download_stopped_by_ctrl_c_leaves_no_partial_file(tmp_path, monkeypatch
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Interrupted())
     with pytest.raises(KeyboardInterrupt):
         t8.load_text8(tmp_path / "data")
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()
+
+
+def test_failed_download_leaves_no_folder_behind(tmp_path):
+    """A --data-dir that is not there (a typo, say) stays absent when the download fails (the
+    tests are offline): the folders made for the download are removed, the others kept."""
+    with pytest.raises(DataError):
+        t8.load_text8(tmp_path / "typo" / "text8")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError):
+        t8.load_text8(tmp_path / "mine")
+    assert list((tmp_path / "mine").iterdir()) == []
 
 
 def test_download_saves_the_archive(tmp_path, monkeypatch):

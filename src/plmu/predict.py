@@ -65,5 +65,10 @@ def predict(checkpoint: str | Path, *texts: str) -> Prediction:
     """Load ``checkpoint`` (written by ``plmu train imdb|qqp|snli``) and classify ``texts``."""
     from plmu.training.runner import load_checkpoint
 
-    _, _, module, data = load_checkpoint(checkpoint)
+    experiment, _, module, data = load_checkpoint(checkpoint)
+    if not isinstance(data, TextClassificationData):
+        raise ValueError(
+            f"checkpoint {checkpoint} is a {experiment.name!r} run; plmu predict needs a text "
+            "classification checkpoint (imdb, qqp, snli)"
+        )
     return predict_loaded(module, data, *texts)

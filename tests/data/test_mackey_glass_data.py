@@ -86,3 +86,18 @@ def test_splits_are_standardised_by_train() -> None:
     assert x.shape == (285, 1) and mask.sum() == 285 - 8
     assert abs(float(train.inputs.mean())) < 0.05
     assert 0.1 < norm["std"] < 0.4
+
+
+@pytest.mark.parametrize(
+    ("lengths", "message"),
+    [
+        ((400, 5, 120), r"val_length must be >= 20 \(horizon 15 \+ warmup 4 \+ 1\), got 5"),
+        ((400, 120, 19), r"test_length must be >= 20 \(horizon 15 \+ warmup 4 \+ 1\), got 19"),
+        ((40, 120, 120), r"train_length must be >= 47 \(horizon 15 \+ window 32\), got 40"),
+    ],
+)
+def test_splits_too_short_name_their_length(lengths, message) -> None:
+    """A split too short for the task names its config key (a short val_length was "window
+    must be >= 1, got -10", a derived window the user never set)."""
+    with pytest.raises(ValueError, match=message):
+        forecast_splits(*lengths, horizon=15, window=32, stride=16, warmup=4)

@@ -90,6 +90,17 @@ def test_missing_files_offline_one_line_error(tmp_path: Path) -> None:
     assert "could not be downloaded" in message and "\n" not in message
 
 
+def test_failed_download_leaves_no_folder_behind(tmp_path: Path) -> None:
+    """A --data-dir that is not there (a typo, say) stays absent when the download fails (the
+    tests are offline), for ``plmu evaluate`` too; a folder that was there is kept."""
+    with pytest.raises(DataError):
+        load_mnist(tmp_path / "typo" / "mnist")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(DataError):
+        load_mnist(tmp_path)
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
 def test_missing_files_without_download(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing"):
         load_mnist(tmp_path, download=False)
@@ -141,7 +152,7 @@ def test_download_tries_the_next_mirror_after_a_cut_connection(
     monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: _CutResponse())
     with pytest.raises(DataError, match=r"could not be downloaded.*IncompleteRead"):
         mnist.download_mnist(tmp_path / "cut")
-    assert not list((tmp_path / "cut").iterdir())  # no partial file left behind
+    assert not (tmp_path / "cut").exists()  # no partial file, nor the folder made for it
 
 
 def test_permutation_is_fixed_by_seed() -> None:

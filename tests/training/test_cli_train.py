@@ -54,6 +54,30 @@ def test_bad_trainer_option(
     assert message in _one_line_error(capsys, status)
 
 
+@pytest.mark.parametrize(
+    ("option", "package"),
+    [
+        (["--accelerator", "tpu"], "torch_xla"),
+        (["--strategy", "xla"], "torch_xla"),
+        (["--set", "precision=transformer-engine"], "transformer_engine"),
+    ],
+)
+def test_trainer_option_needing_a_missing_package(
+    capsys: pytest.CaptureFixture, tmp_path: Path, option: list[str], package: str
+) -> None:
+    """An accelerator, strategy or precision whose package is not installed is a one-line error
+    naming the options and the package (it was Lightning's ModuleNotFoundError, a traceback)."""
+    try:
+        __import__(package)
+        pytest.skip(f"{package} is installed")
+    except ImportError:
+        pass
+    args = ["train", "mackey-glass", "--out", str(tmp_path / "run"), *sets(TINY_MACKEY_GLASS)]
+    err = _one_line_error(capsys, main([*args, *option]))
+    assert package in err and "--accelerator" in err and "precision" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
     status = main([*args, "--set", "model=gru"])
@@ -130,6 +154,10 @@ def test_train_and_evaluate_plain_idx(
     status = main(["evaluate", checkpoint, "--out", str(out / "metrics.json"), *common])
     message = _one_line_error(capsys, status)
     assert message.endswith(f"--out {out / 'metrics.json'} is a file, not a directory")
+    # the commands for other experiments' checkpoints name the run's experiment
+    for command in (["predict", checkpoint, "a text"], ["translate", checkpoint, "a text ."]):
+        assert "'psmnist'" in _one_line_error(capsys, main(command))
+    assert "'psmnist'" in _one_line_error(capsys, main(["generate", checkpoint, "--prompt", "a"]))
 
 
 @pytest.mark.parametrize("inside", [False, True])

@@ -75,6 +75,20 @@ def test_evaluate_inside_the_checkpoints_folder_writes_beside_it(
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
+def test_metrics_json_paths_do_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files metrics.json names are absolute, as ``best_checkpoint`` was: a relative --out
+    gave ``"plot": "run/prediction.png"`` (train) and ``"checkpoint": "run/checkpoints/..."``
+    (evaluate), relative to the directory the command ran in, not to metrics.json."""
+    monkeypatch.chdir(tmp_path)
+    trained = _train_mg(Path("run"))
+    evaluated = evaluate(Path("run/checkpoints/best.ckpt"), accelerator="cpu", progress_bar=False)
+    paths = [trained["best_checkpoint"], trained["plot"], evaluated["checkpoint"]]
+    paths.append(evaluated["plot"])
+    assert all(Path(path).is_absolute() and Path(path).is_file() for path in paths), paths
+
+
 def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     out = tmp_path / "run"
     _train_mg(out)
@@ -355,6 +369,20 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_resumes_exactly(
     _interrupted_mg(twice, signum, *options, callbacks=[_signal_at_step(signum, 4, times=2)])
     saved = torch.load(twice / "checkpoints" / "last.ckpt", weights_only=False)
     assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
+
+
+def test_graceful_stop_prints_no_lightning_notice(tmp_path: Path, caplog) -> None:
+    """The checkpoint a Ctrl-C or SIGTERM writes is a full one, said so to Lightning: its
+    ``weights_only`` default was announced as a stray line ("`weights_only` was not set,
+    defaulting to `False`.") between plmu's stop message and the exit."""
+    caplog.set_level("INFO", logger="lightning.pytorch")
+    _interrupted_mg(
+        tmp_path / "run", signal.SIGTERM, callbacks=[_signal_at_step(signal.SIGTERM, 1)]
+    )
+    assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)[
+        "optimizer_states"
+    ]
+    assert "weights_only" not in caplog.text
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
@@ -805,3 +833,14 @@ def test_mixed_precision_training_runs(tmp_path: Path, mnist_dir: Path, experime
     )
     key = "test_nrmse" if experiment == "mackey-glass" else "test_accuracy"
     assert metrics["epochs"] == 1 and 0.0 <= metrics[key] < 5.0
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true"])
+def test_mackey_glass_plot_in_the_weights_precision(tmp_path: Path, precision: str) -> None:
+    """A run whose weights Lightning casts (``64-true``, ``bf16-true``) draws its prediction plot
+    and writes metrics.json: the plot fed the float32 test series to the cast model, a dtype
+    error after the whole training and test."""
+    out = tmp_path / "run"
+    metrics = _train_mg(out, f"precision={precision}")
+    assert (out / "prediction.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text())["plot"] == metrics["plot"]

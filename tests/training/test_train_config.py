@@ -59,6 +59,8 @@ def test_unknown_key_suggests_the_closest() -> None:
         ("lr=inf", "'lr' in --set must be finite, got 'inf'"),  # a string YAML leaves, made float
         ("theta=-.inf", "'theta' in --set must be finite"),
         ("gradient_clip_val=.nan", "'gradient_clip_val' in --set must be finite"),
+        # Lightning skips clipping at a value <= 0: -1 ran unclipped, silently
+        ("gradient_clip_val=-1", "'gradient_clip_val' in --set must be >= 0, got -1"),
         # seeds: NumPy's message named no key ("expected non-negative integer")
         ("seed=-1", "'seed' in --set must be >= 0, got -1"),
         ("seed=4294967296", "'seed' in --set must be <= 4294967295"),

@@ -1,9 +1,11 @@
 """Datasets for the benchmarks: one module per benchmark, each returning torch Datasets."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DataError", "download_dir", "not_utf8"]
+__all__ = ["DataError", "download_dir", "download_folder", "not_utf8"]
 
 
 def download_dir(name: str) -> Path:
@@ -11,6 +13,29 @@ def download_dir(name: str) -> Path:
     ``$PLMU_DATA_DIR/NAME``, else ``~/.cache/plmu/NAME``."""
     root = os.environ.get("PLMU_DATA_DIR")
     return (Path(root) if root else Path.home() / ".cache" / "plmu") / name
+
+
+@contextlib.contextmanager
+def download_folder(path: str | Path) -> Iterator[Path]:
+    """Make the folder ``path`` (and its missing parents) for a download into it; when the
+    download fails (any exception, Ctrl-C included), remove again the folders made here that are
+    still empty, so a mistyped ``--data-dir`` offline leaves nothing behind."""
+    path = Path(path)
+    made = []  # the deepest first
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        made.append(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+        raise
 
 
 class DataError(ValueError):

@@ -115,11 +115,7 @@ class ForecastWindows(Dataset):
         usable = series.numel() - horizon
         window = usable if window is None else window
         stride = window if stride is None else stride
-        for name, value in (("horizon", horizon), ("window", window), ("stride", stride)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if not 0 <= warmup < window:
-            raise ValueError(f"warmup must lie in [0, window={window}), got {warmup}")
+        _check_windows(horizon, window, stride, warmup)
         if usable < window:
             raise ValueError(
                 f"series of {series.numel()} samples is too short for window {window} "
@@ -141,6 +137,14 @@ class ForecastWindows(Dataset):
         return self.inputs[span], self.targets[span], self.mask
 
 
+def _check_windows(horizon: int, window: int, stride: int, warmup: int) -> None:
+    for name, value in (("horizon", horizon), ("window", window), ("stride", stride)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 0 <= warmup < window:
+        raise ValueError(f"warmup must lie in [0, window={window}), got {warmup}")
+
+
 def forecast_splits(
     train_length: int,
     val_length: int,
@@ -156,7 +160,21 @@ def forecast_splits(
 
     Each split is its own trajectory (seeds ``seed``, ``seed + 1``, ``seed + 2``) of
     ``*_length`` samples; see the module docstring for the protocol.
+
+    Raises:
+        ValueError: naming the setting: ``train_length`` shorter than ``horizon + window``, a
+            ``val_length`` or ``test_length`` leaving no step past ``warmup`` to score, ...
     """
+    _check_windows(horizon, window, stride, warmup)
+    scored = (horizon + warmup + 1, f"horizon {horizon} + warmup {warmup} + 1")
+    needs = {
+        "train_length": (train_length, horizon + window, f"horizon {horizon} + window {window}"),
+        "val_length": (val_length, *scored),
+        "test_length": (test_length, *scored),
+    }
+    for name, (length, least, why) in needs.items():
+        if length < least:
+            raise ValueError(f"{name} must be >= {least} ({why}), got {length}")
     train, val, test = (
         mackey_glass(length, seed=seed + i)
         for i, length in enumerate((train_length, val_length, test_length))

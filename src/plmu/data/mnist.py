@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data import DataError, download_dir
+from plmu.data import DataError, download_dir, download_folder
 
 __all__ = [
     "FILES",
@@ -159,9 +159,11 @@ def download_mnist(
 ) -> None:
     """Download the MNIST files ``names`` (default: all four) missing from ``data_dir``,
     verifying their MD5 checksums."""
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    names = tuple(FILES if names is None else names)
+    with download_folder(data_dir) as folder:  # removed again when empty and a file fails
+        _download_missing(folder, timeout, tuple(FILES if names is None else names))
+
+
+def _download_missing(data_dir: Path, timeout: float, names: tuple[str, ...]) -> None:
     what = "the four IDX files" if set(names) == set(FILES) else f"{', '.join(names)} (or .gz)"
     for name in names:
         md5 = FILES[name]

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data import DataError, download_dir
+from plmu.data import DataError, download_dir, download_folder
 
 __all__ = [
     "ALPHABET",
@@ -121,7 +121,11 @@ def _ids_from_bytes(data: bytes, source: str) -> np.ndarray:
 
 
 def _download(url: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with download_folder(target.parent):  # removed again when empty and the download fails
+        _download_into(url, target)
+
+
+def _download_into(url: str, target: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:

@@ -92,7 +92,8 @@ def plot_prediction(module: SequenceRegression, datamodule: MackeyGlassData, out
     import matplotlib.pyplot as plt
 
     x, y, mask = datamodule.test_set[0]
-    prediction = module(x.unsqueeze(0).to(module.device)).squeeze(0).cpu()
+    # in the weights' dtype: Lightning casts them under precision=64-true, bf16-true, ...
+    prediction = module(x.unsqueeze(0).to(module.device, module.dtype)).squeeze(0).float().cpu()
     norm = datamodule.normaliser or {"mean": 0.0, "std": 1.0}
     truth = y.squeeze(-1) * norm["std"] + norm["mean"]
     guess = prediction.squeeze(-1) * norm["std"] + norm["mean"]
@@ -108,7 +109,7 @@ def plot_prediction(module: SequenceRegression, datamodule: MackeyGlassData, out
     path = out / "prediction.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return {"plot": str(path)}
+    return {"plot": str(path.absolute())}  # as best_checkpoint: not relative to the cwd
 
 
 EXPERIMENT = register(

@@ -92,11 +92,13 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint_every_n_steps": (int,),
 }
 
-# The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever),
-# and of the seeds (NumPy's generators, which Lightning and the data pipelines seed, refuse a
-# negative one with a message that does not name the key).
+# The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever;
+# gradient_clip_val=-1 quietly did not clip, as 0 and null do), and of the seeds (NumPy's
+# generators, which Lightning and the data pipelines seed, refuse a negative one with a message
+# that does not name the key).
 _MINIMUM: dict[str, int] = {
     "epochs": 0,
+    "gradient_clip_val": 0,
     "accumulate_grad_batches": 1,
     "patience": 0,
     "checkpoint_every_n_steps": 1,

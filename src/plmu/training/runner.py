@@ -425,7 +425,8 @@ class _GracefulStop(Callback):
         batch_idx: int,
     ) -> None:
         if self.requested is not None and _mid_epoch_save_point(trainer, batch_idx):
-            trainer.save_checkpoint(self.last)
+            # a full checkpoint; left unset, Lightning prints a notice that it chose that
+            trainer.save_checkpoint(self.last, weights_only=False)
             self._stop(self.requested)
 
     def on_train_batch_start(
@@ -720,7 +721,7 @@ def evaluate(
         "epochs": _checkpoint_completed_epochs(raw),
         "global_step": int(raw.get("global_step", 0)),
         "seconds": round(time.perf_counter() - start, 2),
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint.absolute()),
     }
     return _finish(trainer, exp, module, datamodule, out, metrics, f"plmu evaluate {checkpoint}")
 
@@ -790,25 +791,33 @@ def _trainer(
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
         if config.get(key) is not None
     }
-    return L.Trainer(
-        default_root_dir=out,
-        max_epochs=config["epochs"],
-        max_steps=config.get("max_steps", -1),
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        precision=config.get("precision", "32-true"),
-        gradient_clip_val=config.get("gradient_clip_val"),
-        accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
-        log_every_n_steps=config.get("log_every_n_steps", 10),
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=progress_bar,
-        enable_checkpointing=fitting,
-        plugins=[_AtomicCheckpointIO()],
-        **limits,
-    )
+    try:
+        return L.Trainer(
+            default_root_dir=out,
+            max_epochs=config["epochs"],
+            max_steps=config.get("max_steps", -1),
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            num_nodes=num_nodes,
+            precision=config.get("precision", "32-true"),
+            gradient_clip_val=config.get("gradient_clip_val"),
+            accumulate_grad_batches=config.get("accumulate_grad_batches", 1),
+            log_every_n_steps=config.get("log_every_n_steps", 10),
+            callbacks=callbacks,
+            logger=loggers,
+            enable_progress_bar=progress_bar,
+            enable_checkpointing=fitting,
+            plugins=[_AtomicCheckpointIO()],
+            **limits,
+        )
+    except ImportError as error:  # e.g. --accelerator tpu without torch_xla: Lightning's
+        # ModuleNotFoundError says what to install, in one line rather than a traceback
+        raise ValueError(
+            f"--accelerator {accelerator}, --strategy {strategy} and precision "
+            f"{config.get('precision', '32-true')!r} need a package that is not installed: "
+            f"{error}"
+        ) from error
 
 
 def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
