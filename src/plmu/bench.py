@@ -984,7 +984,7 @@ def _check_output_file(path: str | Path | None, option: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` options (shared by ``plmu bench`` and ``python -m plmu.bench``)."""
     parser.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default cpu)"
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default: cpu)"
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument(
@@ -994,9 +994,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default: torch's choice)"
     )
-    parser.add_argument("--repeats", type=int, help="timed rounds per group (default 3)")
     parser.add_argument(
-        "--only", nargs="+", choices=GROUPS, default=list(GROUPS), help="run only these groups"
+        "--repeats", type=int, help="timed rounds per group (default: 3, with --quick 2)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=GROUPS,
+        default=list(GROUPS),
+        help="run only these groups (default: all)",
     )
 
 

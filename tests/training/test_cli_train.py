@@ -293,3 +293,32 @@ def test_a_folder_given_as_checkpoint_says_which_file_to_give(
     # "." inside checkpoints/ (was: e.g. checkpoints/best.ckpt, a file in a folder not there)
     monkeypatch.chdir(folder)
     assert _one_line_error(capsys, main(["evaluate", "."])).endswith("e.g. best.ckpt")
+
+
+# options whose value has no default to state: nothing is read or written without them
+_NO_DEFAULT = {("train", "--config"), ("train", "--set"), ("bench", "--json"), ("bench", "--plot")}
+
+
+def test_every_option_help_states_its_default() -> None:
+    """``plmu generate --help`` did not say that ``--length`` defaults to 500, nor train's that
+    ``--devices`` and ``--strategy`` default to auto or ``--num-nodes`` to 1: every option that
+    takes a value (and is not required) now says what it is without one."""
+    import argparse
+
+    from plmu.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    silent = []
+    for command, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue  # positionals, flags (--quick, --greedy, --help), --prompt
+            name = max(action.option_strings, key=len)
+            if (command, name) in _NO_DEFAULT:
+                continue
+            if "default" not in (action.help or ""):
+                silent.append((command, name))
+            elif action.default not in (None, []) and not isinstance(action.default, list):
+                assert str(action.default) in action.help, (command, name, action.help)
+    assert not silent
