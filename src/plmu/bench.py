@@ -906,12 +906,12 @@ def run(
     """
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise ValueError(f"groups must be among {GROUPS}, got {unknown}")
+        raise ValueError(f"--only groups must be among {GROUPS}, got {unknown}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"--device must be 'cpu' or 'cuda', got {device!r}")
     # the output files are written after the whole run: refuse a path that cannot be one now,
     # not after many minutes of timing (a folder was "[Errno 21] Is a directory" at the end)
     _check_output_file(json_path, "--json")
@@ -920,12 +920,12 @@ def run(
         raise ValueError("--plot draws the sweep group's curves: add sweep to --only")
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     cfg = BenchConfig.quick() if quick else BenchConfig()
     if repeats is not None:
         if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
+            raise ValueError(f"--repeats must be >= 1, got {repeats}")
         cfg = BenchConfig(**{**cfg.__dict__, "repeats": repeats})
     torch.manual_seed(0)
     res: dict = {"meta": _meta(dev, cfg, quick)}
