@@ -84,6 +84,29 @@ def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert "'model' must be one of" in _one_line_error(capsys, status)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            ["model=lmu", "lmu_init=glorot"],
+            "'lmu_init' must be 'default' or 'psmnist', got 'glorot'",
+        ),
+        (["lmu_init=glorot"], "'lmu_init' must be 'default' or 'psmnist', got 'glorot'"),
+        (["model=gru"], "'model' must be one of ['lmu', 'lstm', 'parallel-lmu'], got 'gru'"),
+    ],
+)
+def test_bad_psmnist_model_setting_names_the_config_key(
+    capsys: pytest.CaptureFixture, tmp_path: Path, setting: list[str], message: str
+) -> None:
+    """``--set lmu_init=glorot`` failed with LMUCell's "init must be 'default' or 'psmnist'",
+    a name the config does not have, and only after the data was read (here: the download
+    tried for a missing data directory); now the config key is named before any data is read."""
+    args = ["train", "psmnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]
+    err = _one_line_error(capsys, main([*args, *sets([*TINY_PSMNIST, *setting])]))
+    assert err == f"plmu: error: config key {message}"
+    assert not (tmp_path / "none").exists()
+
+
 def test_data_dir_for_mackey_glass_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
