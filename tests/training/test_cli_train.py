@@ -217,6 +217,26 @@ def test_resuming_with_a_changed_task_is_refused(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_resuming_is_announced_only_once_the_run_resumes(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """``plmu: resuming from OUT/checkpoints/last.ckpt`` was printed before the config was
+    checked, so a command that a bad ``--set`` stopped said it resumed; now it is printed once
+    the config is valid for the checkpoint, and only then."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--no-progress-bar"]
+    assert main(args) == 0
+    assert "plmu: resuming" not in capsys.readouterr().out
+    last = out / "checkpoints" / "last.ckpt"
+    for bad in (["lrr=0.1"], ["epochs=two"], ["horizon=5"]):
+        status = main([*args, *sets(bad)])
+        assert "plmu: resuming" not in capsys.readouterr().out, bad
+        assert status == 2
+    assert main([*args, *sets(["epochs=2"])]) == 0
+    assert capsys.readouterr().out.count(f"plmu: resuming from {last}") == 1
+
+
 def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])

@@ -605,7 +605,6 @@ def train(
         base = info["config"]
         if data_dir is None and info.get("data_dir"):
             data_dir = Path(info["data_dir"])  # the resumed run reads the same data
-        _info(f"resuming from {checkpoint_path}")
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
@@ -650,6 +649,8 @@ def train(
     _remove_part_files(out)
     for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
         logger.log_hyperparams({"experiment": exp.name, **config})
+    if checkpoint_path is not None:  # only now: a refused command does not say it resumed
+        _info(f"resuming from {checkpoint_path}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
