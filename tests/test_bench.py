@@ -50,7 +50,7 @@ def test_quick_run_writes_json_and_png(tmp_path, capsys, monkeypatch):
     assert "psMNIST training step" in out and "targets (issue 4)" in out
 
 
-def test_only_one_group_and_bad_arguments(tmp_path, capsys):
+def test_only_one_group_and_bad_arguments(tmp_path, capsys, monkeypatch):
     res = bench.run(quick=True, groups=["latency"], log=lambda _: None)
     assert set(res) == {"meta", "latency", "targets"}
     assert all(v > 0 for v in res["latency"]["us_per_step"].values())
@@ -58,8 +58,14 @@ def test_only_one_group_and_bad_arguments(tmp_path, capsys):
         bench.run(quick=True, groups=["nope"], log=lambda _: None)
     with pytest.raises(ValueError, match="repeats"):
         bench.run(quick=True, groups=["latency"], repeats=0, log=lambda _: None)
+    # the options as typed (the messages said "threads", "repeats", as --json and --plot do not)
     assert bench.main(["--quick", "--only", "latency", "--threads", "0"]) == 2
-    assert "threads must be >= 1" in capsys.readouterr().err
+    assert "plmu: error: --threads must be >= 1, got 0" in capsys.readouterr().err
+    assert bench.main(["--quick", "--only", "latency", "--repeats", "-2"]) == 2
+    assert "plmu: error: --repeats must be >= 1, got -2" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--quick", "--only", "latency", "--device", "cuda"]) == 2
+    assert "plmu: error: --device cuda, but torch.cuda" in capsys.readouterr().err
 
 
 def test_streaming_in_chunks_equals_stepping():

@@ -70,6 +70,7 @@ def test_train_writes_bleu_throughput_and_translations(run):
     written = json.loads((out / "metrics.json").read_text())
     assert written["test_bleu"] == metrics["test_bleu"]
     assert written["experiment"] == "iwslt15-en-vi"
+    assert written["model"] == "parallel-lmu"  # no model key in its config: it was null
     assert 0.0 <= written["test_bleu"] <= 100.0
     assert written["test_loss"] > 0
     assert written["train_tokens_per_s"] > 0 and written["decode_tokens_per_s"] > 0
@@ -153,6 +154,7 @@ def test_evaluate_recomputes_bleu(run):
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert metrics["test_bleu"] == pytest.approx(trained["test_bleu"])  # train tests best.ckpt
     assert metrics["decode_tokens_per_s"] > 0 and "train_tokens_per_s" not in metrics
+    assert metrics["model"] == "parallel-lmu"
 
 
 def test_evaluate_needs_only_the_test_files(run, tmp_path):

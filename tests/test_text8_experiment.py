@@ -81,6 +81,8 @@ def test_train_writes_metrics_sample_and_checkpoints(trained):
     assert saved["test_loss"] == pytest.approx(saved["test_bpc"] * math.log(2), rel=1e-5)
     assert saved["train_chars_per_second"] > 0 and saved["generate_chars_per_second"] > 0
     assert saved["epochs"] == 2
+    # text8's config has no model key (one network, of parallel LMU layers): it was null
+    assert saved["model"] == "parallel-lmu"
     sample = (out / "sample.txt").read_text()
     assert sample.startswith("the ") and len(sample) == 4 + 300 + 1
     assert set(sample.rstrip("\n")) <= set(ALPHABET)
@@ -95,6 +97,7 @@ def test_evaluate_reproduces_test_bpc_from_plain_file(trained, tmp_path):
     )
     assert again["test_bpc"] == pytest.approx(metrics["test_bpc"], rel=1e-5)
     assert "train_chars_per_second" not in again and again["generate_chars_per_second"] > 0
+    assert again["model"] == "parallel-lmu"
 
 
 def test_checkpoint_rebuilds_without_data(trained):

@@ -906,12 +906,12 @@ def run(
     """
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        raise ValueError(f"groups must be among {GROUPS}, got {unknown}")
+        raise ValueError(f"--only groups must be among {GROUPS}, got {unknown}")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+        raise ValueError("--device cuda, but torch.cuda.is_available() is False")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"--device must be 'cpu' or 'cuda', got {device!r}")
     # the output files are written after the whole run: refuse a path that cannot be one now,
     # not after many minutes of timing (a folder was "[Errno 21] Is a directory" at the end)
     _check_output_file(json_path, "--json")
@@ -920,12 +920,12 @@ def run(
         raise ValueError("--plot draws the sweep group's curves: add sweep to --only")
     if threads is not None:
         if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+            raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     cfg = BenchConfig.quick() if quick else BenchConfig()
     if repeats is not None:
         if repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {repeats}")
+            raise ValueError(f"--repeats must be >= 1, got {repeats}")
         cfg = BenchConfig(**{**cfg.__dict__, "repeats": repeats})
     torch.manual_seed(0)
     res: dict = {"meta": _meta(dev, cfg, quick)}
@@ -984,7 +984,7 @@ def _check_output_file(path: str | Path | None, option: str) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``bench`` options (shared by ``plmu bench`` and ``python -m plmu.bench``)."""
     parser.add_argument(
-        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default cpu)"
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to time (default: cpu)"
     )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument(
@@ -994,9 +994,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default: torch's choice)"
     )
-    parser.add_argument("--repeats", type=int, help="timed rounds per group (default 3)")
     parser.add_argument(
-        "--only", nargs="+", choices=GROUPS, default=list(GROUPS), help="run only these groups"
+        "--repeats", type=int, help="timed rounds per group (default: 3, with --quick 2)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=GROUPS,
+        default=list(GROUPS),
+        help="run only these groups (default: all)",
     )
 
 

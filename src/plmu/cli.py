@@ -52,12 +52,18 @@ def _experiments_epilog() -> str:
 
 def _add_device_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("devices (passed to lightning.Trainer)")
-    group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto (default)")
+    group.add_argument("--accelerator", default="auto", help="cpu, gpu, mps, auto (default: auto)")
     group.add_argument(
-        "--devices", default="auto", help="how many devices or which: 1, 2, '0,1', auto"
+        "--devices",
+        default="auto",
+        help="how many devices or which: 1, 2, '0,1', auto (default: auto)",
     )
-    group.add_argument("--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ...")
-    group.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    group.add_argument(
+        "--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ... (default: auto)"
+    )
+    group.add_argument(
+        "--num-nodes", type=int, default=1, help="machines for multi-node DDP (default: 1)"
+    )
     parser.add_argument(
         "--no-progress-bar", action="store_true", help="hide the progress bar (logs stay)"
     )
@@ -100,9 +106,19 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override one config key (repeatable); VALUE is read as YAML",
     )
-    parser.add_argument("--data-dir", type=Path, help="where the data is read or downloaded")
-    parser.add_argument("--out", type=Path, help="output directory (default runs/EXPERIMENT)")
-    parser.add_argument("--resume", type=Path, help="checkpoint to resume from")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where the data is read or downloaded (default: $PLMU_DATA_DIR/NAME, else "
+        "~/.cache/plmu/NAME for psmnist and text8, the Hugging Face hub for imdb, qqp, snli and "
+        "iwslt15-en-vi; resumed, the directory the run was started with)",
+    )
+    parser.add_argument("--out", type=Path, help="output directory (default: runs/EXPERIMENT)")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="checkpoint to resume from (default: OUT/checkpoints/last.ckpt where it exists)",
+    )
     _add_device_options(parser)
     parser.set_defaults(handler=_train)
 
@@ -219,12 +235,16 @@ def _add_generate(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="a .ckpt written by plmu train text8")
     parser.add_argument("--prompt", required=True, help="text to continue (a-z and space)")
-    parser.add_argument("--length", type=int, default=500, help="characters to generate")
+    parser.add_argument(
+        "--length", type=int, default=500, help="characters to generate (default: 500)"
+    )
     # greedy decoding has no temperature: giving both is an error, not a silently ignored one
     decoding = parser.add_mutually_exclusive_group()
     decoding.add_argument("--temperature", type=float, help="sampling temperature (default: 1)")
     decoding.add_argument("--greedy", action="store_true", help="always the most likely character")
-    parser.add_argument("--seed", type=int, help="random seed for sampling")
+    parser.add_argument(
+        "--seed", type=int, help="random seed for sampling (default: none, a new draw each run)"
+    )
     parser.set_defaults(handler=_generate)
 
 

@@ -84,6 +84,29 @@ def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     assert "'model' must be one of" in _one_line_error(capsys, status)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            ["model=lmu", "lmu_init=glorot"],
+            "'lmu_init' must be 'default' or 'psmnist', got 'glorot'",
+        ),
+        (["lmu_init=glorot"], "'lmu_init' must be 'default' or 'psmnist', got 'glorot'"),
+        (["model=gru"], "'model' must be one of ['lmu', 'lstm', 'parallel-lmu'], got 'gru'"),
+    ],
+)
+def test_bad_psmnist_model_setting_names_the_config_key(
+    capsys: pytest.CaptureFixture, tmp_path: Path, setting: list[str], message: str
+) -> None:
+    """``--set lmu_init=glorot`` failed with LMUCell's "init must be 'default' or 'psmnist'",
+    a name the config does not have, and only after the data was read (here: the download
+    tried for a missing data directory); now the config key is named before any data is read."""
+    args = ["train", "psmnist", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]
+    err = _one_line_error(capsys, main([*args, *sets([*TINY_PSMNIST, *setting])]))
+    assert err == f"plmu: error: config key {message}"
+    assert not (tmp_path / "none").exists()
+
+
 def test_data_dir_for_mackey_glass_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
@@ -194,6 +217,26 @@ def test_resuming_with_a_changed_task_is_refused(
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_resuming_is_announced_only_once_the_run_resumes(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """``plmu: resuming from OUT/checkpoints/last.ckpt`` was printed before the config was
+    checked, so a command that a bad ``--set`` stopped said it resumed; now it is printed once
+    the config is valid for the checkpoint, and only then."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--no-progress-bar"]
+    assert main(args) == 0
+    assert "plmu: resuming" not in capsys.readouterr().out
+    last = out / "checkpoints" / "last.ckpt"
+    for bad in (["lrr=0.1"], ["epochs=two"], ["horizon=5"]):
+        status = main([*args, *sets(bad)])
+        assert "plmu: resuming" not in capsys.readouterr().out, bad
+        assert status == 2
+    assert main([*args, *sets(["epochs=2"])]) == 0
+    assert capsys.readouterr().out.count(f"plmu: resuming from {last}") == 1
+
+
 def test_train_help_lists_experiments(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -293,3 +336,32 @@ def test_a_folder_given_as_checkpoint_says_which_file_to_give(
     # "." inside checkpoints/ (was: e.g. checkpoints/best.ckpt, a file in a folder not there)
     monkeypatch.chdir(folder)
     assert _one_line_error(capsys, main(["evaluate", "."])).endswith("e.g. best.ckpt")
+
+
+# options whose value has no default to state: nothing is read or written without them
+_NO_DEFAULT = {("train", "--config"), ("train", "--set"), ("bench", "--json"), ("bench", "--plot")}
+
+
+def test_every_option_help_states_its_default() -> None:
+    """``plmu generate --help`` did not say that ``--length`` defaults to 500, nor train's that
+    ``--devices`` and ``--strategy`` default to auto or ``--num-nodes`` to 1: every option that
+    takes a value (and is not required) now says what it is without one."""
+    import argparse
+
+    from plmu.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    silent = []
+    for command, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not action.option_strings or action.nargs == 0 or action.required:
+                continue  # positionals, flags (--quick, --greedy, --help), --prompt
+            name = max(action.option_strings, key=len)
+            if (command, name) in _NO_DEFAULT:
+                continue
+            if "default" not in (action.help or ""):
+                silent.append((command, name))
+            elif action.default not in (None, []) and not isinstance(action.default, list):
+                assert str(action.default) in action.help, (command, name, action.help)
+    assert not silent

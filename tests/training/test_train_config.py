@@ -1,3 +1,4 @@
+import re
 from importlib.resources import files
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_unknown_key_suggests_the_closest() -> None:
         ("model=[1, 2]", "expected a scalar"),
         ("patience=abc", "'patience' in --set expects int or null"),
         ("limit_train_batches=all", "'limit_train_batches' in --set expects int or float"),
-        ("epochs=-1", "'epochs' in --set must be >= 0"),  # Lightning: train forever
+        ("epochs=-1", "'epochs' in --set must be >= 1"),  # Lightning: train forever
         ("accumulate_grad_batches=0", "'accumulate_grad_batches' in --set must be >= 1"),
         ("checkpoint_every_n_steps=0", "'checkpoint_every_n_steps' in --set must be >= 1, got 0"),
         ("checkpoint_every_n_steps=-100", "'checkpoint_every_n_steps' in --set must be >= 1"),
@@ -70,6 +71,27 @@ def test_unknown_key_suggests_the_closest() -> None:
 def test_wrong_types_rejected(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config("mackey-glass", overrides=[override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epochs=0", "'epochs' in --set must be >= 1, got 0"),
+        ("max_steps=0", "'max_steps' in --set must be >= 1, or -1 for no limit, got 0"),
+        ("max_steps=-2", "'max_steps' in --set must be >= 1, or -1 for no limit, got -2"),
+        ("limit_train_batches=0", "'limit_train_batches' in --set must be > 0 (an int: batches"),
+        ("limit_train_batches=0.0", "'limit_train_batches' in --set must be > 0 (an int: batch"),
+    ],
+)
+def test_settings_that_train_nothing_are_refused(override: str, message: str) -> None:
+    """``epochs=0``, ``max_steps=0`` and ``limit_train_batches=0`` were taken: the run trained
+    nothing, then tested its untrained weights into metrics.json as a finished run's."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config("mackey-glass", overrides=[override])
+    kept = ["epochs=1", "max_steps=-1", "max_steps=1", "limit_train_batches=1"]
+    config = load_config("mackey-glass", overrides=[*kept, "limit_train_batches=0.01"])
+    assert config["max_steps"] == 1 and config["limit_train_batches"] == 0.01
+    assert load_config("mackey-glass", overrides=kept[:2])["max_steps"] == -1
 
 
 def test_permutation_seed_must_not_be_negative() -> None:

@@ -19,10 +19,11 @@ from torch.utils.data import Dataset
 from plmu.data.mnist import default_data_dir, psmnist_splits, psmnist_test_set
 from plmu.models import SequenceClassifier
 from plmu.training.classification import SequenceClassification
+from plmu.training.config import ConfigError
 from plmu.training.datamodule import SplitDataModule
 from plmu.training.registry import Experiment, register
 
-__all__ = ["EXPERIMENT", "PsMNISTData", "build_net"]
+__all__ = ["EXPERIMENT", "PsMNISTData", "build_net", "check_config"]
 
 NUM_CLASSES = 10
 
@@ -142,8 +143,26 @@ def _stored(permutation: object) -> torch.Tensor:
     return order.long()
 
 
+MODELS = ("lmu", "lstm", "parallel-lmu")
+LMU_INITS = ("default", "psmnist")  # LMUCell's init
+
+
+def check_config(config: dict) -> None:
+    """Refuse a ``model`` or ``lmu_init`` the networks do not have, naming the config key (a
+    ``ConfigError``; ``lmu_init`` reached ``LMUCell`` as ``init``, which its message named)."""
+    if config["model"] not in MODELS:
+        raise ConfigError(
+            f"config key 'model' must be one of {list(MODELS)}, got {config['model']!r}"
+        )
+    if config["lmu_init"] not in LMU_INITS:
+        raise ConfigError(
+            f"config key 'lmu_init' must be 'default' or 'psmnist', got {config['lmu_init']!r}"
+        )
+
+
 def build_net(config: dict) -> SequenceClassifier:
     """The classifier the config's ``model`` names: ``(B, 784, 1) -> logits (B, 10)``."""
+    check_config(config)
     model = config["model"]
     common = {"input_size": 1, "num_classes": NUM_CLASSES, "model": model}
     if model == "parallel-lmu":
@@ -167,19 +186,18 @@ def build_net(config: dict) -> SequenceClassifier:
             dropout=config["dropout"],
             init=config["lmu_init"],
         )
-    if model == "lstm":
-        return SequenceClassifier(
-            **common,
-            hidden_size=config["lstm_hidden_size"],
-            num_layers=config["num_layers"],
-            dropout=config["dropout"],
-        )
-    raise ValueError(
-        f"config key 'model' must be one of ['lmu', 'lstm', 'parallel-lmu'], got {model!r}"
+    return SequenceClassifier(  # "lstm", the one left
+        **common,
+        hidden_size=config["lstm_hidden_size"],
+        num_layers=config["num_layers"],
+        dropout=config["dropout"],
     )
 
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> PsMNISTData:
+    """The datamodule; :func:`check_config` first, so a bad model setting is refused before
+    any data is read."""
+    check_config(config)
     return PsMNISTData(config, data_dir, saved)
 
 

@@ -11,7 +11,8 @@ A run's config is built in layers, each later one overriding the earlier:
 
 Unknown keys are rejected (with the closest known key suggested) and a value must have the type
 of the key's default (an int where a float is expected is accepted; a float must be finite;
-seeds must be >= 0), so a typo never trains a silently different model.
+seeds must be >= 0; ``epochs`` >= 1, ``max_steps`` >= 1 or -1, ``limit_train_batches`` > 0,
+so that a run trains), so a typo never trains a silently different model.
 
 A resumed run may change only the keys in :data:`RESUME_KEYS` (the runner refuses any other
 change, see :func:`plmu.training.runner.train`).
@@ -93,11 +94,15 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 # The smallest values of the keys the Trainer does not check itself (epochs=-1 trains forever;
-# gradient_clip_val=-1 quietly did not clip, as 0 and null do), and of the seeds (NumPy's
+# gradient_clip_val=-1 quietly did not clip, as 0 and null do), of the seeds (NumPy's
 # generators, which Lightning and the data pipelines seed, refuse a negative one with a message
-# that does not name the key).
+# that does not name the key), and of the run's length: epochs=0 and max_steps=0 trained
+# nothing, then tested the untrained weights into metrics.json as a finished run's (a resumed
+# run that has reached its epochs or max_steps, or whose new value lies below them, still only
+# tests: a larger one continues it).
 _MINIMUM: dict[str, int] = {
-    "epochs": 0,
+    "epochs": 1,
+    "max_steps": 1,
     "gradient_clip_val": 0,
     "accumulate_grad_batches": 1,
     "patience": 0,
@@ -109,6 +114,13 @@ _MINIMUM: dict[str, int] = {
 
 # The largest values: Lightning's seed_everything refuses a seed NumPy cannot take.
 _MAXIMUM: dict[str, int] = {"seed": 2**32 - 1}
+
+# A value allowed below a key's minimum, and what it means: Lightning's "no limit".
+_UNLIMITED: dict[str, int] = {"max_steps": -1}
+
+# Keys that must be > 0 where set (0 and 0.0 trained no batch, as above; Lightning refuses
+# a negative one or a fraction above 1.0 itself, naming the key).
+_ABOVE_ZERO = frozenset({"limit_train_batches"})
 
 
 class ConfigError(ValueError):
@@ -196,9 +208,17 @@ def merge_config(
             # (lr=.inf trained to NaN)
             raise ConfigError(f"config key {key!r} in {source} must be finite, got {value!r}")
         minimum, maximum = _MINIMUM.get(key), _MAXIMUM.get(key)
-        if minimum is not None and merged[key] is not None and merged[key] < minimum:
+        unlimited = _UNLIMITED.get(key)
+        too_small = minimum is not None and merged[key] is not None and merged[key] < minimum
+        if too_small and merged[key] != unlimited:
+            meaning = "" if unlimited is None else f", or {unlimited} for no limit"
             raise ConfigError(
-                f"config key {key!r} in {source} must be >= {minimum}, got {merged[key]!r}"
+                f"config key {key!r} in {source} must be >= {minimum}{meaning}, got {merged[key]!r}"
+            )
+        if key in _ABOVE_ZERO and merged[key] is not None and merged[key] <= 0:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be > 0 (an int: batches, a float: a "
+                f"fraction of them; null: all), got {merged[key]!r}"
             )
         if maximum is not None and merged[key] is not None and merged[key] > maximum:
             raise ConfigError(

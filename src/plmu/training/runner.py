@@ -15,7 +15,9 @@ Everything a run writes lies under its output directory ``OUT``:
   renamed into place (:class:`_AtomicCheckpointIO`), never staged in the system temp directory;
 - ``OUT/logs/version_N/metrics.csv`` and ``OUT/tensorboard/version_N/`` (one version per
   invocation, so a resumed run never overwrites its earlier logs);
-- ``OUT/metrics.json``: every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed:
+- ``OUT/metrics.json``: ``experiment``, ``model`` (the config's ``model``; ``parallel-lmu`` for
+  text8 and iwslt15-en-vi, which have one network, of parallel LMU layers, and no such key),
+  every ``test_*`` metric, ``params`` (trainable), ``epochs`` (completed:
   trained to their last batch, so not one that ``max_steps`` stopped inside), ``global_step``
   (optimizer steps), ``seconds`` (training wall-clock summed over resumed sessions) and whatever
   the experiment's ``finish`` returns.
@@ -603,7 +605,6 @@ def train(
         base = info["config"]
         if data_dir is None and info.get("data_dir"):
             data_dir = Path(info["data_dir"])  # the resumed run reads the same data
-        _info(f"resuming from {checkpoint_path}")
     else:
         checkpoint_path = None
     config = load_config(exp.name, config_file, overrides, base=base)
@@ -648,13 +649,15 @@ def train(
     _remove_part_files(out)
     for logger in trainer.loggers:  # the config beside the curves (hparams.yaml, TensorBoard)
         logger.log_hyperparams({"experiment": exp.name, **config})
+    if checkpoint_path is not None:  # only now: a refused command does not say it resumed
+        _info(f"resuming from {checkpoint_path}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
     metrics = {
         "experiment": exp.name,
-        "model": config.get("model"),
+        "model": _model_name(config),
         **_test_metrics(results),
         "params": count_parameters(module),
         "epochs": run_info.completed_epochs(trainer),
@@ -715,7 +718,7 @@ def evaluate(
     results = trainer.test(module, datamodule=datamodule)
     metrics = {
         "experiment": exp.name,
-        "model": config.get("model"),
+        "model": _model_name(config),
         **_test_metrics(results),
         "params": count_parameters(module),
         "epochs": _checkpoint_completed_epochs(raw),
@@ -818,6 +821,13 @@ def _trainer(
             f"{config.get('precision', '32-true')!r} need a package that is not installed: "
             f"{error}"
         ) from error
+
+
+def _model_name(config: dict) -> str:
+    """metrics.json's ``model``: the config's ``model`` key (``parallel-lmu``, ``lmu``,
+    ``lstm``); ``parallel-lmu`` for the experiments without one, text8 and iwslt15-en-vi, whose
+    only network is built of parallel LMU layers (it was ``null`` there)."""
+    return config.get("model", "parallel-lmu")
 
 
 def _test_metrics(results: list[dict[str, float]]) -> dict[str, float]:
