@@ -214,6 +214,35 @@ def test_a_bad_model_or_data_setting_names_its_config_key_before_any_data_is_rea
     assert not (tmp_path / "none").exists() and not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train_length=40", "'train_length' must be >= 47 (horizon 15 + window 32), got 40"),
+        ("val_length=19", "'val_length' must be >= 20 (horizon 15 + warmup 4 + 1), got 19"),
+        ("test_length=10", "'test_length' must be >= 20 (horizon 15 + warmup 4 + 1), got 10"),
+        ("warmup=32", "'warmup' must lie in [0, window=32), got 32"),
+    ],
+)
+def test_mackey_glass_settings_that_do_not_fit_together_name_the_config_key(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    message: str,
+) -> None:
+    """Lengths too short for the horizon and window failed as the data function's argument,
+    once setup generated the series; now as the config key, before anything is generated."""
+    import plmu.experiments.mackey_glass as mackey_glass
+
+    def generate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the series were generated")
+
+    monkeypatch.setattr(mackey_glass, "forecast_splits", generate)
+    args = ["train", "mackey-glass", "--out", str(tmp_path / "run"), "--no-progress-bar"]
+    err = _one_line_error(capsys, main([*args, *sets([*TINY_MACKEY_GLASS, setting])]))
+    assert err == f"plmu: error: config key {message}"
+
+
 def test_data_dir_for_mackey_glass_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
