@@ -189,6 +189,15 @@ _BAD_KEYS = [
     ("iwslt15-en-vi", "max_len_offset", -1, "must be >= 0"),
     ("iwslt15-en-vi", "max_decode_length", 0, "must be >= 1"),
     ("iwslt15-en-vi", "bleu_tokenize", "13b", "must be one of ["),
+    # runner keys the datamodules, or Lightning's Trainer, checked after the data was read
+    ("psmnist", "batch_size", 0, "must be >= 1"),
+    ("psmnist", "num_workers", -1, "must be >= 0"),
+    ("psmnist", "log_every_n_steps", 0, "must be >= 1"),
+    ("psmnist", "limit_val_batches", -1, "must be >= 0"),
+    ("psmnist", "limit_val_batches", 1.5, "must be <= 1.0 as a fraction of the batches"),
+    ("psmnist", "limit_test_batches", 2.0, "must be <= 1.0 as a fraction of the batches"),
+    ("psmnist", "limit_test_batches", 0, "must be > 0"),
+    ("psmnist", "precision", "fp8", "must be one of ['16', '16-mixed'"),
 ]
 
 

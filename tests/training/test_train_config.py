@@ -191,6 +191,9 @@ def test_edge_values_of_the_model_keys_are_accepted() -> None:
     edges = ["label_smoothing=0", "lr_decay=1", "vocab_size=3", "max_len_offset=0"]
     assert load_config("iwslt15-en-vi", overrides=edges)["lr_decay"] == 1.0
     assert load_config("imdb", overrides=["val_fraction=0.999"])["val_fraction"] == 0.999
+    runner = ["precision=bf16-mixed", "limit_val_batches=1.0", "limit_test_batches=3"]
+    assert load_config("psmnist", overrides=runner)["precision"] == "bf16-mixed"
+    assert load_config("psmnist", overrides=["precision=16"])["precision"] == "16"  # an alias
 
 
 def test_a_limit_that_tests_nothing_is_refused() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -123,6 +124,11 @@ _MINIMUM: dict[str, int] = {
     "data_seed": 0,
     "permutation_seed": 0,
     "weight_decay": 0,
+    # checked by the datamodules, or by Lightning only as the Trainer is built, after the data
+    "batch_size": 1,
+    "num_workers": 0,
+    "log_every_n_steps": 1,
+    "limit_val_batches": 0,
     # networks
     **dict.fromkeys(
         (
@@ -196,6 +202,9 @@ _ABOVE_ZERO: dict[str, str] = {
 # Keys that must lie below a value (probabilities, fractions).
 _BELOW: dict[str, int] = {"dropout": 1, "label_smoothing": 1, "val_fraction": 1}
 
+# Lightning's batch limits: an int counts batches, a float is a fraction of them, at most 1.0.
+_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+
 
 def _choices(key: str) -> tuple[str, ...] | None:
     """The values a key naming a choice accepts (``None``: any value of its type)."""
@@ -211,7 +220,27 @@ def _choices(key: str) -> tuple[str, ...] | None:
         import sacrebleu
 
         return tuple(sorted(sacrebleu.BLEU.TOKENIZERS))
+    if key == "precision":
+        return _precisions()
     return {"lmu_init": ("default", "psmnist"), "truncation_side": ("left", "right")}.get(key)
+
+
+def _precisions() -> tuple[str, ...] | None:
+    """The precision names Lightning's Trainer takes (``None``, no check, where this Lightning
+    does not list them where 2.x does)."""
+    try:
+        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+    except ImportError:
+        return None
+    names: list[str] = []
+    pending = [_PRECISION_INPUT]
+    while pending:
+        for arg in typing.get_args(pending.pop()):
+            if isinstance(arg, str):
+                names.append(arg)
+            elif not isinstance(arg, int):
+                pending.append(arg)
+    return tuple(sorted(names)) or None
 
 
 class ConfigError(ValueError):
@@ -313,6 +342,11 @@ def merge_config(
         if maximum is not None and merged[key] is not None and merged[key] > maximum:
             raise ConfigError(
                 f"config key {key!r} in {source} must be <= {maximum}, got {merged[key]!r}"
+            )
+        if key in _LIMITS and isinstance(merged[key], float) and merged[key] > 1.0:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be <= 1.0 as a fraction of the batches "
+                f"(an int counts them), got {merged[key]!r}"
             )
         if key in _BELOW and merged[key] is not None and merged[key] >= _BELOW[key]:
             raise ConfigError(
