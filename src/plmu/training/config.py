@@ -185,9 +185,8 @@ _UNLIMITED: dict[str, int] = {"max_steps": -1}
 
 # Keys that must be > 0 where set, and what their value means. limit_train_batches=0 trained no
 # batch, as above, and limit_test_batches=0 tested none: metrics.json had no test metric, yet
-# read as a finished run's (Lightning refuses a negative limit or a fraction above 1.0 itself,
-# naming the key; limit_val_batches=0 is Lightning's "no validation": best.ckpt is not written
-# and the last weights are tested).
+# read as a finished run's (limit_val_batches=0 is Lightning's "no validation": best.ckpt is
+# not written and the last weights are tested; load_config refuses it with patience).
 _LIMIT = " (an int: batches, a float: a fraction of them; null: all)"
 _ABOVE_ZERO: dict[str, str] = {
     "limit_train_batches": _LIMIT,
