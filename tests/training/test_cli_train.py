@@ -81,7 +81,7 @@ def test_trainer_option_needing_a_missing_package(
 def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     args = ["train", "mackey-glass", "--out", str(tmp_path), *sets(TINY_MACKEY_GLASS)]
     status = main([*args, "--set", "model=gru"])
-    assert "'model' must be one of" in _one_line_error(capsys, status)
+    assert "'model' in --set must be one of" in _one_line_error(capsys, status)
 
 
 @pytest.mark.parametrize(
@@ -89,10 +89,16 @@ def test_bad_model_name(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     [
         (
             ["model=lmu", "lmu_init=glorot"],
-            "'lmu_init' must be 'default' or 'psmnist', got 'glorot'",
+            "'lmu_init' in --set must be one of ['default', 'psmnist'], got 'glorot'",
         ),
-        (["lmu_init=glorot"], "'lmu_init' must be 'default' or 'psmnist', got 'glorot'"),
-        (["model=gru"], "'model' must be one of ['lmu', 'lstm', 'parallel-lmu'], got 'gru'"),
+        (
+            ["lmu_init=glorot"],
+            "'lmu_init' in --set must be one of ['default', 'psmnist'], got 'glorot'",
+        ),
+        (
+            ["model=gru"],
+            "'model' in --set must be one of ['lmu', 'lstm', 'parallel-lmu'], got 'gru'",
+        ),
     ],
 )
 def test_bad_psmnist_model_setting_names_the_config_key(
@@ -105,6 +111,145 @@ def test_bad_psmnist_model_setting_names_the_config_key(
     err = _one_line_error(capsys, main([*args, *sets([*TINY_PSMNIST, *setting])]))
     assert err == f"plmu: error: config key {message}"
     assert not (tmp_path / "none").exists()
+
+
+# (experiment, key, bad value, what the key must be): each reached a constructor (a layer, a
+# network, a datamodule, TranslationModule), whose error named its own argument, not the config
+# key, and mostly only once the data had been read or a download tried; some were taken
+# (Mackey-Glass's lmu_order=0 with model=parallel-lmu, dropout=1.0)
+_BAD_KEYS = [
+    ("psmnist", "order", 0, "must be >= 1"),
+    ("psmnist", "lmu_order", 0, "must be >= 1"),
+    ("psmnist", "lmu_hidden_size", 0, "must be >= 1"),
+    ("psmnist", "lstm_hidden_size", -1, "must be >= 1"),
+    ("psmnist", "hidden_size", 0, "must be >= 1"),
+    ("psmnist", "num_layers", 0, "must be >= 1"),
+    ("psmnist", "memory_size", 0, "must be >= 1"),
+    ("psmnist", "theta", 0, "must be > 0"),
+    ("psmnist", "dropout", 1.0, "must be < 1"),
+    ("psmnist", "dropout", -0.5, "must be >= 0"),
+    ("psmnist", "val_size", 0, "must be >= 1"),
+    ("psmnist", "lr", 0, "must be > 0"),
+    ("psmnist", "weight_decay", -1, "must be >= 0"),
+    ("mackey-glass", "lmu_order", 0, "must be >= 1"),
+    ("mackey-glass", "lmu_theta", -1, "must be > 0"),
+    ("mackey-glass", "lmu_hidden_size", 0, "must be >= 1"),
+    ("mackey-glass", "lstm_hidden_size", 0, "must be >= 1"),
+    ("mackey-glass", "order", 0, "must be >= 1"),
+    ("mackey-glass", "dropout", 1.0, "must be < 1"),
+    ("mackey-glass", "horizon", 0, "must be >= 1"),
+    ("mackey-glass", "window", 0, "must be >= 1"),
+    ("mackey-glass", "stride", 0, "must be >= 1"),
+    ("mackey-glass", "warmup", -1, "must be >= 0"),
+    ("mackey-glass", "plot_steps", -1, "must be >= 1"),
+    ("imdb", "model", "gru", "must be one of ['lmu', 'lstm', 'parallel-lmu']"),
+    ("imdb", "embedding_dim", 0, "must be >= 1"),
+    ("imdb", "order", 0, "must be >= 1"),
+    ("imdb", "theta", 0, "must be > 0"),
+    ("imdb", "memory_size", 0, "must be >= 1"),
+    ("imdb", "hidden_size", 0, "must be >= 1"),
+    ("imdb", "num_layers", 0, "must be >= 1"),
+    ("imdb", "dropout", 1.5, "must be < 1"),
+    ("imdb", "vocab_size", 2, "must be >= 3"),
+    ("imdb", "min_frequency", 0, "must be >= 1"),
+    ("imdb", "val_fraction", 0, "must be > 0"),
+    ("imdb", "val_fraction", 1.0, "must be < 1"),
+    ("imdb", "max_length", 0, "must be >= 1"),
+    ("imdb", "truncation_side", "middle", "must be one of ['left', 'right']"),
+    ("qqp", "model", "gru", "must be one of ['lmu', 'lstm', 'parallel-lmu']"),
+    ("qqp", "mlp_hidden", 0, "must be >= 1"),
+    ("snli", "model", "gru", "must be one of ['lmu', 'lstm', 'parallel-lmu']"),
+    ("snli", "mlp_hidden", -1, "must be >= 1"),
+    ("text8", "d_model", 0, "must be >= 1"),
+    ("text8", "num_layers", 0, "must be >= 1"),
+    ("text8", "order", 0, "must be >= 1"),
+    ("text8", "theta", -1, "must be > 0"),
+    ("text8", "memory_size", 0, "must be >= 1"),
+    ("text8", "dropout", 1.0, "must be < 1"),
+    ("text8", "hidden_activation", "gelu2", "must be one of ["),
+    ("text8", "seq_len", 0, "must be >= 1"),
+    ("text8", "warmup_steps", -1, "must be >= 0"),
+    ("iwslt15-en-vi", "d_model", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "order", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "theta", 0, "must be > 0"),
+    ("iwslt15-en-vi", "memory_size", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "encoder_layers", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "decoder_layers", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "dropout", 1.0, "must be < 1"),
+    ("iwslt15-en-vi", "vocab_size", 0, "must be >= 3"),
+    ("iwslt15-en-vi", "max_source_length", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "max_target_length", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "label_smoothing", 1.0, "must be < 1"),
+    ("iwslt15-en-vi", "lr_decay", 0, "must be > 0"),
+    ("iwslt15-en-vi", "lr_decay", 2, "must be <= 1"),
+    ("iwslt15-en-vi", "lr_decay_after", -1, "must be >= 0"),
+    ("iwslt15-en-vi", "beam_size", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "length_penalty", -1, "must be >= 0"),
+    ("iwslt15-en-vi", "max_len_ratio", -1, "must be >= 0"),
+    ("iwslt15-en-vi", "max_len_offset", -1, "must be >= 0"),
+    ("iwslt15-en-vi", "max_decode_length", 0, "must be >= 1"),
+    ("iwslt15-en-vi", "bleu_tokenize", "13b", "must be one of ["),
+    # runner keys the datamodules, or Lightning's Trainer, checked after the data was read
+    ("psmnist", "batch_size", 0, "must be >= 1"),
+    ("psmnist", "num_workers", -1, "must be >= 0"),
+    ("psmnist", "log_every_n_steps", 0, "must be >= 1"),
+    ("psmnist", "limit_val_batches", -1, "must be >= 0"),
+    ("psmnist", "limit_val_batches", 1.5, "must be <= 1.0 as a fraction of the batches"),
+    ("psmnist", "limit_test_batches", 2.0, "must be <= 1.0 as a fraction of the batches"),
+    ("psmnist", "limit_test_batches", 0, "must be > 0"),
+    ("psmnist", "precision", "fp8", "must be one of ['16', '16-mixed'"),
+]
+
+
+@pytest.mark.parametrize(("experiment", "key", "value", "rule"), _BAD_KEYS)
+def test_a_bad_model_or_data_setting_names_its_config_key_before_any_data_is_read(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    experiment: str,
+    key: str,
+    value: object,
+    rule: str,
+) -> None:
+    """One line naming the config key and its rule, before the data directory is looked at
+    (it does not exist: reading it, or downloading into it, would fail otherwise) or the run's
+    folder is written."""
+    args = ["train", experiment, "--out", str(tmp_path / "run"), "--no-progress-bar"]
+    if experiment == "mackey-glass":  # generates its data
+        args += sets(TINY_MACKEY_GLASS)
+    else:
+        args += ["--data-dir", str(tmp_path / "none")]
+    err = _one_line_error(capsys, main([*args, "--set", f"{key}={value}"]))
+    assert err.startswith(f"plmu: error: config key {key!r} in --set {rule}"), err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train_length=40", "'train_length' must be >= 47 (horizon 15 + window 32), got 40"),
+        ("val_length=19", "'val_length' must be >= 20 (horizon 15 + warmup 4 + 1), got 19"),
+        ("test_length=10", "'test_length' must be >= 20 (horizon 15 + warmup 4 + 1), got 10"),
+        ("warmup=32", "'warmup' must lie in [0, window=32), got 32"),
+    ],
+)
+def test_mackey_glass_settings_that_do_not_fit_together_name_the_config_key(
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    message: str,
+) -> None:
+    """Lengths too short for the horizon and window failed as the data function's argument,
+    once setup generated the series; now as the config key, before anything is generated."""
+    import plmu.experiments.mackey_glass as mackey_glass
+
+    def generate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the series were generated")
+
+    monkeypatch.setattr(mackey_glass, "forecast_splits", generate)
+    args = ["train", "mackey-glass", "--out", str(tmp_path / "run"), "--no-progress-bar"]
+    err = _one_line_error(capsys, main([*args, *sets([*TINY_MACKEY_GLASS, setting])]))
+    assert err == f"plmu: error: config key {message}"
 
 
 def test_data_dir_for_mackey_glass_is_refused(

@@ -9,6 +9,7 @@ from plmu.training.config import (
     ConfigError,
     default_config,
     load_config,
+    merge_config,
     parse_override,
 )
 
@@ -170,3 +171,40 @@ def test_hub_revision_is_a_string_or_null() -> None:
     ref = load_config("iwslt15-en-vi", overrides=["hf_revision=refs/convert/parquet"])
     assert ref["hf_revision"] == "refs/convert/parquet"
     assert load_config("iwslt15-en-vi", overrides=["hf_revision=null"])["hf_revision"] is None
+
+
+@pytest.mark.parametrize(
+    "name", ["imdb", "iwslt15-en-vi", "mackey-glass", "psmnist", "qqp", "snli", "text8"]
+)
+def test_packaged_values_pass_the_rules_of_their_keys(name: str) -> None:
+    """Every packaged value is one the range and choice rules accept (given back as a config
+    file's, each is checked as a user's would be)."""
+    config = default_config(name)
+    set_keys = {key: value for key, value in config.items() if value is not None}
+    assert merge_config(config, set_keys, "packaged") == config
+
+
+def test_edge_values_of_the_model_keys_are_accepted() -> None:
+    kept = ["dropout=0", "warmup=0", "theta=0.5", "lmu_theta=1e-3", "weight_decay=0"]
+    config = load_config("mackey-glass", overrides=kept)
+    assert (config["dropout"], config["warmup"], config["theta"]) == (0.0, 0, 0.5)
+    edges = ["label_smoothing=0", "lr_decay=1", "vocab_size=3", "max_len_offset=0"]
+    assert load_config("iwslt15-en-vi", overrides=edges)["lr_decay"] == 1.0
+    assert load_config("imdb", overrides=["val_fraction=0.999"])["val_fraction"] == 0.999
+    runner = ["precision=bf16-mixed", "limit_val_batches=1.0", "limit_test_batches=3"]
+    assert load_config("psmnist", overrides=runner)["precision"] == "bf16-mixed"
+    assert load_config("psmnist", overrides=["precision=16"])["precision"] == "16"  # an alias
+
+
+def test_a_limit_that_tests_nothing_is_refused() -> None:
+    """``limit_test_batches=0`` tested no batch: metrics.json held no test metric at all, yet
+    read as a finished run's. ``limit_val_batches=0`` is Lightning's "no validation" (the last
+    weights are tested) and stays, but not with ``patience``: early stopping then failed after
+    the first epoch with a traceback (its metric was never logged)."""
+    for value in ("0", "0.0"):
+        message = "'limit_test_batches' in --set must be > 0 (an int: batches"
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config("mackey-glass", overrides=[f"limit_test_batches={value}"])
+    assert load_config("mackey-glass", overrides=["limit_val_batches=0"])["limit_val_batches"] == 0
+    with pytest.raises(ConfigError, match="config key 'patience' needs validation"):
+        load_config("mackey-glass", overrides=["limit_val_batches=0", "patience=2"])

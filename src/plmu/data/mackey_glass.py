@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ForecastWindows", "forecast_splits", "mackey_glass"]
+__all__ = ["ForecastWindows", "check_forecast_settings", "forecast_splits", "mackey_glass"]
 
 
 def mackey_glass(
@@ -145,6 +145,34 @@ def _check_windows(horizon: int, window: int, stride: int, warmup: int) -> None:
         raise ValueError(f"warmup must lie in [0, window={window}), got {warmup}")
 
 
+def check_forecast_settings(
+    train_length: int,
+    val_length: int,
+    test_length: int,
+    *,
+    horizon: int,
+    window: int,
+    stride: int,
+    warmup: int,
+) -> None:
+    """The checks of :func:`forecast_splits`, without generating anything.
+
+    Raises:
+        ValueError: whose message starts with the argument's name (``"train_length must be >=
+            47 (horizon 15 + window 32), got 0"``).
+    """
+    _check_windows(horizon, window, stride, warmup)
+    scored = (horizon + warmup + 1, f"horizon {horizon} + warmup {warmup} + 1")
+    needs = {
+        "train_length": (train_length, horizon + window, f"horizon {horizon} + window {window}"),
+        "val_length": (val_length, *scored),
+        "test_length": (test_length, *scored),
+    }
+    for name, (length, least, why) in needs.items():
+        if length < least:
+            raise ValueError(f"{name} must be >= {least} ({why}), got {length}")
+
+
 def forecast_splits(
     train_length: int,
     val_length: int,
@@ -165,16 +193,15 @@ def forecast_splits(
         ValueError: naming the setting: ``train_length`` shorter than ``horizon + window``, a
             ``val_length`` or ``test_length`` leaving no step past ``warmup`` to score, ...
     """
-    _check_windows(horizon, window, stride, warmup)
-    scored = (horizon + warmup + 1, f"horizon {horizon} + warmup {warmup} + 1")
-    needs = {
-        "train_length": (train_length, horizon + window, f"horizon {horizon} + window {window}"),
-        "val_length": (val_length, *scored),
-        "test_length": (test_length, *scored),
-    }
-    for name, (length, least, why) in needs.items():
-        if length < least:
-            raise ValueError(f"{name} must be >= {least} ({why}), got {length}")
+    check_forecast_settings(
+        train_length,
+        val_length,
+        test_length,
+        horizon=horizon,
+        window=window,
+        stride=stride,
+        warmup=warmup,
+    )
     train, val, test = (
         mackey_glass(length, seed=seed + i)
         for i, length in enumerate((train_length, val_length, test_length))

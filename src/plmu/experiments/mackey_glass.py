@@ -13,8 +13,9 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from plmu.data.mackey_glass import forecast_splits
+from plmu.data.mackey_glass import check_forecast_settings, forecast_splits
 from plmu.models import SequenceRegressor
+from plmu.training.config import ConfigError
 from plmu.training.datamodule import SplitDataModule
 from plmu.training.registry import Experiment, register
 from plmu.training.regression import SequenceRegression
@@ -75,8 +76,21 @@ def build_net(config: dict) -> SequenceRegressor:
 
 
 def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> MackeyGlassData:
+    """The datamodule. The lengths, horizon and windows are checked together first (a
+    ``ConfigError`` naming the config key), not once ``setup`` generates the series."""
     # generated, never read: data_dir is not used (train and evaluate refuse one given for it;
     # a checkpoint of an earlier plmu may still name one)
+    c = config
+    try:
+        check_forecast_settings(
+            c["train_length"],
+            c["val_length"],
+            c["test_length"],
+            **{key: c[key] for key in ("horizon", "window", "stride", "warmup")},
+        )
+    except ValueError as error:  # the message starts with the setting, named as its key
+        key, _, rule = str(error).partition(" ")
+        raise ConfigError(f"config key {key!r} {rule}") from None
     return MackeyGlassData(config)
 
 

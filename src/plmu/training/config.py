@@ -12,7 +12,11 @@ A run's config is built in layers, each later one overriding the earlier:
 Unknown keys are rejected (with the closest known key suggested) and a value must have the type
 of the key's default (an int where a float is expected is accepted; a float must be finite;
 seeds must be >= 0; ``epochs`` >= 1, ``max_steps`` >= 1 or -1, ``limit_train_batches`` > 0,
-so that a run trains), so a typo never trains a silently different model.
+so that a run trains, ``limit_test_batches`` > 0, so that it tests), so a typo never trains a
+silently different model. The experiments' model, data and decoding keys (``order``,
+``theta``, ``dropout``, ``model``, ``vocab_size``, ...) are checked here too, by the rules of the
+constructors they reach, so a bad value is refused naming its config key before any data is
+read (see :data:`_MINIMUM`).
 
 A resumed run may change only the keys in :data:`RESUME_KEYS` (the runner refuses any other
 change, see :func:`plmu.training.runner.train`).
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import typing
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -100,6 +105,14 @@ _OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
 # nothing, then tested the untrained weights into metrics.json as a finished run's (a resumed
 # run that has reached its epochs or max_steps, or whose new value lies below them, still only
 # tests: a larger one continues it).
+#
+# The experiments' model, data and decoding keys follow: the same rules as the constructors
+# they reach (LegendreMemory, the layers and networks, the datamodules, TranslationModule),
+# which named only their own argument ("order must be >= 1"), not the config key, and most
+# only once the data had been read or downloaded. A key means the same in every experiment
+# that has it; one an experiment's model does not use (lmu_order for model=lstm) is checked
+# too. vocab_size: the text tasks' [PAD], [UNK] and a word (IWSLT's BPE keeps its 4 special
+# tokens and the alphabet whatever it is given).
 _MINIMUM: dict[str, int] = {
     "epochs": 1,
     "max_steps": 1,
@@ -110,17 +123,123 @@ _MINIMUM: dict[str, int] = {
     "seed": 0,
     "data_seed": 0,
     "permutation_seed": 0,
+    "weight_decay": 0,
+    # checked by the datamodules, or by Lightning only as the Trainer is built, after the data
+    "batch_size": 1,
+    "num_workers": 0,
+    "log_every_n_steps": 1,
+    "limit_val_batches": 0,
+    # networks
+    **dict.fromkeys(
+        (
+            "order",
+            "lmu_order",
+            "hidden_size",
+            "lmu_hidden_size",
+            "lstm_hidden_size",
+            "memory_size",
+            "num_layers",
+            "embedding_dim",
+            "mlp_hidden",
+            "d_model",
+            "encoder_layers",
+            "decoder_layers",
+        ),
+        1,
+    ),
+    "dropout": 0,
+    # data
+    **dict.fromkeys(
+        (
+            "max_length",
+            "max_source_length",
+            "max_target_length",
+            "min_frequency",
+            "seq_len",
+            "val_size",
+            "horizon",
+            "window",
+            "stride",
+            "plot_steps",
+        ),
+        1,
+    ),
+    "vocab_size": 3,
+    "warmup": 0,
+    # optimisation and decoding
+    "warmup_steps": 0,
+    "lr_decay_after": 0,
+    "label_smoothing": 0,
+    "beam_size": 1,
+    "length_penalty": 0,
+    "max_len_ratio": 0,
+    "max_len_offset": 0,
+    "max_decode_length": 1,
 }
 
 # The largest values: Lightning's seed_everything refuses a seed NumPy cannot take.
-_MAXIMUM: dict[str, int] = {"seed": 2**32 - 1}
+_MAXIMUM: dict[str, int] = {"seed": 2**32 - 1, "lr_decay": 1}
 
 # A value allowed below a key's minimum, and what it means: Lightning's "no limit".
 _UNLIMITED: dict[str, int] = {"max_steps": -1}
 
-# Keys that must be > 0 where set (0 and 0.0 trained no batch, as above; Lightning refuses
-# a negative one or a fraction above 1.0 itself, naming the key).
-_ABOVE_ZERO = frozenset({"limit_train_batches"})
+# Keys that must be > 0 where set, and what their value means. limit_train_batches=0 trained no
+# batch, as above, and limit_test_batches=0 tested none: metrics.json had no test metric, yet
+# read as a finished run's (limit_val_batches=0 is Lightning's "no validation": best.ckpt is
+# not written and the last weights are tested; load_config refuses it with patience).
+_LIMIT = " (an int: batches, a float: a fraction of them; null: all)"
+_ABOVE_ZERO: dict[str, str] = {
+    "limit_train_batches": _LIMIT,
+    "limit_test_batches": _LIMIT,
+    "lr": "",
+    "theta": "",
+    "lmu_theta": "",
+    "lr_decay": "",
+    "val_fraction": "",
+}
+
+# Keys that must lie below a value (probabilities, fractions).
+_BELOW: dict[str, int] = {"dropout": 1, "label_smoothing": 1, "val_fraction": 1}
+
+# Lightning's batch limits: an int counts batches, a float is a fraction of them, at most 1.0.
+_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+
+
+def _choices(key: str) -> tuple[str, ...] | None:
+    """The values a key naming a choice accepts (``None``: any value of its type)."""
+    if key == "model":
+        from plmu.models.stack import MODELS
+
+        return tuple(sorted(MODELS))
+    if key == "hidden_activation":
+        from plmu.layers import ACTIVATIONS
+
+        return tuple(sorted(ACTIVATIONS))
+    if key == "bleu_tokenize":
+        import sacrebleu
+
+        return tuple(sorted(sacrebleu.BLEU.TOKENIZERS))
+    if key == "precision":
+        return _precisions()
+    return {"lmu_init": ("default", "psmnist"), "truncation_side": ("left", "right")}.get(key)
+
+
+def _precisions() -> tuple[str, ...] | None:
+    """The precision names Lightning's Trainer takes (``None``, no check, where this Lightning
+    does not list them where 2.x does)."""
+    try:
+        from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+    except ImportError:
+        return None
+    names: list[str] = []
+    pending = [_PRECISION_INPUT]
+    while pending:
+        for arg in typing.get_args(pending.pop()):
+            if isinstance(arg, str):
+                names.append(arg)
+            elif not isinstance(arg, int):
+                pending.append(arg)
+    return tuple(sorted(names)) or None
 
 
 class ConfigError(ValueError):
@@ -217,12 +336,26 @@ def merge_config(
             )
         if key in _ABOVE_ZERO and merged[key] is not None and merged[key] <= 0:
             raise ConfigError(
-                f"config key {key!r} in {source} must be > 0 (an int: batches, a float: a "
-                f"fraction of them; null: all), got {merged[key]!r}"
+                f"config key {key!r} in {source} must be > 0{_ABOVE_ZERO[key]}, got {merged[key]!r}"
             )
         if maximum is not None and merged[key] is not None and merged[key] > maximum:
             raise ConfigError(
                 f"config key {key!r} in {source} must be <= {maximum}, got {merged[key]!r}"
+            )
+        if key in _LIMITS and isinstance(merged[key], float) and merged[key] > 1.0:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be <= 1.0 as a fraction of the batches "
+                f"(an int counts them), got {merged[key]!r}"
+            )
+        if key in _BELOW and merged[key] is not None and merged[key] >= _BELOW[key]:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be < {_BELOW[key]}, got {merged[key]!r}"
+            )
+        choices = _choices(key) if isinstance(merged[key], str) else None
+        if choices is not None and merged[key] not in choices:
+            raise ConfigError(
+                f"config key {key!r} in {source} must be one of {list(choices)}, "
+                f"got {merged[key]!r}"
             )
     return merged
 
@@ -248,7 +381,14 @@ def load_config(
     if config_file is not None:
         config = merge_config(config, read_config_file(config_file), f"config file {config_file}")
     parsed = dict(parse_override(text) for text in overrides)
-    return merge_config(config, parsed, "--set")
+    config = merge_config(config, parsed, "--set")
+    if config.get("patience") is not None and config.get("limit_val_batches") == 0:
+        # Lightning's EarlyStopping raised a RuntimeError (a traceback) after the first epoch
+        raise ConfigError(
+            "config key 'patience' needs validation, which limit_val_batches=0 turns off: "
+            "set patience=null or a limit_val_batches > 0"
+        )
+    return config
 
 
 def _parse_mapping(text: str, source: str) -> dict[str, Any]:
