@@ -465,21 +465,125 @@ def _complex(*shape: int) -> torch.Tensor:
     return torch.complex(parts[0], parts[1]).requires_grad_(True)
 
 
-@pytest.mark.parametrize("name", ["fold", "spectral_mix", "block_convolution", "block_synthesis"])
-def test_kernel_operators_pass_opcheck(name):
-    """``torch.library.opcheck``: each tiled kernel's operator has a schema, a fake giving the
-    real output's shape, dtype and strides, an autograd registration, and the same outputs
-    through AOTAutograd (static and dynamic shapes). Geometry: 3 blocks of 7 steps in frames of
-    16 (9 frequencies), the valid outputs from entry 6, cut at 20 steps."""
+def _operator_args(name: str, need: tuple[bool, bool]) -> tuple:
+    """Arguments of the operator ``name``; ``need`` the gradients a backward operator is asked
+    for. Geometry: 3 blocks of 7 steps in frames of 16 (9 frequencies), the valid outputs from
+    entry 6, cut at 20 steps."""
     Hs = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
     Wp = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
-    args = {
+    g = torch.randn(2, 20, 4, dtype=torch.float64)
+    return {
         "fold": (Hs, Wp),
         "spectral_mix": (_complex(4, 2, 5), _complex(5, 2, 3)),
         "block_convolution": (_complex(2, 3, 1, 9), _complex(4, 9), 20, 16, 6, 7),
         "block_synthesis": (_complex(2, 3, 4, 9), 20, 16, 6, 7),
+        "fold_backward": (_complex(5, 8).detach(), Hs.detach(), Wp.detach(), *need),
+        "spectral_mix_backward": (
+            _complex(4, 3, 5).detach(),
+            _complex(4, 2, 5).detach(),
+            _complex(5, 2, 3).detach(),
+            *need,
+        ),
+        "block_convolution_backward": (
+            g,
+            _complex(2, 3, 1, 9).detach(),
+            _complex(4, 9).detach(),
+            16,
+            6,
+            7,
+            *need,
+        ),
+        "block_synthesis_backward": (g, [2, 3, 4, 9], 16, 6, 7),
     }[name]
-    torch.library.opcheck(getattr(torch.ops.plmu, name).default, args)
+
+
+_OPERATORS = ("fold", "spectral_mix", "block_convolution", "block_synthesis")
+
+
+@pytest.mark.parametrize(
+    ("name", "need"),
+    [
+        *((op, (True, True)) for op in (*_OPERATORS, "block_synthesis_backward")),
+        *(
+            (f"{op}_backward", need)
+            for op in _OPERATORS[:3]
+            for need in [(True, True), (True, False), (False, True)]
+        ),
+    ],
+)
+def test_kernel_operators_pass_opcheck(name, need):
+    """``torch.library.opcheck``: each tiled kernel's operator and its backward operator have a
+    schema, a fake giving the real output's shape, dtype and strides, an autograd registration
+    (the forward operators), and the same outputs through AOTAutograd (static and dynamic
+    shapes), also when a backward operator is asked for one gradient only.
+    ``plmu::block_convolution_backward`` gave other numbers through AOTAutograd: its products
+    with lazy ``.conj()`` views went wrong under torch 2.13's aliasing check of a compiled
+    graph's first call (compiled autograd got wrong gradients on its first step)."""
+    torch.library.opcheck(getattr(torch.ops.plmu, name).default, _operator_args(name, need))
+
+
+@pytest.mark.parametrize(
+    ("kind", "sizes"),
+    [
+        ("kernel", [10]),
+        ("kernel_reversed", [10]),
+        ("kernel_sum", [10]),
+        ("kernel_rfft_stacked", [10, 16]),
+        ("kernel_rfft", [10, 16]),
+        ("powers", [5]),
+        ("toeplitz", [5]),
+        ("matrix_power", [7]),
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_system_constant_passes_opcheck(kind, sizes, dtype):
+    """``torch.library.opcheck`` of ``plmu::system_constant`` for every kind of kernel: its fake
+    gives the cached kernel's shape, dtype and strides, and AOTAutograd the same values."""
+    memory = plmu.LegendreMemory(1, 6, 3.0).double()
+    args = (memory.Abar, memory._token, kind, sizes, dtype)
+    torch.library.opcheck(torch.ops.plmu.system_constant.default, args)
+
+
+@pytest.mark.parametrize(
+    ("memory_size", "trainable"),
+    [
+        (1, False),
+        pytest.param(1, True, marks=pytest.mark.slow),
+        pytest.param(2, False, marks=pytest.mark.slow),
+    ],
+)
+def test_compiled_autograd_gives_the_eager_gradients(memory_size, trainable):
+    """A training step compiled with compiled autograd on (``torch._dynamo.config.
+    compiled_autograd``: the backward is traced too, through the tiled kernels' backward
+    operators) gives eager's gradients on its first call and later ones. With one channel the
+    first call's gradients were wrong (``plmu::block_convolution_backward``, see
+    :func:`test_kernel_operators_pass_opcheck`)."""
+
+    def step(layer, x, s):
+        y, state = layer(x, s)
+        (y.square().sum() + state.square().sum()).backward()
+
+    kwargs = {"memory_size": memory_size, "trainable_theta": trainable}
+    eager = _layer("auto", kwargs)
+    x, s = _inputs(eager, 2, 150)  # two overlap-save blocks: the fused path
+    step(eager, x, s)
+    layer = _layer("auto", kwargs)
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    # set before ``torch.compile`` wraps the step, which reads the flag then
+    torch._dynamo.config.compiled_autograd = True
+    try:
+        compiled = torch.compile(step, backend="aot_eager")
+        for _call in range(2):
+            layer.zero_grad(set_to_none=True)
+            compiled(layer, x, s)
+            for (name, p), q in zip(layer.named_parameters(), eager.parameters(), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+        assert counters["compiled_autograd"]["captures"] >= 1  # the backward was compiled
+    finally:
+        torch._dynamo.config.compiled_autograd = False
+        torch._dynamo.reset()
 
 
 def test_compiled_graph_follows_a_new_theta():

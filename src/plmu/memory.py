@@ -1575,14 +1575,20 @@ def _convolution_backward(
     out = g.shape[2]
     gU = torch.empty_like(Uf) if need_u else None
     gK = torch.zeros_like(Kf) if need_k else None
+    # physical conjugates, not lazy ``.conj()`` views: a product with a conjugate view inside
+    # a custom operator gave wrong numbers on a compiled graph's first call (torch 2.13 runs
+    # it under an aliasing check there; ``plmu::block_convolution_backward`` failed opcheck
+    # and a training step under compiled autograd got wrong gradients on its first call).
+    # The eager product materialised the conjugate anyway, once per tile for ``Kf``.
+    Kc = Kf.conj_physical() if need_u else None
     for b0, b1, k0, k1 in _frame_tiles(Bn, nb, out * n_fft, Uf.device):
         frames = g.new_zeros((b1 - b0, k1 - k0, out, n_fft))
         _add_blocks(g[b0:b1], frames, k0, first, L, gather=True)
         gY = _irfft_adjoint(frames, n_fft)  # (b, k, out, F)
         if gU is not None:
-            gU[b0:b1, k0:k1] = (gY * Kf.conj()).sum(2, keepdim=True)
+            gU[b0:b1, k0:k1] = (gY * Kc).sum(2, keepdim=True)
         if gK is not None:
-            gK += (gY * Uf[b0:b1, k0:k1].conj()).sum((0, 1))
+            gK += (gY * Uf[b0:b1, k0:k1].conj_physical()).sum((0, 1))
     return gU, gK
 
 
