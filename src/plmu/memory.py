@@ -1801,6 +1801,33 @@ def _or_empty(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     return like.new_empty((0,)) if t is None else t
 
 
+def _gradients_like(
+    a: torch.Tensor, b: torch.Tensor, need_a: bool, need_b: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A backward operator's fake: gradients shaped like ``a`` and ``b``, empty where not asked
+    for."""
+    return (
+        torch.empty_like(a) if need_a else a.new_empty((0,)),
+        torch.empty_like(b) if need_b else b.new_empty((0,)),
+    )
+
+
+def _pair_backward(plain: Callable, backward_op: Callable) -> Callable:
+    """``register_autograd``'s backward for an operator of two tensors ``(a, b)`` whose
+    first-order gradients ``backward_op(grad, a, b, need_a, need_b)`` computes, and whose
+    second order differentiates ``plain(a, b)`` (under ``create_graph``)."""
+
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        a, b = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
+            return create_graph_backward(plain, (a, b), need, (grad,))
+        g_a, g_b = backward_op(grad, a, b, need[0], need[1])
+        return _asked(g_a, need[0]), _asked(g_b, need[1])
+
+    return backward
+
+
 def _asked(t: torch.Tensor, need: bool) -> torch.Tensor | None:
     """A backward operator's gradient for autograd: ``None`` where it was not asked for."""
     return t if need else None
@@ -1833,26 +1860,14 @@ def _fold_backward_op(
 
 @_fold_backward_op.register_fake
 def _(grad, Hs, Wp, need_hs, need_wp):
-    return (
-        torch.empty_like(Hs) if need_hs else Hs.new_empty((0,)),
-        torch.empty_like(Wp) if need_wp else Wp.new_empty((0,)),
-    )
+    return _gradients_like(Hs, Wp, need_hs, need_wp)
 
 
-def _fold_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
+def _save_inputs(ctx, inputs: tuple, output: torch.Tensor) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _fold_op_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    Hs, Wp = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
-        return create_graph_backward(_fold, (Hs, Wp), need, (grad,))
-    g_hs, g_wp = torch.ops.plmu.fold_backward(grad, Hs, Wp, need[0], need[1])
-    return _asked(g_hs, need[0]), _asked(g_wp, need[1])
-
-
-_fold_op.register_autograd(_fold_op_backward, setup_context=_fold_setup)
+_fold_op.register_autograd(_pair_backward(_fold, _fold_backward_op), setup_context=_save_inputs)
 
 
 # plmu::spectral_mix: _SpectralMix
@@ -1881,22 +1896,12 @@ def _spectral_mix_backward_op(
 
 @_spectral_mix_backward_op.register_fake
 def _(gY, U, K, need_u, need_k):
-    return (
-        torch.empty_like(U) if need_u else U.new_empty((0,)),
-        torch.empty_like(K) if need_k else K.new_empty((0,)),
-    )
+    return _gradients_like(U, K, need_u, need_k)
 
 
-def _spectral_mix_op_backward(ctx, gY: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    U, K = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    if torch.is_grad_enabled():  # create_graph: a gradient to differentiate again
-        return create_graph_backward(_plain_mix, (U, K), need, (gY,))
-    gU, gK = torch.ops.plmu.spectral_mix_backward(gY, U, K, need[0], need[1])
-    return _asked(gU, need[0]), _asked(gK, need[1])
-
-
-_spectral_mix_op.register_autograd(_spectral_mix_op_backward, setup_context=_fold_setup)
+_spectral_mix_op.register_autograd(
+    _pair_backward(_plain_mix, _spectral_mix_backward_op), setup_context=_save_inputs
+)
 
 
 # plmu::block_convolution: _BlockConvolution, the blocks alone (no accumulator)
@@ -1936,10 +1941,7 @@ def _block_convolution_backward_op(
 
 @_block_convolution_backward_op.register_fake
 def _(g, Uf, Kf, n_fft, first, L, need_u, need_k):
-    return (
-        torch.empty_like(Uf) if need_u else Uf.new_empty((0,)),
-        torch.empty_like(Kf) if need_k else Kf.new_empty((0,)),
-    )
+    return _gradients_like(Uf, Kf, need_u, need_k)
 
 
 def _block_convolution_setup(ctx, inputs: tuple, output: torch.Tensor) -> None:
