@@ -590,8 +590,9 @@ class IWSLTDataModule(SplitDataModule):
         self, split: str, dataset: Dataset, batch_size: int, shuffle: bool
     ) -> dict[str, Any]:
         """Pad with :func:`collate`; training batches come from a :class:`LengthBucketSampler`
-        (seeded with ``seed``). Worker processes are not kept between epochs."""
-        options: dict[str, Any] = {"collate_fn": collate, "persistent_workers": False}
+        (seeded with ``seed``). Worker processes are kept between epochs (the base class's
+        ``persistent_workers``), as in the other experiments."""
+        options: dict[str, Any] = {"collate_fn": collate}
         if shuffle:
             options["batch_sampler"] = LengthBucketSampler(
                 EpochRandomSampler(dataset, self.seed),

@@ -73,17 +73,22 @@ def mackey_glass(
     x = [history] * (delay + 1) + [0.0] * (total - 1)  # x[k] is x at time (k - delay) * dt
     half = 0.5 * dt
 
-    def f(value: float, delayed: float) -> float:
-        return beta * delayed / (1.0 + delayed**n) - gamma * value
-
+    # RK4 of dx/dt = beta * x(t - tau) / (1 + x(t - tau)^n) - gamma * x(t). The delayed
+    # feedback term is computed once per delayed value: k2 and k3 share the midpoint's, and the
+    # end point's is the next step's start (the same operations on the same values, so the
+    # series is bit for bit the one of four evaluations per step, in a third less time).
+    feedback = beta * x[0] / (1.0 + x[0] ** n)  # at the first step's delayed value
     for k in range(delay, delay + total - 1):
-        now, lag, lag_next = x[k], x[k - delay], x[k - delay + 1]
-        lag_mid = 0.5 * (lag + lag_next)
-        k1 = f(now, lag)
-        k2 = f(now + half * k1, lag_mid)
-        k3 = f(now + half * k2, lag_mid)
-        k4 = f(now + dt * k3, lag_next)
+        now, lag_next = x[k], x[k - delay + 1]
+        lag_mid = 0.5 * (x[k - delay] + lag_next)
+        feedback_mid = beta * lag_mid / (1.0 + lag_mid**n)
+        feedback_next = beta * lag_next / (1.0 + lag_next**n)
+        k1 = feedback - gamma * now
+        k2 = feedback_mid - gamma * (now + half * k1)
+        k3 = feedback_mid - gamma * (now + half * k2)
+        k4 = feedback_next - gamma * (now + dt * k3)
         x[k + 1] = now + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+        feedback = feedback_next
     series = np.asarray(x[delay + steps["washout"] :: every], dtype=np.float64)
     return series[:length]
 
