@@ -8,6 +8,8 @@ each other. Sizes: order 6, theta 3 puts 150 steps into two overlap-save blocks 
 """
 
 import contextlib
+import subprocess
+import sys
 from unittest import mock
 
 import pytest
@@ -673,3 +675,23 @@ def test_compile_while_another_thread_builds_a_constant():
         thread.join()
     with torch.no_grad():
         torch.testing.assert_close(got, layer(x, s)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_the_compile_time_horizon_is_marked_as_the_public_api_marks():
+    """``memory._compiled_horizon`` carries the mark ``torch.compiler.assume_constant_result``
+    gives (set by hand, so that ``import plmu`` does not import ``torch._dynamo``): if torch
+    changes how that function marks, this fails."""
+
+    def probe() -> int:
+        return 0
+
+    marked = torch.compiler.assume_constant_result(probe)
+    assert marked is probe
+    assert vars(probe) == vars(plmu.memory._compiled_horizon) == {"_dynamo_marked_constant": True}
+
+
+def test_import_does_not_load_dynamo():
+    """``import plmu`` leaves ``torch._dynamo`` unloaded (it cost 1.3 s of the import)."""
+    code = "import sys, plmu; print('torch._dynamo' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr

@@ -250,8 +250,10 @@ def _compiled_horizon(memory: LegendreMemory, dtype: torch.dtype, generation: in
         return memory.free_horizon(dtype) or 0
 
 
-if hasattr(torch.compiler, "assume_constant_result"):
-    _compiled_horizon = torch.compiler.assume_constant_result(_compiled_horizon)
+# What torch.compiler.assume_constant_result(_compiled_horizon) does, without importing
+# torch._dynamo for it (1.3 s of `import plmu`): the mark Dynamo reads when it traces a call.
+# tests/test_torch_func.py checks that the public function still marks a function this way.
+_compiled_horizon._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _untransformed() -> bool:
