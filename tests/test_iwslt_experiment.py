@@ -342,6 +342,33 @@ def test_decode_tokens_count_an_end_only_where_one_was_generated(beam_size):
     assert module.timing["decode_tokens"] == sum(min(n + 1, 3) for n in lengths)
 
 
+def test_reported_bleu_is_sacrebleus_score_of_the_written_translations(tmp_path):
+    """``test_bleu`` in metrics.json (what ``finish`` returns) is sacreBLEU's corpus score of
+    the lines of tst2013.hyp.vi against the references, to the last digit: Lightning's logged
+    value is float32 (88.24968719... for 88.24969025...)."""
+    import sacrebleu
+
+    from plmu.experiments.iwslt15_en_vi import finish
+
+    net, loader, module, trainer = _toy_translation([3] * 8, 4, max_decode_length=9)
+    with torch.no_grad():
+        net.out.bias[3] = -1e4  # no </s>: every translation has 9 tokens, 4-grams to match
+        hyps = [
+            " ".join(map(str, row))
+            for batch in loader
+            for row in module.eval().translate_ids(batch.src, batch.src_lengths)
+        ]
+    refs = [h if i % 2 else f"{h} 5 7 8" for i, h in enumerate(hyps)]
+    loader.dataset.refs[:] = refs
+    logged = trainer.test(module, dataloaders=loader, verbose=False)[0]["test_bleu"]
+    reported = finish(module, None, tmp_path)["test_bleu"]
+    lines = (tmp_path / "tst2013.hyp.vi").read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and lines[:-1] == hyps
+    expected = sacrebleu.corpus_bleu(lines[:-1], [refs], tokenize="13a").score
+    assert 0 < expected < 100 and logged == pytest.approx(expected)
+    assert reported == expected
+
+
 def test_merge_shards_restores_the_test_order_without_repeats():
     """Under DDP each process decodes a shard: DistributedSampler deals indices 0, 2, 4 and
     1, 3, 0 (the first repeated to even the shards) for 5 pairs on 2 processes."""

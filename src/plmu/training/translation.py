@@ -147,6 +147,8 @@ class TranslationModule(PlmuModule):
         self.hypotheses: list[str] = []
         self.references: list[str] = []
         self._indices: list[int] | None = []  # dataset positions of the decoded pairs
+        # the last test's BLEU as sacreBLEU computed it: the logged ``test_bleu`` is float32
+        self.bleu: float | None = None
         self.timing = {"train_s": 0.0, "train_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         self._decoded_sentences = 0
         self._t0 = 0.0
@@ -253,8 +255,8 @@ class TranslationModule(PlmuModule):
             torch.distributed.all_gather_object(gathered, shard)
             self.hypotheses, self.references = merge_shards(gathered)
             self._indices = None
-        bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
-        self.log("test_bleu", bleu, rank_zero_only=True)
+        self.bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
+        self.log("test_bleu", self.bleu, rank_zero_only=True)
 
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
