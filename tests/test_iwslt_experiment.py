@@ -417,6 +417,32 @@ def test_lr_schedule_halves_after_eight_epochs():
     assert lr_factor(5, 1.0, 0) == 1.0
 
 
+def test_a_bleu_tokenizer_that_cannot_run_here_is_refused_before_training(monkeypatch):
+    """sacreBLEU lists tokenisers that need extra packages (``flores101``: sentencepiece,
+    ``ja-mecab``: mecab); one missing was accepted and failed at the end of training, when
+    ``test_bleu`` was computed. A stand-in: ``intl`` made to fail to load."""
+    from sacrebleu.metrics import bleu
+
+    from plmu.models.seq2seq import LMUSeq2Seq
+    from plmu.training.config import ConfigError
+
+    real = bleu._get_tokenizer
+
+    def get_tokenizer(name: str):
+        if name == "intl":
+            raise ImportError("install regex")
+        return real(name)
+
+    monkeypatch.setattr(bleu, "_get_tokenizer", get_tokenizer)
+    net = LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0)
+    with pytest.raises(ValueError, match="bleu_tokenize 'intl' cannot run here: install regex"):
+        TranslationModule(net, str, bleu_tokenize="intl")
+    with pytest.raises(ConfigError, match=r"config key 'bleu_tokenize' .*install regex"):
+        load_config("iwslt15-en-vi", overrides=["bleu_tokenize=intl"])
+    TranslationModule(net, str, bleu_tokenize="none")
+    assert load_config("iwslt15-en-vi", overrides=["bleu_tokenize=char"])["bleu_tokenize"] == "char"
+
+
 def test_module_rejects_bad_settings():
     from plmu.models.seq2seq import LMUSeq2Seq
 

@@ -29,7 +29,14 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor", "merge_shards"]
+__all__ = [
+    "TranslationModule",
+    "bleu_tokenizer_problem",
+    "corpus_bleu",
+    "decode_max_lengths",
+    "lr_factor",
+    "merge_shards",
+]
 
 
 def decode_max_lengths(
@@ -38,6 +45,19 @@ def decode_max_lengths(
     """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
     limit = (src_lengths.float() * ratio).floor().long() + int(offset)
     return limit.clamp(min=1, max=int(cap))
+
+
+def bleu_tokenizer_problem(name: str) -> str | None:
+    """Why sacreBLEU's tokeniser ``name`` (one of ``sacrebleu.BLEU.TOKENIZERS``) cannot run
+    here, or ``None``: some need packages sacreBLEU does not install (``flores101``,
+    ``flores200``, ``spm``, ``spBLEU-1K``: sentencepiece; ``ja-mecab``, ``ko-mecab``: mecab).
+    Loading it now refuses such a setting before training, not when ``test_bleu`` is due."""
+    try:
+        sacrebleu.BLEU(tokenize=name)
+    except (ImportError, RuntimeError, OSError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return " ".join(lines) or type(err).__name__
+    return None
 
 
 def lr_factor(epoch: int, decay: float, decay_after: int) -> float:
@@ -127,6 +147,9 @@ class TranslationModule(PlmuModule):
                 f"bleu_tokenize must be one of {sorted(sacrebleu.BLEU.TOKENIZERS)}, "
                 f"got {bleu_tokenize!r}"
             )
+        problem = bleu_tokenizer_problem(bleu_tokenize)
+        if problem is not None:
+            raise ValueError(f"bleu_tokenize {bleu_tokenize!r} cannot run here: {problem}")
         if not 0.0 < lr_decay <= 1.0:
             raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay}")
         # decoding runs only at test time, after training: refuse bad settings now
