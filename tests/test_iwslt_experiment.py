@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import lightning as L
 import pytest
@@ -410,6 +411,11 @@ def test_ddp_bleu_and_translations_cover_the_test_set_once(tmp_path):
 def test_decode_max_lengths():
     limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
     assert limit.tolist() == [12, 30, 100]
+    # as Python computes the formula: float32 made 1.3 * 90 = 116.99999 (limit 116, not 117)
+    lengths = list(range(1, 301))
+    for ratio in (0.7, 1.1, 1.3, 1.5):
+        limit = decode_max_lengths(torch.tensor(lengths), ratio=ratio, offset=3, cap=10**6)
+        assert limit.tolist() == [math.floor(ratio * n) + 3 for n in lengths]
 
 
 def test_lr_schedule_halves_after_eight_epochs():

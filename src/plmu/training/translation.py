@@ -42,9 +42,14 @@ __all__ = [
 def decode_max_lengths(
     src_lengths: torch.Tensor, ratio: float, offset: int, cap: int
 ) -> torch.Tensor:
-    """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
-    limit = (src_lengths.float() * ratio).floor().long() + int(offset)
-    return limit.clamp(min=1, max=int(cap))
+    """Most tokens to generate per source, ``min(cap, floor(ratio * source length) + offset)``
+    and at least 1: (B,), on ``src_lengths``' device.
+
+    The product is taken in float64 (on the CPU, which every device's lengths reach), as Python
+    computes it: in float32 ``1.3 * 90`` was ``116.99999`` and the limit one token short."""
+    lengths = src_lengths.detach().to("cpu", torch.float64)
+    limit = (lengths * float(ratio)).floor().long() + int(offset)
+    return limit.clamp(min=1, max=int(cap)).to(src_lengths.device)
 
 
 def bleu_tokenizer_problem(name: str) -> str | None:
