@@ -58,12 +58,19 @@ def _integer_dtype(dtype: torch.dtype) -> bool:
 def _normalised_key(
     scores: torch.Tensor, lengths: torch.Tensor, length_penalty: float
 ) -> torch.Tensor:
-    """A key that orders hypotheses as ``scores / lengths ** length_penalty`` does, in float64:
+    """A key that orders hypotheses as ``scores / lengths ** length_penalty`` does:
     ``length_penalty * log(length) - log(-score)`` (scores are sums of log-probabilities, so
-    ``<= 0``; ``-inf`` gives ``-inf``). ``lengths ** length_penalty`` itself overflows float32
-    from ``3 ** 81`` on, and every such score then fell to ``-0.0`` or nan."""
-    log_length = lengths.clamp(min=1).double().log()
-    return length_penalty * log_length - torch.neg(scores.double()).log()
+    ``<= 0``; ``-inf`` gives ``-inf``), in :func:`_key_dtype`. ``lengths ** length_penalty``
+    itself overflows float32 from ``3 ** 81`` on, and every such score then fell to ``-0.0``
+    or nan."""
+    dtype = _key_dtype(scores.device)
+    log_length = lengths.clamp(min=1).to(dtype).log()
+    return length_penalty * log_length - torch.neg(scores.to(dtype)).log()
+
+
+def _key_dtype(device: torch.device) -> torch.dtype:
+    """float64 for :func:`_normalised_key`, float32 on MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -478,7 +485,7 @@ class LMUSeq2Seq(nn.Module):
         T_max = int(limit.max())
         # the best finished hypothesis so far per source: a finished hypothesis can later be
         # pushed out of the beam by live ones whose score then falls, but it was found
-        best_key = torch.full((B,), float("-inf"), dtype=torch.float64, device=dev)
+        best_key = torch.full((B,), -math.inf, dtype=_key_dtype(dev), device=dev)
         best_tokens = torch.zeros(B, T_max, dtype=torch.long, device=dev)
         best_len = torch.zeros(B, dtype=torch.long, device=dev)
         for t in range(T_max):
