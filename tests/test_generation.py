@@ -109,6 +109,10 @@ def test_prompt_is_lower_cased():
         ("hello, world", 10, {}, ValueError, r"prompt .*outside the text8 alphabet.*','"),
         ("caf\u00e9", 10, {}, ValueError, "prompt .*outside"),
         ("line\nbreak", 10, {}, ValueError, "prompt .*outside"),
+        # only A-Z are lower-cased: the Kelvin sign lower-cased to "k" and passed, and the
+        # error for a dotted capital I named U+0307, which the prompt does not hold
+        ("\u212a", 10, {}, ValueError, "prompt .*outside.*'\u212a'"),
+        ("\u0130stanbul", 10, {}, ValueError, "prompt .*outside.*'\u0130'"),
         ("ok", 0, {}, ValueError, "length must be >= 1"),
         ("ok", -5, {}, ValueError, "length must be >= 1"),
         ("ok", 2.5, {}, TypeError, "length must be an int"),

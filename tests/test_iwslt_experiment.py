@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import lightning as L
 import pytest
@@ -342,6 +343,33 @@ def test_decode_tokens_count_an_end_only_where_one_was_generated(beam_size):
     assert module.timing["decode_tokens"] == sum(min(n + 1, 3) for n in lengths)
 
 
+def test_reported_bleu_is_sacrebleus_score_of_the_written_translations(tmp_path):
+    """``test_bleu`` in metrics.json (what ``finish`` returns) is sacreBLEU's corpus score of
+    the lines of tst2013.hyp.vi against the references, to the last digit: Lightning's logged
+    value is float32 (88.24968719... for 88.24969025...)."""
+    import sacrebleu
+
+    from plmu.experiments.iwslt15_en_vi import finish
+
+    net, loader, module, trainer = _toy_translation([3] * 8, 4, max_decode_length=9)
+    with torch.no_grad():
+        net.out.bias[3] = -1e4  # no </s>: every translation has 9 tokens, 4-grams to match
+        hyps = [
+            " ".join(map(str, row))
+            for batch in loader
+            for row in module.eval().translate_ids(batch.src, batch.src_lengths)
+        ]
+    refs = [h if i % 2 else f"{h} 5 7 8" for i, h in enumerate(hyps)]
+    loader.dataset.refs[:] = refs
+    logged = trainer.test(module, dataloaders=loader, verbose=False)[0]["test_bleu"]
+    reported = finish(module, None, tmp_path)["test_bleu"]
+    lines = (tmp_path / "tst2013.hyp.vi").read_text(encoding="utf-8").split("\n")
+    assert lines[-1] == "" and lines[:-1] == hyps
+    expected = sacrebleu.corpus_bleu(lines[:-1], [refs], tokenize="13a").score
+    assert 0 < expected < 100 and logged == pytest.approx(expected)
+    assert reported == expected
+
+
 def test_merge_shards_restores_the_test_order_without_repeats():
     """Under DDP each process decodes a shard: DistributedSampler deals indices 0, 2, 4 and
     1, 3, 0 (the first repeated to even the shards) for 5 pairs on 2 processes."""
@@ -383,11 +411,42 @@ def test_ddp_bleu_and_translations_cover_the_test_set_once(tmp_path):
 def test_decode_max_lengths():
     limit = decode_max_lengths(torch.tensor([1, 10, 200]), ratio=2.0, offset=10, cap=100)
     assert limit.tolist() == [12, 30, 100]
+    # as Python computes the formula: float32 made 1.3 * 90 = 116.99999 (limit 116, not 117)
+    lengths = list(range(1, 301))
+    for ratio in (0.7, 1.1, 1.3, 1.5):
+        limit = decode_max_lengths(torch.tensor(lengths), ratio=ratio, offset=3, cap=10**6)
+        assert limit.tolist() == [math.floor(ratio * n) + 3 for n in lengths]
 
 
 def test_lr_schedule_halves_after_eight_epochs():
     assert [lr_factor(e, 0.5, 8) for e in range(11)] == [1.0] * 8 + [0.5, 0.25, 0.125]
     assert lr_factor(5, 1.0, 0) == 1.0
+
+
+def test_a_bleu_tokenizer_that_cannot_run_here_is_refused_before_training(monkeypatch):
+    """sacreBLEU lists tokenisers that need extra packages (``flores101``: sentencepiece,
+    ``ja-mecab``: mecab); one missing was accepted and failed at the end of training, when
+    ``test_bleu`` was computed. A stand-in: ``intl`` made to fail to load."""
+    from sacrebleu.metrics import bleu
+
+    from plmu.models.seq2seq import LMUSeq2Seq
+    from plmu.training.config import ConfigError
+
+    real = bleu._get_tokenizer
+
+    def get_tokenizer(name: str):
+        if name == "intl":
+            raise ImportError("install regex")
+        return real(name)
+
+    monkeypatch.setattr(bleu, "_get_tokenizer", get_tokenizer)
+    net = LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0)
+    with pytest.raises(ValueError, match="bleu_tokenize 'intl' cannot run here: install regex"):
+        TranslationModule(net, str, bleu_tokenize="intl")
+    with pytest.raises(ConfigError, match=r"config key 'bleu_tokenize' .*install regex"):
+        load_config("iwslt15-en-vi", overrides=["bleu_tokenize=intl"])
+    TranslationModule(net, str, bleu_tokenize="none")
+    assert load_config("iwslt15-en-vi", overrides=["bleu_tokenize=char"])["bleu_tokenize"] == "char"
 
 
 def test_module_rejects_bad_settings():

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from plmu.models import seq2seq
 from plmu.models.seq2seq import BANNED_TOKENS, LMUSeq2Seq, reverse_padded
 
 EOS = 3
@@ -106,9 +107,15 @@ def test_beam_size_one_equals_greedy(seed):
     assert [len(h) <= m for h, m in zip(greedy, limit.tolist())] == [True] * 3
 
 
-@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
-def test_wide_beam_finds_the_best_normalised_hypothesis(length_penalty):
-    """With a beam wider than the search space, beam search is exhaustive: compare brute force."""
+@pytest.mark.parametrize("key_dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("length_penalty", [0.0, 0.6, 1.0, 100.0])
+def test_wide_beam_finds_the_best_normalised_hypothesis(length_penalty, key_dtype, monkeypatch):
+    """With a beam wider than the search space, beam search is exhaustive: compare brute force.
+
+    ``length_penalty=100``: ``3 ** 100`` overflows float32, and the normalised scores of every
+    3-token hypothesis became ``-0.0`` (or nan), so beam search returned the empty one. The
+    ranking keys are float64, float32 on MPS (``key_dtype``)."""
+    monkeypatch.setattr(seq2seq, "_key_dtype", lambda device: key_dtype)
     model = make_model(5, tgt_vocab=6)  # generable: <unk>, </s>, 4, 5
     src, lengths = padded_sources(5, [5])
     max_len = 3

@@ -4,7 +4,7 @@ The prompt is scored once in parallel (``LMULanguageModel.forward`` returns ever
 memory after it); each new character then goes through ``LMULanguageModel.step`` with the carried
 state. No step ever re-reads the prefix, so the cost per character is constant.
 
-Prompt handling (text8 alphabet, a-z and space): upper-case letters are lower-cased; an empty
+Prompt handling (text8 alphabet, a-z and space): the letters A-Z are lower-cased; an empty
 prompt or any other character (digits, punctuation, newlines, accents) is a ``ValueError`` that
 names the offending characters. ``plmu.data.text8.to_text8_alphabet`` cleans arbitrary text.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import string
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import torch
 from plmu.data.text8 import decode, encode
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.language_model import LMULanguageModel
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 __all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text", "iter_tokens"]
 
@@ -50,7 +53,9 @@ def _check_prompt(prompt: object, name: str = "prompt") -> torch.Tensor:
         raise TypeError(f"{name} must be a str, got {type(prompt).__name__}")
     if not prompt:
         raise ValueError(f"{name} must contain at least one character")
-    return encode(prompt.lower(), name=name)
+    # A-Z only: str.lower maps other characters into a-z (the Kelvin sign to "k") or out of
+    # the prompt's characters ("\u0130" to "i\u0307"), and the error must name the prompt's own
+    return encode(prompt.translate(_ASCII_LOWER), name=name)
 
 
 def _check_seed(seed: object) -> int | None:
@@ -135,7 +140,7 @@ def generate_text(
     """Continue ``prompt`` by ``length`` characters; returns only the new characters.
 
     Raises:
-        ValueError: empty ``prompt``, characters outside a-z/space after lower-casing,
+        ValueError: empty ``prompt``, characters outside a-z/space after lower-casing A-Z,
             ``length < 1``, ``temperature <= 0`` or a ``seed`` outside ``[-2**63, 2**64)``.
         TypeError: a ``prompt`` that is not a str, a ``length`` or ``seed`` that is not an
             int, a ``temperature`` that is not a real number.

@@ -3,8 +3,9 @@
 Data: :mod:`plmu.data.iwslt`; model: :class:`plmu.models.seq2seq.LMUSeq2Seq`; objective and
 BLEU: :class:`plmu.training.translation.TranslationModule`. The test metric is ``test_bleu``
 (sacreBLEU on tst2013, greedy or beam search per the config's ``beam_size``); :func:`finish`
-writes the test translations to ``OUT/tst2013.hyp.vi`` and adds the measured training and
-decoding throughput (tokens/s) to ``metrics.json``.
+writes the test translations to ``OUT/tst2013.hyp.vi``, puts sacreBLEU's ``test_bleu`` in
+``metrics.json`` exactly (Lightning logs it as float32) and adds the measured training and
+decoding throughput (tokens/s).
 """
 
 from __future__ import annotations
@@ -76,12 +77,15 @@ def build_model(config: dict, datamodule: L.LightningDataModule) -> TranslationM
 
 
 def finish(module: L.LightningModule, datamodule: L.LightningDataModule, out: Path) -> dict:
-    """Write ``OUT/tst2013.hyp.vi`` (one translation a line) and return throughput metrics."""
+    """Write ``OUT/tst2013.hyp.vi`` (one translation a line); return the exact ``test_bleu``
+    and the throughput metrics."""
     if not isinstance(module, TranslationModule):
         raise TypeError(f"module must be a TranslationModule, got {type(module).__name__}")
     out = Path(out)
     extra: dict = dict(module.throughput())
     extra["test_beam_size"] = module.beam_size  # 1: greedy
+    if module.bleu is not None:  # sacreBLEU's score as it is; Lightning logged it as float32
+        extra["test_bleu"] = module.bleu
     if module.hypotheses:
         out.mkdir(parents=True, exist_ok=True)
         (out / "tst2013.hyp.vi").write_text("\n".join(module.hypotheses) + "\n", encoding="utf-8")

@@ -55,6 +55,24 @@ def _integer_dtype(dtype: torch.dtype) -> bool:
     return not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
 
 
+def _normalised_key(
+    scores: torch.Tensor, lengths: torch.Tensor, length_penalty: float
+) -> torch.Tensor:
+    """A key that orders hypotheses as ``scores / lengths ** length_penalty`` does:
+    ``length_penalty * log(length) - log(-score)`` (scores are sums of log-probabilities, so
+    ``<= 0``; ``-inf`` gives ``-inf``), in :func:`_key_dtype`. ``lengths ** length_penalty``
+    itself overflows float32 from ``3 ** 81`` on, and every such score then fell to ``-0.0``
+    or nan."""
+    dtype = _key_dtype(scores.device)
+    log_length = lengths.clamp(min=1).to(dtype).log()
+    return length_penalty * log_length - torch.neg(scores.to(dtype)).log()
+
+
+def _key_dtype(device: torch.device) -> torch.dtype:
+    """float64 for :func:`_normalised_key`, float32 on MPS (which has no float64)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each right-padded sequence within its length; padding stays in place.
 
@@ -458,8 +476,8 @@ class LMUSeq2Seq(nn.Module):
         lengths = torch.zeros(B, K, dtype=torch.long, device=dev)
         finished = torch.zeros(B, K, dtype=torch.bool, device=dev)
         tokens = torch.zeros(B, K, 0, dtype=torch.long, device=dev)
-        done_row = torch.full((V,), float("-inf"), device=dev)
-        done_row[PAD_ID] = 0.0  # a finished hypothesis only continues with free padding
+        # a finished hypothesis only continues with free padding: candidate k * V + <pad>
+        stay = (torch.arange(K, device=dev) * V + PAD_ID).expand(B, K)
         y = torch.full((B * K,), BOS_ID, dtype=torch.long, device=dev)
         states: list[torch.Tensor | None] = [None] * len(self.decoder)
         offsets = torch.arange(B, device=dev).unsqueeze(1) * K
@@ -467,31 +485,35 @@ class LMUSeq2Seq(nn.Module):
         T_max = int(limit.max())
         # the best finished hypothesis so far per source: a finished hypothesis can later be
         # pushed out of the beam by live ones whose score then falls, but it was found
-        best_score = torch.full((B,), float("-inf"), device=dev)
+        best_key = torch.full((B,), -math.inf, dtype=_key_dtype(dev), device=dev)
         best_tokens = torch.zeros(B, T_max, dtype=torch.long, device=dev)
         best_len = torch.zeros(B, dtype=torch.long, device=dev)
         for t in range(T_max):
             logits, states = self.decode_step(y, states, enc, mask)
             logp = self._log_probs(logits).view(B, K, V)
-            logp = torch.where(finished.unsqueeze(-1), done_row, logp)
-            total = scores.unsqueeze(-1) + logp  # (B, K, V)
-            new_len = lengths + (~finished).long()
-            norm = total / new_len.clamp(min=1).unsqueeze(-1).float() ** length_penalty
-            _, idx = norm.view(B, K * V).topk(K, dim=1)
+            # every live hypothesis grows to length t + 1: its K best continuations by the raw
+            # score are the K best by the normalised one
+            total = (scores.unsqueeze(-1) + logp).masked_fill(finished.unsqueeze(-1), -math.inf)
+            live_scores, live_idx = total.view(B, K * V).topk(K, dim=1)
+            # they compete with the finished hypotheses (which stay as they are) for the K slots
+            cand_scores = torch.cat([live_scores, scores.masked_fill(~finished, -math.inf)], 1)
+            cand_len = torch.cat([torch.full_like(lengths, t + 1), lengths], 1)
+            _, pick = _normalised_key(cand_scores, cand_len, length_penalty).topk(K, dim=1)
+            idx = torch.cat([live_idx, stay], 1).gather(1, pick)
             beam, tok = idx // V, idx % V
-            scores = total.view(B, K * V).gather(1, idx)
-            lengths = new_len.gather(1, beam)
-            was_finished = finished.gather(1, beam)
+            scores = cand_scores.gather(1, pick)
+            lengths = cand_len.gather(1, pick)
+            was_finished = pick >= K
             finished = was_finished | (tok == EOS_ID) | (lengths >= limit)
             tokens = torch.cat(
                 [tokens.gather(1, beam.unsqueeze(-1).expand(-1, -1, t)), tok.unsqueeze(-1)], -1
             )
             just = finished & ~was_finished
-            now = scores / lengths.clamp(min=1).float() ** length_penalty
-            cand, k = torch.where(just, now, float("-inf")).max(1)
-            better = cand > best_score
+            now = _normalised_key(scores, lengths, length_penalty)
+            cand, k = torch.where(just, now, -math.inf).max(1)
+            better = cand > best_key
             if bool(better.any()):
-                best_score = torch.where(better, cand, best_score)
+                best_key = torch.where(better, cand, best_key)
                 best_len = torch.where(better, lengths[rows_b, k], best_len)
                 best_tokens[better] = 0
                 best_tokens[better, : t + 1] = tokens[rows_b, k][better]

@@ -357,6 +357,14 @@ def merge_config(
                 f"config key {key!r} in {source} must be one of {list(choices)}, "
                 f"got {merged[key]!r}"
             )
+        if key == "bleu_tokenize" and isinstance(merged[key], str):
+            from plmu.training.translation import bleu_tokenizer_problem
+
+            problem = bleu_tokenizer_problem(merged[key])
+            if problem is not None:
+                raise ConfigError(
+                    f"config key {key!r} in {source}: {merged[key]!r} cannot run here: {problem}"
+                )
     return merged
 
 

@@ -29,15 +29,40 @@ from plmu.data.iwslt import PAD, TranslationBatch
 from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule
 
-__all__ = ["TranslationModule", "corpus_bleu", "decode_max_lengths", "lr_factor", "merge_shards"]
+__all__ = [
+    "TranslationModule",
+    "bleu_tokenizer_problem",
+    "corpus_bleu",
+    "decode_max_lengths",
+    "lr_factor",
+    "merge_shards",
+]
 
 
 def decode_max_lengths(
     src_lengths: torch.Tensor, ratio: float, offset: int, cap: int
 ) -> torch.Tensor:
-    """Most tokens to generate per source, ``min(cap, ratio * source length + offset)``: (B,)."""
-    limit = (src_lengths.float() * ratio).floor().long() + int(offset)
-    return limit.clamp(min=1, max=int(cap))
+    """Most tokens to generate per source, ``min(cap, floor(ratio * source length) + offset)``
+    and at least 1: (B,), on ``src_lengths``' device.
+
+    The product is taken in float64 (on the CPU, which every device's lengths reach), as Python
+    computes it: in float32 ``1.3 * 90`` was ``116.99999`` and the limit one token short."""
+    lengths = src_lengths.detach().to("cpu", torch.float64)
+    limit = (lengths * float(ratio)).floor().long() + int(offset)
+    return limit.clamp(min=1, max=int(cap)).to(src_lengths.device)
+
+
+def bleu_tokenizer_problem(name: str) -> str | None:
+    """Why sacreBLEU's tokeniser ``name`` (one of ``sacrebleu.BLEU.TOKENIZERS``) cannot run
+    here, or ``None``: some need packages sacreBLEU does not install (``flores101``,
+    ``flores200``, ``spm``, ``spBLEU-1K``: sentencepiece; ``ja-mecab``, ``ko-mecab``: mecab).
+    Loading it now refuses such a setting before training, not when ``test_bleu`` is due."""
+    try:
+        sacrebleu.BLEU(tokenize=name)
+    except (ImportError, RuntimeError, OSError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        return " ".join(lines) or type(err).__name__
+    return None
 
 
 def lr_factor(epoch: int, decay: float, decay_after: int) -> float:
@@ -127,6 +152,9 @@ class TranslationModule(PlmuModule):
                 f"bleu_tokenize must be one of {sorted(sacrebleu.BLEU.TOKENIZERS)}, "
                 f"got {bleu_tokenize!r}"
             )
+        problem = bleu_tokenizer_problem(bleu_tokenize)
+        if problem is not None:
+            raise ValueError(f"bleu_tokenize {bleu_tokenize!r} cannot run here: {problem}")
         if not 0.0 < lr_decay <= 1.0:
             raise ValueError(f"lr_decay must lie in (0, 1], got {lr_decay}")
         # decoding runs only at test time, after training: refuse bad settings now
@@ -147,6 +175,8 @@ class TranslationModule(PlmuModule):
         self.hypotheses: list[str] = []
         self.references: list[str] = []
         self._indices: list[int] | None = []  # dataset positions of the decoded pairs
+        # the last test's BLEU as sacreBLEU computed it: the logged ``test_bleu`` is float32
+        self.bleu: float | None = None
         self.timing = {"train_s": 0.0, "train_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         self._decoded_sentences = 0
         self._t0 = 0.0
@@ -253,8 +283,8 @@ class TranslationModule(PlmuModule):
             torch.distributed.all_gather_object(gathered, shard)
             self.hypotheses, self.references = merge_shards(gathered)
             self._indices = None
-        bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
-        self.log("test_bleu", bleu, rank_zero_only=True)
+        self.bleu = corpus_bleu(self.hypotheses, self.references, self.bleu_tokenize)
+        self.log("test_bleu", self.bleu, rank_zero_only=True)
 
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
