@@ -549,3 +549,15 @@ def test_a_saved_vocabulary_tests_on_the_test_split_alone(tmp_path, task, layout
         TextClassificationData(spec, CONFIG, tmp_path, saved).setup("fit")
     with pytest.raises(DataNotFoundError, match="train"):
         TextClassificationData(spec, CONFIG, tmp_path).setup("test")  # no vocabulary: all
+
+
+def test_stanford_snli_with_a_byte_order_mark_and_crlf_loads(tmp_path):
+    """A copy re-saved on Windows: a BOM before the first object, CRLF line ends, a blank line."""
+    good = snli_line("a man sleeps", "a man is awake", "contradiction")
+    root = write_snli(tmp_path / "snli_1.0", {"train": [good, good], "dev": [good], "test": []})
+    dashed = snli_line("a car stops", "a car moves", "-")
+    text = f"\ufeff{good}\r\n{dashed}\r\n\r\n{good}\r\n"
+    (root / "snli_1.0_test.jsonl").write_bytes(text.encode())
+    splits = load_splits(TASKS["snli"], root, 0.5, 0)
+    assert splits["test"].labels == [2, 2] and splits["test"].rows == [0, 3]
+    assert splits["test"].texts[0] == ("a man sleeps", "a man is awake")

@@ -406,8 +406,9 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     """One Stanford SNLI file (``snli_1.0_*.jsonl``): a JSON object a line, of which
     ``sentence1`` (the premise), ``sentence2`` (the hypothesis) and ``gold_label`` are read.
 
-    ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route.
-    A file that is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
+    ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route;
+    blank lines and a byte order mark are skipped. A file that is not UTF-8 is a
+    :class:`~plmu.data.DataError` naming its first bad line.
     """
     try:
         return _read_snli_jsonl(path, task)
@@ -418,7 +419,7 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
 def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     needed = ("sentence1", "sentence2", "gold_label")
     records = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:  # a byte order mark (if any) is not JSON
         for row, line in enumerate(lines):
             if not line.strip():
                 continue
