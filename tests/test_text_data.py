@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -561,3 +563,38 @@ def test_stanford_snli_with_a_byte_order_mark_and_crlf_loads(tmp_path):
     splits = load_splits(TASKS["snli"], root, 0.5, 0)
     assert splits["test"].labels == [2, 2] and splits["test"].rows == [0, 3]
     assert splits["test"].texts[0] == ("a man sleeps", "a man is awake")
+
+
+def test_a_bad_jsonl_line_is_an_error_naming_the_file_and_row(tmp_path):
+    lines = [json.dumps(row) for row in sentiment_rows(4)]
+    lines[2] = '{"text": "a cut line", "lab'  # a line cut short (an interrupted download)
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"train.jsonl: row 2: not JSON"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    lines[2] = '["a list", 1]'
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl: row 2: expected a JSON object"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+def test_jsonl_rows_are_the_lines_of_the_file(tmp_path):
+    """Blank lines (CRLF ones too) are skipped; an error names the row of the file's line."""
+    lines = [json.dumps(row) for row in sentiment_rows(3)]
+    text = "\r\n".join([lines[0], "", lines[1], "", lines[2], '{"text": "", "label": 0}', ""])
+    (tmp_path / "train.jsonl").write_bytes(text.encode())
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text' must be a non-empty"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv"])
+def test_a_local_file_that_is_not_utf8_names_its_line(tmp_path, fmt):
+    rows = [*sentiment_rows(2), {"text": "a café to love", "label": 1}]
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    text = path.read_text(encoding="utf-8").replace("\\u00e9", "é")  # JSON's escape undone
+    path.write_bytes(text.encode("latin-1"))
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    line = 3 if fmt == ".jsonl" else 4  # the CSV's header is its line 1
+    with pytest.raises(ValueError, match=rf"train{fmt}: line {line} is not UTF-8 text \(byte 0xe9"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)

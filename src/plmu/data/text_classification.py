@@ -212,9 +212,33 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if path.suffix == ".jsonl":  # utf-8-sig: UTF-8 with or without a byte order mark, as CSV
-        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
     return pd.read_parquet(path)
+
+
+def _read_jsonl(path: Path):  # -> pandas.DataFrame
+    """A JSON Lines file as a frame indexed by line (row 0 is the first line): blank lines are
+    skipped, each other line must be a JSON object (a ValueError naming the file and row).
+    UTF-8 with or without a byte order mark, as CSV; values keep their JSON types."""
+    import pandas as pd
+
+    records, index = [], []
+    with path.open(encoding="utf-8-sig") as lines:
+        for row, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{_at(str(path), row)}: not JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{_at(str(path), row)}: expected a JSON object, got {type(record).__name__}"
+                )
+            records.append(record)
+            index.append(row)
+    return pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame()
 
 
 def _at(source: str, row: int | str) -> str:
@@ -285,7 +309,11 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
     """
     try:
         frame = _read_table(path)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except ValueError as error:
+        if str(error).startswith(str(path)):  # the error names the file, row and what is wrong
+            raise
         raise ValueError(f"cannot read {path}: {error}") from None
     needed = (*task.columns, "label")
     missing = [c for c in needed if c not in frame.columns]
@@ -295,9 +323,10 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
             f"{list(needed)} (found {list(frame.columns)})"
         )
     columns = [frame[c].tolist() for c in task.columns]
+    # a row is the frame's position, or for JSON Lines the line's (blank lines are skipped)
+    rows = frame.index.tolist() if path.suffix == ".jsonl" else range(len(frame))
     records = (
-        (row, values, label)
-        for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist()))
+        (row, values, label) for row, *values, label in zip(rows, *columns, frame["label"].tolist())
     )
     return _labelled(records, task, str(path))
 
