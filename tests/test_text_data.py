@@ -598,3 +598,38 @@ def test_a_local_file_that_is_not_utf8_names_its_line(tmp_path, fmt):
     line = 3 if fmt == ".jsonl" else 4  # the CSV's header is its line 1
     with pytest.raises(ValueError, match=rf"train{fmt}: line {line} is not UTF-8 text \(byte 0xe9"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("given", ["repository", "config folder"])
+def test_the_hubs_parquet_files_load_with_the_hub_routes_splits(tmp_path, given):
+    """A download of the hub repository (``huggingface-cli download nyu-mll/glue``): the
+    config's folder holds ``SPLIT-00000-of-0000N.parquet`` shards; GLUE QQP's test shard is
+    unlabelled (-1), so, as on the hub route, its validation split is the test split."""
+    folder = tmp_path / "qqp"
+    columns = TASKS["qqp"].columns
+    train = pair_rows(12, columns, 2)
+    write_rows(folder / "train-00000-of-00002.parquet", train[:7])
+    write_rows(folder / "train-00001-of-00002.parquet", [*train[7:], {**train[0], "label": -1}])
+    write_rows(folder / "validation-00000-of-00001.parquet", pair_rows(5, columns, 2))
+    hidden = [{**row, "label": -1} for row in pair_rows(3, columns, 2)]
+    write_rows(folder / "test-00000-of-00001.parquet", hidden)
+    splits = load_splits(TASKS["qqp"], tmp_path if given == "repository" else folder, 0.25, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 5]
+    assert splits["test"].labels == [0, 1, 0, 1, 0]
+    assert sorted(splits["train"].texts + splits["validation"].texts) == sorted(
+        (row["question1"], row["question2"]) for row in train
+    )
+    (folder / "train-00001-of-00002.parquet").unlink()
+    with pytest.raises(ValueError, match=r"qqp: train-00001-of-00002.parquet is missing"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+
+
+def test_the_hubs_parquet_files_errors_name_the_shard_and_row(tmp_path):
+    folder = tmp_path / "plain_text"  # the config folder of stanfordnlp/imdb and snli
+    write_rows(folder / "train-00000-of-00001.parquet", sentiment_rows(6))
+    write_rows(folder / "unsupervised-00000-of-00001.parquet", [{"text": "x", "label": -1}])
+    write_rows(
+        folder / "test-00000-of-00001.parquet", [*sentiment_rows(2), {"text": "ok", "label": 7}]
+    )
+    with pytest.raises(ValueError, match=r"test-00000-of-00001.parquet: row 2: column 'label'"):
+        load_splits(TASKS["imdb"], tmp_path, 0.25, 0)

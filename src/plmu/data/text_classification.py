@@ -6,8 +6,10 @@ Data comes from the Hugging Face hub through ``datasets`` by default, or from lo
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
-no such files, it may hold (or be) the dataset's original distribution instead
-(:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's ``QQP/`` or Stanford's ``snli_1.0/``.
+no such files, it may hold (or be) the hub repository's config folder of parquet shards
+(``SPLIT-00000-of-0000N.parquet``, read as on the hub route: :func:`read_hub_files`), or the
+dataset's original distribution (:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's
+``QQP/`` or Stanford's ``snli_1.0/``.
 Without a validation split, ``val_fraction`` of the training split (shuffled with ``seed``) is
 held out.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,7 @@ __all__ = [
     "load_local_split",
     "read_aclimdb",
     "read_glue_qqp",
+    "read_hub_files",
     "read_snli",
 ]
 
@@ -297,11 +301,11 @@ def _labelled(
     return RawSplit(texts, labels, source, rows)
 
 
-def load_local_split(path: Path, task: TextTask) -> RawSplit:
+def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> RawSplit:
     """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
 
     Rows whose label is ``-1`` or ``"-"`` (no gold label, as in SNLI) are dropped, as on the
-    hub route.
+    hub route; so are rows with an empty text with ``drop_empty`` (the hub's own files).
 
     Raises:
         ValueError: a missing column, an empty (or non-string) text, or an unknown label; the
@@ -328,7 +332,74 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
     records = (
         (row, values, label) for row, *values, label in zip(rows, *columns, frame["label"].tolist())
     )
-    return _labelled(records, task, str(path))
+    return _labelled(records, task, str(path), drop_empty)
+
+
+# ----------------------------------------------------------------------------- the hub's files
+# The parquet files of the hub's repository (``huggingface-cli download``), read when data_dir
+# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``.
+
+SHARD = re.compile(r"(?P<split>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet")
+
+
+def _hub_folder(task: TextTask) -> str:
+    """The folder of ``task``'s config in its hub repository (``plain_text`` without one)."""
+    return task.hub_config or "plain_text"
+
+
+def _shards(folder: Path, split: str) -> list[Path]:
+    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``).
+
+    Raises:
+        DataNotFoundError: a shard of the set is missing (naming it).
+    """
+    found = {}
+    for path in folder.glob(f"{split}-*-of-*.parquet"):
+        match = SHARD.fullmatch(path.name)
+        if match and match["split"] == split:
+            found[path.name] = (int(match["index"]), int(match["total"]), len(match["index"]))
+    if not found:
+        return []
+    _, total, width = max(found.values())
+    names = [f"{split}-{i:0{width}d}-of-{total:0{width}d}.parquet" for i in range(total)]
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DataNotFoundError(f"{folder}: {missing[0]} is missing (the hub's {split} shards)")
+    return [folder / name for name in names]
+
+
+def _find_hub_files(task: TextTask, data_dir: Path) -> Path | None:
+    """The folder of the hub's parquet files of ``task``: ``data_dir/CONFIG`` or ``data_dir``."""
+    for root in (data_dir / _hub_folder(task), data_dir):
+        if _shards(root, task.hub_splits["train"]) or _shards(root, task.hub_splits["test"]):
+            return root
+    return None
+
+
+def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[str, RawSplit]:
+    """The ``splits`` of the hub's parquet files in ``root``, mapped as on the hub route
+    (``task.hub_splits``: GLUE QQP's unlabelled test shards are not read, its validation split
+    is the test split). Rows without a gold label (-1) or with an empty text are dropped, as on
+    the hub route; an error names the shard and its row."""
+    read: dict[str, RawSplit] = {}
+    for split in splits:
+        if split not in task.hub_splits:
+            continue
+        hub_split = task.hub_splits[split]
+        paths = _shards(root, hub_split)
+        if not paths:
+            raise DataNotFoundError(f"{root}: {hub_split}-00000-of-NNNNN.parquet is missing")
+        parts = [load_local_split(path, task, drop_empty=True) for path in paths]
+        if len(parts) == 1:
+            read[split] = parts[0]
+            continue
+        read[split] = RawSplit(
+            [text for part in parts for text in part.texts],
+            [label for part in parts for label in part.labels],
+            str(root),
+            [f"{path.name}: row {row}" for path, part in zip(paths, parts) for row in part.rows],
+        )
+    return read
 
 
 # ----------------------------------------------------------------------------- original files
@@ -537,6 +608,9 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
     wanted = ("test",) if test_only else ("train", "validation", "test")
     files = {split: _find_file(data_dir, split) for split in wanted}
     if not any(files.values()):
+        root = _find_hub_files(task, data_dir)
+        if root is not None:
+            return read_hub_files(root, task, wanted)
         root = _find_original(task, data_dir, test_only)
         if root is not None:
             return ORIGINAL_LAYOUTS[task.name].read(root, task, wanted)
