@@ -633,3 +633,21 @@ def test_the_hubs_parquet_files_errors_name_the_shard_and_row(tmp_path):
     )
     with pytest.raises(ValueError, match=r"test-00000-of-00001.parquet: row 2: column 'label'"):
         load_splits(TASKS["imdb"], tmp_path, 0.25, 0)
+
+
+def test_glue_qqp_saved_on_windows_loads_without_skipping(tmp_path, caplog):
+    """CRLF line ends, a byte order mark, a carriage return inside a question (text, as in
+    the files' other readers) and blank lines at the end: no row is lost or skipped."""
+    train = pair_rows(8, TASKS["qqp"].columns, 2)
+    train[2]["question1"] = "What is a carriage\rreturn?"
+    root = write_glue_qqp(tmp_path / "QQP", qqp_lines(train), qqp_lines(train[:4]))
+    for name in ("train.tsv", "dev.tsv"):
+        text = (root / name).read_bytes().decode()
+        (root / name).write_bytes(("\ufeff" + text.replace("\n", "\r\n") + "\r\n\n").encode())
+    with caplog.at_level("WARNING"):
+        splits = load_splits(TASKS["qqp"], root, 0.25, 0)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(splits["train"]) + len(splits["validation"]) == 8 and len(splits["test"]) == 4
+    assert ("What is a carriage\rreturn?", train[2]["question2"]) in splits["train"].texts + (
+        splits["validation"].texts
+    )

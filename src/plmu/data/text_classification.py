@@ -447,7 +447,9 @@ def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     ``question1``, ``question2`` and ``is_duplicate``, no quoting (a ``"`` is a character).
 
     The real files have broken lines (a question cut by a line break, so too few or too many
-    fields) and empty questions: such rows are skipped and reported in one warning. A file that
+    fields) and empty questions: such rows are skipped and reported in one warning. Lines end
+    at ``"\n"`` (a ``"\r"`` inside a question is text, ``"\r\n"`` ends are read too); blank
+    lines and a byte order mark are skipped. A file that
     is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
     try:
@@ -458,8 +460,10 @@ def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
 
 def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     needed = ("question1", "question2", "is_duplicate")
-    with path.open(encoding="utf-8") as lines:
-        header = lines.readline().rstrip("\n").split("\t")
+    # utf-8-sig: a byte order mark is not part of the first column's name; newline="\n": a line
+    # ends at "\n" only ("\r\n" ends are stripped), a carriage return inside a question is text
+    with path.open(encoding="utf-8-sig", newline="\n") as lines:
+        header = lines.readline().rstrip("\r\n").split("\t")
         missing = [c for c in needed if c not in header]
         if missing:
             raise ValueError(
@@ -469,7 +473,9 @@ def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
         first, second, label = (header.index(c) for c in needed)
         records, skipped = [], []
         for row, line in enumerate(lines):
-            fields = line.rstrip("\n").split("\t")
+            if not line.strip():  # a blank line (at the end of a re-saved file) holds no row
+                continue
+            fields = line.rstrip("\r\n").split("\t")
             if len(fields) != len(header) or not (fields[first].strip() and fields[second].strip()):
                 skipped.append(row)
                 continue
