@@ -651,3 +651,17 @@ def test_glue_qqp_saved_on_windows_loads_without_skipping(tmp_path, caplog):
     assert ("What is a carriage\rreturn?", train[2]["question2"]) in splits["train"].texts + (
         splits["validation"].texts
     )
+
+
+def test_aclimdb_hidden_files_are_not_reviews(tmp_path):
+    """macOS leaves AppleDouble files (``._0_9.txt``, binary) beside each file it copies to a
+    non-Mac drive; hidden files are no reviews."""
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(6), "test": sentiment_rows(2)}
+    )
+    for folder in ("train/pos", "test/neg"):
+        (root / folder / "._0_9.txt").write_bytes(
+            b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X\xff\xfe"
+        )
+    splits = load_splits(TASKS["imdb"], root, 0.25, 0)
+    assert len(splits["train"]) + len(splits["validation"]) == 6 and len(splits["test"]) == 2

@@ -418,9 +418,9 @@ def read_aclimdb(
     """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
 
     One review a file, read as is (UTF-8, ``<br />`` tags included, as on the hub); the label
-    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``
-    and the other files are ignored; a split's reviews are in file-name order, negatives first.
-    ``splits``: which of ``"train"`` and ``"test"`` to read.
+    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``,
+    hidden files (macOS's ``._*``) and the other files are ignored; a split's reviews are in
+    file-name order, negatives first. ``splits``: which of ``"train"`` and ``"test"`` to read.
     """
     read: dict[str, RawSplit] = {}
     for split in (name for name in ("train", "test") if name in splits):
@@ -429,6 +429,7 @@ def read_aclimdb(
             (f"{label}/{path.name}", (_read_review(path, folder),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
+            if not path.name.startswith(".")  # hidden: e.g. macOS's AppleDouble "._0_9.txt"
         ]
         read[split] = _labelled(records, task, str(folder), drop_empty=True)
     return read
