@@ -665,3 +665,14 @@ def test_aclimdb_hidden_files_are_not_reviews(tmp_path):
         )
     splits = load_splits(TASKS["imdb"], root, 0.25, 0)
     assert len(splits["train"]) + len(splits["validation"]) == 6 and len(splits["test"]) == 2
+
+
+def test_a_split_whose_labels_are_hidden_says_so(tmp_path):
+    """GLUE QQP's test split saved from the hub: every label is -1 (hidden)."""
+    columns = TASKS["qqp"].columns
+    write_rows(tmp_path / "train.jsonl", pair_rows(8, columns, 2))
+    write_rows(tmp_path / "test.jsonl", [{**r, "label": -1} for r in pair_rows(3, columns, 2)])
+    with pytest.raises(
+        ValueError, match=r"test.jsonl: no rows with a gold label: all 3 are labelled -1 or '-'"
+    ):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)

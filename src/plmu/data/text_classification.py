@@ -293,7 +293,13 @@ def _labelled(
         texts.append(tuple(values))
         rows.append(row)
     if not labels:
-        raise ValueError(f"{source}: no rows with a gold label")
+        hidden = (
+            f": all {unlabelled} are labelled -1 or '-' (hidden labels, as in GLUE QQP's test "
+            f"split: use a labelled split, for QQP GLUE's validation split, as the test file)"
+            if unlabelled and not empty
+            else ""
+        )
+        raise ValueError(f"{source}: no rows with a gold label{hidden}")
     if unlabelled:
         log.info("%s: dropped %d rows without a gold label", source, unlabelled)
     if empty:
