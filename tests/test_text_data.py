@@ -222,6 +222,8 @@ def test_missing_files_say_which_files_to_put_where(tmp_path):
     (tmp_path / "train.jsonl").unlink()
     with pytest.raises(DataNotFoundError, match=r"\['text', 'label'\], or put the aclImdb/ folder"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    with pytest.raises(DataNotFoundError, match=r"or the hub's parquet files \(qqp/train-00000-of"):
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
     with pytest.raises(DataNotFoundError, match="not a directory"):
         load_splits(TASKS["imdb"], tmp_path / "nowhere", 0.5, 0)
 

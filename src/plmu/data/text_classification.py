@@ -608,7 +608,11 @@ def _find_original(task: TextTask, data_dir: Path, test_only: bool = False) -> P
 
 def _or_original(task: TextTask) -> str:
     layout = ORIGINAL_LAYOUTS.get(task.name)
-    return f", or put {layout.description} there" if layout else ""
+    hub = (
+        f", or the hub's parquet files ({_hub_folder(task)}/{task.hub_splits['train']}-00000-of-"
+        f"NNNNN.parquet, ... from huggingface-cli download {task.hub_path} --repo-type dataset)"
+    )
+    return (f", or put {layout.description} there" if layout else "") + hub
 
 
 def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict[str, RawSplit]:
