@@ -51,8 +51,8 @@ def write_iwslt(
     folder.mkdir(parents=True, exist_ok=True)
     for stem, n in (("train", n_train), ("tst2012", n_eval), ("tst2013", n_eval)):
         pairs = [sentence_pair(rng) for _ in range(n)]
-        if stem == "train":
-            pairs += [("", "")] * extra_train  # the real train files hold empty lines too
+        if stem == "train":  # the real train files hold empty lines too (inside, not at the end)
+            pairs[n // 2 : n // 2] = [("", "")] * extra_train
         (folder / f"{stem}.en").write_text("\n".join(p[0] for p in pairs) + "\n", encoding="utf-8")
         (folder / f"{stem}.vi").write_text("\n".join(p[1] for p in pairs) + "\n", encoding="utf-8")
     return folder

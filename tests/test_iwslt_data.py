@@ -83,6 +83,22 @@ def test_lines_end_at_newlines_only_as_wc_and_the_hub_count_them(tmp_path):
     )
 
 
+def test_a_byte_order_mark_and_trailing_blank_lines_are_not_text(tmp_path):
+    """A copy re-saved by a Windows editor starts with a BOM; an editor (or ``echo >>``) may
+    leave blank lines at the end of one file only: neither is a sentence, and neither
+    misaligns the two sides or adds an empty test pair."""
+    write_iwslt(tmp_path, n_train=10, n_eval=3)
+    en = (tmp_path / "tst2013.en").read_text(encoding="utf-8").splitlines()
+    vi = (tmp_path / "tst2013.vi").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "tst2013.en").write_bytes(("\ufeff" + "\n".join(en) + "\n\n\n").encode())
+    (tmp_path / "tst2013.vi").write_bytes(("\r\n".join(vi) + "\r\n \r\n").encode())
+    assert read_data_dir(tmp_path, ["test"])["test"] == (en, vi)
+    # a last pair with one side empty is a pair (as the other blanks in train are): kept
+    (tmp_path / "tst2013.en").write_text("".join(f"{line}\n" for line in [*en, ""]))
+    (tmp_path / "tst2013.vi").write_text("".join(f"{line}\n" for line in [*vi, "thêm", ""]))
+    assert read_data_dir(tmp_path, ["test"])["test"] == ([*en, ""], [*vi, "thêm"])
+
+
 def test_a_file_that_is_not_utf8_is_an_error_naming_it_and_the_line(tmp_path):
     write_iwslt(tmp_path)
     lines = (tmp_path / "tst2013.vi").read_bytes().split(b"\n")

@@ -100,6 +100,24 @@ def test_bad_files_give_clear_errors(tmp_path, make, message):
         t8.load_text8(tmp_path, download=False)
 
 
+def _damaged_zip(path, at):
+    """A ``text8.zip`` with one byte of its compressed data flipped."""
+    write_zip(path, b" anarchism originated as a term of abuse" * 100)
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("at", [40, 61, 104])  # a broken stream, a CRC, a version field
+def test_a_damaged_archive_is_a_clear_error(tmp_path, at):
+    """A download cut or corrupted on the way: one line naming the archive, not a zlib error."""
+    _damaged_zip(tmp_path / "text8.zip", at)
+    with pytest.raises(
+        DataError, match=r"text8\.zip: cannot read the zip archive \(.*\); delete it"
+    ):
+        t8.load_text8(tmp_path, download=False)
+
+
 def test_missing_without_download(tmp_path):
     with pytest.raises(DataError, match=r"neither .*text8.* nor .*text8\.zip"):
         t8.load_text8(tmp_path, download=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -220,6 +222,8 @@ def test_missing_files_say_which_files_to_put_where(tmp_path):
     (tmp_path / "train.jsonl").unlink()
     with pytest.raises(DataNotFoundError, match=r"\['text', 'label'\], or put the aclImdb/ folder"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    with pytest.raises(DataNotFoundError, match=r"or the hub's parquet files \(qqp/train-00000-of"):
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
     with pytest.raises(DataNotFoundError, match="not a directory"):
         load_splits(TASKS["imdb"], tmp_path / "nowhere", 0.5, 0)
 
@@ -549,3 +553,128 @@ def test_a_saved_vocabulary_tests_on_the_test_split_alone(tmp_path, task, layout
         TextClassificationData(spec, CONFIG, tmp_path, saved).setup("fit")
     with pytest.raises(DataNotFoundError, match="train"):
         TextClassificationData(spec, CONFIG, tmp_path).setup("test")  # no vocabulary: all
+
+
+def test_stanford_snli_with_a_byte_order_mark_and_crlf_loads(tmp_path):
+    """A copy re-saved on Windows: a BOM before the first object, CRLF line ends, a blank line."""
+    good = snli_line("a man sleeps", "a man is awake", "contradiction")
+    root = write_snli(tmp_path / "snli_1.0", {"train": [good, good], "dev": [good], "test": []})
+    dashed = snli_line("a car stops", "a car moves", "-")
+    text = f"\ufeff{good}\r\n{dashed}\r\n\r\n{good}\r\n"
+    (root / "snli_1.0_test.jsonl").write_bytes(text.encode())
+    splits = load_splits(TASKS["snli"], root, 0.5, 0)
+    assert splits["test"].labels == [2, 2] and splits["test"].rows == [0, 3]
+    assert splits["test"].texts[0] == ("a man sleeps", "a man is awake")
+
+
+def test_a_bad_jsonl_line_is_an_error_naming_the_file_and_row(tmp_path):
+    lines = [json.dumps(row) for row in sentiment_rows(4)]
+    lines[2] = '{"text": "a cut line", "lab'  # a line cut short (an interrupted download)
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"train.jsonl: row 2: not JSON"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    lines[2] = '["a list", 1]'
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train.jsonl: row 2: expected a JSON object"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+def test_jsonl_rows_are_the_lines_of_the_file(tmp_path):
+    """Blank lines (CRLF ones too) are skipped; an error names the row of the file's line."""
+    lines = [json.dumps(row) for row in sentiment_rows(3)]
+    text = "\r\n".join([lines[0], "", lines[1], "", lines[2], '{"text": "", "label": 0}', ""])
+    (tmp_path / "train.jsonl").write_bytes(text.encode())
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text' must be a non-empty"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv"])
+def test_a_local_file_that_is_not_utf8_names_its_line(tmp_path, fmt):
+    rows = [*sentiment_rows(2), {"text": "a café to love", "label": 1}]
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    text = path.read_text(encoding="utf-8").replace("\\u00e9", "é")  # JSON's escape undone
+    path.write_bytes(text.encode("latin-1"))
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    line = 3 if fmt == ".jsonl" else 4  # the CSV's header is its line 1
+    with pytest.raises(ValueError, match=rf"train{fmt}: line {line} is not UTF-8 text \(byte 0xe9"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("given", ["repository", "config folder"])
+def test_the_hubs_parquet_files_load_with_the_hub_routes_splits(tmp_path, given):
+    """A download of the hub repository (``huggingface-cli download nyu-mll/glue``): the
+    config's folder holds ``SPLIT-00000-of-0000N.parquet`` shards; GLUE QQP's test shard is
+    unlabelled (-1), so, as on the hub route, its validation split is the test split."""
+    folder = tmp_path / "qqp"
+    columns = TASKS["qqp"].columns
+    train = pair_rows(12, columns, 2)
+    write_rows(folder / "train-00000-of-00002.parquet", train[:7])
+    write_rows(folder / "train-00001-of-00002.parquet", [*train[7:], {**train[0], "label": -1}])
+    write_rows(folder / "validation-00000-of-00001.parquet", pair_rows(5, columns, 2))
+    hidden = [{**row, "label": -1} for row in pair_rows(3, columns, 2)]
+    write_rows(folder / "test-00000-of-00001.parquet", hidden)
+    splits = load_splits(TASKS["qqp"], tmp_path if given == "repository" else folder, 0.25, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 5]
+    assert splits["test"].labels == [0, 1, 0, 1, 0]
+    assert sorted(splits["train"].texts + splits["validation"].texts) == sorted(
+        (row["question1"], row["question2"]) for row in train
+    )
+    (folder / "train-00001-of-00002.parquet").unlink()
+    with pytest.raises(ValueError, match=r"qqp: train-00001-of-00002.parquet is missing"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+
+
+def test_the_hubs_parquet_files_errors_name_the_shard_and_row(tmp_path):
+    folder = tmp_path / "plain_text"  # the config folder of stanfordnlp/imdb and snli
+    write_rows(folder / "train-00000-of-00001.parquet", sentiment_rows(6))
+    write_rows(folder / "unsupervised-00000-of-00001.parquet", [{"text": "x", "label": -1}])
+    write_rows(
+        folder / "test-00000-of-00001.parquet", [*sentiment_rows(2), {"text": "ok", "label": 7}]
+    )
+    with pytest.raises(ValueError, match=r"test-00000-of-00001.parquet: row 2: column 'label'"):
+        load_splits(TASKS["imdb"], tmp_path, 0.25, 0)
+
+
+def test_glue_qqp_saved_on_windows_loads_without_skipping(tmp_path, caplog):
+    """CRLF line ends, a byte order mark, a carriage return inside a question (text, as in
+    the files' other readers) and blank lines at the end: no row is lost or skipped."""
+    train = pair_rows(8, TASKS["qqp"].columns, 2)
+    train[2]["question1"] = "What is a carriage\rreturn?"
+    root = write_glue_qqp(tmp_path / "QQP", qqp_lines(train), qqp_lines(train[:4]))
+    for name in ("train.tsv", "dev.tsv"):
+        text = (root / name).read_bytes().decode()
+        (root / name).write_bytes(("\ufeff" + text.replace("\n", "\r\n") + "\r\n\n").encode())
+    with caplog.at_level("WARNING"):
+        splits = load_splits(TASKS["qqp"], root, 0.25, 0)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(splits["train"]) + len(splits["validation"]) == 8 and len(splits["test"]) == 4
+    assert ("What is a carriage\rreturn?", train[2]["question2"]) in splits["train"].texts + (
+        splits["validation"].texts
+    )
+
+
+def test_aclimdb_hidden_files_are_not_reviews(tmp_path):
+    """macOS leaves AppleDouble files (``._0_9.txt``, binary) beside each file it copies to a
+    non-Mac drive; hidden files are no reviews."""
+    root = write_aclimdb(
+        tmp_path / "aclImdb", {"train": sentiment_rows(6), "test": sentiment_rows(2)}
+    )
+    for folder in ("train/pos", "test/neg"):
+        (root / folder / "._0_9.txt").write_bytes(
+            b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X\xff\xfe"
+        )
+    splits = load_splits(TASKS["imdb"], root, 0.25, 0)
+    assert len(splits["train"]) + len(splits["validation"]) == 6 and len(splits["test"]) == 2
+
+
+def test_a_split_whose_labels_are_hidden_says_so(tmp_path):
+    """GLUE QQP's test split saved from the hub: every label is -1 (hidden)."""
+    columns = TASKS["qqp"].columns
+    write_rows(tmp_path / "train.jsonl", pair_rows(8, columns, 2))
+    write_rows(tmp_path / "test.jsonl", [{**r, "label": -1} for r in pair_rows(3, columns, 2)])
+    with pytest.raises(
+        ValueError, match=r"test.jsonl: no rows with a gold label: all 3 are labelled -1 or '-'"
+    ):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)

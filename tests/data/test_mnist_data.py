@@ -58,6 +58,12 @@ def test_read_idx_rejects_broken_gzip(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match=r"x\.gz: not an IDX file"):
         read_idx(path)
+    # a corrupted deflate stream (a bad block type): zlib's own error, not gzip's
+    data = bytearray(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 10, *range(10)]) * 50))
+    data[10] ^= 0x55
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"x\.gz: cannot read the file \(Error -3"):
+        read_idx(path)
 
 
 def test_find_idx_prefers_plain(tmp_path: Path) -> None:

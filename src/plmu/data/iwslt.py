@@ -8,7 +8,8 @@ Sources, in order:
 
 * ``data_dir`` holding ``train.en train.vi tst2012.en tst2012.vi tst2013.en tst2013.vi`` (the
   files of https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi/), UTF-8, one sentence per
-  line (lines end at ``"\n"``, as ``wc -l`` counts them; a ``"\r"`` inside a line is text);
+  line (lines end at ``"\n"``, as ``wc -l`` counts them; a ``"\r"`` inside a line is text; a
+  byte order mark and blank lines at the end of a file that pair no sentence are ignored);
 * otherwise the Hugging Face hub dataset ``IWSLT/mt_eng_vietnamese``, config ``iwslt2015-en-vi``
   (splits ``train``/``validation``/``test``; its loader is known to map *both* ``validation`` and
   ``test`` to tst2013, see the dataset's discussion #2: when the two are the same, the
@@ -91,11 +92,24 @@ def _read_lines(path: Path) -> list[str]:
     """The lines of ``path``, ended by ``"\n"`` only (as ``wc -l`` and the hub's loader count
     them; ``"\r\n"`` ends are stripped): Python's default universal newlines would also end a
     line at a carriage return inside it, and misalign the two sides."""
-    try:
-        with open(path, encoding="utf-8", newline="\n") as f:
+    try:  # utf-8-sig: a byte order mark (a Windows editor's) is not part of the first line
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
             return [line.rstrip("\r\n") for line in f]
     except UnicodeDecodeError:
         raise not_utf8(path) from None
+
+
+def _drop_trailing_blanks(en: list[str], vi: list[str]) -> Pairs:
+    """The two sides without the blank lines at their ends that are no pair's: those past the
+    other file's last line, then those blank on both sides (not sentences; the hub's copy has
+    none). A last pair with one side empty stays."""
+    for longer, shorter in ((en, vi), (vi, en)):
+        while len(longer) > len(shorter) and not longer[-1].strip():
+            longer.pop()
+    while en and vi and len(en) == len(vi) and not en[-1].strip() and not vi[-1].strip():
+        en.pop()
+        vi.pop()
+    return en, vi
 
 
 def read_data_dir(data_dir: Path | str, splits: Iterable[str] = tuple(SPLITS)) -> dict[str, Pairs]:
@@ -123,8 +137,9 @@ def read_data_dir(data_dir: Path | str, splits: Iterable[str] = tuple(SPLITS)) -
     out: dict[str, Pairs] = {}
     for split in splits:
         stem = SPLITS[split]
-        en = _read_lines(data_dir / f"{stem}.en")
-        vi = _read_lines(data_dir / f"{stem}.vi")
+        en, vi = _drop_trailing_blanks(
+            _read_lines(data_dir / f"{stem}.en"), _read_lines(data_dir / f"{stem}.vi")
+        )
         if len(en) != len(vi):
             raise DataError(
                 f"{stem}.en has {len(en)} lines but {stem}.vi has {len(vi)} in {str(data_dir)!r}; "

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-    except (OSError, EOFError) as error:
+    except (OSError, EOFError, zlib.error) as error:  # zlib.error: a corrupted deflate stream
         raise DataError(f"{path}: cannot read the file ({error})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")

@@ -30,6 +30,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -178,14 +179,28 @@ def load_text8(data_dir: str | Path, download: bool = True, url: str = TEXT8_URL
     if path.suffix != ".zip":
         return _ids_from_bytes(path.read_bytes(), str(path))
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if "text8" not in names:
-                raise DataError(f"{path}: expected a member 'text8', found {names[:5]}")
-            data = zf.read("text8")
+        archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile as err:
         raise DataError(f"{path}: not a zip archive ({err})") from None
+    except NotImplementedError as err:  # a damaged header, or a version zipfile lacks
+        raise _unreadable_zip(path, err) from None
+    with archive as zf:
+        names = zf.namelist()
+        if "text8" not in names:
+            raise DataError(f"{path}: expected a member 'text8', found {names[:5]}")
+        try:
+            data = zf.read("text8")
+        # a bad CRC or a broken stream (a damaged download), or a method zipfile lacks
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
+            raise _unreadable_zip(path, err) from None
     return _ids_from_bytes(data, f"{path}:text8")
+
+
+def _unreadable_zip(path: Path, error: Exception) -> DataError:
+    return DataError(
+        f"{path}: cannot read the zip archive ({error}); delete it to download it again, "
+        f"or put the unzipped file 'text8' in {path.parent}"
+    )
 
 
 def split(ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -6,8 +6,10 @@ Data comes from the Hugging Face hub through ``datasets`` by default, or from lo
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
-no such files, it may hold (or be) the dataset's original distribution instead
-(:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's ``QQP/`` or Stanford's ``snli_1.0/``.
+no such files, it may hold (or be) the hub repository's config folder of parquet shards
+(``SPLIT-00000-of-0000N.parquet``, read as on the hub route: :func:`read_hub_files`), or the
+dataset's original distribution (:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's
+``QQP/`` or Stanford's ``snli_1.0/``.
 Without a validation split, ``val_fraction`` of the training split (shuffled with ``seed``) is
 held out.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,7 @@ __all__ = [
     "load_local_split",
     "read_aclimdb",
     "read_glue_qqp",
+    "read_hub_files",
     "read_snli",
 ]
 
@@ -212,9 +216,33 @@ def _read_table(path: Path):  # -> pandas.DataFrame
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
-    if path.suffix == ".jsonl":  # utf-8-sig: UTF-8 with or without a byte order mark, as CSV
-        return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path)
     return pd.read_parquet(path)
+
+
+def _read_jsonl(path: Path):  # -> pandas.DataFrame
+    """A JSON Lines file as a frame indexed by line (row 0 is the first line): blank lines are
+    skipped, each other line must be a JSON object (a ValueError naming the file and row).
+    UTF-8 with or without a byte order mark, as CSV; values keep their JSON types."""
+    import pandas as pd
+
+    records, index = [], []
+    with path.open(encoding="utf-8-sig") as lines:
+        for row, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{_at(str(path), row)}: not JSON ({error})") from None
+            if not isinstance(record, dict):
+                raise ValueError(
+                    f"{_at(str(path), row)}: expected a JSON object, got {type(record).__name__}"
+                )
+            records.append(record)
+            index.append(row)
+    return pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame()
 
 
 def _at(source: str, row: int | str) -> str:
@@ -265,7 +293,13 @@ def _labelled(
         texts.append(tuple(values))
         rows.append(row)
     if not labels:
-        raise ValueError(f"{source}: no rows with a gold label")
+        hidden = (
+            f": all {unlabelled} are labelled -1 or '-' (hidden labels, as in GLUE QQP's test "
+            f"split: use a labelled split, for QQP GLUE's validation split, as the test file)"
+            if unlabelled and not empty
+            else ""
+        )
+        raise ValueError(f"{source}: no rows with a gold label{hidden}")
     if unlabelled:
         log.info("%s: dropped %d rows without a gold label", source, unlabelled)
     if empty:
@@ -273,11 +307,11 @@ def _labelled(
     return RawSplit(texts, labels, source, rows)
 
 
-def load_local_split(path: Path, task: TextTask) -> RawSplit:
+def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> RawSplit:
     """Read one local split file (``.jsonl``/``.csv``/``.parquet``) in ``task``'s schema.
 
     Rows whose label is ``-1`` or ``"-"`` (no gold label, as in SNLI) are dropped, as on the
-    hub route.
+    hub route; so are rows with an empty text with ``drop_empty`` (the hub's own files).
 
     Raises:
         ValueError: a missing column, an empty (or non-string) text, or an unknown label; the
@@ -285,7 +319,11 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
     """
     try:
         frame = _read_table(path)
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except ValueError as error:
+        if str(error).startswith(str(path)):  # the error names the file, row and what is wrong
+            raise
         raise ValueError(f"cannot read {path}: {error}") from None
     needed = (*task.columns, "label")
     missing = [c for c in needed if c not in frame.columns]
@@ -295,11 +333,79 @@ def load_local_split(path: Path, task: TextTask) -> RawSplit:
             f"{list(needed)} (found {list(frame.columns)})"
         )
     columns = [frame[c].tolist() for c in task.columns]
+    # a row is the frame's position, or for JSON Lines the line's (blank lines are skipped)
+    rows = frame.index.tolist() if path.suffix == ".jsonl" else range(len(frame))
     records = (
-        (row, values, label)
-        for row, (*values, label) in enumerate(zip(*columns, frame["label"].tolist()))
+        (row, values, label) for row, *values, label in zip(rows, *columns, frame["label"].tolist())
     )
-    return _labelled(records, task, str(path))
+    return _labelled(records, task, str(path), drop_empty)
+
+
+# ----------------------------------------------------------------------------- the hub's files
+# The parquet files of the hub's repository (``huggingface-cli download``), read when data_dir
+# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``.
+
+SHARD = re.compile(r"(?P<split>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet")
+
+
+def _hub_folder(task: TextTask) -> str:
+    """The folder of ``task``'s config in its hub repository (``plain_text`` without one)."""
+    return task.hub_config or "plain_text"
+
+
+def _shards(folder: Path, split: str) -> list[Path]:
+    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``).
+
+    Raises:
+        DataNotFoundError: a shard of the set is missing (naming it).
+    """
+    found = {}
+    for path in folder.glob(f"{split}-*-of-*.parquet"):
+        match = SHARD.fullmatch(path.name)
+        if match and match["split"] == split:
+            found[path.name] = (int(match["index"]), int(match["total"]), len(match["index"]))
+    if not found:
+        return []
+    _, total, width = max(found.values())
+    names = [f"{split}-{i:0{width}d}-of-{total:0{width}d}.parquet" for i in range(total)]
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise DataNotFoundError(f"{folder}: {missing[0]} is missing (the hub's {split} shards)")
+    return [folder / name for name in names]
+
+
+def _find_hub_files(task: TextTask, data_dir: Path) -> Path | None:
+    """The folder of the hub's parquet files of ``task``: ``data_dir/CONFIG`` or ``data_dir``."""
+    for root in (data_dir / _hub_folder(task), data_dir):
+        if _shards(root, task.hub_splits["train"]) or _shards(root, task.hub_splits["test"]):
+            return root
+    return None
+
+
+def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[str, RawSplit]:
+    """The ``splits`` of the hub's parquet files in ``root``, mapped as on the hub route
+    (``task.hub_splits``: GLUE QQP's unlabelled test shards are not read, its validation split
+    is the test split). Rows without a gold label (-1) or with an empty text are dropped, as on
+    the hub route; an error names the shard and its row."""
+    read: dict[str, RawSplit] = {}
+    for split in splits:
+        if split not in task.hub_splits:
+            continue
+        hub_split = task.hub_splits[split]
+        paths = _shards(root, hub_split)
+        if not paths:
+            raise DataNotFoundError(f"{root}: {hub_split}-00000-of-NNNNN.parquet is missing")
+        parts = [load_local_split(path, task, drop_empty=True) for path in paths]
+        if len(parts) == 1:
+            read[split] = parts[0]
+            continue
+        read[split] = RawSplit(
+            [text for part in parts for text in part.texts],
+            [label for part in parts for label in part.labels],
+            str(root),
+            [f"{path.name}: row {row}" for path, part in zip(paths, parts) for row in part.rows],
+        )
+    return read
 
 
 # ----------------------------------------------------------------------------- original files
@@ -318,9 +424,9 @@ def read_aclimdb(
     """IMDB as in ``aclImdb_v1.tar.gz``: ``root/{train,test}/{neg,pos}/ID_RATING.txt``.
 
     One review a file, read as is (UTF-8, ``<br />`` tags included, as on the hub); the label
-    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``
-    and the other files are ignored; a split's reviews are in file-name order, negatives first.
-    ``splits``: which of ``"train"`` and ``"test"`` to read.
+    is the folder's name among ``task.label_names`` (``neg`` 0, ``pos`` 1). ``train/unsup``,
+    hidden files (macOS's ``._*``) and the other files are ignored; a split's reviews are in
+    file-name order, negatives first. ``splits``: which of ``"train"`` and ``"test"`` to read.
     """
     read: dict[str, RawSplit] = {}
     for split in (name for name in ("train", "test") if name in splits):
@@ -329,6 +435,7 @@ def read_aclimdb(
             (f"{label}/{path.name}", (_read_review(path, folder),), index)
             for index, label in enumerate(task.label_names)
             for path in sorted(_require(folder / label).glob("*.txt"))
+            if not path.name.startswith(".")  # hidden: e.g. macOS's AppleDouble "._0_9.txt"
         ]
         read[split] = _labelled(records, task, str(folder), drop_empty=True)
     return read
@@ -347,7 +454,9 @@ def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     ``question1``, ``question2`` and ``is_duplicate``, no quoting (a ``"`` is a character).
 
     The real files have broken lines (a question cut by a line break, so too few or too many
-    fields) and empty questions: such rows are skipped and reported in one warning. A file that
+    fields) and empty questions: such rows are skipped and reported in one warning. Lines end
+    at ``"\n"`` (a ``"\r"`` inside a question is text, ``"\r\n"`` ends are read too); blank
+    lines and a byte order mark are skipped. A file that
     is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
     """
     try:
@@ -358,8 +467,10 @@ def read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
 
 def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
     needed = ("question1", "question2", "is_duplicate")
-    with path.open(encoding="utf-8") as lines:
-        header = lines.readline().rstrip("\n").split("\t")
+    # utf-8-sig: a byte order mark is not part of the first column's name; newline="\n": a line
+    # ends at "\n" only ("\r\n" ends are stripped), a carriage return inside a question is text
+    with path.open(encoding="utf-8-sig", newline="\n") as lines:
+        header = lines.readline().rstrip("\r\n").split("\t")
         missing = [c for c in needed if c not in header]
         if missing:
             raise ValueError(
@@ -369,7 +480,9 @@ def _read_glue_tsv(path: Path, task: TextTask) -> RawSplit:
         first, second, label = (header.index(c) for c in needed)
         records, skipped = [], []
         for row, line in enumerate(lines):
-            fields = line.rstrip("\n").split("\t")
+            if not line.strip():  # a blank line (at the end of a re-saved file) holds no row
+                continue
+            fields = line.rstrip("\r\n").split("\t")
             if len(fields) != len(header) or not (fields[first].strip() and fields[second].strip()):
                 skipped.append(row)
                 continue
@@ -406,8 +519,9 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     """One Stanford SNLI file (``snli_1.0_*.jsonl``): a JSON object a line, of which
     ``sentence1`` (the premise), ``sentence2`` (the hypothesis) and ``gold_label`` are read.
 
-    ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route.
-    A file that is not UTF-8 is a :class:`~plmu.data.DataError` naming its first bad line.
+    ``gold_label`` ``"-"`` (no consensus) and empty sentences are dropped, as on the hub route;
+    blank lines and a byte order mark are skipped. A file that is not UTF-8 is a
+    :class:`~plmu.data.DataError` naming its first bad line.
     """
     try:
         return _read_snli_jsonl(path, task)
@@ -418,7 +532,7 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
 def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     needed = ("sentence1", "sentence2", "gold_label")
     records = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:  # a byte order mark (if any) is not JSON
         for row, line in enumerate(lines):
             if not line.strip():
                 continue
@@ -494,7 +608,11 @@ def _find_original(task: TextTask, data_dir: Path, test_only: bool = False) -> P
 
 def _or_original(task: TextTask) -> str:
     layout = ORIGINAL_LAYOUTS.get(task.name)
-    return f", or put {layout.description} there" if layout else ""
+    hub = (
+        f", or the hub's parquet files ({_hub_folder(task)}/{task.hub_splits['train']}-00000-of-"
+        f"NNNNN.parquet, ... from huggingface-cli download {task.hub_path} --repo-type dataset)"
+    )
+    return (f", or put {layout.description} there" if layout else "") + hub
 
 
 def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict[str, RawSplit]:
@@ -507,6 +625,9 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
     wanted = ("test",) if test_only else ("train", "validation", "test")
     files = {split: _find_file(data_dir, split) for split in wanted}
     if not any(files.values()):
+        root = _find_hub_files(task, data_dir)
+        if root is not None:
+            return read_hub_files(root, task, wanted)
         root = _find_original(task, data_dir, test_only)
         if root is not None:
             return ORIGINAL_LAYOUTS[task.name].read(root, task, wanted)
