@@ -228,21 +228,28 @@ def _read_jsonl(path: Path):  # -> pandas.DataFrame
     import pandas as pd
 
     records, index = [], []
+    for row, record in _json_lines(path):
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"{_at(str(path), row)}: expected a JSON object, got {type(record).__name__}"
+            )
+        records.append(record)
+        index.append(row)
+    return pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame()
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(row, value)`` for each non-blank line of a JSON Lines file (row 0 is the first line;
+    a line that is not JSON is a ValueError naming the file and row). UTF-8 with or without a
+    byte order mark (a BOM is not JSON)."""
     with path.open(encoding="utf-8-sig") as lines:
         for row, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield row, json.loads(line)
             except ValueError as error:
                 raise ValueError(f"{_at(str(path), row)}: not JSON ({error})") from None
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{_at(str(path), row)}: expected a JSON object, got {type(record).__name__}"
-                )
-            records.append(record)
-            index.append(row)
-    return pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame()
 
 
 def _at(source: str, row: int | str) -> str:
@@ -532,21 +539,14 @@ def read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
 def _read_snli_jsonl(path: Path, task: TextTask) -> RawSplit:
     needed = ("sentence1", "sentence2", "gold_label")
     records = []
-    with path.open(encoding="utf-8-sig") as lines:  # a byte order mark (if any) is not JSON
-        for row, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                pair = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{_at(str(path), row)}: not JSON ({error})") from None
-            missing = [f for f in needed if f not in pair] if isinstance(pair, dict) else needed
-            if missing:
-                raise ValueError(
-                    f"{_at(str(path), row)}: missing field(s) {list(missing)}; SNLI lines "
-                    f"need {list(needed)}"
-                )
-            records.append((row, (pair["sentence1"], pair["sentence2"]), pair["gold_label"]))
+    for row, pair in _json_lines(path):
+        missing = [f for f in needed if f not in pair] if isinstance(pair, dict) else needed
+        if missing:
+            raise ValueError(
+                f"{_at(str(path), row)}: missing field(s) {list(missing)}; SNLI lines "
+                f"need {list(needed)}"
+            )
+        records.append((row, (pair["sentence1"], pair["sentence2"]), pair["gold_label"]))
     return _labelled(records, task, str(path), drop_empty=True)
 
 
