@@ -96,6 +96,33 @@ def test_step_logits_equal_parallel_logits():
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
 
 
+class _Halve(torch.nn.Module):
+    """A deterministic stand-in for the model's dropout: where it applies shows in the output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x
+
+
+def test_step_form_applies_dropout_where_forward_does():
+    """In training mode the step form drops what ``forward`` drops (embeddings, layer outputs,
+    the attentional output), so decoding a model left in training mode is the teacher-forced
+    model's, as the decoding docstrings say."""
+    model = make_model(5).train()
+    model.dropout = _Halve()
+    src, lengths = padded_sources(5, [5, 7])
+    tgt_in = torch.randint(4, 30, (2, 6))
+    tgt_in[:, 0] = 2
+    with torch.no_grad():
+        full = model(src, lengths, tgt_in)
+        enc, mask = model.encode(src, lengths)
+        states = [None] * len(model.decoder)
+        steps = []
+        for t in range(tgt_in.shape[1]):
+            logits, states = model.decode_step(tgt_in[:, t], states, enc, mask)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("seed", [0, 4])
 def test_beam_size_one_equals_greedy(seed):
     model = make_model(seed)

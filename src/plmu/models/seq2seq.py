@@ -117,10 +117,10 @@ class _DecoderLayer(nn.Module):
         return self.norm(x + dropout(y))
 
     def step(
-        self, x_t: torch.Tensor, state: torch.Tensor | None
+        self, x_t: torch.Tensor, state: torch.Tensor | None, dropout: nn.Module
     ) -> tuple[torch.Tensor, torch.Tensor]:
         y_t, state = self.lmu.step(x_t, state)
-        return self.norm(x_t + y_t), state
+        return self.norm(x_t + dropout(y_t)), state
 
 
 class LMUSeq2Seq(nn.Module):
@@ -364,10 +364,10 @@ class LMUSeq2Seq(nn.Module):
                 f"y_prev must have shape ({enc.shape[0]},) (the batch of enc), "
                 f"got {tuple(y_prev.shape)}"
             )
-        x = self.tgt_embed(y_prev) * self.embed_scale
+        x = self.dropout(self.tgt_embed(y_prev) * self.embed_scale)  # as in forward
         new_states = []
         for layer, state in zip(self.decoder, states):
-            x, state = layer.step(x, state)
+            x, state = layer.step(x, state, self.dropout)
             new_states.append(state)
         return self._attend(x.unsqueeze(1), enc, mask).squeeze(1), new_states
 
