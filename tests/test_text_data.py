@@ -81,8 +81,8 @@ def test_local_pair_files_load(tmp_path, task, names):
     assert len(splits["train"].texts[0]) == 2
 
 
-@pytest.mark.parametrize("stem", ["validation", "valid", "dev"])
-def test_a_validation_file_may_be_named_valid_or_dev(tmp_path, stem):
+@pytest.mark.parametrize("stem", ["validation", "valid", "val", "dev"])
+def test_a_validation_file_may_be_named_valid_val_or_dev(tmp_path, stem):
     write_rows(tmp_path / "train.jsonl", sentiment_rows(10))
     write_rows(tmp_path / f"{stem}.csv", sentiment_rows(3))
     write_rows(tmp_path / "test.jsonl", sentiment_rows(4))
@@ -90,8 +90,9 @@ def test_a_validation_file_may_be_named_valid_or_dev(tmp_path, stem):
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [10, 3, 4]
     other = "dev" if stem == "validation" else "validation"
     write_rows(tmp_path / f"{other}.jsonl", sentiment_rows(3))
-    with pytest.raises(ValueError, match="several validation files"):
+    with pytest.raises(ValueError, match="several validation files") as error:
         load_splits(TASKS["imdb"], tmp_path, val_fraction=0.5, seed=0)
+    assert f"{stem}.csv" in str(error.value) and f"{other}.jsonl" in str(error.value)
 
 
 def test_validation_is_carved_from_train_reproducibly_and_disjointly(tmp_path):

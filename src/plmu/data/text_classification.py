@@ -1,8 +1,8 @@
 """Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
 
 Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
-``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*`` or
-``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
+``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*``,
+``val.*`` or ``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
@@ -192,8 +192,13 @@ def _is_unlabelled(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ("-1", "-")
 
 
-# the file stems each split may have in data_dir (validation sets are often named dev or valid)
-SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+# the file stems each split may have in data_dir (validation sets are often named val, valid or
+# dev); two files for one split are an error naming both
+SPLIT_STEMS = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
 
 
 def _find_file(data_dir: Path, split: str) -> Path | None:
@@ -646,7 +651,7 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
 
 def _hint(task: TextTask) -> str:
     return (
-        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid or dev file "
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val or dev file "
         f"optional) with the "
         f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
         f"and pass --data-dir FOLDER"
