@@ -191,6 +191,33 @@ def test_missing_column_names_the_file_and_column(tmp_path, fmt):
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("key", ["label", "question2"])
+def test_a_jsonl_row_missing_a_field_names_the_file_row_and_field(tmp_path, key):
+    """A key absent from one JSON line only read as "unknown label nan" (or "got nan")."""
+    rows = pair_rows(3, TASKS["qqp"].columns, 2)
+    del rows[1][key]
+    path = write_rows(tmp_path / "train.jsonl", rows)
+    write_rows(tmp_path / "test.jsonl", pair_rows(2, TASKS["qqp"].columns, 2))
+    with pytest.raises(ValueError, match=rf"row 1: missing field\(s\) \['{key}'\]") as error:
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv", ".parquet"])
+def test_an_empty_or_null_label_says_the_label_is_missing(tmp_path, fmt):
+    """JSON null, an empty CSV cell and a parquet null read as "unknown label nan" (or '')."""
+    rows = [*sentiment_rows(3), {"text": "fine", "label": None}]
+    if fmt == ".csv":  # not pandas' 1.0 for a column of ints and None
+        rows = [
+            {**row, "label": None if row["label"] is None else str(row["label"])} for row in rows
+        ]
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"row 3: column 'label': the label is missing") as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(str(path))
+
+
 @pytest.mark.parametrize(("label", "fmt"), [("positive", ".jsonl"), (2, ".jsonl"), ("7", ".csv")])
 def test_unknown_labels_are_an_error(tmp_path, label, fmt):
     rows = [*sentiment_rows(3), {"text": "fine", "label": label}]
