@@ -97,9 +97,12 @@ class PsMNISTData(SplitDataModule):
                     num_classes=NUM_CLASSES,
                 )
             except ValueError as error:
-                if not str(error).startswith("val_size "):
+                message = str(error)
+                if not message.startswith("val_size "):
                     raise
-                raise ConfigError(f"config key 'val_size' {str(error)[9:]}") from None
+                raise ConfigError(
+                    f"config key 'val_size' {message.removeprefix('val_size ')}"
+                ) from None
         self.permutation = sets[0].order
         return sets
 
