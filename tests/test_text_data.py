@@ -81,8 +81,8 @@ def test_local_pair_files_load(tmp_path, task, names):
     assert len(splits["train"].texts[0]) == 2
 
 
-@pytest.mark.parametrize("stem", ["validation", "valid", "dev"])
-def test_a_validation_file_may_be_named_valid_or_dev(tmp_path, stem):
+@pytest.mark.parametrize("stem", ["validation", "valid", "val", "dev"])
+def test_a_validation_file_may_be_named_valid_val_or_dev(tmp_path, stem):
     write_rows(tmp_path / "train.jsonl", sentiment_rows(10))
     write_rows(tmp_path / f"{stem}.csv", sentiment_rows(3))
     write_rows(tmp_path / "test.jsonl", sentiment_rows(4))
@@ -90,8 +90,9 @@ def test_a_validation_file_may_be_named_valid_or_dev(tmp_path, stem):
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [10, 3, 4]
     other = "dev" if stem == "validation" else "validation"
     write_rows(tmp_path / f"{other}.jsonl", sentiment_rows(3))
-    with pytest.raises(ValueError, match="several validation files"):
+    with pytest.raises(ValueError, match="several validation files") as error:
         load_splits(TASKS["imdb"], tmp_path, val_fraction=0.5, seed=0)
+    assert f"{stem}.csv" in str(error.value) and f"{other}.jsonl" in str(error.value)
 
 
 def test_validation_is_carved_from_train_reproducibly_and_disjointly(tmp_path):
@@ -188,6 +189,33 @@ def test_missing_column_names_the_file_and_column(tmp_path, fmt):
     with pytest.raises(ValueError, match=r"missing column\(s\) \['question2'\]") as error:
         load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["label", "question2"])
+def test_a_jsonl_row_missing_a_field_names_the_file_row_and_field(tmp_path, key):
+    """A key absent from one JSON line only read as "unknown label nan" (or "got nan")."""
+    rows = pair_rows(3, TASKS["qqp"].columns, 2)
+    del rows[1][key]
+    path = write_rows(tmp_path / "train.jsonl", rows)
+    write_rows(tmp_path / "test.jsonl", pair_rows(2, TASKS["qqp"].columns, 2))
+    with pytest.raises(ValueError, match=rf"row 1: missing field\(s\) \['{key}'\]") as error:
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".csv", ".parquet"])
+def test_an_empty_or_null_label_says_the_label_is_missing(tmp_path, fmt):
+    """JSON null, an empty CSV cell and a parquet null read as "unknown label nan" (or '')."""
+    rows = [*sentiment_rows(3), {"text": "fine", "label": None}]
+    if fmt == ".csv":  # not pandas' 1.0 for a column of ints and None
+        rows = [
+            {**row, "label": None if row["label"] is None else str(row["label"])} for row in rows
+        ]
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match=r"row 3: column 'label': the label is missing") as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(str(path))
 
 
 @pytest.mark.parametrize(("label", "fmt"), [("positive", ".jsonl"), (2, ".jsonl"), ("7", ".csv")])

@@ -234,6 +234,24 @@ def test_psmnist_data_with_a_stored_permutation_of_the_wrong_size(tmp_path: Path
     assert data.state_dict() == {}  # stored once, in checkpoint["plmu"]["saved"]
 
 
+@pytest.mark.parametrize("val_size", [30, 31])
+def test_psmnist_data_val_size_not_below_the_training_images_names_the_config_key(
+    tmp_path: Path, val_size: int
+) -> None:
+    """val_size >= the training images was refused as "val_size must lie ...", not as the
+    config key, and only after the labels were checked."""
+    from plmu.experiments.psmnist import PsMNISTData
+    from plmu.training.config import ConfigError, default_config
+
+    write_mnist(tmp_path, 30, 10, size=4, gz=True)
+    config = {**default_config("psmnist"), "val_size": val_size}
+    pattern = rf"config key 'val_size' must lie in \[1, 29\] for the 30 training images.*{val_size}"
+    with pytest.raises(ConfigError, match=pattern):
+        PsMNISTData(config, tmp_path).setup()
+    with pytest.raises(ValueError, match=r"^val_size must lie"):  # before the labels' check
+        psmnist_splits(tmp_path, val_size=val_size, num_classes=3)
+
+
 def test_load_mnist_reads_torchvision_layout(tmp_path: Path) -> None:
     """The ``root`` of a torchvision MNIST download (files in ``root/MNIST/raw``) is a data dir;
     files directly in the directory take precedence."""

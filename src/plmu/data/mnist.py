@@ -321,15 +321,18 @@ def psmnist_splits(
     Raises:
         DataError: a file is missing or corrupt, or a label lies outside ``0..num_classes-1``
             (naming the labels file and the label's index).
+        ValueError: ``val_size`` outside ``[1, N - 1]`` for the ``N`` training images (a
+            message starting ``"val_size "``).
     """
     train_x, train_y, test_x, test_y = load_mnist(data_dir, download)
-    _check_labels(data_dir, "train", train_y, num_classes)
-    _check_labels(data_dir, "t10k", test_y, num_classes)
+    # the first thing the images tell (the config table checks val_size >= 1 before any data)
     if not 0 < val_size < len(train_x):
         raise ValueError(
-            f"val_size must lie in [1, {len(train_x) - 1}] for {len(train_x)} training images, "
-            f"got {val_size}"
+            f"val_size must lie in [1, {len(train_x) - 1}] for the {len(train_x)} training "
+            f"images in {data_dir}, got {val_size}"
         )
+    _check_labels(data_dir, "train", train_y, num_classes)
+    _check_labels(data_dir, "t10k", test_y, num_classes)
     length = int(np.prod(train_x.shape[1:]))
     if order is None:
         order = permutation(length, permutation_seed)

@@ -1,8 +1,8 @@
 """Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
 
 Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
-``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*`` or
-``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
+``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*``,
+``val.*`` or ``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
@@ -157,6 +157,11 @@ class RawSplit:
 
 def _parse_label(value: Any, task: TextTask, where: str) -> int:
     names = task.label_names
+    if _is_empty(value):
+        raise ValueError(
+            f"{where}: the label is missing (got {value!r}: an empty or null value); expected "
+            f"one of {list(names)} or an integer 0..{len(names) - 1}"
+        )
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(
             f"{where}: label {value!r} is not one of {list(names)} or 0..{len(names) - 1}"
@@ -182,6 +187,16 @@ def _parse_label(value: Any, task: TextTask, where: str) -> int:
     return index
 
 
+def _is_empty(value: Any) -> bool:
+    """True for a value a file leaves out: ``None`` (JSON null), NaN (a pandas or parquet null)
+    or a blank string (an empty CSV cell)."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, str) and not value.strip()
+
+
 def _is_unlabelled(value: Any) -> bool:
     """True for the marks of an example without a gold label: ``-1`` (the hub's, e.g. SNLI's)
     and ``"-"`` (the original SNLI files' ``gold_label``)."""
@@ -192,8 +207,13 @@ def _is_unlabelled(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ("-1", "-")
 
 
-# the file stems each split may have in data_dir (validation sets are often named dev or valid)
-SPLIT_STEMS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+# the file stems each split may have in data_dir (validation sets are often named val, valid or
+# dev); two files for one split are an error naming both
+SPLIT_STEMS = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
 
 
 def _find_file(data_dir: Path, split: str) -> Path | None:
@@ -210,21 +230,26 @@ def _find_file(data_dir: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def _read_table(path: Path):  # -> pandas.DataFrame
+def _read_table(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
+    """``path`` as a frame; a JSON Lines row without one of the ``needed`` fields other rows
+    have is a ValueError naming the file, row and field (a field no row has is left to the
+    caller's missing-column error)."""
     import pandas as pd  # a dependency of `datasets`; imported late to keep imports light
 
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
         return pd.read_csv(path, dtype=str, keep_default_na=False)
     if path.suffix == ".jsonl":
-        return _read_jsonl(path)
+        return _read_jsonl(path, needed)
     return pd.read_parquet(path)
 
 
-def _read_jsonl(path: Path):  # -> pandas.DataFrame
+def _read_jsonl(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
     """A JSON Lines file as a frame indexed by line (row 0 is the first line): blank lines are
-    skipped, each other line must be a JSON object (a ValueError naming the file and row).
-    UTF-8 with or without a byte order mark, as CSV; values keep their JSON types."""
+    skipped, each other line must be a JSON object (a ValueError naming the file and row), and
+    must have each of the ``needed`` fields that any line has (a ValueError naming the file,
+    row and fields: the frame would fill the gap with NaN). UTF-8 with or without a byte order
+    mark, as CSV; values keep their JSON types."""
     import pandas as pd
 
     records, index = [], []
@@ -235,6 +260,11 @@ def _read_jsonl(path: Path):  # -> pandas.DataFrame
             )
         records.append(record)
         index.append(row)
+    present = [key for key in needed if any(key in record for record in records)]
+    for row, record in zip(index, records):
+        missing = [key for key in present if key not in record]
+        if missing:
+            raise ValueError(f"{_at(str(path), row)}: missing field(s) {missing}")
     return pd.DataFrame.from_records(records, index=index) if records else pd.DataFrame()
 
 
@@ -324,15 +354,15 @@ def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> Ra
         ValueError: a missing column, an empty (or non-string) text, or an unknown label; the
             message names the file, the row and the column.
     """
+    needed = (*task.columns, "label")
     try:
-        frame = _read_table(path)
+        frame = _read_table(path, needed)
     except UnicodeDecodeError:
         raise not_utf8(path) from None
     except ValueError as error:
         if str(error).startswith(str(path)):  # the error names the file, row and what is wrong
             raise
         raise ValueError(f"cannot read {path}: {error}") from None
-    needed = (*task.columns, "label")
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise ValueError(
@@ -646,7 +676,7 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
 
 def _hint(task: TextTask) -> str:
     return (
-        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid or dev file "
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val or dev file "
         f"optional) with the "
         f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
         f"and pass --data-dir FOLDER"

@@ -82,16 +82,27 @@ class PsMNISTData(SplitDataModule):
         super().setup(stage)
 
     def build(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The three sets. A ``val_size`` the training images cannot spare (its maximum
+        depends on the data, so load_config cannot check it) is a ``ConfigError`` naming
+        the config key."""
         with self._stored_permutation_named():
-            sets = psmnist_splits(
-                self.data_dir,
-                val_size=self.config["val_size"],
-                permutation_seed=self.config["permutation_seed"],
-                # prepare_data fetched only the test files of a checkpoint's datamodule
-                download=self.from_checkpoint,
-                order=self.permutation,
-                num_classes=NUM_CLASSES,
-            )
+            try:
+                sets = psmnist_splits(
+                    self.data_dir,
+                    val_size=self.config["val_size"],
+                    permutation_seed=self.config["permutation_seed"],
+                    # prepare_data fetched only the test files of a checkpoint's datamodule
+                    download=self.from_checkpoint,
+                    order=self.permutation,
+                    num_classes=NUM_CLASSES,
+                )
+            except ValueError as error:
+                message = str(error)
+                if not message.startswith("val_size "):
+                    raise
+                raise ConfigError(
+                    f"config key 'val_size' {message.removeprefix('val_size ')}"
+                ) from None
         self.permutation = sets[0].order
         return sets
 
