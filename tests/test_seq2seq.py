@@ -80,11 +80,8 @@ def test_step_form_greedy_equals_parallel_scoring(seed):
             assert predicted[len(hyp)] == EOS
 
 
-def test_step_logits_equal_parallel_logits():
-    model = make_model(3)
-    src, lengths = padded_sources(3, [6, 6])
-    tgt_in = torch.randint(4, 30, (2, 12))
-    tgt_in[:, 0] = 2
+def assert_step_logits_equal_parallel_logits(model, src, lengths, tgt_in) -> None:
+    """Teacher forcing ``tgt_in`` through :meth:`decode_step` gives ``forward``'s logits."""
     with torch.no_grad():
         full = model(src, lengths, tgt_in)
         enc, mask = model.encode(src, lengths)
@@ -94,6 +91,14 @@ def test_step_logits_equal_parallel_logits():
             logits, states = model.decode_step(tgt_in[:, t], states, enc, mask)
             steps.append(logits)
     torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+def test_step_logits_equal_parallel_logits():
+    model = make_model(3)
+    src, lengths = padded_sources(3, [6, 6])
+    tgt_in = torch.randint(4, 30, (2, 12))
+    tgt_in[:, 0] = 2
+    assert_step_logits_equal_parallel_logits(model, src, lengths, tgt_in)
 
 
 class _Halve(torch.nn.Module):
@@ -112,15 +117,7 @@ def test_step_form_applies_dropout_where_forward_does():
     src, lengths = padded_sources(5, [5, 7])
     tgt_in = torch.randint(4, 30, (2, 6))
     tgt_in[:, 0] = 2
-    with torch.no_grad():
-        full = model(src, lengths, tgt_in)
-        enc, mask = model.encode(src, lengths)
-        states = [None] * len(model.decoder)
-        steps = []
-        for t in range(tgt_in.shape[1]):
-            logits, states = model.decode_step(tgt_in[:, t], states, enc, mask)
-            steps.append(logits)
-    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=1e-4)
+    assert_step_logits_equal_parallel_logits(model, src, lengths, tgt_in)
 
 
 @pytest.mark.parametrize("seed", [0, 4])
