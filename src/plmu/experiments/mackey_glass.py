@@ -89,8 +89,7 @@ def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> Macke
             **{key: c[key] for key in ("horizon", "window", "stride", "warmup")},
         )
     except ValueError as error:  # the message starts with the setting, named as its key
-        key, _, rule = str(error).partition(" ")
-        raise ConfigError(f"config key {key!r} {rule}") from None
+        raise ConfigError.naming_key(error) from None
     return MackeyGlassData(config)
 
 

@@ -97,12 +97,9 @@ class PsMNISTData(SplitDataModule):
                     num_classes=NUM_CLASSES,
                 )
             except ValueError as error:
-                message = str(error)
-                if not message.startswith("val_size "):
+                if not str(error).startswith("val_size "):
                     raise
-                raise ConfigError(
-                    f"config key 'val_size' {message.removeprefix('val_size ')}"
-                ) from None
+                raise ConfigError.naming_key(error) from None
         self.permutation = sets[0].order
         return sets
 

@@ -82,9 +82,9 @@ def build_data(config: dict, data_dir: Path | None, saved: dict | None) -> Text8
     # the sample is generated only after training and testing: a bad setting fails now, not then
     keys = ("sample_prompt", "sample_length", "sample_temperature")
     try:
-        check_generation_args(*(config[key] for key in keys), names=tuple(map(repr, keys)))
+        check_generation_args(*(config[key] for key in keys), names=keys)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"config key {error}") from None
+        raise ConfigError.naming_key(error) from None
     # ScoredWindows would cut a longer context to seq_len - 1 (one window per scored character)
     seq_len, context = config["seq_len"], config["eval_context"]
     if not 0 <= context < seq_len:

@@ -245,6 +245,14 @@ def _precisions() -> tuple[str, ...] | None:
 class ConfigError(ValueError):
     """A config file or an override is malformed, names an unknown key or has a wrong type."""
 
+    @classmethod
+    def naming_key(cls, error: Exception) -> ConfigError:
+        """``error``, whose message starts with the setting it is about (``"val_size must lie
+        in ..."``, as a data or generation function names its argument), as the config key's
+        error (``"config key 'val_size' must lie in ..."``)."""
+        key, _, rule = str(error).partition(" ")
+        return cls(f"config key {key!r} {rule}")
+
 
 class _DuplicateKeyError(yaml.YAMLError):
     def __init__(self, key: Any, line: int) -> None:
