@@ -56,6 +56,9 @@ ACTIVATIONS = {
     "silu": nn.SiLU,
 }
 LAYER_MODES = (*MODES, "fused")
+
+# LMUCell's initialisations (its ``init``)
+LMU_INITS = ("default", "psmnist")
 # ParallelLMU.forward at inference runs chunks up to this long as a loop of the folded step map.
 # `python scripts/short_chunks.py --batch B --lengths 1 2 4 6 8` (us per call, the sequence path
 # vs the loop; hidden 212, order 256): batch 1: T=1 177 vs 81, T=2 262 vs 83, T=4 246 vs 151,
@@ -687,7 +690,7 @@ class LMUCell(nn.Module):
         super().__init__()
         self.input_size = _check_positive_int(input_size, "input_size")
         self.hidden_size = _check_positive_int(hidden_size, "hidden_size")
-        if init not in ("default", "psmnist"):
+        if init not in LMU_INITS:
             raise ValueError(f"init must be 'default' or 'psmnist', got {init!r}")
         self.init = init
         self.memory = LegendreMemory(

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from plmu.data.mnist import default_data_dir, psmnist_splits, psmnist_test_set
+from plmu.layers import LMU_INITS
 from plmu.models import SequenceClassifier
 from plmu.training.classification import SequenceClassification
 from plmu.training.config import ConfigError
@@ -152,7 +153,6 @@ def _stored(permutation: object) -> torch.Tensor:
 
 
 MODELS = ("lmu", "lstm", "parallel-lmu")
-LMU_INITS = ("default", "psmnist")  # LMUCell's init
 
 
 def check_config(config: dict) -> None:

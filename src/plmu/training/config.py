@@ -215,13 +215,17 @@ def _choices(key: str) -> tuple[str, ...] | None:
         from plmu.layers import ACTIVATIONS
 
         return tuple(sorted(ACTIVATIONS))
+    if key == "lmu_init":
+        from plmu.layers import LMU_INITS
+
+        return LMU_INITS
     if key == "bleu_tokenize":
         import sacrebleu
 
         return tuple(sorted(sacrebleu.BLEU.TOKENIZERS))
     if key == "precision":
         return _precisions()
-    return {"lmu_init": ("default", "psmnist"), "truncation_side": ("left", "right")}.get(key)
+    return {"truncation_side": ("left", "right")}.get(key)
 
 
 def _precisions() -> tuple[str, ...] | None:
