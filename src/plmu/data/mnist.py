@@ -333,11 +333,7 @@ def psmnist_splits(
         )
     _check_labels(data_dir, "train", train_y, num_classes)
     _check_labels(data_dir, "t10k", test_y, num_classes)
-    length = int(np.prod(train_x.shape[1:]))
-    if order is None:
-        order = permutation(length, permutation_seed)
-    else:
-        order = check_permutation(order, length)
+    order = _pixel_order(train_x, order, permutation_seed)
     cut = len(train_x) - val_size
     return (
         PixelSequences(train_x[:cut], train_y[:cut], order),
@@ -362,10 +358,18 @@ def psmnist_test_set(
     """
     test_x, test_y = load_mnist_test(data_dir, download)
     _check_labels(data_dir, "t10k", test_y, num_classes)
-    length = int(np.prod(test_x.shape[1:]))
+    return PixelSequences(test_x, test_y, _pixel_order(test_x, order, permutation_seed))
+
+
+def _pixel_order(
+    images: np.ndarray, order: torch.Tensor | list[int] | None, permutation_seed: int
+) -> torch.Tensor:
+    """The pixel permutation for ``images`` ``(N, H, W)``: ``order`` checked, or else
+    :func:`permutation` of ``permutation_seed``."""
+    length = int(np.prod(images.shape[1:]))
     if order is None:
-        order = permutation(length, permutation_seed)
-    return PixelSequences(test_x, test_y, check_permutation(order, length))
+        return permutation(length, permutation_seed)
+    return check_permutation(order, length)
 
 
 def _check_labels(data_dir: str | Path, split: str, labels: np.ndarray, num_classes: int) -> None:
