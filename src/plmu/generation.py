@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from plmu.data.text8 import decode, encode
+from plmu.memory import _check_positive_int
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.language_model import LMULanguageModel
 
@@ -29,11 +30,7 @@ __all__ = ["check_generation_args", "generate_from_checkpoint", "generate_text",
 
 
 def _check_length(length: object, name: str = "length") -> int:
-    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= 1, got {type(length).__name__}")
-    if length < 1:
-        raise ValueError(f"{name} must be >= 1, got {length}")
-    return int(length)
+    return _check_positive_int(length, name)
 
 
 def _check_temperature(temperature: object, name: str = "temperature") -> float:
