@@ -321,28 +321,18 @@ def psmnist_original_lmu(cfg: BenchConfig, lean: bool = False) -> LMU:
     1 (the same outputs and ``W_m`` gradient as the 2019 cell's first step, without
     multiplying by zeros or backpropagating through ``h``).
     """
-    if not lean:
-        return LMU(
-            1,
-            cfg.ps_lmu_hidden,
-            cfg.ps_lmu_order,
-            float(cfg.ps_steps),
-            return_sequences=False,
-            init="psmnist",
-        )
+    switches = ("hidden_to_memory", "memory_to_memory", "input_to_hidden", "hidden_to_hidden")
     rnn = LMU(
         1,
         cfg.ps_lmu_hidden,
         cfg.ps_lmu_order,
         float(cfg.ps_steps),
         return_sequences=False,
-        hidden_to_memory=False,
-        memory_to_memory=False,
-        input_to_hidden=False,
-        hidden_to_hidden=False,
         init="psmnist",
+        **dict.fromkeys(switches if lean else (), False),
     )
-    rnn.cell.e_x.requires_grad_(False)
+    if lean:
+        rnn.cell.e_x.requires_grad_(False)
     return rnn
 
 
