@@ -198,6 +198,13 @@ _OP_TAGS = {"tags": (torch.Tag.cudagraph_unsafe,)} if hasattr(torch.Tag, "cudagr
 _is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
 
 
+def _compiling_not_exporting() -> bool:
+    """Under ``torch.compile`` and not ``torch.export``: a graph that may call this process's
+    operators (``plmu::...``; an exported program must name none, and a torch without
+    ``is_exporting`` cannot tell the two apart, so it gets none)."""
+    return torch.compiler.is_compiling() and _is_exporting is not None and not _is_exporting()
+
+
 @torch.library.custom_op("plmu::system_constant", mutates_args=(), **_OP_TAGS)
 def _system_constant(
     Abar: torch.Tensor, token: int, kind: str, sizes: list[int], dtype: torch.dtype
@@ -543,11 +550,7 @@ class LegendreMemory(nn.Module):
         """Under ``torch.compile`` (not export) with a fixed ``theta``: the graph takes the
         kernels from the module's cache (:func:`_system_constant`) instead of computing them."""
         return (
-            torch.compiler.is_compiling()
-            and not _CONSTANT_BUILD.active
-            and not self.trainable_theta
-            and _is_exporting is not None
-            and not _is_exporting()
+            _compiling_not_exporting() and not _CONSTANT_BUILD.active and not self.trainable_theta
         )
 
     def _constant(self, key: tuple) -> torch.Tensor:
@@ -1784,13 +1787,7 @@ def _compiled_kernels() -> bool:
     operators have no rules): the fused projection calls its tiled kernels as the operators
     ``plmu::fold``, ``plmu::spectral_mix``, ``plmu::block_convolution`` and
     ``plmu::block_synthesis``."""
-    return (
-        torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and _is_exporting is not None
-        and not _is_exporting()
-        and not _transforms_active()
-    )
+    return _compiling_not_exporting() and not torch.jit.is_tracing() and not _transforms_active()
 
 
 def _real_dtype(dtype: torch.dtype) -> torch.dtype:
