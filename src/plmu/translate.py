@@ -8,7 +8,8 @@ sentence, or one with more subword tokens than the model's ``max_source_length``
 The sentence must be tokenised as IWSLT'15 is, with the Moses tokeniser: punctuation and clitics
 split off by spaces and ``' " & | < > [ ]`` written as ``&apos; &quot; &amp; &#124; &lt; &gt;
 &#91; &#93;`` (``I &apos;d like it .``); the subword tokenisers learnt that text as it is. The
-translation comes out tokenised and escaped in the same way. See docs/iwslt.md.
+translation comes out tokenised and escaped in the same way, an unknown word the model emits
+written ``<unk>``. See docs/iwslt.md.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def translate_sentence(
     module.eval()
     with torch.no_grad():
         out = module.translate_ids(src, lengths, beam)[0]
-    return tgt_tok.decode(out)
+    return datamodule.decode_target(out)
 
 
 def translate(checkpoint: str | Path, sentence: str, beam: int | None = None) -> str:
