@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from plmu.data.iwslt import IWSLTDataModule, encode_source
+from plmu.memory import _check_positive_int
 from plmu.training.translation import TranslationModule
 
 __all__ = ["translate", "translate_sentence"]
@@ -37,9 +38,10 @@ def translate_sentence(
 
     Raises:
         ValueError: empty or over-long ``sentence``, or ``beam < 1``.
+        TypeError: a ``beam`` that is not an int (a float, a str or a bool).
     """
-    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
-        raise ValueError(f"beam must be a positive int, got {beam!r}")
+    if beam is not None:
+        beam = _check_positive_int(beam, "beam")
     src_tok, tgt_tok = datamodule.src_tokenizer, datamodule.tgt_tokenizer
     if src_tok is None or tgt_tok is None:
         raise ValueError("the datamodule has no tokenisers; load it from a checkpoint")
