@@ -227,11 +227,33 @@ def test_unknown_labels_are_an_error(tmp_path, label, fmt):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 
-@pytest.mark.parametrize("text", ["", "   "])
-def test_empty_texts_in_files_are_an_error(tmp_path, text):
+@pytest.mark.parametrize(("text", "what"), [("", "an empty text"), ("   ", "only spaces")])
+def test_empty_texts_in_files_are_an_error(tmp_path, text, what):
     write_rows(tmp_path / "train.csv", [*sentiment_rows(2), {"text": text, "label": 1}])
     write_rows(tmp_path / "test.csv", sentiment_rows(2))
-    with pytest.raises(ValueError, match="row 2: column 'text' must be a non-empty text"):
+    with pytest.raises(ValueError, match=f"row 2: column 'text': the text is missing \\({what}"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".parquet"])
+def test_a_null_text_says_the_text_is_missing(tmp_path, fmt):
+    """A JSON null or a parquet null (pandas' NaN or None) read "must be a non-empty text, got
+    nan": it is a missing text, in the file, row and column named."""
+    rows = [*pair_rows(3, TASKS["qqp"].columns, 2), {"question1": "why?", "question2": None}]
+    rows[3]["label"] = 0
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    write_rows(tmp_path / "test.jsonl", pair_rows(2, TASKS["qqp"].columns, 2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
+    assert str(error.value) == (
+        f"{path}: row 3: column 'question2': the text is missing (a null value)"
+    )
+
+
+def test_a_text_that_is_not_a_string_names_its_type(tmp_path):
+    write_rows(tmp_path / "train.jsonl", [*sentiment_rows(2), {"text": 42, "label": 1}])
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match="row 2: column 'text' must be a text, got int 42"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 
@@ -614,7 +636,7 @@ def test_jsonl_rows_are_the_lines_of_the_file(tmp_path):
     text = "\r\n".join([lines[0], "", lines[1], "", lines[2], '{"text": "", "label": 0}', ""])
     (tmp_path / "train.jsonl").write_bytes(text.encode())
     write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
-    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text' must be a non-empty"):
+    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text': the text is missing"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 

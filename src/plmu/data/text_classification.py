@@ -322,10 +322,7 @@ def _labelled(
             empty += 1
             continue
         if bad:
-            column, value = bad[0]
-            raise ValueError(
-                f"{_at(source, row)}: column {column!r} must be a non-empty text, got {value!r}"
-            )
+            raise ValueError(_text_problem(_at(source, row), *bad[0]))
         labels.append(_parse_label(label, task, f"{_at(source, row)}: column 'label'"))
         texts.append(tuple(values))
         rows.append(row)
@@ -342,6 +339,18 @@ def _labelled(
     if empty:
         log.info("%s: dropped %d rows with an empty text", source, empty)
     return RawSplit(texts, labels, source, rows)
+
+
+def _text_problem(where: str, column: str, value: Any) -> str:
+    """What is wrong with the text ``value`` of ``column`` (not a non-blank ``str``), for a
+    message that starts with ``where`` (the file and row)."""
+    if _is_empty(value):
+        if isinstance(value, str):
+            what = "only spaces" if value else "an empty text"
+        else:  # None (a JSON null) or NaN (pandas' null of a parquet or CSV cell)
+            what = "a null value"
+        return f"{where}: column {column!r}: the text is missing ({what})"
+    return f"{where}: column {column!r} must be a text, got {type(value).__name__} {value!r}"
 
 
 def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> RawSplit:
