@@ -257,6 +257,46 @@ def test_a_text_that_is_not_a_string_names_its_type(tmp_path):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 
+def test_a_csv_row_with_too_many_fields_names_its_row_and_file_line(tmp_path):
+    """pandas said "Expected 2 fields in line 5, saw 3": its "line" counts records from 1, the
+    header and blank lines included, where plmu's rows count data rows from 0 and its lines
+    (as in the not-UTF-8 error) the file's lines from 1. The message now gives both."""
+    text = 'text,label\ngood film,1\n"a long\nreview",0\n\nbad, really bad,0\nfine,1\n'
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 2 (line 6 of the file): 3 fields where the header has 2"
+    )
+
+
+def test_csv_rows_that_all_have_one_field_too_many_are_an_error(tmp_path):
+    """pandas read the first column of such a file as its index, silently: the texts became
+    the labels' column and a label column of '' or a wrong value."""
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nbad, really bad,0\ngreat, just great,1\n")
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 0 (line 2 of the file): 3 fields where the header has 2"
+    )
+
+
+def test_a_csv_quote_never_closed_names_its_row_and_file_line(tmp_path):
+    """pandas said "EOF inside string starting at row 2", counting the header as row 0."""
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\ngood,1\n"open quote,0\nmore,1\n')
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 1 (line 3 of the file): a double quote opened here is never closed"
+    )
+
+
 def test_text_of_markup_only_is_an_error_when_encoding(tmp_path):
     write_rows(tmp_path / "train.jsonl", [*sentiment_rows(4), {"text": "<br /><br />", "label": 1}])
     write_rows(tmp_path / "test.jsonl", sentiment_rows(2))

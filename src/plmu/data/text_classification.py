@@ -238,10 +238,48 @@ def _read_table(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
 
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.ParserError as error:
+            raise _csv_error(path, error) from None
+        if not isinstance(frame.index, pd.RangeIndex):
+            # each row had a field more than the header: pandas took the first for the index
+            raise _csv_error(path, None)
+        return frame
     if path.suffix == ".jsonl":
         return _read_jsonl(path, needed)
     return pd.read_parquet(path)
+
+
+def _csv_error(path: Path, error: Exception | None) -> ValueError:
+    """The error of a CSV file that pandas cannot read as a table (``error``, or ``None`` where
+    it read a field more than the header in every row as an index), naming the first row at
+    fault as the other messages do: its data row (from 0, blank lines not counted, as in the
+    frame) and the file's line it starts on (from 1, as the not-UTF-8 error counts). pandas'
+    own messages count records from 1 with the header ("line 5") or from 0 with it ("row 2")."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as lines:
+        reader = csv.reader(lines)
+        header = next(reader, [])
+        row, start = 0, reader.line_num + 1
+        for record in reader:
+            where = f"{_at(str(path), row)} (line {start} of the file)"
+            if len(record) > len(header):
+                return ValueError(
+                    f"{where}: {len(record)} fields where the header has {len(header)} "
+                    f"({', '.join(header)}); a text with a comma or a line break must be in "
+                    f'double quotes ("a, b"), a quote in it doubled ("say ""hi""")'
+                )
+            row += bool(record)  # a blank line is no row (pandas skips it)
+            last, start = where, reader.line_num + 1
+    if error is not None and "EOF inside string" in str(error) and header and row:
+        return ValueError(
+            f"{last}: a double quote opened here is never closed (the rest of the file "
+            f'read as one text); a quote inside a text is doubled ("say ""hi""")'
+        )
+    detail = str(error).strip() if error is not None else "not a table"
+    return ValueError(f"{path}: cannot be read as CSV: {detail}")
 
 
 def _read_jsonl(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
