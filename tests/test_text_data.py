@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
+from plmu.data import DataError
 from plmu.data.text_classification import (
     PAD_ID,
     TASKS,
@@ -303,6 +305,40 @@ def test_text_of_markup_only_is_an_error_when_encoding(tmp_path):
     data = TextClassificationData(TASKS["imdb"], CONFIG, tmp_path)
     with pytest.raises(ValueError, match="row 4: column 'text' has no words"):
         data.setup()
+
+
+def _task_rows(task: str, n: int) -> list[dict]:
+    if task == "imdb":
+        return sentiment_rows(n)
+    return pair_rows(n, TASKS[task].columns, TASKS[task].num_classes)
+
+
+@pytest.mark.parametrize("task", ["imdb", "qqp", "snli"])
+def test_training_testing_and_eval_files_are_the_splits_they_name(tmp_path, task):
+    """``training.*``, ``testing.*`` and ``eval.*``/``evaluation.*`` (Hugging Face's
+    ``eval_dataset``: the set evaluated during training) were ignored: the run stopped with
+    "no train file", or held validation pairs out of train and never read ``eval.csv``."""
+    write_rows(tmp_path / "training.csv", _task_rows(task, 12))
+    write_rows(tmp_path / "testing.jsonl", _task_rows(task, 5))
+    write_rows(tmp_path / "eval.parquet", _task_rows(task, 3))
+    splits = load_splits(TASKS[task], tmp_path, 0.5, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [12, 3, 5]
+    assert splits["validation"].source == str(tmp_path / "eval.parquet")
+    (tmp_path / "evaluation.csv").write_bytes((tmp_path / "training.csv").read_bytes())
+    with pytest.raises(ValueError, match=r"several validation files: \['eval.parquet'"):
+        load_splits(TASKS[task], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("task", ["imdb", "qqp", "snli"])
+@pytest.mark.parametrize("name", ["val.tsv", "test.json", "dev.txt", "train.csv.gz"])
+def test_a_split_file_in_a_format_not_read_is_an_error(tmp_path, task, name):
+    """``val.tsv`` next to ``train.csv`` and ``test.csv`` was ignored silently (validation was
+    held out of train instead); ``test.json`` too, next to a ``test.csv``."""
+    write_rows(tmp_path / "train.csv", _task_rows(task, 12))
+    write_rows(tmp_path / "test.csv", _task_rows(task, 4))
+    (tmp_path / name).write_text("anything\n")
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is not read: .*\.jsonl, \.csv"):
+        load_splits(TASKS[task], tmp_path, 0.5, 0)
 
 
 def test_missing_files_say_which_files_to_put_where(tmp_path):

@@ -1,8 +1,10 @@
 """Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
 
 Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
-``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*``,
-``val.*`` or ``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
+``data_dir``: ``train.*`` (or ``training.*``), ``test.*`` (or ``testing.*``) and optionally
+``validation.*`` (or ``valid.*``, ``val.*``, ``dev.*``, ``eval.*`` or ``evaluation.*``), each
+``.jsonl``, ``.csv`` or ``.parquet`` (a file of one of these names in another format, e.g.
+``val.tsv``, is an error naming it), with the task's columns
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
@@ -207,13 +209,36 @@ def _is_unlabelled(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ("-1", "-")
 
 
-# the file stems each split may have in data_dir (validation sets are often named val, valid or
-# dev); two files for one split are an error naming both
+# the file stems each split may have in data_dir (validation sets are often named val, valid,
+# dev or, after Hugging Face's eval_dataset, eval); two files for one split are an error naming
+# both, a file of one of these names in another format is an error (_unread_split_files)
 SPLIT_STEMS = {
-    "train": ("train",),
-    "validation": ("validation", "valid", "val", "dev"),
-    "test": ("test",),
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev", "eval", "evaluation"),
+    "test": ("test", "testing"),
 }
+
+
+def _split_names() -> str:
+    """The accepted split file names, for messages."""
+    return "; ".join(
+        f"{split}: {', '.join(f'{stem}.*' for stem in stems)}"
+        for split, stems in SPLIT_STEMS.items()
+    )
+
+
+def _unread_split_files(data_dir: Path) -> list[str]:
+    """The files of ``data_dir`` named as a split (``val.tsv``, ``test.json``,
+    ``train.csv.gz``) in a format that is not read: with split files beside them they would be
+    left out silently."""
+    stems = {stem for names in SPLIT_STEMS.values() for stem in names}
+    return sorted(
+        path.name
+        for path in data_dir.iterdir()
+        if path.name.split(".", 1)[0] in stems
+        and path.name[len(path.name.split(".", 1)[0]) :] not in FORMATS
+        and path.is_file()
+    )
 
 
 def _find_file(data_dir: Path, split: str) -> Path | None:
@@ -694,9 +719,10 @@ def _or_original(task: TextTask) -> str:
 
 def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict[str, RawSplit]:
     """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` (:data:`SPLIT_STEMS`)
-    files in the task's schema when it has any, else the task's original distribution
-    (:data:`ORIGINAL_LAYOUTS`). ``test_only``: the test split alone (the others need not be
-    there)."""
+    files in the task's schema when it has any, else the hub's parquet files or the task's
+    original distribution (:data:`ORIGINAL_LAYOUTS`). ``test_only``: the test split alone (the
+    others need not be there). A file named as a split in a format that is not read
+    (``val.tsv``) is an error naming it, where it would otherwise be left out."""
     if not data_dir.is_dir():
         raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
     wanted = ("test",) if test_only else ("train", "validation", "test")
@@ -708,6 +734,14 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
         root = _find_original(task, data_dir, test_only)
         if root is not None:
             return ORIGINAL_LAYOUTS[task.name].read(root, task, wanted)
+    unread = _unread_split_files(data_dir)
+    if unread:
+        raise DataError(
+            f"data_dir {data_dir}: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} "
+            f"not read: a split file is {', '.join(FORMATS)} ({_split_names()}); convert or "
+            f"rename {'it' if len(unread) == 1 else 'them'}, or move "
+            f"{'it' if len(unread) == 1 else 'them'} out of the folder"
+        )
     splits: dict[str, RawSplit] = {}
     for split, path in files.items():
         if path is not None:
@@ -723,8 +757,8 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
 
 def _hint(task: TextTask) -> str:
     return (
-        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val or dev file "
-        f"optional) with the "
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val, dev or "
+        f"eval file optional) with the "
         f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
         f"and pass --data-dir FOLDER"
     )
