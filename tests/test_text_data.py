@@ -17,6 +17,7 @@ from plmu.data.text_classification import (
     build_tokenizer,
     collate,
     load_splits,
+    read_hub_files,
 )
 from text_fixtures import (
     pair_rows,
@@ -749,6 +750,54 @@ def test_the_hubs_parquet_files_load_with_the_hub_routes_splits(tmp_path, given)
     )
     (folder / "train-00001-of-00002.parquet").unlink()
     with pytest.raises(ValueError, match=r"qqp: train-00001-of-00002.parquet is missing"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+
+
+@pytest.mark.parametrize("given", ["repository", "config folder"])
+@pytest.mark.parametrize(("task", "config"), [("imdb", "plain_text"), ("snli", "default")])
+def test_the_hubs_parquet_export_loads_its_shards_in_order(tmp_path, given, task, config):
+    """The hub's parquet export (``refs/convert/parquet``): ``CONFIG/SPLIT/0000.parquet``,
+    ``0001.parquet``, ... (``plain_text`` for stanfordnlp/imdb and snli, ``default`` for a
+    dataset without configs) was not read: "has no train file"."""
+    folder = tmp_path / config
+    train, test = _task_rows(task, 25), _task_rows(task, 6)
+    for i, start in enumerate(range(0, 25, 10)):  # 0000, 0001, 0002
+        write_rows(folder / "train" / f"{i:04d}.parquet", train[start : start + 10])
+    write_rows(folder / "test" / "0000.parquet", test[:4])
+    write_rows(folder / "test" / "0001.parquet", [*test[4:], {**test[0], "label": -1}])
+    write_rows(folder / "unsupervised" / "0000.parquet", [{**train[0], "label": -1}])
+    has_validation = "validation" in TASKS[task].hub_splits  # SNLI's; IMDB's is held out
+    if has_validation:
+        write_rows(folder / "validation" / "0000.parquet", _task_rows(task, 3))
+    root = tmp_path if given == "repository" else folder
+    splits = load_splits(TASKS[task], root, 0.2, 0)
+    assert len(splits["test"]) == 6 and splits["test"].texts == [
+        tuple(row[c] for c in TASKS[task].columns) for row in test
+    ]
+    assert [len(splits["train"]), len(splits["validation"])] == (
+        [25, 3] if has_validation else [20, 5]
+    )
+    whole = read_hub_files(folder, TASKS[task], ["train"])["train"]
+    assert whole.texts == [tuple(row[c] for c in TASKS[task].columns) for row in train]
+    assert whole.rows[10] == "train/0001.parquet: row 0"  # errors name the shard and row
+    (folder / "train" / "0001.parquet").unlink()
+    with pytest.raises(DataNotFoundError, match=r"train/0001.parquet is missing"):
+        load_splits(TASKS[task], root, 0.2, 0)
+
+
+def test_glue_qqps_parquet_export_tests_on_its_validation_split(tmp_path):
+    """GLUE's export: ``qqp/{train,validation,test}/0000.parquet``; the test split is
+    unlabelled, so, as on the hub route, validation is the test split."""
+    columns = TASKS["qqp"].columns
+    write_rows(tmp_path / "qqp" / "train" / "0000.parquet", pair_rows(12, columns, 2))
+    write_rows(tmp_path / "qqp" / "validation" / "0000.parquet", pair_rows(5, columns, 2))
+    hidden = [{**row, "label": -1} for row in pair_rows(3, columns, 2)]
+    write_rows(tmp_path / "qqp" / "test" / "0000.parquet", hidden)
+    splits = load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 5]
+    assert splits["test"].source == str(tmp_path / "qqp" / "validation" / "0000.parquet")
+    write_rows(tmp_path / "qqp" / "train-00000-of-00001.parquet", pair_rows(4, columns, 2))
+    with pytest.raises(DataNotFoundError, match=r"holds the train split twice"):
         load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
 
 

@@ -9,7 +9,8 @@ Data comes from the Hugging Face hub through ``datasets`` by default, or from lo
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
 no such files, it may hold (or be) the hub repository's config folder of parquet shards
-(``SPLIT-00000-of-0000N.parquet``, read as on the hub route: :func:`read_hub_files`), or the
+(``SPLIT-00000-of-0000N.parquet``, or the parquet export's ``SPLIT/0000.parquet``,
+``SPLIT/0001.parquet``, ...; read as on the hub route: :func:`read_hub_files`), or the
 dataset's original distribution (:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's
 ``QQP/`` or Stanford's ``snli_1.0/``.
 Without a validation split, ``val_fraction`` of the training split (shuffled with ``seed``) is
@@ -452,9 +453,13 @@ def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> Ra
 
 # ----------------------------------------------------------------------------- the hub's files
 # The parquet files of the hub's repository (``huggingface-cli download``), read when data_dir
-# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``.
+# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``, or,
+# in the parquet export (``--revision refs/convert/parquet``), ``SPLIT/0000.parquet``, ...
 
 SHARD = re.compile(r"(?P<split>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet")
+
+
+EXPORT_SHARD = re.compile(r"\d+\.parquet")  # the parquet export's SPLIT/0000.parquet
 
 
 def _hub_folder(task: TextTask) -> str:
@@ -462,12 +467,52 @@ def _hub_folder(task: TextTask) -> str:
     return task.hub_config or "plain_text"
 
 
+def _hub_folders(task: TextTask) -> tuple[str, ...]:
+    """The folders ``task``'s config may have in a download of its hub repository: the
+    config's name, or without one ``plain_text`` (stanfordnlp/imdb and snli) or ``default``
+    (the parquet export's name for a dataset without configs)."""
+    return (task.hub_config,) if task.hub_config else ("plain_text", "default")
+
+
 def _shards(folder: Path, split: str) -> list[Path]:
-    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``).
+    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``):
+    the repository's ``SPLIT-00000-of-0000N.parquet``, or the parquet export's
+    (``refs/convert/parquet``) ``SPLIT/0000.parquet``, ``SPLIT/0001.parquet``, ...
 
     Raises:
-        DataNotFoundError: a shard of the set is missing (naming it).
+        DataNotFoundError: a shard of the set is missing (naming it), or ``folder`` holds the
+            split in both layouts.
     """
+    flat = _flat_shards(folder, split)
+    export = _export_shards(folder / split)
+    if flat and export:
+        raise DataNotFoundError(
+            f"{folder} holds the {split} split twice, as {flat[0].name} and as "
+            f"{split}/{export[0].name} (the parquet export): keep one"
+        )
+    return flat or export
+
+
+def _export_shards(folder: Path) -> list[Path]:
+    """``folder``'s ``0000.parquet``, ``0001.parquet``, ... in order (one missing: an error)."""
+    if not folder.is_dir():
+        return []
+    found = {
+        int(path.name.split(".")[0]): path
+        for path in folder.iterdir()
+        if EXPORT_SHARD.fullmatch(path.name) and path.is_file()
+    }
+    missing = [i for i in range(max(found, default=-1) + 1) if i not in found]
+    if missing:
+        width = len(next(iter(found.values())).name.split(".")[0])
+        raise DataNotFoundError(
+            f"{folder.parent}: {folder.name}/{missing[0]:0{width}d}.parquet is missing (the "
+            f"hub's {folder.name} shards)"
+        )
+    return [found[i] for i in sorted(found)]
+
+
+def _flat_shards(folder: Path, split: str) -> list[Path]:
     found = {}
     for path in folder.glob(f"{split}-*-of-*.parquet"):
         match = SHARD.fullmatch(path.name)
@@ -485,7 +530,7 @@ def _shards(folder: Path, split: str) -> list[Path]:
 
 def _find_hub_files(task: TextTask, data_dir: Path) -> Path | None:
     """The folder of the hub's parquet files of ``task``: ``data_dir/CONFIG`` or ``data_dir``."""
-    for root in (data_dir / _hub_folder(task), data_dir):
+    for root in (*(data_dir / name for name in _hub_folders(task)), data_dir):
         if _shards(root, task.hub_splits["train"]) or _shards(root, task.hub_splits["test"]):
             return root
     return None
@@ -503,7 +548,10 @@ def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[st
         hub_split = task.hub_splits[split]
         paths = _shards(root, hub_split)
         if not paths:
-            raise DataNotFoundError(f"{root}: {hub_split}-00000-of-NNNNN.parquet is missing")
+            raise DataNotFoundError(
+                f"{root}: {hub_split}-00000-of-NNNNN.parquet (or {hub_split}/0000.parquet) is "
+                f"missing"
+            )
         parts = [load_local_split(path, task, drop_empty=True) for path in paths]
         if len(parts) == 1:
             read[split] = parts[0]
@@ -512,7 +560,11 @@ def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[st
             [text for part in parts for text in part.texts],
             [label for part in parts for label in part.labels],
             str(root),
-            [f"{path.name}: row {row}" for path, part in zip(paths, parts) for row in part.rows],
+            [
+                f"{path.relative_to(root).as_posix()}: row {row}"
+                for path, part in zip(paths, parts)
+                for row in part.rows
+            ],
         )
     return read
 
@@ -710,9 +762,12 @@ def _find_original(task: TextTask, data_dir: Path, test_only: bool = False) -> P
 
 def _or_original(task: TextTask) -> str:
     layout = ORIGINAL_LAYOUTS.get(task.name)
+    train = task.hub_splits["train"]
     hub = (
-        f", or the hub's parquet files ({_hub_folder(task)}/{task.hub_splits['train']}-00000-of-"
-        f"NNNNN.parquet, ... from huggingface-cli download {task.hub_path} --repo-type dataset)"
+        f", or the hub's parquet files ({_hub_folder(task)}/{train}-00000-of-NNNNN.parquet, ... "
+        f"from huggingface-cli download {task.hub_path} --repo-type dataset, or "
+        f"{_hub_folder(task)}/{train}/0000.parquet, ... from its parquet export, --revision "
+        f"refs/convert/parquet)"
     )
     return (f", or put {layout.description} there" if layout else "") + hub
 
