@@ -501,10 +501,10 @@ class IWSLTDataModule(SplitDataModule):
     def decode_target(self, ids: list[int]) -> str:
         """Target token ids -> text, with the current target tokeniser: a hypothesis as it is
         scored and printed. An unknown word (``<unk>``, which the model may emit) is written
-        ``<unk>``, one word that matches no reference word (Moses-escaped text writes ``<`` as
-        ``&lt;``), as NMT systems write it; ``<pad>``, ``<s>`` and ``</s>`` are left out. (The
-        tokeniser's own ``decode`` skips every special token, ``<unk>`` too: the hypothesis
-        lost a word.)"""
+        ``<unk>``, as NMT systems write it (in tokenised BLEU one word that matches no reference
+        word: Moses-escaped text writes ``<`` as ``&lt;``); ``<pad>``, ``<s>`` and ``</s>`` are
+        left out. (The tokeniser's own ``decode`` skips every special token, ``<unk>`` too: the
+        hypothesis lost a word.)"""
         words = [i for i in ids if i not in (PAD, BOS, EOS)]
         return self._tokenizers()[1].decode(words, skip_special_tokens=False)
 
