@@ -510,6 +510,9 @@ def test_a_beam_of_the_wrong_type_is_a_type_error_naming_it():
             module.translate_ids(src, lengths, bad)
         with pytest.raises(TypeError, match="beam must be an int"):
             translate_sentence(module, SimpleNamespace(), "a b .", beam=bad)
+        # before the checkpoint is read (as plmu generate checks its arguments)
+        with pytest.raises(TypeError, match="beam must be an int"):
+            translate("no-such.ckpt", "a b .", beam=bad)
 
 
 @pytest.mark.parametrize("setting", ["length_penalty=-1", "max_decode_length=0"])
