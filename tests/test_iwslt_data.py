@@ -300,6 +300,16 @@ def test_dataloaders_yield_batches(tmp_path):
         IWSLTDataModule(tmp_path, batch_size=0)
 
 
+@pytest.mark.parametrize(
+    "name", ["batch_size", "vocab_size", "max_source_length", "max_target_length"]
+)
+@pytest.mark.parametrize("value", [2.5, "8", True])
+def test_a_size_that_is_not_an_int_is_a_type_error_naming_it(tmp_path, name, value):
+    """As the layers' and models' integer arguments (it was a ValueError)."""
+    with pytest.raises(TypeError, match=f"{name} must be an int"):
+        IWSLTDataModule(tmp_path, **{name: value})
+
+
 def test_worker_processes_are_kept_between_epochs(tmp_path):
     """With ``num_workers`` the loaders keep their worker processes from epoch to epoch, as
     every other experiment's do: they were started again for every pass (about 0.1 s a loader
