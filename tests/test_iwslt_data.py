@@ -300,6 +300,16 @@ def test_dataloaders_yield_batches(tmp_path):
         IWSLTDataModule(tmp_path, batch_size=0)
 
 
+@pytest.mark.parametrize(
+    "name", ["batch_size", "vocab_size", "max_source_length", "max_target_length"]
+)
+@pytest.mark.parametrize("value", [2.5, "8", True])
+def test_a_size_that_is_not_an_int_is_a_type_error_naming_it(tmp_path, name, value):
+    """As the layers' and models' integer arguments (it was a ValueError)."""
+    with pytest.raises(TypeError, match=f"{name} must be an int"):
+        IWSLTDataModule(tmp_path, **{name: value})
+
+
 def test_worker_processes_are_kept_between_epochs(tmp_path):
     """With ``num_workers`` the loaders keep their worker processes from epoch to epoch, as
     every other experiment's do: they were started again for every pass (about 0.1 s a loader
@@ -453,3 +463,30 @@ def test_a_checkpoints_tokenisers_test_on_the_test_files_alone(tmp_path):
         IWSLTDataModule(alone).prepare_data()  # no tokenisers: all six, as training needs
     with pytest.raises(DataError, match=r"lacks train\.en, train\.vi; .* needs the line-al"):
         IWSLTDataModule(alone).setup("test")  # the tokenisers are trained on train
+
+
+def test_an_unknown_word_in_a_hypothesis_is_written_unk(tmp_path):
+    """A hypothesis keeps each ``<unk>`` the model emits as the word ``<unk>`` (as NMT systems
+    write it, and as BLEU then counts it: one hypothesis word matching no reference word); the
+    tokeniser's plain ``decode`` dropped it, shortening the hypothesis (so BLEU's brevity
+    penalty saw fewer words than were translated) and left two spaces. ``<pad>``, ``<s>``
+    and ``</s>`` are not words and stay out."""
+    from types import SimpleNamespace
+
+    from plmu.data.iwslt import UNK
+    from plmu.translate import translate_sentence
+
+    dm = IWSLTDataModule(write_iwslt(tmp_path, n_train=20, n_eval=3), batch_size=4, vocab_size=60)
+    dm.setup("fit")
+    tok = dm.tgt_tokenizer
+    ids = tok.encode("con mèo Ω nhỏ").ids  # a word of a letter the tokeniser never saw
+    assert UNK in ids
+    assert tok.decode(ids) == "con mèo  nhỏ"  # what the hypothesis was
+    assert dm.decode_target(ids) == "con mèo <unk> nhỏ"
+    assert dm.decode_target([UNK]) == "<unk>"
+    assert dm.decode_target([BOS, *ids, EOS, PAD]) == "con mèo <unk> nhỏ"
+    # plmu translate prints the same text
+    module = SimpleNamespace(
+        device=torch.device("cpu"), eval=lambda: None, translate_ids=lambda *args: [ids]
+    )
+    assert translate_sentence(module, dm, "we like a small cat .") == "con mèo <unk> nhỏ"

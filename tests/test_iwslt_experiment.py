@@ -121,7 +121,7 @@ def test_translate_bad_input(run):
         translate_sentence(module, dm, "  ")
     with pytest.raises(ValueError, match="max_source_length=150"):
         translate_sentence(module, dm, " ".join(["house"] * 200))
-    with pytest.raises(ValueError, match="beam must be a positive int"):
+    with pytest.raises(ValueError, match="beam must be >= 1"):
         translate_sentence(module, dm, "i see a dog .", beam=0)
 
 
@@ -468,6 +468,51 @@ def test_module_rejects_bad_settings():
         TranslationModule(net, str, max_len_ratio=-0.5)
     with pytest.raises(ValueError, match="max_decode_length"):
         TranslationModule(net, str, max_decode_length=0)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "kind"),
+    [
+        ("beam_size", 2.5, "an int"),
+        ("beam_size", "3", "an int"),
+        ("beam_size", True, "an int"),
+        ("max_decode_length", 2.5, "an int"),
+        ("max_decode_length", "3", "an int"),
+        ("max_len_offset", 2.5, "an int"),
+        ("length_penalty", "1", "a number"),
+        ("max_len_ratio", "2", "a number"),
+        ("max_len_ratio", True, "a number"),
+    ],
+)
+def test_a_decoding_setting_of_the_wrong_type_is_a_type_error_naming_it(argument, value, kind):
+    """As every integer argument of the layers and models: a float, str or bool where an int is
+    due is a TypeError naming the argument (``beam_size`` was a ValueError,
+    ``max_decode_length=2.5`` and ``"3"`` passed as 2 and 3, ``length_penalty="1"`` failed in
+    ``math.isfinite`` without a name)."""
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    net = LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0)
+    with pytest.raises(TypeError, match=f"{argument} must be {kind}"):
+        TranslationModule(net, str, **{argument: value})
+
+
+def test_a_beam_of_the_wrong_type_is_a_type_error_naming_it():
+    """``translate_ids(beam_size=2.5)`` decoded with a beam of 2; ``translate_sentence``'s
+    ``beam`` was a ValueError."""
+    from types import SimpleNamespace
+
+    from plmu.models.seq2seq import LMUSeq2Seq
+
+    module = TranslationModule(LMUSeq2Seq(10, 10, d_model=8, order=2, theta=2.0), str)
+    src, lengths = torch.tensor([[4, 5, 3]]), torch.tensor([3])
+    for bad in (2.5, "3", True):
+        with pytest.raises(TypeError, match="beam_size must be an int"):
+            module.translate_ids(src, lengths, bad)
+        with pytest.raises(TypeError, match="beam must be an int"):
+            translate_sentence(module, SimpleNamespace(), "a b .", beam=bad)
+        # before the checkpoint is read (as plmu generate checks its arguments)
+        with pytest.raises(TypeError, match="beam must be an int"):
+            translate("no-such.ckpt", "a b .", beam=bad)
 
 
 @pytest.mark.parametrize("setting", ["length_penalty=-1", "max_decode_length=0"])

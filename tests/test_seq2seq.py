@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -207,6 +208,27 @@ def test_bad_input_is_rejected():
         model.greedy(src, lengths, 0)
     with pytest.raises(ValueError, match="d_model"):
         LMUSeq2Seq(10, 10, d_model=0)
+
+
+@pytest.mark.parametrize("beam_size", [2.5, "3", True, None])
+def test_a_beam_size_that_is_not_an_int_is_a_type_error(beam_size):
+    """As every integer argument: a float, a str or a bool ``beam_size`` is a TypeError naming
+    it (it was a ValueError); a NumPy integer is an int."""
+    model = make_model()
+    src, lengths = padded_sources(0, [4, 2])
+    with pytest.raises(TypeError, match="beam_size must be an int"):
+        model.beam_search(src, lengths, 5, beam_size=beam_size)
+    assert len(model.beam_search(src, lengths, 5, beam_size=np.int64(2))) == 2
+
+
+@pytest.mark.parametrize("length_penalty", ["1", True, None])
+def test_a_length_penalty_that_is_not_a_number_is_a_type_error(length_penalty):
+    """A str used to reach ``math.isfinite`` ("must be real number, not str": no name) and a bool
+    passed as 0 or 1."""
+    model = make_model()
+    src, lengths = padded_sources(0, [4, 2])
+    with pytest.raises(TypeError, match="length_penalty must be a number"):
+        model.beam_search(src, lengths, 5, beam_size=2, length_penalty=length_penalty)
 
 
 def test_decode_step_needs_one_state_per_decoder_layer():

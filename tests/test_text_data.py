@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
+from plmu.data import DataError
 from plmu.data.text_classification import (
     PAD_ID,
     TASKS,
@@ -15,6 +17,7 @@ from plmu.data.text_classification import (
     build_tokenizer,
     collate,
     load_splits,
+    read_hub_files,
 )
 from text_fixtures import (
     pair_rows,
@@ -227,12 +230,74 @@ def test_unknown_labels_are_an_error(tmp_path, label, fmt):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 
-@pytest.mark.parametrize("text", ["", "   "])
-def test_empty_texts_in_files_are_an_error(tmp_path, text):
+@pytest.mark.parametrize(("text", "what"), [("", "an empty text"), ("   ", "only spaces")])
+def test_empty_texts_in_files_are_an_error(tmp_path, text, what):
     write_rows(tmp_path / "train.csv", [*sentiment_rows(2), {"text": text, "label": 1}])
     write_rows(tmp_path / "test.csv", sentiment_rows(2))
-    with pytest.raises(ValueError, match="row 2: column 'text' must be a non-empty text"):
+    with pytest.raises(ValueError, match=f"row 2: column 'text': the text is missing \\({what}"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("fmt", [".jsonl", ".parquet"])
+def test_a_null_text_says_the_text_is_missing(tmp_path, fmt):
+    """A JSON null or a parquet null (pandas' NaN or None) read "must be a non-empty text, got
+    nan": it is a missing text, in the file, row and column named."""
+    rows = [*pair_rows(3, TASKS["qqp"].columns, 2), {"question1": "why?", "question2": None}]
+    rows[3]["label"] = 0
+    path = write_rows(tmp_path / f"train{fmt}", rows)
+    write_rows(tmp_path / "test.jsonl", pair_rows(2, TASKS["qqp"].columns, 2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["qqp"], tmp_path, 0.5, 0)
+    assert str(error.value) == (
+        f"{path}: row 3: column 'question2': the text is missing (a null value)"
+    )
+
+
+def test_a_text_that_is_not_a_string_names_its_type(tmp_path):
+    write_rows(tmp_path / "train.jsonl", [*sentiment_rows(2), {"text": 42, "label": 1}])
+    write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
+    with pytest.raises(ValueError, match="row 2: column 'text' must be a text, got int 42"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
+def test_a_csv_row_with_too_many_fields_names_its_row_and_file_line(tmp_path):
+    """pandas said "Expected 2 fields in line 5, saw 3": its "line" counts records from 1, the
+    header and blank lines included, where plmu's rows count data rows from 0 and its lines
+    (as in the not-UTF-8 error) the file's lines from 1. The message now gives both."""
+    text = 'text,label\ngood film,1\n"a long\nreview",0\n\nbad, really bad,0\nfine,1\n'
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 2 (line 6 of the file): 3 fields where the header has 2"
+    )
+
+
+def test_csv_rows_that_all_have_one_field_too_many_are_an_error(tmp_path):
+    """pandas read the first column of such a file as its index, silently: the texts became
+    the labels' column and a label column of '' or a wrong value."""
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\nbad, really bad,0\ngreat, just great,1\n")
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 0 (line 2 of the file): 3 fields where the header has 2"
+    )
+
+
+def test_a_csv_quote_never_closed_names_its_row_and_file_line(tmp_path):
+    """pandas said "EOF inside string starting at row 2", counting the header as row 0."""
+    path = tmp_path / "train.csv"
+    path.write_text('text,label\ngood,1\n"open quote,0\nmore,1\n')
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 1 (line 3 of the file): a double quote opened here is never closed"
+    )
 
 
 def test_text_of_markup_only_is_an_error_when_encoding(tmp_path):
@@ -241,6 +306,40 @@ def test_text_of_markup_only_is_an_error_when_encoding(tmp_path):
     data = TextClassificationData(TASKS["imdb"], CONFIG, tmp_path)
     with pytest.raises(ValueError, match="row 4: column 'text' has no words"):
         data.setup()
+
+
+def _task_rows(task: str, n: int) -> list[dict]:
+    if task == "imdb":
+        return sentiment_rows(n)
+    return pair_rows(n, TASKS[task].columns, TASKS[task].num_classes)
+
+
+@pytest.mark.parametrize("task", ["imdb", "qqp", "snli"])
+def test_training_testing_and_eval_files_are_the_splits_they_name(tmp_path, task):
+    """``training.*``, ``testing.*`` and ``eval.*``/``evaluation.*`` (Hugging Face's
+    ``eval_dataset``: the set evaluated during training) were ignored: the run stopped with
+    "no train file", or held validation pairs out of train and never read ``eval.csv``."""
+    write_rows(tmp_path / "training.csv", _task_rows(task, 12))
+    write_rows(tmp_path / "testing.jsonl", _task_rows(task, 5))
+    write_rows(tmp_path / "eval.parquet", _task_rows(task, 3))
+    splits = load_splits(TASKS[task], tmp_path, 0.5, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [12, 3, 5]
+    assert splits["validation"].source == str(tmp_path / "eval.parquet")
+    (tmp_path / "evaluation.csv").write_bytes((tmp_path / "training.csv").read_bytes())
+    with pytest.raises(ValueError, match=r"several validation files: \['eval.parquet'"):
+        load_splits(TASKS[task], tmp_path, 0.5, 0)
+
+
+@pytest.mark.parametrize("task", ["imdb", "qqp", "snli"])
+@pytest.mark.parametrize("name", ["val.tsv", "test.json", "dev.txt", "train.csv.gz"])
+def test_a_split_file_in_a_format_not_read_is_an_error(tmp_path, task, name):
+    """``val.tsv`` next to ``train.csv`` and ``test.csv`` was ignored silently (validation was
+    held out of train instead); ``test.json`` too, next to a ``test.csv``."""
+    write_rows(tmp_path / "train.csv", _task_rows(task, 12))
+    write_rows(tmp_path / "test.csv", _task_rows(task, 4))
+    (tmp_path / name).write_text("anything\n")
+    with pytest.raises(DataError, match=rf"{re.escape(name)} is not read: .*\.jsonl, \.csv"):
+        load_splits(TASKS[task], tmp_path, 0.5, 0)
 
 
 def test_missing_files_say_which_files_to_put_where(tmp_path):
@@ -614,7 +713,7 @@ def test_jsonl_rows_are_the_lines_of_the_file(tmp_path):
     text = "\r\n".join([lines[0], "", lines[1], "", lines[2], '{"text": "", "label": 0}', ""])
     (tmp_path / "train.jsonl").write_bytes(text.encode())
     write_rows(tmp_path / "test.jsonl", sentiment_rows(2))
-    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text' must be a non-empty"):
+    with pytest.raises(ValueError, match=r"train.jsonl: row 5: column 'text': the text is missing"):
         load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
 
 
@@ -651,6 +750,54 @@ def test_the_hubs_parquet_files_load_with_the_hub_routes_splits(tmp_path, given)
     )
     (folder / "train-00001-of-00002.parquet").unlink()
     with pytest.raises(ValueError, match=r"qqp: train-00001-of-00002.parquet is missing"):
+        load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+
+
+@pytest.mark.parametrize("given", ["repository", "config folder"])
+@pytest.mark.parametrize(("task", "config"), [("imdb", "plain_text"), ("snli", "default")])
+def test_the_hubs_parquet_export_loads_its_shards_in_order(tmp_path, given, task, config):
+    """The hub's parquet export (``refs/convert/parquet``): ``CONFIG/SPLIT/0000.parquet``,
+    ``0001.parquet``, ... (``plain_text`` for stanfordnlp/imdb and snli, ``default`` for a
+    dataset without configs) was not read: "has no train file"."""
+    folder = tmp_path / config
+    train, test = _task_rows(task, 25), _task_rows(task, 6)
+    for i, start in enumerate(range(0, 25, 10)):  # 0000, 0001, 0002
+        write_rows(folder / "train" / f"{i:04d}.parquet", train[start : start + 10])
+    write_rows(folder / "test" / "0000.parquet", test[:4])
+    write_rows(folder / "test" / "0001.parquet", [*test[4:], {**test[0], "label": -1}])
+    write_rows(folder / "unsupervised" / "0000.parquet", [{**train[0], "label": -1}])
+    has_validation = "validation" in TASKS[task].hub_splits  # SNLI's; IMDB's is held out
+    if has_validation:
+        write_rows(folder / "validation" / "0000.parquet", _task_rows(task, 3))
+    root = tmp_path if given == "repository" else folder
+    splits = load_splits(TASKS[task], root, 0.2, 0)
+    assert len(splits["test"]) == 6 and splits["test"].texts == [
+        tuple(row[c] for c in TASKS[task].columns) for row in test
+    ]
+    assert [len(splits["train"]), len(splits["validation"])] == (
+        [25, 3] if has_validation else [20, 5]
+    )
+    whole = read_hub_files(folder, TASKS[task], ["train"])["train"]
+    assert whole.texts == [tuple(row[c] for c in TASKS[task].columns) for row in train]
+    assert whole.rows[10] == "train/0001.parquet: row 0"  # errors name the shard and row
+    (folder / "train" / "0001.parquet").unlink()
+    with pytest.raises(DataNotFoundError, match=r"train/0001.parquet is missing"):
+        load_splits(TASKS[task], root, 0.2, 0)
+
+
+def test_glue_qqps_parquet_export_tests_on_its_validation_split(tmp_path):
+    """GLUE's export: ``qqp/{train,validation,test}/0000.parquet``; the test split is
+    unlabelled, so, as on the hub route, validation is the test split."""
+    columns = TASKS["qqp"].columns
+    write_rows(tmp_path / "qqp" / "train" / "0000.parquet", pair_rows(12, columns, 2))
+    write_rows(tmp_path / "qqp" / "validation" / "0000.parquet", pair_rows(5, columns, 2))
+    hidden = [{**row, "label": -1} for row in pair_rows(3, columns, 2)]
+    write_rows(tmp_path / "qqp" / "test" / "0000.parquet", hidden)
+    splits = load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [9, 3, 5]
+    assert splits["test"].source == str(tmp_path / "qqp" / "validation" / "0000.parquet")
+    write_rows(tmp_path / "qqp" / "train-00000-of-00001.parquet", pair_rows(4, columns, 2))
+    with pytest.raises(DataNotFoundError, match=r"holds the train split twice"):
         load_splits(TASKS["qqp"], tmp_path, 0.25, 0)
 
 

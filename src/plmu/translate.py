@@ -8,7 +8,8 @@ sentence, or one with more subword tokens than the model's ``max_source_length``
 The sentence must be tokenised as IWSLT'15 is, with the Moses tokeniser: punctuation and clitics
 split off by spaces and ``' " & | < > [ ]`` written as ``&apos; &quot; &amp; &#124; &lt; &gt;
 &#91; &#93;`` (``I &apos;d like it .``); the subword tokenisers learnt that text as it is. The
-translation comes out tokenised and escaped in the same way. See docs/iwslt.md.
+translation comes out tokenised and escaped in the same way, an unknown word the model emits
+written ``<unk>``. See docs/iwslt.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from plmu.data.iwslt import IWSLTDataModule, encode_source
+from plmu.memory import _check_positive_int
 from plmu.training.translation import TranslationModule
 
 __all__ = ["translate", "translate_sentence"]
@@ -36,9 +38,10 @@ def translate_sentence(
 
     Raises:
         ValueError: empty or over-long ``sentence``, or ``beam < 1``.
+        TypeError: a ``beam`` that is not an int (a float, a str or a bool).
     """
-    if beam is not None and (isinstance(beam, bool) or not isinstance(beam, int) or beam < 1):
-        raise ValueError(f"beam must be a positive int, got {beam!r}")
+    if beam is not None:
+        beam = _check_positive_int(beam, "beam")
     src_tok, tgt_tok = datamodule.src_tokenizer, datamodule.tgt_tokenizer
     if src_tok is None or tgt_tok is None:
         raise ValueError("the datamodule has no tokenisers; load it from a checkpoint")
@@ -48,12 +51,16 @@ def translate_sentence(
     module.eval()
     with torch.no_grad():
         out = module.translate_ids(src, lengths, beam)[0]
-    return tgt_tok.decode(out)
+    return datamodule.decode_target(out)
 
 
 def translate(checkpoint: str | Path, sentence: str, beam: int | None = None) -> str:
-    """Load ``checkpoint`` (an ``iwslt15-en-vi`` run) and translate ``sentence``."""
+    """Load ``checkpoint`` (an ``iwslt15-en-vi`` run) and translate ``sentence`` (``beam`` is
+    checked first, before the checkpoint is read)."""
     from plmu.training.runner import load_checkpoint
+
+    if beam is not None:
+        _check_positive_int(beam, "beam")
 
     experiment, _, module, datamodule = load_checkpoint(checkpoint)
     if not isinstance(module, TranslationModule) or not isinstance(datamodule, IWSLTDataModule):

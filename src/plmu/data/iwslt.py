@@ -50,6 +50,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
 from plmu.data import DataError, not_utf8
+from plmu.legendre import _check_positive_int
 from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
 __all__ = [
@@ -432,14 +433,11 @@ class IWSLTDataModule(SplitDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        for value, name in (
-            (batch_size, "batch_size"),
-            (vocab_size, "vocab_size"),
-            (max_source_length, "max_source_length"),
-            (max_target_length, "max_target_length"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        # a wrong type is a TypeError naming the argument, a value below 1 a ValueError
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        vocab_size = _check_positive_int(vocab_size, "vocab_size")
+        max_source_length = _check_positive_int(max_source_length, "max_source_length")
+        max_target_length = _check_positive_int(max_target_length, "max_target_length")
         super().__init__(batch_size, num_workers, seed=seed)
         self.data_dir = None if data_dir is None else Path(data_dir)
         self.vocab_size = vocab_size
@@ -499,8 +497,14 @@ class IWSLTDataModule(SplitDataModule):
             self.test_set = self.datasets.get("test")
 
     def decode_target(self, ids: list[int]) -> str:
-        """Target token ids -> text, with the current target tokeniser."""
-        return self._tokenizers()[1].decode(ids)
+        """Target token ids -> text, with the current target tokeniser: a hypothesis as it is
+        scored and printed. An unknown word (``<unk>``, which the model may emit) is written
+        ``<unk>``, as NMT systems write it (in tokenised BLEU one word that matches no reference
+        word: Moses-escaped text writes ``<`` as ``&lt;``); ``<pad>``, ``<s>`` and ``</s>`` are
+        left out. (The tokeniser's own ``decode`` skips every special token, ``<unk>`` too: the
+        hypothesis lost a word.)"""
+        words = [i for i in ids if i not in (PAD, BOS, EOS)]
+        return self._tokenizers()[1].decode(words, skip_special_tokens=False)
 
     @property
     def src_vocab_size(self) -> int:

@@ -1,13 +1,16 @@
 """Text classification data (IMDB, QQP, SNLI): loading, vocabulary, encoding and batching.
 
 Data comes from the Hugging Face hub through ``datasets`` by default, or from local files with
-``data_dir``: ``train.*``, ``test.*`` and optionally ``validation.*`` (or ``valid.*``,
-``val.*`` or ``dev.*``), each ``.jsonl``, ``.csv`` or ``.parquet``, with the task's columns
+``data_dir``: ``train.*`` (or ``training.*``), ``test.*`` (or ``testing.*``) and optionally
+``validation.*`` (or ``valid.*``, ``val.*``, ``dev.*``, ``eval.*`` or ``evaluation.*``), each
+``.jsonl``, ``.csv`` or ``.parquet`` (a file of one of these names in another format, e.g.
+``val.tsv``, is an error naming it), with the task's columns
 (``text``/``label``, ``question1``/``question2``/``label`` or
 ``premise``/``hypothesis``/``label``). Labels are integers ``0..C-1`` or the task's
 label names; rows labelled ``-1`` or ``"-"`` (no gold label) are dropped. When ``data_dir`` has
 no such files, it may hold (or be) the hub repository's config folder of parquet shards
-(``SPLIT-00000-of-0000N.parquet``, read as on the hub route: :func:`read_hub_files`), or the
+(``SPLIT-00000-of-0000N.parquet``, or the parquet export's ``SPLIT/0000.parquet``,
+``SPLIT/0001.parquet``, ...; read as on the hub route: :func:`read_hub_files`), or the
 dataset's original distribution (:data:`ORIGINAL_LAYOUTS`): IMDB's ``aclImdb/``, GLUE's
 ``QQP/`` or Stanford's ``snli_1.0/``.
 Without a validation split, ``val_fraction`` of the training split (shuffled with ``seed``) is
@@ -207,13 +210,36 @@ def _is_unlabelled(value: Any) -> bool:
     return isinstance(value, str) and value.strip() in ("-1", "-")
 
 
-# the file stems each split may have in data_dir (validation sets are often named val, valid or
-# dev); two files for one split are an error naming both
+# the file stems each split may have in data_dir (validation sets are often named val, valid,
+# dev or, after Hugging Face's eval_dataset, eval); two files for one split are an error naming
+# both, a file of one of these names in another format is an error (_unread_split_files)
 SPLIT_STEMS = {
-    "train": ("train",),
-    "validation": ("validation", "valid", "val", "dev"),
-    "test": ("test",),
+    "train": ("train", "training"),
+    "validation": ("validation", "valid", "val", "dev", "eval", "evaluation"),
+    "test": ("test", "testing"),
 }
+
+
+def _split_names() -> str:
+    """The accepted split file names, for messages."""
+    return "; ".join(
+        f"{split}: {', '.join(f'{stem}.*' for stem in stems)}"
+        for split, stems in SPLIT_STEMS.items()
+    )
+
+
+def _unread_split_files(data_dir: Path) -> list[str]:
+    """The files of ``data_dir`` named as a split (``val.tsv``, ``test.json``,
+    ``train.csv.gz``) in a format that is not read: with split files beside them they would be
+    left out silently."""
+    stems = {stem for names in SPLIT_STEMS.values() for stem in names}
+    return sorted(
+        path.name
+        for path in data_dir.iterdir()
+        if path.name.split(".", 1)[0] in stems
+        and path.name[len(path.name.split(".", 1)[0]) :] not in FORMATS
+        and path.is_file()
+    )
 
 
 def _find_file(data_dir: Path, split: str) -> Path | None:
@@ -238,10 +264,48 @@ def _read_table(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
 
     if path.suffix == ".csv":
         # everything as text: "NA" stays a word, an empty field stays "" (and is rejected)
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.ParserError as error:
+            raise _csv_error(path, error) from None
+        if not isinstance(frame.index, pd.RangeIndex):
+            # each row had a field more than the header: pandas took the first for the index
+            raise _csv_error(path, None)
+        return frame
     if path.suffix == ".jsonl":
         return _read_jsonl(path, needed)
     return pd.read_parquet(path)
+
+
+def _csv_error(path: Path, error: Exception | None) -> ValueError:
+    """The error of a CSV file that pandas cannot read as a table (``error``, or ``None`` where
+    it read a field more than the header in every row as an index), naming the first row at
+    fault as the other messages do: its data row (from 0, blank lines not counted, as in the
+    frame) and the file's line it starts on (from 1, as the not-UTF-8 error counts). pandas'
+    own messages count records from 1 with the header ("line 5") or from 0 with it ("row 2")."""
+    import csv
+
+    with path.open(encoding="utf-8-sig", newline="") as lines:
+        reader = csv.reader(lines)
+        header = next(reader, [])
+        row, start = 0, reader.line_num + 1
+        for record in reader:
+            where = f"{_at(str(path), row)} (line {start} of the file)"
+            if len(record) > len(header):
+                return ValueError(
+                    f"{where}: {len(record)} fields where the header has {len(header)} "
+                    f"({', '.join(header)}); a text with a comma or a line break must be in "
+                    f'double quotes ("a, b"), a quote in it doubled ("say ""hi""")'
+                )
+            row += bool(record)  # a blank line is no row (pandas skips it)
+            last, start = where, reader.line_num + 1
+    if error is not None and "EOF inside string" in str(error) and header and row:
+        return ValueError(
+            f"{last}: a double quote opened here is never closed (the rest of the file "
+            f'read as one text); a quote inside a text is doubled ("say ""hi""")'
+        )
+    detail = str(error).strip() if error is not None else "not a table"
+    return ValueError(f"{path}: cannot be read as CSV: {detail}")
 
 
 def _read_jsonl(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
@@ -322,10 +386,7 @@ def _labelled(
             empty += 1
             continue
         if bad:
-            column, value = bad[0]
-            raise ValueError(
-                f"{_at(source, row)}: column {column!r} must be a non-empty text, got {value!r}"
-            )
+            raise ValueError(_text_problem(_at(source, row), *bad[0]))
         labels.append(_parse_label(label, task, f"{_at(source, row)}: column 'label'"))
         texts.append(tuple(values))
         rows.append(row)
@@ -342,6 +403,18 @@ def _labelled(
     if empty:
         log.info("%s: dropped %d rows with an empty text", source, empty)
     return RawSplit(texts, labels, source, rows)
+
+
+def _text_problem(where: str, column: str, value: Any) -> str:
+    """What is wrong with the text ``value`` of ``column`` (not a non-blank ``str``), for a
+    message that starts with ``where`` (the file and row)."""
+    if _is_empty(value):
+        if isinstance(value, str):
+            what = "only spaces" if value else "an empty text"
+        else:  # None (a JSON null) or NaN (pandas' null of a parquet or CSV cell)
+            what = "a null value"
+        return f"{where}: column {column!r}: the text is missing ({what})"
+    return f"{where}: column {column!r} must be a text, got {type(value).__name__} {value!r}"
 
 
 def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> RawSplit:
@@ -380,9 +453,13 @@ def load_local_split(path: Path, task: TextTask, drop_empty: bool = False) -> Ra
 
 # ----------------------------------------------------------------------------- the hub's files
 # The parquet files of the hub's repository (``huggingface-cli download``), read when data_dir
-# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``.
+# has no train.*/test.* files: the config's folder holds ``SPLIT-00000-of-0000N.parquet``, or,
+# in the parquet export (``--revision refs/convert/parquet``), ``SPLIT/0000.parquet``, ...
 
 SHARD = re.compile(r"(?P<split>.+)-(?P<index>\d+)-of-(?P<total>\d+)\.parquet")
+
+
+EXPORT_SHARD = re.compile(r"\d+\.parquet")  # the parquet export's SPLIT/0000.parquet
 
 
 def _hub_folder(task: TextTask) -> str:
@@ -390,12 +467,52 @@ def _hub_folder(task: TextTask) -> str:
     return task.hub_config or "plain_text"
 
 
+def _hub_folders(task: TextTask) -> tuple[str, ...]:
+    """The folders ``task``'s config may have in a download of its hub repository: the
+    config's name, or without one ``plain_text`` (stanfordnlp/imdb and snli) or ``default``
+    (the parquet export's name for a dataset without configs)."""
+    return (task.hub_config,) if task.hub_config else ("plain_text", "default")
+
+
 def _shards(folder: Path, split: str) -> list[Path]:
-    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``).
+    """The parquet shards of the hub split ``split`` in ``folder``, in order (none: ``[]``):
+    the repository's ``SPLIT-00000-of-0000N.parquet``, or the parquet export's
+    (``refs/convert/parquet``) ``SPLIT/0000.parquet``, ``SPLIT/0001.parquet``, ...
 
     Raises:
-        DataNotFoundError: a shard of the set is missing (naming it).
+        DataNotFoundError: a shard of the set is missing (naming it), or ``folder`` holds the
+            split in both layouts.
     """
+    flat = _flat_shards(folder, split)
+    export = _export_shards(folder / split)
+    if flat and export:
+        raise DataNotFoundError(
+            f"{folder} holds the {split} split twice, as {flat[0].name} and as "
+            f"{split}/{export[0].name} (the parquet export): keep one"
+        )
+    return flat or export
+
+
+def _export_shards(folder: Path) -> list[Path]:
+    """``folder``'s ``0000.parquet``, ``0001.parquet``, ... in order (one missing: an error)."""
+    if not folder.is_dir():
+        return []
+    found = {
+        int(path.name.split(".")[0]): path
+        for path in folder.iterdir()
+        if EXPORT_SHARD.fullmatch(path.name) and path.is_file()
+    }
+    missing = [i for i in range(max(found, default=-1) + 1) if i not in found]
+    if missing:
+        width = len(next(iter(found.values())).name.split(".")[0])
+        raise DataNotFoundError(
+            f"{folder.parent}: {folder.name}/{missing[0]:0{width}d}.parquet is missing (the "
+            f"hub's {folder.name} shards)"
+        )
+    return [found[i] for i in sorted(found)]
+
+
+def _flat_shards(folder: Path, split: str) -> list[Path]:
     found = {}
     for path in folder.glob(f"{split}-*-of-*.parquet"):
         match = SHARD.fullmatch(path.name)
@@ -413,7 +530,7 @@ def _shards(folder: Path, split: str) -> list[Path]:
 
 def _find_hub_files(task: TextTask, data_dir: Path) -> Path | None:
     """The folder of the hub's parquet files of ``task``: ``data_dir/CONFIG`` or ``data_dir``."""
-    for root in (data_dir / _hub_folder(task), data_dir):
+    for root in (*(data_dir / name for name in _hub_folders(task)), data_dir):
         if _shards(root, task.hub_splits["train"]) or _shards(root, task.hub_splits["test"]):
             return root
     return None
@@ -431,7 +548,10 @@ def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[st
         hub_split = task.hub_splits[split]
         paths = _shards(root, hub_split)
         if not paths:
-            raise DataNotFoundError(f"{root}: {hub_split}-00000-of-NNNNN.parquet is missing")
+            raise DataNotFoundError(
+                f"{root}: {hub_split}-00000-of-NNNNN.parquet (or {hub_split}/0000.parquet) is "
+                f"missing"
+            )
         parts = [load_local_split(path, task, drop_empty=True) for path in paths]
         if len(parts) == 1:
             read[split] = parts[0]
@@ -440,7 +560,11 @@ def read_hub_files(root: Path, task: TextTask, splits: Sequence[str]) -> dict[st
             [text for part in parts for text in part.texts],
             [label for part in parts for label in part.labels],
             str(root),
-            [f"{path.name}: row {row}" for path, part in zip(paths, parts) for row in part.rows],
+            [
+                f"{path.relative_to(root).as_posix()}: row {row}"
+                for path, part in zip(paths, parts)
+                for row in part.rows
+            ],
         )
     return read
 
@@ -638,18 +762,22 @@ def _find_original(task: TextTask, data_dir: Path, test_only: bool = False) -> P
 
 def _or_original(task: TextTask) -> str:
     layout = ORIGINAL_LAYOUTS.get(task.name)
+    train = task.hub_splits["train"]
     hub = (
-        f", or the hub's parquet files ({_hub_folder(task)}/{task.hub_splits['train']}-00000-of-"
-        f"NNNNN.parquet, ... from huggingface-cli download {task.hub_path} --repo-type dataset)"
+        f", or the hub's parquet files ({_hub_folder(task)}/{train}-00000-of-NNNNN.parquet, ... "
+        f"from huggingface-cli download {task.hub_path} --repo-type dataset, or "
+        f"{_hub_folder(task)}/{train}/0000.parquet, ... from its parquet export, --revision "
+        f"refs/convert/parquet)"
     )
     return (f", or put {layout.description} there" if layout else "") + hub
 
 
 def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict[str, RawSplit]:
     """The splits in ``data_dir``: its ``train.*``/``test.*``/``validation.*`` (:data:`SPLIT_STEMS`)
-    files in the task's schema when it has any, else the task's original distribution
-    (:data:`ORIGINAL_LAYOUTS`). ``test_only``: the test split alone (the others need not be
-    there)."""
+    files in the task's schema when it has any, else the hub's parquet files or the task's
+    original distribution (:data:`ORIGINAL_LAYOUTS`). ``test_only``: the test split alone (the
+    others need not be there). A file named as a split in a format that is not read
+    (``val.tsv``) is an error naming it, where it would otherwise be left out."""
     if not data_dir.is_dir():
         raise DataNotFoundError(f"data_dir {data_dir} is not a directory")
     wanted = ("test",) if test_only else ("train", "validation", "test")
@@ -661,6 +789,14 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
         root = _find_original(task, data_dir, test_only)
         if root is not None:
             return ORIGINAL_LAYOUTS[task.name].read(root, task, wanted)
+    unread = _unread_split_files(data_dir)
+    if unread:
+        raise DataError(
+            f"data_dir {data_dir}: {', '.join(unread)} {'is' if len(unread) == 1 else 'are'} "
+            f"not read: a split file is {', '.join(FORMATS)} ({_split_names()}); convert or "
+            f"rename {'it' if len(unread) == 1 else 'them'}, or move "
+            f"{'it' if len(unread) == 1 else 'them'} out of the folder"
+        )
     splits: dict[str, RawSplit] = {}
     for split, path in files.items():
         if path is not None:
@@ -676,8 +812,8 @@ def _load_local(task: TextTask, data_dir: Path, test_only: bool = False) -> dict
 
 def _hint(task: TextTask) -> str:
     return (
-        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val or dev file "
-        f"optional) with the "
+        f"put train.jsonl and test.jsonl (or .csv/.parquet; a validation, valid, val, dev or "
+        f"eval file optional) with the "
         f"columns {[*task.columns, 'label']} in a folder{_or_original(task)}, "
         f"and pass --data-dir FOLDER"
     )

@@ -73,6 +73,15 @@ def _key_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
+def _check_real(value: object, name: str) -> float:
+    """``value`` as a float: a real number (``int``, ``float``, a NumPy scalar); a ``str``, a
+    ``bool`` or another type is a TypeError naming ``name`` (``float("1")`` and ``float(True)``
+    would pass silently)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    return float(value)
+
+
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Reverse each right-padded sequence within its length; padding stays in place.
 
@@ -459,9 +468,14 @@ class LMUSeq2Seq(nn.Module):
         Returns:
             the best hypothesis per source, without ``</s>`` (none for an empty batch). Dropout
             applies in training mode, as in ``forward``: call ``eval()`` first.
+
+        Raises:
+            TypeError: a ``beam_size`` that is not an int, a ``length_penalty`` that is not a
+                real number (a ``str``, a ``bool``).
+            ValueError: ``beam_size < 1``, a ``length_penalty`` below 0 or not finite.
         """
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        beam_size = _check_positive_int(beam_size, "beam_size")
+        length_penalty = _check_real(length_penalty, "length_penalty")
         if not (math.isfinite(length_penalty) and length_penalty >= 0):
             raise ValueError(f"length_penalty must be finite and >= 0, got {length_penalty}")
         enc, mask = self.encode(src, src_lengths)

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from plmu.data.iwslt import PAD, TranslationBatch
-from plmu.models.seq2seq import LMUSeq2Seq
+from plmu.memory import _check_positive_int
+from plmu.models.seq2seq import LMUSeq2Seq, _check_real
 from plmu.training.base import PlmuModule
 
 __all__ = [
@@ -124,6 +125,9 @@ class TranslationModule(PlmuModule):
         max_len_ratio, max_len_offset, max_decode_length: decoding limit per source, see
             :func:`decode_max_lengths`.
         bleu_tokenize: sacreBLEU's ``tokenize`` (``"13a"``, ``"none"``, ``"intl"``, ...).
+
+    A decoding argument of the wrong type (``beam_size=2.5``, ``max_decode_length="3"``,
+    ``length_penalty=True``) is a TypeError naming it; one out of range a ValueError.
     """
 
     def __init__(
@@ -145,8 +149,13 @@ class TranslationModule(PlmuModule):
         super().__init__(net, float(lr), float(weight_decay))
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
-        if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
-            raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
+        # decoding arguments: a wrong type is a TypeError naming the argument (as the layers'
+        # and models' integer arguments), not silently int() or float() of it
+        beam_size = _check_positive_int(beam_size, "beam_size")
+        length_penalty = _check_real(length_penalty, "length_penalty")
+        max_len_ratio = _check_real(max_len_ratio, "max_len_ratio")
+        max_len_offset = _check_positive_int(max_len_offset, "max_len_offset", 0)
+        max_decode_length = _check_positive_int(max_decode_length, "max_decode_length")
         if bleu_tokenize not in sacrebleu.BLEU.TOKENIZERS:
             raise ValueError(
                 f"bleu_tokenize must be one of {sorted(sacrebleu.BLEU.TOKENIZERS)}, "
@@ -162,8 +171,6 @@ class TranslationModule(PlmuModule):
             raise ValueError(f"length_penalty must be finite and >= 0, got {length_penalty}")
         if not (math.isfinite(max_len_ratio) and max_len_ratio >= 0):
             raise ValueError(f"max_len_ratio must be finite and >= 0, got {max_len_ratio}")
-        if isinstance(max_decode_length, bool) or int(max_decode_length) < 1:
-            raise ValueError(f"max_decode_length must be >= 1, got {max_decode_length!r}")
         self.detokenize = detokenize
         self.lr_decay, self.lr_decay_after = float(lr_decay), int(lr_decay_after)
         self.bleu_tokenize = bleu_tokenize
@@ -241,7 +248,7 @@ class TranslationModule(PlmuModule):
         self, src: torch.Tensor, src_lengths: torch.Tensor, beam_size: int | None = None
     ) -> list[list[int]]:
         """Decode a padded source batch ``(B, S)`` with this module's settings -> token lists."""
-        beam = self.beam_size if beam_size is None else int(beam_size)
+        beam = self.beam_size if beam_size is None else _check_positive_int(beam_size, "beam_size")
         limit = decode_max_lengths(
             src_lengths, self.max_len_ratio, self.max_len_offset, self.max_decode_length
         )
