@@ -1,0 +1,280 @@
+"""No host/device synchronisation in a training or validation step of any experiment.
+
+A sync (``.item()``, ``int()``/``float()``/``bool()`` of a tensor, ``tolist``, boolean-mask
+indexing, ``nonzero``, ``unique``, ``torch.cuda.synchronize``) stalls the GPU pipeline every step.
+On the CPU nothing stalls, so :class:`NoHostSync` makes the operations that would sync on an
+accelerator raise instead, and :func:`as_on_an_accelerator` turns off the value checks that run
+only on host tensors (free there, skipped on an accelerator). Each experiment's module then runs
+a few real Lightning training and validation steps with its hooks, steps and backward guarded
+(the first training step is not: it builds the cached constants, once per shape).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, TensorDataset
+
+from plmu.models.classifier import SequenceClassifier
+from plmu.models.regressor import SequenceRegressor
+from plmu.models.text import PairClassifier, TextClassifier
+from plmu.training.classification import SequenceClassification
+from plmu.training.metrics import NRMSE
+from plmu.training.regression import SequenceRegression
+
+# aten operations whose result the host must wait for (a value or a data-dependent shape)
+SYNCING = {
+    "_local_scalar_dense",  # .item(), int(), float(), bool()
+    "is_nonzero",
+    "equal",
+    "nonzero",
+    "masked_select",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "bincount",
+    "repeat_interleave",
+}
+
+
+class HostSyncError(AssertionError):
+    """An operation that would synchronise the host with an accelerator."""
+
+
+def _bool_index(indices: object) -> bool:
+    return isinstance(indices, (list, tuple)) and any(
+        isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in indices
+    )
+
+
+class NoHostSync(TorchDispatchMode):
+    """Raise :class:`HostSyncError` at any operation that would sync on an accelerator."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        indexing = name in ("index", "index_put", "index_put_", "_index_put_impl_")
+        if name in SYNCING or (indexing and _bool_index(args[1])):
+            raise HostSyncError(f"{func} synchronises the host with the device")
+        return func(*args, **(kwargs or {}))
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise HostSyncError(f"{what} synchronises the host with the device")
+
+    return refuse
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch: pytest.MonkeyPatch):
+    """A context manager: inside it every syncing operation raises."""
+
+    class Guard:
+        def __enter__(self):
+            self.mode = NoHostSync()
+            self.patch = pytest.MonkeyPatch()
+            self.patch.setattr(torch.Tensor, "tolist", _refuse("Tensor.tolist"))
+            self.patch.setattr(torch.cuda, "synchronize", _refuse("torch.cuda.synchronize"))
+            self.mode.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            self.mode.__exit__(*exc)
+            self.patch.undo()
+            return False
+
+    return Guard
+
+
+@pytest.fixture
+def as_on_an_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The value checks that run on host tensors only (``plmu.memory._reads_values``) skip,
+    as they do for an accelerator's tensors."""
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("plmu") and hasattr(module, "_reads_values"):
+            monkeypatch.setattr(module, "_reads_values", lambda tensor: False)
+
+
+def _guard_methods(
+    module: L.LightningModule, guard, warmup_steps: int = 1, warmup_epochs: int = 0
+) -> list[str]:
+    """Run ``module``'s per-step methods inside ``guard``; the first ``warmup_steps`` training
+    steps (and their backward) build the caches unguarded, and so do the validation steps of
+    the first ``warmup_epochs`` epochs. Returns the names of the methods that ran guarded."""
+    ran: list[str] = []
+    state = {"step": 0}
+
+    def wrap(name: str, counts_step: bool = False):
+        method = getattr(module, name)
+
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            warming = state["step"] < warmup_steps if module.training else None
+            if warming is None:
+                warming = module.current_epoch < warmup_epochs
+            if warming:
+                if counts_step:
+                    state["step"] += 1
+                return method(*args, **kwargs)
+            ran.append(name)
+            with guard():
+                return method(*args, **kwargs)
+
+        setattr(module, name, guarded)
+
+    for name in ("on_train_batch_start", "training_step", "on_train_batch_end"):
+        wrap(name, counts_step=name == "on_train_batch_end")
+    wrap("backward")
+    wrap("validation_step")
+    return ran
+
+
+def _fit(module: L.LightningModule, train: DataLoader, val: DataLoader) -> L.Trainer:
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train, val)
+    return trainer
+
+
+def _generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
+
+
+def _regression(model: str) -> tuple[L.LightningModule, DataLoader, DataLoader]:
+    """Mackey-Glass: (x, y, mask) windows with a warm-up mask."""
+    g = _generator()
+    net = SequenceRegressor(1, 1, model=model, hidden_size=6, num_layers=2, order=4, theta=5.0)
+    x, y = torch.randn(12, 10, 1, generator=g), torch.randn(12, 10, 1, generator=g)
+    mask = (torch.arange(10) >= 3).expand(12, 10)
+    data = TensorDataset(x, y, mask)
+    return SequenceRegression(net, lr=1e-3), DataLoader(data, 4), DataLoader(data, 4)
+
+
+def _psmnist(model: str) -> tuple[L.LightningModule, DataLoader, DataLoader]:
+    g = _generator()
+    net = SequenceClassifier(
+        input_size=1, num_classes=10, model=model, hidden_size=6, num_layers=1, order=4, theta=5.0
+    )
+    data = TensorDataset(torch.randn(12, 16, 1, generator=g), torch.randint(0, 10, (12,)))
+    return SequenceClassification(net, 10, lr=1e-3), DataLoader(data, 4), DataLoader(data, 4)
+
+
+def _text(pair: bool) -> tuple[L.LightningModule, DataLoader, DataLoader]:
+    """IMDB (one text with its lengths) or QQP/SNLI (a pair)."""
+    g = _generator()
+    sizes = dict(vocab_size=20, embedding_dim=6, hidden_size=6, order=4, theta=5.0)
+    sizes.update(memory_size=6, num_layers=1)
+    ids = torch.randint(0, 20, (12, 9), generator=g)
+    lengths = torch.randint(1, 10, (12,), generator=g)
+    labels = torch.randint(0, 3, (12,), generator=g)
+    if pair:
+        net = PairClassifier(3, 8, **sizes)
+        other = torch.randint(0, 20, (12, 7), generator=g)
+        data = TensorDataset(ids, lengths, other, torch.randint(1, 8, (12,), generator=g), labels)
+    else:
+        net = TextClassifier(3, **sizes)
+        data = TensorDataset(ids, lengths, labels)
+    return SequenceClassification(net, 3, lr=1e-3), DataLoader(data, 4), DataLoader(data, 4)
+
+
+EXPERIMENTS = {
+    "mackey-glass-parallel-lmu": lambda: _regression("parallel-lmu"),
+    "mackey-glass-lmu": lambda: _regression("lmu"),
+    "mackey-glass-lstm": lambda: _regression("lstm"),
+    "psmnist-parallel-lmu": lambda: _psmnist("parallel-lmu"),
+    "psmnist-lmu": lambda: _psmnist("lmu"),
+    "imdb": lambda: _text(pair=False),
+    "qqp-snli": lambda: _text(pair=True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_training_and_validation_steps_do_not_sync(name, no_host_sync, as_on_an_accelerator):
+    module, train, val = EXPERIMENTS[name]()
+    ran = _guard_methods(module, no_host_sync)
+    _fit(module, train, val)
+    assert {"training_step", "backward", "validation_step", "on_train_batch_end"} <= set(ran)
+
+
+def test_the_guard_catches_the_syncs() -> None:
+    """The guard itself: each kind of sync raises, whole-tensor work does not."""
+    x, mask = torch.arange(6.0), torch.arange(6) > 2
+    syncs = [
+        lambda: x.sum().item(),
+        lambda: int(x.sum()),
+        lambda: bool(mask.any()),
+        lambda: x[mask],
+        lambda: mask.nonzero(),
+        lambda: x.unique(),
+        lambda: x.tolist(),
+        lambda: torch.cuda.synchronize(),
+    ]
+    guard = pytest.MonkeyPatch()
+    for sync in syncs:
+        with guard.context() as patch:
+            patch.setattr(torch.Tensor, "tolist", _refuse("Tensor.tolist"))
+            patch.setattr(torch.cuda, "synchronize", _refuse("torch.cuda.synchronize"))
+            with NoHostSync(), pytest.raises(HostSyncError):
+                sync()
+    with NoHostSync():
+        torch.where(mask, x, 0).sum() / mask.sum()
+
+
+# ----------------------------------------------------------------- the same results as before
+
+
+def test_masked_mse_is_the_mse_of_the_boolean_index() -> None:
+    """The regression loss as it was (``F.mse_loss(prediction[mask], y[mask])``): the value to
+    float rounding, the same gradient (zero where masked out, even at an inf there), nan for an
+    empty mask; float32 under bfloat16 autocast, as ``F.mse_loss`` gives."""
+    from plmu.training.regression import masked_mse
+
+    g = _generator()
+    target = torch.randn(3, 11, 2, generator=g)
+    prediction = torch.randn(3, 11, 2, generator=g)
+    mask = torch.rand(3, 11, 1, generator=g).expand(3, 11, 2) > 0.4
+    prediction[~mask] = math.inf  # masked out: must not reach the loss or the gradient
+    old_input = prediction.clone().requires_grad_()
+    new_input = prediction.clone().requires_grad_()
+    old = F.mse_loss(old_input[mask], target[mask])
+    new = masked_mse(new_input, target, mask)
+    torch.testing.assert_close(new, old, rtol=1e-6, atol=0)
+    old.backward()
+    new.backward()
+    torch.testing.assert_close(new_input.grad, old_input.grad, rtol=1e-6, atol=0)
+    assert masked_mse(prediction, target, torch.zeros_like(mask)).isnan()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert masked_mse(prediction.bfloat16(), target, mask).dtype == torch.float32
+
+
+def test_nrmse_with_a_mask_is_the_nrmse_of_the_kept_entries() -> None:
+    g = _generator()
+    target = torch.randn(4, 9, 1, generator=g)
+    prediction = target + 0.2 * torch.randn(4, 9, 1, generator=g)
+    prediction[:, :3] = math.nan  # masked out
+    mask = (torch.arange(9) >= 3).view(1, 9, 1)
+    metric = NRMSE()
+    metric.update(prediction[:2], target[:2], mask)
+    metric.update(prediction[2:], target[2:], mask)
+    kept = prediction[:, 3:].double(), target[:, 3:].double()
+    expected = (kept[0] - kept[1]).pow(2).mean().sqrt() / kept[1].std(unbiased=False)
+    torch.testing.assert_close(metric.compute(), expected.float(), rtol=1e-6, atol=0)
+    assert metric.count == 4 * 6
