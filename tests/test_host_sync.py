@@ -23,9 +23,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
 from plmu.models.classifier import SequenceClassifier
+from plmu.models.language_model import LMULanguageModel
 from plmu.models.regressor import SequenceRegressor
 from plmu.models.text import PairClassifier, TextClassifier
 from plmu.training.classification import SequenceClassification
+from plmu.training.language_modeling import LanguageModeling
 from plmu.training.metrics import NRMSE
 from plmu.training.regression import SequenceRegression
 
@@ -195,6 +197,16 @@ def _text(pair: bool) -> tuple[L.LightningModule, DataLoader, DataLoader]:
     return SequenceClassification(net, 3, lr=1e-3), DataLoader(data, 4), DataLoader(data, 4)
 
 
+def _text8() -> tuple[L.LightningModule, DataLoader, DataLoader]:
+    """Training windows (x, y); scored validation windows (x, y, mask)."""
+    g = _generator()
+    x, y = torch.randint(0, 7, (12, 10), generator=g), torch.randint(0, 7, (12, 10), generator=g)
+    mask = torch.arange(10) >= torch.randint(0, 10, (12, 1), generator=g)
+    net = LMULanguageModel(7, 8, 2, order=4, theta=8.0)
+    module = LanguageModeling(net, lr=1e-3)
+    return module, DataLoader(TensorDataset(x, y), 4), DataLoader(TensorDataset(x, y, mask), 4)
+
+
 EXPERIMENTS = {
     "mackey-glass-parallel-lmu": lambda: _regression("parallel-lmu"),
     "mackey-glass-lmu": lambda: _regression("lmu"),
@@ -203,6 +215,7 @@ EXPERIMENTS = {
     "psmnist-lmu": lambda: _psmnist("lmu"),
     "imdb": lambda: _text(pair=False),
     "qqp-snli": lambda: _text(pair=True),
+    "text8": _text8,
 }
 
 
@@ -278,3 +291,46 @@ def test_nrmse_with_a_mask_is_the_nrmse_of_the_kept_entries() -> None:
     expected = (kept[0] - kept[1]).pow(2).mean().sqrt() / kept[1].std(unbiased=False)
     torch.testing.assert_close(metric.compute(), expected.float(), rtol=1e-6, atol=0)
     assert metric.count == 4 * 6
+
+
+def test_language_model_loss_and_count_are_as_with_the_boolean_index() -> None:
+    """``_nll`` with a mask: the mean over the scored tokens as ``losses[mask]`` gave it, and
+    the count as a tensor; a batch scoring nothing gives 0 with count 0, and weighs nothing
+    in the epoch means (it was not logged at all)."""
+    module, _, val = _text8()
+    x, y, mask = next(iter(val))
+    with torch.no_grad():
+        loss, count = module._nll((x, y, mask))
+        losses = F.cross_entropy(module(x).flatten(0, 1), y.flatten(), reduction="none")
+        zero_loss, zero_count = module._nll((x, y, torch.zeros_like(mask)))
+    flat = mask.flatten()
+    torch.testing.assert_close(loss, losses[flat].sum() / flat.sum(), rtol=1e-6, atol=0)
+    assert isinstance(count, torch.Tensor) and int(count) == int(flat.sum())
+    assert float(zero_loss) == 0.0 and int(zero_count) == 0
+
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    x_all, y_all, mask_all = val.dataset.tensors
+    with_empty = torch.cat([mask_all, torch.zeros_like(mask_all[:4])])
+    loader = DataLoader(
+        TensorDataset(torch.cat([x_all, x_all[:4]]), torch.cat([y_all, y_all[:4]]), with_empty),
+        batch_size=4,
+    )
+    found = trainer.validate(module, loader, verbose=False)[0]["val_loss"]
+    expected = trainer.validate(module, val, verbose=False)[0]["val_loss"]
+    assert found == pytest.approx(expected, rel=1e-6)
+
+
+def test_step_timer_on_the_cpu_adds_the_wall_time_of_each_step() -> None:
+    from plmu.training.base import StepTimer
+
+    timer = StepTimer()
+    cpu = torch.device("cpu")
+    timer.stop(cpu)  # no step begun: nothing
+    assert timer.seconds == 0.0
+    timer.start(cpu)
+    torch.randn(200, 200) @ torch.randn(200, 200)
+    timer.stop(cpu)
+    first = timer.seconds
+    timer.start(cpu)
+    timer.stop(cpu)
+    assert 0 < first <= timer.seconds
