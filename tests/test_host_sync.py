@@ -22,14 +22,17 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, TensorDataset
 
+from plmu.data.iwslt import PAD, TranslationDataset, collate
 from plmu.models.classifier import SequenceClassifier
 from plmu.models.language_model import LMULanguageModel
 from plmu.models.regressor import SequenceRegressor
+from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.models.text import PairClassifier, TextClassifier
 from plmu.training.classification import SequenceClassification
 from plmu.training.language_modeling import LanguageModeling
 from plmu.training.metrics import NRMSE
 from plmu.training.regression import SequenceRegression
+from plmu.training.translation import TranslationModule
 
 # aten operations whose result the host must wait for (a value or a data-dependent shape)
 SYNCING = {
@@ -207,6 +210,23 @@ def _text8() -> tuple[L.LightningModule, DataLoader, DataLoader]:
     return module, DataLoader(TensorDataset(x, y), 4), DataLoader(TensorDataset(x, y, mask), 4)
 
 
+def _iwslt() -> tuple[L.LightningModule, DataLoader, DataLoader]:
+    g = _generator()
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(4, 12, (n,), generator=g).tolist()
+
+    targets = [1 + i % 5 for i in range(12)]
+    sources = [[*ids(2 + i % 3), 3] for i in range(12)]
+    data = TranslationDataset(sources, [ids(n) for n in targets], ["x"] * 12)
+    torch.manual_seed(0)
+    sizes = dict(d_model=8, order=2, theta=2.0, encoder_layers=1, decoder_layers=1)
+    net = LMUSeq2Seq(12, 12, bidirectional=True, **sizes)
+    module = TranslationModule(net, lambda row: " ".join(map(str, row)))
+    loader = DataLoader(data, batch_size=4, collate_fn=collate)
+    return module, loader, loader
+
+
 EXPERIMENTS = {
     "mackey-glass-parallel-lmu": lambda: _regression("parallel-lmu"),
     "mackey-glass-lmu": lambda: _regression("lmu"),
@@ -216,6 +236,7 @@ EXPERIMENTS = {
     "imdb": lambda: _text(pair=False),
     "qqp-snli": lambda: _text(pair=True),
     "text8": _text8,
+    "iwslt15-en-vi": _iwslt,
 }
 
 
@@ -320,6 +341,37 @@ def test_language_model_loss_and_count_are_as_with_the_boolean_index() -> None:
     assert found == pytest.approx(expected, rel=1e-6)
 
 
+def test_translation_counts_the_training_tokens_on_the_device() -> None:
+    """``train_tokens_per_s``'s tokens (source + target, padding excluded) are those counted
+    per batch on the host before; ``train_s`` is the time of the steps."""
+    module, train, val = _iwslt()
+    _fit(module, train, val)
+    expected = sum(
+        int(batch.src_lengths.sum()) + int((batch.tgt_out != PAD).sum())
+        for batch in list(train)[:3]
+    )
+    throughput = module.throughput()
+    assert module.timing["train_tokens"] == expected and module.timing["train_s"] > 0
+    assert throughput["train_tokens_per_s"] == pytest.approx(expected / module.timing["train_s"])
+    assert module.throughput()["train_tokens_per_s"] == throughput["train_tokens_per_s"]
+
+
+def test_translation_checks_a_batch_on_the_host_before_it_moves(as_on_an_accelerator) -> None:
+    """Steps on an accelerator's tensors do not read the lengths and ids back; the module
+    checks them while the batch is still on the host, so a bad batch is still refused with
+    the seq2seq model's message."""
+    module, _, val = _iwslt()
+    batch = next(iter(val))
+    batch.src_lengths[1] = batch.src.shape[1] + 1
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    with pytest.raises(ValueError, match=r"src_lengths must lie in 1\.\.5"):
+        trainer.validate(module, DataLoader([batch], collate_fn=lambda b: b[0]), verbose=False)
+    batch = next(iter(val))
+    batch.tgt_in[0, 1] = 12
+    with pytest.raises(ValueError, match=r"tgt_in must hold token ids in \[0, 12\)"):
+        trainer.validate(module, DataLoader([batch], collate_fn=lambda b: b[0]), verbose=False)
+
+
 def test_step_timer_on_the_cpu_adds_the_wall_time_of_each_step() -> None:
     from plmu.training.base import StepTimer
 
@@ -334,3 +386,22 @@ def test_step_timer_on_the_cpu_adds_the_wall_time_of_each_step() -> None:
     timer.start(cpu)
     timer.stop(cpu)
     assert 0 < first <= timer.seconds
+
+
+def test_seq2seq_forward_without_value_checks_still_checks_shapes(no_host_sync) -> None:
+    """``check_values=False`` reads nothing back (one host/device sync on an accelerator) but
+    still refuses a wrong dtype or shape; the default checks the values, as before."""
+    net = LMUSeq2Seq(
+        12, 12, d_model=8, order=2, theta=2.0, encoder_layers=1, decoder_layers=1
+    ).eval()
+    src, lengths, tgt_in = torch.randint(4, 12, (2, 5)), torch.tensor([5, 3]), torch.ones(2, 4)
+    checked = net(src, lengths, tgt_in.long())  # (builds the cached constants)
+    with no_host_sync():
+        logits = net(src, lengths, tgt_in.long(), check_values=False)
+        with pytest.raises(TypeError, match="tgt_in must hold integer token ids"):
+            net(src, lengths, tgt_in, check_values=False)
+        with pytest.raises(ValueError, match="src_lengths must be"):
+            net(src, lengths[:1], tgt_in.long(), check_values=False)
+    torch.testing.assert_close(logits, checked, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"src_lengths must lie in 1\.\.5"):
+        net(src, torch.tensor([6, 3]), tgt_in.long())
