@@ -6,7 +6,8 @@ On the CPU nothing stalls, so :class:`NoHostSync` makes the operations that woul
 accelerator raise instead, and :func:`as_on_an_accelerator` turns off the value checks that run
 only on host tensors (free there, skipped on an accelerator). Each experiment's module then runs
 a few real Lightning training and validation steps with its hooks, steps and backward guarded
-(the first training step is not: it builds the cached constants, once per shape).
+(the first training step is not: it builds the cached constants, once per shape). The CUDA
+test at the end runs the same steps under ``torch.cuda.set_sync_debug_mode("error")``.
 """
 
 from __future__ import annotations
@@ -142,11 +143,17 @@ def _guard_methods(
     return ran
 
 
-def _fit(module: L.LightningModule, train: DataLoader, val: DataLoader) -> L.Trainer:
+def _fit(
+    module: L.LightningModule,
+    train: DataLoader,
+    val: DataLoader,
+    accelerator: str = "cpu",
+    epochs: int = 1,
+) -> L.Trainer:
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
-        max_epochs=1,
+        max_epochs=epochs,
         limit_train_batches=3,
         limit_val_batches=2,
         num_sanity_val_steps=0,
@@ -270,6 +277,36 @@ def test_the_guard_catches_the_syncs() -> None:
                 sync()
     with NoHostSync():
         torch.where(mask, x, 0).sum() / mask.sum()
+
+
+class _SyncDebugError:
+    """``torch.cuda.set_sync_debug_mode("error")`` inside, the previous mode after."""
+
+    def __enter__(self):
+        self.previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode(self.previous)
+        return False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_cuda_training_and_validation_steps_do_not_sync(name):
+    """On a GPU, CUDA itself reports every sync: two epochs of real steps, the first training
+    step and the first epoch's validation (Lightning moves its logging states to the GPU
+    there) unguarded; then the timing and token counts are read (one sync, outside a step)."""
+    module, train, val = EXPERIMENTS[name]()
+    ran = _guard_methods(module, _SyncDebugError, warmup_epochs=1)
+    _fit(module, train, val, accelerator="gpu", epochs=2)
+    assert {"training_step", "backward", "validation_step", "on_train_batch_end"} <= set(ran)
+    if isinstance(module, LanguageModeling):
+        assert module.train_tokens == 6 * 4 * 10 and module.train_seconds > 0
+    if isinstance(module, TranslationModule):
+        throughput = module.throughput()
+        assert throughput["train_tokens_per_s"] > 0 and module.timing["train_tokens"] > 0
 
 
 # ----------------------------------------------------------------- the same results as before
