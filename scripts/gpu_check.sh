@@ -4,7 +4,9 @@
 # (from the lead's checkout: the tool sends the repository the session started in).
 # 1. the machine: nvidia-smi, torch and its CUDA/TF32 settings, package versions (cuda_env.txt);
 # 2. CUDA correctness: tests/test_devices.py (every execution path on the GPU in float32 against
-#    float64 on the CPU) with the core tests beside it, each test named (cuda_tests.txt);
+#    float64 on the CPU) with the core tests beside it, and every experiment's training and
+#    validation steps under torch.cuda.set_sync_debug_mode("error") (tests/test_host_sync.py's
+#    CUDA test: no host/device sync in a step), each test named (cuda_tests.txt);
 # 3. the speed benchmark on the GPU: plmu bench --device cuda (cuda.json, cuda.png, cuda.txt).
 #    cuda.json is rewritten as each benchmark group finishes: if the limit stops the run, the
 #    finished groups are there (its "unfinished" lists the rest);
@@ -37,7 +39,8 @@ if [ -n "${GPU_CHECK_QUICK:-}" ]; then
     epochs=1
 fi
 read -r -a test_files <<<"${GPU_CHECK_TESTS:-tests/test_devices.py tests/test_memory.py \
-tests/test_layers.py tests/test_fast_paths.py tests/test_higher_order.py}"
+tests/test_layers.py tests/test_fast_paths.py tests/test_higher_order.py \
+tests/test_host_sync.py::test_cuda_training_and_validation_steps_do_not_sync}"
 accelerator=gpu
 [ "$device" = cpu ] && accelerator=cpu
 work=$(mktemp -d)

@@ -50,6 +50,8 @@ def test_commands_limits_and_files(tmp_path):
     calls = log.read_text().splitlines()
     tests = next(c for c in calls if "-m pytest" in c)
     assert "--hypothesis-profile=derandomized" in tests and "tests/test_devices.py" in tests
+    # every experiment's steps under CUDA's sync debug mode
+    assert "tests/test_host_sync.py::test_cuda_training_and_validation_steps_do_not_sync" in tests
     bench = next(c for c in calls if "plmu.bench" in c)
     assert bench == f"-m plmu.bench --device cuda --json {out}/cuda.json --plot {out}/cuda.png"
     train = next(c for c in calls if "plmu.cli train" in c)

@@ -152,6 +152,14 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def _reads_values(tensor: torch.Tensor) -> bool:
+    """Whether an input check may read ``tensor``'s values: on the CPU only, where that is
+    free, and never while tracing or compiling. On an accelerator it would stall every step on
+    a host/device synchronisation, so such checks skip its tensors (or read them on the host
+    before the batch moves to the device)."""
+    return tensor.device.type == "cpu" and not _tracing()
+
+
 # the cache keys whose values depend on the discretised system alone, and the methods that
 # build them (their arguments: the key's remaining entries)
 _CONSTANT_KINDS = {
@@ -386,8 +394,7 @@ def check_lengths(
         raise ValueError(f"{name} must have shape ({batch},), got {tuple(lengths.shape)}")
     # the values only on the CPU: on an accelerator reading them back would stall every
     # training step on a host/device sync (out-of-range lengths then index out of bounds there)
-    on_host = batch and lengths.device.type == "cpu" and not _tracing()
-    if on_host and (int(lengths.min()) < 1 or int(lengths.max()) > time):
+    if batch and _reads_values(lengths) and (int(lengths.min()) < 1 or int(lengths.max()) > time):
         raise ValueError(f"{name} must lie in [1, {time}] (the time dimension), got {lengths}")
     return lengths.long()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from plmu.memory import _tracing
+from plmu.memory import _reads_values, _tracing
 
 __all__ = ["check_token_dtype", "check_token_range", "token_range_error", "tokens_out_of_range"]
 
@@ -54,7 +54,7 @@ def check_token_range(ids: torch.Tensor, vocab_size: int, name: str, sync_ok: bo
     """
     if ids.numel() == 0 or _tracing() or ids.device.type == "meta":
         return
-    if ids.device.type != "cpu" and not sync_ok:
+    if not (sync_ok or _reads_values(ids)):
         return
     if bool(tokens_out_of_range(ids, vocab_size)):
         raise token_range_error(ids, vocab_size, name)

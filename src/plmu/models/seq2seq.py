@@ -194,14 +194,15 @@ class LMUSeq2Seq(nn.Module):
     # ------------------------------------------------------------------ shared pieces
 
     def _check_batch(
-        self, src: object, src_lengths: object, tgt_in: object = None
+        self, src: object, src_lengths: object, tgt_in: object = None, values: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Check ``src`` ``(batch, S)``, ``src_lengths`` (integers) and, if given, ``tgt_in``
         ``(batch, T)``.
 
-        The ``src_lengths`` check reads values back, a host/device sync on CUDA that happens
-        anyway; the token-id range checks of ``src`` and ``tgt_in`` join that one sync, so they
-        run on every device.
+        With ``values`` (the default) the ``src_lengths`` check reads values back, a host/device
+        sync on CUDA; the token-id range checks of ``src`` and ``tgt_in`` join that one sync, so
+        they run on every device. ``values=False`` checks types and shapes alone (for a batch
+        whose values were checked on the host before it moved to the device).
         """
         src = check_token_dtype(src, "src", "(batch, S)")
         if src.dim() != 2 or src.shape[1] == 0:
@@ -223,6 +224,8 @@ class LMUSeq2Seq(nn.Module):
                 raise ValueError(
                     f"tgt_in must be ({src.shape[0]}, T) with T >= 1, got {tuple(tgt_in.shape)}"
                 )
+        if not values:
+            return src, tgt_in
         S = src.shape[1]
         flags = [
             ((src_lengths < 1) | (src_lengths > S)).any().to(src.device),
@@ -297,18 +300,27 @@ class LMUSeq2Seq(nn.Module):
         return self.out(self.dropout(o))
 
     def forward(
-        self, src: torch.Tensor, src_lengths: torch.Tensor, tgt_in: torch.Tensor
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        tgt_in: torch.Tensor,
+        *,
+        check_values: bool = True,
     ) -> torch.Tensor:
         """Teacher forcing, in parallel over the target.
 
         Args:
             src: ``(batch, S)``; src_lengths: ``(batch,)``; tgt_in: ``(batch, T)`` the decoder
                 input ``<s> y_1 .. y_{T-1}`` (right padding is harmless: everything is causal).
+            check_values: check that ``src_lengths`` lie in ``1..S`` and the ids in their
+                vocabularies, which reads them back: one host/device sync on an accelerator.
+                ``False`` checks types and shapes only, for a batch checked on the host before
+                it moved (:class:`~plmu.training.translation.TranslationModule` does that).
 
         Returns:
             logits ``(batch, T, tgt_vocab_size)`` for ``y_1 .. y_T``.
         """
-        src, tgt_in = self._check_batch(src, src_lengths, tgt_in)
+        src, tgt_in = self._check_batch(src, src_lengths, tgt_in, values=check_values)
         enc, mask = self._encode(src, src_lengths)
         return self._decode_parallel(tgt_in, enc, mask)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
+
 import lightning as L
 import torch
 from torch import nn
 
-__all__ = ["PlmuModule", "count_parameters"]
+__all__ = ["PlmuModule", "StepTimer", "count_parameters"]
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -45,3 +48,55 @@ class PlmuModule(L.LightningModule):
         if self.weight_decay:
             return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=self.lr)
+
+
+class StepTimer:
+    """Seconds spent in training steps, measured without a host/device sync per step.
+
+    Call :meth:`start` at a step's start and :meth:`stop` at its end (``on_train_batch_start``
+    and ``on_train_batch_end``: forward, backward and optimiser step; data loading excluded).
+    On CUDA each step records a pair of timing events on the device's current stream: the time
+    the GPU took from the step's first queued work to its last. Their elapsed times are added
+    once the GPU has passed them (asked without waiting at each start); reading
+    :attr:`seconds` waits for the last step, the one sync. Elsewhere: host wall time.
+    """
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._pending: deque = deque()  # (start, end) CUDA events not yet added
+        self._start: float | torch.cuda.Event | None = None
+
+    def start(self, device: torch.device) -> None:
+        """A step begins on ``device``."""
+        self._add_finished(wait=False)
+        if device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record(torch.cuda.current_stream(device))
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self, device: torch.device) -> None:
+        """The step begun by :meth:`start` ends (nothing if none began)."""
+        start, self._start = self._start, None
+        if isinstance(start, float):
+            self._seconds += time.perf_counter() - start
+        elif start is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record(torch.cuda.current_stream(device))
+            self._pending.append((start, end))
+
+    def _add_finished(self, wait: bool) -> None:
+        while self._pending:
+            start, end = self._pending[0]
+            if not end.query():
+                if not wait:
+                    return
+                end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1000.0
+            self._pending.popleft()
+
+    @property
+    def seconds(self) -> float:
+        """The training-step seconds so far (waits for the GPU to finish the last step)."""
+        self._add_finished(wait=True)
+        return self._seconds

@@ -7,19 +7,20 @@ each batch mean is weighted by its number of scored tokens, so the epoch value i
 over the split. ``bpc = loss / ln 2`` (loss in nats per token). Monitors ``val_bpc``.
 
 The module times its training steps (forward, backward and optimiser step; data loading
-excluded): :attr:`LanguageModeling.train_tokens_per_second`.
+excluded): :attr:`LanguageModeling.train_tokens_per_second`. Neither the steps nor their timing
+synchronise the host with the device (the scored-token counts stay tensors; on CUDA the steps
+are timed with events, :class:`~plmu.training.base.StepTimer`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 import torch.nn.functional as F
 
 from plmu.models.language_model import LMULanguageModel
-from plmu.training.base import PlmuModule
+from plmu.training.base import PlmuModule, StepTimer
 
 __all__ = ["LanguageModeling"]
 
@@ -52,35 +53,39 @@ class LanguageModeling(PlmuModule):
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.warmup_steps = int(warmup_steps)
         self.train_tokens = 0
-        self.train_seconds = 0.0
-        self._started = 0.0
+        self._timer = StepTimer()
+
+    @property
+    def train_seconds(self) -> float:
+        """Seconds of training steps so far (reading it waits for the device)."""
+        return self._timer.seconds
 
     @property
     def train_tokens_per_second(self) -> float:
         """Training throughput so far: tokens per second of training steps (nan before any)."""
-        return self.train_tokens / self.train_seconds if self.train_seconds > 0 else math.nan
+        seconds = self.train_seconds
+        return self.train_tokens / seconds if seconds > 0 else math.nan
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens`` ``(batch, time)`` -> next-token logits ``(batch, time, vocab_size)``."""
         return self.net(tokens)[0]
 
-    def _nll(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int]:
-        """Mean negative log-likelihood (nats) over the scored tokens, and their count."""
+    def _nll(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, int | torch.Tensor]:
+        """Mean negative log-likelihood (nats) over the scored tokens (0 if none), and their
+        count: an int, or with a mask a 0-dim tensor on the device (reading it would sync)."""
         x, y, *rest = batch
         losses = F.cross_entropy(self(x).flatten(0, 1).float(), y.flatten(), reduction="none")
         if rest:
             mask = rest[0].flatten()
-            count = int(mask.sum())
-            return losses[mask].sum() / max(count, 1), count
+            count = mask.sum()
+            return torch.where(mask, losses, 0).sum() / count.clamp_min(1), count
         return losses.mean(), losses.numel()
 
     def on_train_batch_start(self, batch: object, batch_idx: int) -> None:
-        self._started = time.perf_counter()
+        self._timer.start(self.device)
 
     def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.train_seconds += time.perf_counter() - self._started
+        self._timer.stop(self.device)
         self.train_tokens += batch[1].numel()  # type: ignore[index]
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
@@ -90,10 +95,11 @@ class LanguageModeling(PlmuModule):
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
+        # a batch that scores no token weighs 0 in the epoch means (a tensor weight: Lightning
+        # accumulates sum(loss * count) / sum(count) on the device)
         loss, count = self._nll(batch)
-        if count:
-            self.log(f"{stage}_loss", loss, batch_size=count, sync_dist=True)
-            self.log(f"{stage}_bpc", loss / LN2, prog_bar=True, batch_size=count, sync_dist=True)
+        self.log(f"{stage}_loss", loss, batch_size=count, sync_dist=True)
+        self.log(f"{stage}_bpc", loss / LN2, prog_bar=True, batch_size=count, sync_dist=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, "val")

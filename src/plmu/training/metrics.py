@@ -50,13 +50,17 @@ class NRMSE(Metric):
                 f"{tuple(prediction.shape)} and {tuple(target.shape)}"
             )
         prediction, target = prediction.double(), target.double()
+        error = prediction - target
         if mask is not None:
+            # zeros where the mask is False, not a boolean index (a host/device sync)
             mask = mask.expand_as(target)
-            prediction, target = prediction[mask], target[mask]
-        self.squared_error += (prediction - target).pow(2).sum()
+            error, target = torch.where(mask, error, 0.0), torch.where(mask, target, 0.0)
+            self.count += mask.sum()
+        else:
+            self.count += target.numel()
+        self.squared_error += error.pow(2).sum()
         self.target_sum += target.sum()
         self.target_squared += target.pow(2).sum()
-        self.count += target.numel()
 
     def compute(self) -> torch.Tensor:
         mean = self.target_sum / self.count

@@ -9,7 +9,20 @@ from torch import nn
 from plmu.training.base import PlmuModule
 from plmu.training.metrics import NRMSE
 
-__all__ = ["SequenceRegression"]
+__all__ = ["SequenceRegression", "masked_mse"]
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean squared error over the entries ``mask`` selects, a scalar tensor.
+
+    ``prediction``, ``target`` and ``mask`` (bool) share one shape. It equals
+    ``F.mse_loss(prediction[mask], target[mask])`` to float rounding (nan for an empty mask,
+    float32 under autocast) without the boolean index, whose data-dependent shape is a
+    host/device sync on an accelerator: the masked-out entries of both are set to zero, so
+    their error and their gradient are exactly zero (a nan or inf there counts as before: not).
+    """
+    kept = torch.where(mask, prediction, 0), torch.where(mask, target, 0)
+    return F.mse_loss(*kept, reduction="sum") / mask.sum()
 
 
 class SequenceRegression(PlmuModule):
@@ -40,7 +53,7 @@ class SequenceRegression(PlmuModule):
         mask = rest[0] if rest else torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
         prediction = self(x)
         mask = mask.unsqueeze(-1).expand_as(y)
-        loss = F.mse_loss(prediction[mask], y[mask])
+        loss = masked_mse(prediction, y, mask)
         self.log(f"{stage}_loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
         return loss, prediction, y, mask
 

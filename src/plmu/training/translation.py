@@ -10,7 +10,9 @@ tokenised IWSLT files gives the tokenised BLEU of ``multi-bleu.perl`` that Luong
 report). It also measures throughput:
 
 * ``train_tokens_per_s``: source + target subword tokens (padding excluded) per second of
-  training-step wall time (forward, backward, optimiser step);
+  training-step time (forward, backward, optimiser step; on CUDA timed with events and the
+  tokens counted on the device, so training steps do not synchronise the host with the device:
+  :class:`~plmu.training.base.StepTimer`);
 * ``decode_tokens_per_s``: generated tokens (``</s>`` included) per second of decoding time on
   the test set, and ``decode_sentences_per_s``.
 """
@@ -26,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from plmu.data.iwslt import PAD, TranslationBatch
-from plmu.memory import _check_positive_int
+from plmu.memory import _check_positive_int, _reads_values
 from plmu.models.seq2seq import LMUSeq2Seq, _check_real
-from plmu.training.base import PlmuModule
+from plmu.training.base import PlmuModule, StepTimer
 
 __all__ = [
     "TranslationModule",
@@ -186,13 +188,26 @@ class TranslationModule(PlmuModule):
         self.bleu: float | None = None
         self.timing = {"train_s": 0.0, "train_tokens": 0, "decode_s": 0.0, "decode_tokens": 0}
         self._decoded_sentences = 0
-        self._t0 = 0.0
+        self._train_timer = StepTimer()
+        self._train_tokens: torch.Tensor | None = None  # counted on the device, not yet added
 
     # ------------------------------------------------------------------------ training
 
+    def on_before_batch_transfer(self, batch: object, dataloader_idx: int) -> object:
+        """Check a batch's lengths and token ids while it is still on the host, where reading
+        them is free; the steps then check types and shapes alone (:meth:`_loss`)."""
+        if isinstance(batch, TranslationBatch):
+            self.net._check_batch(batch.src, batch.src_lengths, batch.tgt_in)
+        return batch
+
     def _loss(self, batch: TranslationBatch, smoothing: float) -> torch.Tensor:
-        """Mean cross-entropy per target token (``</s>`` included, padding not)."""
-        logits = self.net(batch.src, batch.src_lengths, batch.tgt_in)
+        """Mean cross-entropy per target token (``</s>`` included, padding not).
+
+        The values of a batch on an accelerator are not read again (a host/device sync every
+        step): :meth:`on_before_batch_transfer` checked them on the host."""
+        logits = self.net(
+            batch.src, batch.src_lengths, batch.tgt_in, check_values=_reads_values(batch.src)
+        )
         return F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             batch.tgt_out.reshape(-1),
@@ -201,25 +216,34 @@ class TranslationModule(PlmuModule):
         )
 
     @staticmethod
-    def _target_tokens(batch: TranslationBatch) -> int:
-        """The batch's weight in an epoch mean of :meth:`_loss`: its target tokens (a host
-        sync on an accelerator; training steps, logged per step, do without it)."""
-        return int((batch.tgt_out != PAD).sum())
+    def _target_tokens(batch: TranslationBatch) -> torch.Tensor:
+        """The batch's weight in an epoch mean of :meth:`_loss`: its number of target tokens,
+        a 0-dim tensor on the batch's device (Lightning takes it as ``batch_size`` and
+        accumulates on the device: no host sync)."""
+        return (batch.tgt_out != PAD).sum()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def on_train_batch_start(self, batch: TranslationBatch, batch_idx: int) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
+        self._train_timer.start(self.device)
 
     def on_train_batch_end(self, outputs, batch: TranslationBatch, batch_idx: int) -> None:
-        self._sync()
-        self.timing["train_s"] += time.perf_counter() - self._t0
-        self.timing["train_tokens"] += int(batch.src_lengths.sum()) + int(
-            (batch.tgt_out != PAD).sum()
-        )
+        self._train_timer.stop(self.device)
+        tokens = batch.src_lengths.sum() + self._target_tokens(batch).to(batch.src_lengths.device)
+        self._train_tokens = tokens if self._train_tokens is None else self._train_tokens + tokens
+
+    def on_train_epoch_end(self) -> None:
+        self._add_train_timing()
+
+    def _add_train_timing(self) -> None:
+        """Move the training time and the tokens counted on the device into :attr:`timing`
+        (one host/device sync)."""
+        self.timing["train_s"] = self._train_timer.seconds
+        if self._train_tokens is not None:
+            self.timing["train_tokens"] += int(self._train_tokens)
+            self._train_tokens = None
 
     def training_step(self, batch: TranslationBatch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, self.label_smoothing)
@@ -296,6 +320,7 @@ class TranslationModule(PlmuModule):
     def throughput(self) -> dict[str, float]:
         """Measured throughput so far (only the parts that ran in this process)."""
         out: dict[str, float] = {}
+        self._add_train_timing()
         t = self.timing
         if t["train_s"] > 0:
             out["train_tokens_per_s"] = t["train_tokens"] / t["train_s"]
