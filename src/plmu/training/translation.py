@@ -233,7 +233,7 @@ class TranslationModule(PlmuModule):
 
     def validation_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
-        self.log("val_loss", loss, prog_bar=True, batch_size=tokens, sync_dist=True)
+        self.log_mean("val_loss", loss, tokens, prog_bar=True)
 
     # ------------------------------------------------------------------------ decoding
 
@@ -255,7 +255,7 @@ class TranslationModule(PlmuModule):
     def test_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         n = batch.src.shape[0]
         loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
-        self.log("test_loss", loss, batch_size=tokens, sync_dist=True)
+        self.log_mean("test_loss", loss, tokens)
         self._sync()
         t0 = time.perf_counter()
         ids = self.translate_ids(batch.src, batch.src_lengths)
