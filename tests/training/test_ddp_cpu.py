@@ -1,14 +1,17 @@
 """DDP: two CPU processes (gloo) train through the same command line (slow: ~1 minute)."""
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
-from tiny_configs import TINY_MACKEY_GLASS, sets
+from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST, sets
 
-from conftest import assert_same_last_checkpoint, loader_position
+from conftest import assert_same_last_checkpoint, loader_position, write_mnist
+from plmu.training.runner import evaluate, load_checkpoint
 
 
 @pytest.mark.slow
@@ -78,3 +81,46 @@ def test_ddp_run_killed_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert_same_last_checkpoint(tmp_path / "ref", tmp_path / "run")
     metrics = [json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("ref", "run")]
     assert metrics[1]["test_nrmse"] == metrics[0]["test_nrmse"]
+
+
+@pytest.mark.slow
+def test_ddp_metrics_count_every_example_once(tmp_path: Path) -> None:
+    """21 test and 9 validation images on two processes: Lightning's DistributedSampler
+    repeated one of each to give both processes as many, and the logged and reported metrics
+    counted it. They now equal one process's evaluation of the same weights (~40 s)."""
+    mnist = write_mnist(tmp_path / "mnist", n_train=40, n_test=21)
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "plmu.cli",
+        "train",
+        "psmnist",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(mnist),
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--no-progress-bar",
+        *sets([*TINY_PSMNIST, "val_size=9"]),
+    ]
+    subprocess.run(command, check=True, timeout=600, cwd=tmp_path)
+    trained = json.loads((out / "metrics.json").read_text())
+    best = out / "checkpoints" / "best.ckpt"  # one epoch: the weights validated and tested
+    single = evaluate(best, out=tmp_path / "eval", accelerator="cpu", devices=1, progress_bar=False)
+    assert trained["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+    assert trained["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=1e-7)
+
+    with (out / "logs" / "version_0" / "metrics.csv").open() as stream:
+        [logged] = [row for row in csv.DictReader(stream) if row.get("val_loss")]
+    _, _, module, data = load_checkpoint(best, mnist)
+    data.setup("fit")
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    [validated] = trainer.validate(module, datamodule=data, verbose=False)
+    assert float(logged["val_loss"]) == pytest.approx(validated["val_loss"], rel=1e-5)
+    assert float(logged["val_accuracy"]) == pytest.approx(validated["val_accuracy"], abs=1e-7)

@@ -92,7 +92,8 @@ def merge_shards(shards: list[Shard]) -> tuple[list[str], list[str]]:
     """The hypotheses and references of the test set from every process's shard.
 
     With dataset positions (every shard has them): in the dataset's order, each pair once
-    (``DistributedSampler`` repeats pairs to give every process as many). Without them: the
+    (a set smaller than the number of processes is read whole by each: see
+    :class:`~plmu.training.datamodule.ShardSampler`). Without them: the
     shards concatenated as they are.
     """
     if any(indices is None for indices, _, _ in shards):
