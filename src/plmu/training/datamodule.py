@@ -58,12 +58,13 @@ class ShardSampler(DistributedSampler):
     Lightning gives an evaluation loader a ``DistributedSampler``, which repeats examples until
     every process has as many (23 examples on 2 processes: 12 each, one twice), and the test
     and validation metrics counted the repeats. Here the shards differ by one example at most
-    and nothing is repeated; the metrics (``torchmetrics`` states and ``self.log(...,
-    sync_dist=True)`` means weighted by batch size) sum over the processes, which works for
-    shards of unequal lengths provided every process evaluates at least one batch (so that all
-    take part in the same collective calls, DDP's buffer broadcast at the first forward
-    included). A set with fewer examples than processes is therefore read whole by every
-    process: each metric, a ratio of sums over the examples, comes out as the set's own.
+    and nothing is repeated; the metrics (``torchmetrics`` states, the losses
+    :meth:`~plmu.training.base.PlmuModule.log_mean`'s weighted sums) are summed over the
+    processes, which works for shards of unequal lengths provided every process evaluates at
+    least one batch (so that all take part in the same collective calls, DDP's buffer broadcast
+    at the first forward included). A set with fewer examples than processes is therefore read
+    whole by every process: each metric, a ratio of sums over the examples, comes out as the
+    set's own.
 
     It is a ``DistributedSampler``, so Lightning keeps it rather than put its own in its place.
 
