@@ -69,10 +69,11 @@ class NRMSE(Metric):
 
 class WeightedMean(Metric):
     """The mean of scalar batch means ``value`` weighted by ``weight`` (the examples or tokens
-    each averages over): ``sum(value * weight) / sum(weight)``, the sums in float64 and added
-    over DDP processes, so the result is the mean over the whole split however it was batched
-    or sharded. A NaN value makes it NaN (torchmetrics' ``MeanMetric`` drops NaNs, or with
-    ``nan_strategy="disable"`` ignores the weights); no weight at all gives NaN.
+    each averages over): ``sum(value * weight) / sum(weight)``, the sums added over DDP
+    processes (in float32, as Lightning's own epoch means: MPS has no float64), so the result
+    is the mean over the whole split however it was batched or sharded. A NaN value makes it
+    NaN (torchmetrics' ``MeanMetric`` drops NaNs, or with ``nan_strategy="disable"`` ignores
+    the weights); no weight at all gives NaN.
 
     ``update(value, weight)``: ``value`` a scalar tensor; ``weight`` a number or scalar tensor.
     """
@@ -82,15 +83,15 @@ class WeightedMean(Metric):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         for name in ("weighted_sum", "weight"):
-            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(name, default=torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
 
     def update(self, value: torch.Tensor, weight: int | float | torch.Tensor) -> None:
         value = torch.as_tensor(value, device=self.weight.device)
         if value.numel() != 1:
             raise ValueError(f"value must be a scalar, got shape {tuple(value.shape)}")
-        weight = torch.as_tensor(weight, device=self.weight.device, dtype=torch.float64)
-        self.weighted_sum += value.detach().double().reshape(()) * weight
+        weight = torch.as_tensor(weight, device=self.weight.device, dtype=self.weight.dtype)
+        self.weighted_sum += value.detach().to(self.weight.dtype).reshape(()) * weight
         self.weight += weight
 
     def compute(self) -> torch.Tensor:
-        return (self.weighted_sum / self.weight).float()
+        return self.weighted_sum / self.weight
