@@ -7,7 +7,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from plmu.training.datamodule import EpochRandomSampler, ResumableDataLoader, SplitDataModule
+from plmu.training.datamodule import (
+    EpochRandomSampler,
+    ResumableDataLoader,
+    ShardSampler,
+    SplitDataModule,
+)
 
 
 def test_order_depends_on_seed_and_epoch_only():
@@ -214,3 +219,65 @@ def test_loader_options_decide_pinning_and_a_cpu_trainer_pins_nothing():
     data.setup()
     assert data.trainer.strategy.root_device.type == "cpu"
     assert not data.train_dataloader().pin_memory
+
+
+# ---------------------------------------------------------------- evaluation under DDP
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 7, 8, 13])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shards_hold_every_example_once(size: int, world: int) -> None:
+    """The ranks' shards together are the set, each example once and in order within a shard;
+    they differ by one example at most. A set smaller than the world is read whole by every
+    rank (each rank then evaluates at least one batch, as DDP's collective calls need)."""
+    shards = [list(ShardSampler(range(size), num_replicas=world, rank=r)) for r in range(world)]
+    assert [len(ShardSampler(range(size), world, r)) for r in range(world)] == list(
+        map(len, shards)
+    )
+    if size < world:
+        assert shards == [list(range(size))] * world
+    else:
+        assert sorted(i for shard in shards for i in shard) == list(range(size))
+        assert all(shard == sorted(shard) for shard in shards)
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+class _Odd(SplitDataModule):
+    def build(self):
+        return TensorDataset(torch.arange(20.0)), range(7), range(100, 107)
+
+
+def _as_lightning_prepares(loader: DataLoader, rank: int, world: int) -> DataLoader:
+    """``loader`` as Lightning's DDP strategy serves it to ``rank``: a loader whose sampler is
+    no ``DistributedSampler`` gets one (``shuffle=False`` for evaluation), which pads."""
+    from lightning.pytorch.utilities.data import _update_dataloader
+
+    if isinstance(loader.sampler, DistributedSampler):
+        return loader
+    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=False)
+    return _update_dataloader(loader, sampler)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_under_ddp_the_evaluation_loaders_read_every_example_once(world: int) -> None:
+    """Lightning's DistributedSampler padded the 7 validation and test examples to 8 (or 9),
+    and the metrics counted the repeats; the datamodule's own shards do not repeat any. The
+    training loader is left to Lightning (its shards must have as many batches each)."""
+
+    def examples(split: str) -> list[int]:
+        found = []
+        for rank in range(world):
+            data = _Odd(batch_size=3)
+            data.trainer = SimpleNamespace(
+                distributed_sampler_kwargs={"num_replicas": world, "rank": rank},
+                strategy=SimpleNamespace(root_device=torch.device("cpu")),
+            )
+            data.setup()
+            loader = data.val_dataloader() if split == "validation" else data.test_dataloader()
+            assert isinstance(data.train_dataloader().sampler, EpochRandomSampler)
+            for batch in _as_lightning_prepares(loader, rank, world):
+                found += batch.tolist()
+        return sorted(found)
+
+    assert examples("validation") == list(range(7))
+    assert examples("test") == list(range(100, 107))

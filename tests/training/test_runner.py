@@ -371,6 +371,31 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_resumes_exactly(
     assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
 
 
+def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(
+    tmp_path: Path,
+) -> None:
+    """The processes agree at every batch end (a max all-reduce of the signal each received),
+    so a rank that no signal reached stops, and saves, with the one that got it; with SIGTERM
+    where any rank got one. The all-reduce is simulated: this rank's value and the others'.
+    (Two real processes: tests/training/test_ddp_cpu.py, slow.)"""
+    from types import SimpleNamespace
+
+    def trainer(others: int) -> SimpleNamespace:
+        def reduce(flag: torch.Tensor, reduce_op: str) -> torch.Tensor:
+            assert reduce_op == "max"
+            return torch.maximum(flag, torch.tensor(others))
+
+        strategy = SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce)
+        return SimpleNamespace(world_size=2, strategy=strategy)
+
+    stop = runner._GracefulStop(tmp_path / "last.ckpt")
+    assert stop._agreed(trainer(0)) is None  # no rank got a signal: train on
+    assert stop._agreed(trainer(signal.SIGTERM)) == signal.SIGTERM  # only the other rank did
+    stop.requested = signal.SIGINT
+    assert stop._agreed(trainer(0)) == signal.SIGINT
+    assert stop._agreed(trainer(signal.SIGTERM)) == signal.SIGTERM
+
+
 def test_graceful_stop_prints_no_lightning_notice(tmp_path: Path, caplog) -> None:
     """The checkpoint a Ctrl-C or SIGTERM writes is a full one, said so to Lightning: its
     ``weights_only`` default was announced as a stray line ("`weights_only` was not set,

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from plmu.training.metrics import NRMSE, nrmse
+from plmu.training.metrics import NRMSE, WeightedMean, nrmse
 
 
 def test_nrmse_reference_values() -> None:
@@ -134,3 +134,58 @@ def test_language_model_loss_and_bpc_are_over_the_scored_tokens() -> None:
     expected = float(losses[mask.flatten()].mean())
     assert results["test_loss"] == pytest.approx(expected, rel=1e-5)
     assert results["test_bpc"] == pytest.approx(expected / math.log(2), rel=1e-5)
+
+
+def test_weighted_mean_adds_the_processes_sums() -> None:
+    """Two processes' shards of unequal sizes (11 and 10 examples): the synced mean is the mean
+    over all 21, as one process gets it. ``self.log(..., sync_dist=True)`` averaged the batch
+    counts as integers under Lightning 2.6 (10, not 10.5). The sync is simulated: torchmetrics
+    gathers every state from every process and sums it."""
+    values = torch.randn(21, generator=torch.Generator().manual_seed(0))
+    shards = [values[0::2], values[1::2]]
+    ranks = []
+    for shard in shards:
+        metric = WeightedMean()
+        for batch in shard.split(8):
+            metric.update(batch.mean(), len(batch))
+        ranks.append(metric)
+
+    def gather(state: torch.Tensor, group=None) -> list[torch.Tensor]:
+        name = next(n for n in ("weighted_sum", "weight") if getattr(ranks[0], n) is state)
+        return [getattr(rank, name) for rank in ranks]
+
+    synced = WeightedMean(dist_sync_fn=gather, distributed_available_fn=lambda: True)
+    synced.weighted_sum, synced.weight = ranks[0].weighted_sum, ranks[0].weight
+    synced._update_count = 1
+    assert float(synced.compute()) == pytest.approx(float(values.mean()), rel=1e-6)
+
+
+def test_weighted_mean_keeps_a_nan_and_ignores_weightless_batches() -> None:
+    metric = WeightedMean()
+    metric.update(torch.tensor(2.0), 3)
+    metric.update(torch.tensor(0.0), 0)  # a batch without scored tokens
+    assert float(metric.compute()) == 2.0
+    metric.update(torch.tensor(float("nan")), 1)  # a diverged run reads as one
+    assert torch.isnan(metric.compute())
+    with pytest.raises(ValueError, match="value must be a scalar"):
+        metric.update(torch.zeros(2), 1)
+
+
+def test_regression_loss_is_the_mse_over_the_counted_steps_however_batched() -> None:
+    """Sequences with masks of different lengths in batches of 2 and 1: ``test_loss`` is the
+    MSE over every counted step; it was each batch's MSE weighted by its number of sequences,
+    which depends on how the set is batched (and sharded under DDP)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.training.regression import SequenceRegression
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(3, 10, 1, generator=g)
+    prediction = target + torch.randn(3, 10, 1, generator=g)
+    mask = torch.arange(10) >= torch.tensor([0, 8, 2]).unsqueeze(1)
+    module = SequenceRegression(torch.nn.Identity(), lr=1e-3)
+    results = _test_results(
+        module, DataLoader(TensorDataset(prediction, target, mask), batch_size=2)
+    )
+    expected = torch.nn.functional.mse_loss(prediction[mask], target[mask])
+    assert results["test_loss"] == pytest.approx(float(expected), rel=1e-5)

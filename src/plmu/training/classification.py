@@ -43,8 +43,10 @@ class SequenceClassification(PlmuModule):
         logits = self(*inputs)
         loss = F.cross_entropy(logits, labels)
         accuracy.update(logits.detach(), labels)
-        train = stage == "train"
-        self.log(f"{stage}_loss", loss, prog_bar=train, sync_dist=not train)
+        if stage == "train":
+            self.log("train_loss", loss, prog_bar=True)
+        else:
+            self.log_mean(f"{stage}_loss", loss, labels.shape[0])
         self.log(f"{stage}_accuracy", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 

@@ -2,7 +2,9 @@
 
 The training loader is a :class:`ResumableDataLoader`: Lightning stores its position in every
 checkpoint, so a run resumed from a checkpoint written mid-epoch reads the rest of that epoch's
-batches, in the uninterrupted run's order, and not the epoch's first batches again.
+batches, in the uninterrupted run's order, and not the epoch's first batches again. Under DDP the
+validation and test loaders read a :class:`ShardSampler` shard each, so that every example is
+evaluated once (Lightning's ``DistributedSampler`` repeats examples to even the shards).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-__all__ = ["EpochRandomSampler", "ResumableDataLoader", "SplitDataModule"]
+__all__ = ["EpochRandomSampler", "ResumableDataLoader", "ShardSampler", "SplitDataModule"]
 
 
 class EpochRandomSampler(RandomSampler):
@@ -46,6 +48,51 @@ class EpochRandomSampler(RandomSampler):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class ShardSampler(DistributedSampler):
+    """Process ``rank``'s share of an evaluation set under DDP: the examples ``rank``,
+    ``rank + num_replicas``, ``rank + 2 * num_replicas``, ... in order, so that the shards of the
+    ``num_replicas`` processes hold every example once.
+
+    Lightning gives an evaluation loader a ``DistributedSampler``, which repeats examples until
+    every process has as many (23 examples on 2 processes: 12 each, one twice), and the test
+    and validation metrics counted the repeats. Here the shards differ by one example at most
+    and nothing is repeated; the metrics (``torchmetrics`` states, the losses
+    :meth:`~plmu.training.base.PlmuModule.log_mean`'s weighted sums) are summed over the
+    processes, which works for shards of unequal lengths provided every process evaluates at
+    least one batch (so that all take part in the same collective calls, DDP's buffer broadcast
+    at the first forward included). A set with fewer examples than processes is therefore read
+    whole by every process: each metric, a ratio of sums over the examples, comes out as the
+    set's own.
+
+    It is a ``DistributedSampler``, so Lightning keeps it rather than put its own in its place.
+
+    Args:
+        data_source: the dataset (only its length is used).
+        num_replicas: the number of processes (``trainer.world_size``).
+        rank: this process's global rank, in ``[0, num_replicas)``.
+    """
+
+    def __init__(self, data_source: Sized, num_replicas: int, rank: int) -> None:
+        super().__init__(
+            data_source,  # type: ignore[arg-type]
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
+        )
+
+    def _indices(self) -> range:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        if n < self.num_replicas:
+            return range(n)
+        return range(self.rank, n, self.num_replicas)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
 
 
 class ResumableDataLoader(DataLoader):
@@ -154,6 +201,10 @@ class SplitDataModule(L.LightningDataModule):
     not pinned: pinning would be one more copy inside the loop (PyTorch's guide to
     ``pin_memory`` and ``non_blocking``), for the small batches here.
 
+    Under DDP (a trainer with ``distributed_sampler_kwargs``), the validation and test loaders
+    read a :class:`ShardSampler` shard each, unless the options bring their own sampler or batch
+    sampler: every example is evaluated once, and the metrics equal those of one process.
+
     The three loaders share :meth:`_loader`; a subclass changes them through
     :meth:`loader_options` (a ``collate_fn``, a ``batch_sampler``, a ``generator``, ...) and, when
     it keeps its datasets elsewhere, :meth:`split_set`. The splits are named ``"train"``,
@@ -250,11 +301,23 @@ class SplitDataModule(L.LightningDataModule):
             kwargs["batch_size"] = batch_size
             if shuffle and "sampler" not in options:
                 kwargs["sampler"] = EpochRandomSampler(dataset, self.seed)
+            elif split != "train" and "sampler" not in options:
+                shards = self._shards()
+                if shards is not None:
+                    kwargs["sampler"] = ShardSampler(dataset, **shards)  # type: ignore[arg-type]
         kwargs.update(options)
         if "pin_memory" not in options:
             kwargs["pin_memory"] = kwargs["num_workers"] > 0 and self._to_cuda()
         loader = ResumableDataLoader if split == "train" else DataLoader
         return loader(dataset, **kwargs)
+
+    def _shards(self) -> dict[str, int] | None:
+        """``{"num_replicas", "rank"}`` of the distributed run of the trainer this datamodule is
+        attached to; ``None`` for one process or no trainer."""
+        shards = getattr(self.trainer, "distributed_sampler_kwargs", None)
+        if not shards or shards.get("num_replicas", 1) <= 1:
+            return None
+        return {"num_replicas": int(shards["num_replicas"]), "rank": int(shards["rank"])}
 
     def _to_cuda(self) -> bool:
         """Whether the batches go to a CUDA device: the root device of the trainer this

@@ -40,6 +40,7 @@ class LanguageModeling(PlmuModule):
 
     monitor = "val_bpc"
     monitor_mode = "min"
+    means = ("val_loss", "val_bpc", "test_loss", "test_bpc")
 
     def __init__(
         self,
@@ -95,11 +96,9 @@ class LanguageModeling(PlmuModule):
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
-        # a batch that scores no token weighs 0 in the epoch means (a tensor weight: Lightning
-        # accumulates sum(loss * count) / sum(count) on the device)
-        loss, count = self._nll(batch)
-        self.log(f"{stage}_loss", loss, batch_size=count, sync_dist=True)
-        self.log(f"{stage}_bpc", loss / LN2, prog_bar=True, batch_size=count, sync_dist=True)
+        loss, count = self._nll(batch)  # a batch without scored tokens weighs 0
+        self.log_mean(f"{stage}_loss", loss, count)
+        self.log_mean(f"{stage}_bpc", loss / LN2, count, prog_bar=True)
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
         self._evaluate(batch, "val")

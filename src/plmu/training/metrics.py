@@ -1,5 +1,8 @@
 """Metrics for the benchmarks, as functions and as distributed-safe ``torchmetrics`` metrics.
 
+:class:`WeightedMean` is the epoch mean of batch means (a loss) weighted by what each averages
+over, summed over DDP processes.
+
 NRMSE (normalised root-mean-square error) is ``sqrt(mean((y - yhat)^2)) / std(y)``: the RMSE in
 units of the target's standard deviation over the evaluated set (0 is perfect, 1 is what
 predicting the mean scores). It is the Mackey-Glass metric of Voelker et al. 2019.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-__all__ = ["NRMSE", "nrmse"]
+__all__ = ["NRMSE", "WeightedMean", "nrmse"]
 
 
 def nrmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,3 +69,33 @@ class NRMSE(Metric):
         mean = self.target_sum / self.count
         variance = (self.target_squared / self.count - mean.pow(2)).clamp_min(0)
         return ((self.squared_error / self.count) / variance).sqrt().float()
+
+
+class WeightedMean(Metric):
+    """The mean of scalar batch means ``value`` weighted by ``weight`` (the examples or tokens
+    each averages over): ``sum(value * weight) / sum(weight)``, the sums added over DDP
+    processes (in float32, as Lightning's own epoch means: MPS has no float64), so the result
+    is the mean over the whole split however it was batched or sharded. A NaN value makes it
+    NaN (torchmetrics' ``MeanMetric`` drops NaNs, or with ``nan_strategy="disable"`` ignores
+    the weights); no weight at all gives NaN.
+
+    ``update(value, weight)``: ``value`` a scalar tensor; ``weight`` a number or scalar tensor.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("weighted_sum", "weight"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float32), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: int | float | torch.Tensor) -> None:
+        value = torch.as_tensor(value, device=self.weight.device)
+        if value.numel() != 1:
+            raise ValueError(f"value must be a scalar, got shape {tuple(value.shape)}")
+        weight = torch.as_tensor(weight, device=self.weight.device, dtype=self.weight.dtype)
+        self.weighted_sum += value.detach().to(self.weight.dtype).reshape(()) * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.weighted_sum / self.weight

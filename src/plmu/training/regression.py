@@ -31,7 +31,8 @@ class SequenceRegression(PlmuModule):
     Batches are ``(x, y)`` or ``(x, y, mask)``: ``x`` (B, T, in), ``y`` (B, T, out) and ``mask``
     (B, T) bool, True where a step counts in the loss and the metrics (e.g. False on the warm-up
     steps where the network has seen too little history). Logs ``{stage}_loss`` (masked MSE) and
-    ``{stage}_nrmse`` for stage ``train``/``val``/``test``; monitors ``val_nrmse``.
+    ``{stage}_nrmse`` for stage ``train``/``val``/``test`` (``val_loss`` and ``test_loss`` are
+    the MSE over the split's counted steps; ``train_loss`` is per batch); monitors ``val_nrmse``.
     """
 
     monitor = "val_nrmse"
@@ -54,7 +55,10 @@ class SequenceRegression(PlmuModule):
         prediction = self(x)
         mask = mask.unsqueeze(-1).expand_as(y)
         loss = masked_mse(prediction, y, mask)
-        self.log(f"{stage}_loss", loss, prog_bar=stage == "train", sync_dist=stage != "train")
+        if stage == "train":
+            self.log("train_loss", loss, prog_bar=True)
+        else:  # the mean over the split's counted steps, however they are batched
+            self.log_mean(f"{stage}_loss", loss, mask.sum())
         return loss, prediction, y, mask
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:

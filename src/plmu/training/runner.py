@@ -362,11 +362,19 @@ class _GracefulStop(Callback):
     exit (``plmu`` exits 130), and SIGTERM Lightning's ``SIGTERMException`` with status 143
     (128 + 15, which ``plmu`` exits with).
 
-    Only for a single process in the main thread, and for each signal only where it had its
-    default handler when ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL``
-    for SIGTERM); otherwise nothing changes. Lightning installs its own SIGTERM handler after
-    ``on_fit_start`` (it sets a flag its loops stop on, at the end of any batch, with no
-    checkpoint); the handlers here replace it at ``on_train_start``, so only one of the two acts,
+    Under DDP every process takes part: a signal may reach one process (``kill`` of rank 0) or
+    all of them (Ctrl-C, a scheduler), at different moments, so the processes agree at every
+    batch end (an all-reduce of the signal received, SIGTERM over SIGINT) and all stop at the
+    same safe point, with rank 0 writing the one ``last.ckpt`` that every rank resumes from.
+    Before, Ctrl-C stopped every process at once and SIGTERM at the next batch (Lightning's
+    handling), without a checkpoint: a run lost its steps since the last one.
+
+    Only in the main thread, and for each signal only where it had its default handler when
+    ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL`` for SIGTERM);
+    otherwise that process's signal changes nothing. Lightning installs its own SIGTERM handler
+    after ``on_fit_start`` (it sets a flag its loops stop on, at the end of any batch, with no
+    checkpoint; under DDP it also passes the signal on to the other processes Lightning
+    started); the handlers here replace it at ``on_train_start``, so only one of the two acts,
     and Lightning's teardown then restores the same handlers as :meth:`_restore` does: the ones
     from before ``fit`` (installed before Lightning records the handlers, the SIGINT one was
     put back by its teardown after a stop).
@@ -374,14 +382,16 @@ class _GracefulStop(Callback):
 
     def __init__(self, last: Path) -> None:
         self.last = last
-        self.requested: int | None = None  # the signal that asked to stop
+        self.requested: int | None = None  # the signal that asked this process to stop
         self._handled: list[int] = []  # the signals to take over at on_train_start
+        self._rank = 0  # the global rank, which prints the message
         self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.requested = None
         self._handled = []
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+        self._rank = trainer.global_rank
+        if threading.current_thread() is threading.main_thread():
             self._handled = [
                 signum
                 for signum, (default, _) in _STOP_SIGNALS.items()
@@ -399,6 +409,8 @@ class _GracefulStop(Callback):
         if self.requested is not None:  # the second signal: at once
             self._stop(signum)
         self.requested = signum
+        if self._rank != 0:  # under DDP rank 0 speaks for all (Ctrl-C reaches every one)
+            return
         name = _STOP_SIGNALS[signum][1]
         print(
             f"\nplmu: {name}: stopping after this step with checkpoints/last.ckpt written "
@@ -406,6 +418,15 @@ class _GracefulStop(Callback):
             file=sys.stderr,
             flush=True,
         )
+
+    def _agreed(self, trainer: L.Trainer) -> int | None:
+        """The signal that asks every process to stop, or ``None``: this process's alone, or
+        under DDP the largest that any process received (SIGTERM 15 over SIGINT 2). A collective
+        call under DDP: every rank makes it at the same hooks."""
+        if trainer.world_size == 1:
+            return self.requested
+        flag = torch.tensor(self.requested or 0, device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max")) or None
 
     def _stop(self, signum: int) -> None:
         self._restore()
@@ -426,20 +447,24 @@ class _GracefulStop(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self.requested is not None and _mid_epoch_save_point(trainer, batch_idx):
+        signum = self._agreed(trainer)
+        if signum is not None and _mid_epoch_save_point(trainer, batch_idx):
             # a full checkpoint; left unset, Lightning prints a notice that it chose that
-            trainer.save_checkpoint(self.last, weights_only=False)
-            self._stop(self.requested)
+            trainer.save_checkpoint(self.last, weights_only=False)  # every rank, rank 0 writes
+            self._stop(signum)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if self.requested is not None and batch_idx == 0:  # after the epoch end and last.ckpt
-            self._stop(self.requested)
+        if batch_idx == 0:  # after the epoch end and last.ckpt (or a signal in the validation)
+            signum = self._agreed(trainer)
+            if signum is not None:
+                self._stop(signum)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.requested is not None:  # in the last batch: training is done, skip the test
-            self._stop(self.requested)
+        signum = self._agreed(trainer)
+        if signum is not None:  # in the last batch: training is done, skip the test
+            self._stop(signum)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()

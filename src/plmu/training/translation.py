@@ -95,7 +95,8 @@ def merge_shards(shards: list[Shard]) -> tuple[list[str], list[str]]:
     """The hypotheses and references of the test set from every process's shard.
 
     With dataset positions (every shard has them): in the dataset's order, each pair once
-    (``DistributedSampler`` repeats pairs to give every process as many). Without them: the
+    (a set smaller than the number of processes is read whole by each: see
+    :class:`~plmu.training.datamodule.ShardSampler`). Without them: the
     shards concatenated as they are.
     """
     if any(indices is None for indices, _, _ in shards):
@@ -264,7 +265,7 @@ class TranslationModule(PlmuModule):
 
     def validation_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
-        self.log("val_loss", loss, prog_bar=True, batch_size=tokens, sync_dist=True)
+        self.log_mean("val_loss", loss, tokens, prog_bar=True)
 
     # ------------------------------------------------------------------------ decoding
 
@@ -286,7 +287,7 @@ class TranslationModule(PlmuModule):
     def test_step(self, batch: TranslationBatch, batch_idx: int) -> None:
         n = batch.src.shape[0]
         loss, tokens = self._loss(batch, 0.0), self._target_tokens(batch)
-        self.log("test_loss", loss, batch_size=tokens, sync_dist=True)
+        self.log_mean("test_loss", loss, tokens)
         self._sync()
         t0 = time.perf_counter()
         ids = self.translate_ids(batch.src, batch.src_lengths)
