@@ -26,6 +26,8 @@ Cases (the sizes of ``plmu bench``, :class:`plmu.bench.BenchConfig`):
   it into 1024 calls and the step's backward outgrew a 23 GB machine. ``conv_mode="raw"`` runs
   only with ``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow 2.21's oneDNN convolution aborts the process
   on it.
+* ``latency``: inference, one step at batch 1 (order 256, hidden 212, theta 784), called from
+  Python once a step: ``ParallelLMU.step`` against keras-lmu's ``LMUCell`` in a ``tf.function``.
 
 TensorFlow's step is a ``tf.function`` (a ``GradientTape`` step, what ``model.fit`` compiles);
 ``--xla`` adds ``jit_compile=True`` rows (not for ``raw``: 13 s a psMNIST step, 10x slower).
@@ -60,6 +62,7 @@ from plmu import ParallelLMU, discretize, impulse_response, legendre_delay
 from plmu.bench import (
     BenchConfig,
     _check_output_file,
+    _inference_layer,
     _LastStep,
     _Sequence,
     _train_step,
@@ -68,10 +71,11 @@ from plmu.bench import (
     time_interleaved,
 )
 
-CASES = ("psmnist", "psmnist_original", "full_sequence")
+CASES = ("psmnist", "psmnist_original", "full_sequence", "latency")
 FRAMEWORKS = ("torch", "tf")
 EVERY_OUTPUT = "plmu every output"  # psMNIST: plmu computing every output, keeping the last
 CHECK_BATCH = 4  # sequences whose outputs are compared between the two implementations
+CHECK_STEPS = 200  # inference steps whose outputs are compared
 
 
 @dataclass(frozen=True)
@@ -399,6 +403,97 @@ def run_case(case: Case, frameworks: Sequence[str], xla: bool, tfmods, log) -> d
     }
 
 
+def run_latency(cfg: BenchConfig, frameworks: Sequence[str], repeats: int, tfmods, log) -> dict:
+    """One inference step at batch 1 (``plmu bench``'s latency case: order 256, hidden 212,
+    theta 784), microseconds per step, each framework called from Python once a step: plmu's
+    ``ParallelLMU.step`` and keras-lmu's ``LMUCell`` (a ``Dense`` hidden cell, ``[m_t, x_t]``
+    into it) in a ``tf.function``, with plmu's weights; their outputs after ``CHECK_STEPS``
+    steps of the same input are compared."""
+    layer = _inference_layer(cfg, torch.device("cpu"))
+    n = cfg.latency_steps
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((n, 1, 1), dtype=np.float32)
+    fns: dict[str, Callable] = {}
+    checks: dict[str, dict] = {}
+    errors: dict[str, str] = {}
+    x_t = [torch.from_numpy(x) for x in xs]
+
+    def plmu_steps(count: int = n) -> np.ndarray:
+        state, y = None, None
+        with torch.inference_mode():
+            for i in range(count):
+                y, state = layer.step(x_t[i], state)
+        return y.numpy()
+
+    if "torch" in frameworks:
+        fns["plmu"] = plmu_steps
+    if "tf" in frameworks:
+        tf, keras, keras_lmu = tfmods
+        try:
+            cell = keras_lmu.LMUCell(
+                memory_d=1,
+                order=cfg.inf_order,
+                theta=cfg.inf_theta,
+                hidden_cell=keras.layers.Dense(cfg.inf_hidden, activation="relu"),
+                input_to_hidden=True,
+                use_bias=True,
+            )
+            cell.build((1, 1))
+            cell.kernel.assign(_numpy(layer.encoder.weight).T)
+            cell.bias.assign(_numpy(layer.encoder.bias))
+            _copy_dense(cell.hidden_cell, layer.output)
+            x_k = [tf.constant(x) for x in xs]
+            zeros = [tf.zeros((1, size)) for size in cell.state_size]
+
+            @tf.function(autograph=False)
+            def kstep(x, states):
+                return cell(x, states, training=False)
+
+            def keras_steps(count: int = n) -> np.ndarray:
+                states, y = zeros, None
+                for i in range(count):
+                    y, states = kstep(x_k[i], states)
+                return y.numpy()
+
+            count = min(n, CHECK_STEPS)
+            ref, got = plmu_steps(count), keras_steps(count)
+            checks["keras-lmu LMUCell"] = {
+                "steps": count,
+                "max_abs_diff": float(np.abs(ref - got).max()),
+                "max_abs_output": float(np.abs(ref).max()),
+            }
+            fns["keras-lmu LMUCell"] = keras_steps
+        except Exception as err:  # a row that cannot run is reported, the others run
+            errors["keras-lmu LMUCell"] = f"{type(err).__name__}: {str(err)[:300]}"
+            log(f"[compare] latency: keras-lmu failed: {errors['keras-lmu LMUCell']}")
+    times = time_interleaved(fns, repeats, 1, torch.device("cpu"), cfg.min_round_s)
+    rows = {
+        name: {
+            "median_us": 1e6 * statistics.median(t) / n,
+            "min_us": 1e6 * min(t) / n,
+            "times_us": [1e6 * v / n for v in t],
+        }
+        for name, t in times.items()
+    }
+    if "plmu" in rows:
+        for row in rows.values():
+            row["vs_plmu"] = row["median_us"] / rows["plmu"]["median_us"]
+    return {
+        "title": "inference, one step at batch 1",
+        "unit": "us",
+        "batch": 1,
+        "input": 1,
+        "order": cfg.inf_order,
+        "theta": cfg.inf_theta,
+        "hidden": cfg.inf_hidden,
+        "steps_per_call": n,
+        "repeats": repeats,
+        "rows": rows,
+        "checks": checks,
+        "errors": errors,
+    }
+
+
 def environment(frameworks: Sequence[str], threads: int, tfmods) -> dict:
     """Versions, CPU and thread settings of this run."""
     cpu = platform.processor() or platform.machine()
@@ -449,17 +544,19 @@ def format_report(res: dict) -> str:
             for k in ("batch", "steps", "input", "memory_size", "order", "theta", "hidden")
             if k in case
         )
-        lines.append(f"{case['title']} ({sizes}; {case['loss']}; {case['repeats']} rounds)")
-        lines.append(f"  {'row':<22} {'median ms':>11} {'min ms':>11} {'x plmu':>9}")
+        loss = f"; {case['loss']}" if "loss" in case else ""
+        lines.append(f"{case['title']} ({sizes}{loss}; {case['repeats']} rounds)")
+        unit = case.get("unit", "ms")
+        lines.append(f"  {'row':<22} {'median ' + unit:>11} {'min ' + unit:>11} {'x plmu':>9}")
         for name, row in case["rows"].items():
             ratio = f"{row['vs_plmu']:.2f}" if "vs_plmu" in row else "-"
-            lines.append(
-                f"  {name:<22} {row['median_ms']:>11.1f} {row['min_ms']:>11.1f} {ratio:>9}"
-            )
+            median, best = row[f"median_{unit}"], row[f"min_{unit}"]
+            lines.append(f"  {name:<22} {median:>11.1f} {best:>11.1f} {ratio:>9}")
         for name, chk in case["checks"].items():
+            system = chk.get("max_abs_diff_plmu_system")
+            plmu_system = "" if system is None else f", {system:.1e} with plmu's Abar, Bbar, H"
             lines.append(
-                f"  check {name}: max |keras - plmu| {chk['max_abs_diff']:.1e}, "
-                f"{chk['max_abs_diff_plmu_system']:.1e} with plmu's Abar, Bbar, H "
+                f"  check {name}: max |keras - plmu| {chk['max_abs_diff']:.1e}{plmu_system} "
                 f"(outputs up to {chk['max_abs_output']:.2f})"
             )
         for name, err in case["errors"].items():
@@ -502,7 +599,11 @@ def run(
     for name in cases:
         start = time.perf_counter()
         log(f"[compare] {name} ...")
-        res["cases"][name] = run_case(table[name], frameworks, xla, tfmods, log)
+        if name == "latency":
+            rounds = max(3, cfg.repeats if repeats is None else repeats)
+            res["cases"][name] = run_latency(cfg, frameworks, rounds, tfmods, log)
+        else:
+            res["cases"][name] = run_case(table[name], frameworks, xla, tfmods, log)
         log(f"[compare] {name} done in {time.perf_counter() - start:.1f} s")
         if json_path is not None:
             _write_json(res, Path(json_path))

@@ -48,13 +48,15 @@ def test_torch_side_runs_every_case_and_writes_json(compare, tmp_path, capsys):
             {compare.EVERY_OUTPUT} if name == "psmnist" else set()
         )
         assert case["rows"]["plmu"]["vs_plmu"] == 1.0
+        unit = "us" if name == "latency" else "ms"
         for row in case["rows"].values():
-            assert len(row["times_ms"]) == case["repeats"] and row["vs_plmu"] > 0
-            assert 0 < row["min_ms"] <= row["median_ms"]
+            assert len(row[f"times_{unit}"]) == case["repeats"] and row["vs_plmu"] > 0
+            assert 0 < row[f"min_{unit}"] <= row[f"median_{unit}"]
     assert res["cases"]["full_sequence"]["loss"] == "mse"
     assert res["cases"]["psmnist"]["loss"] == "cross-entropy"
     out = capsys.readouterr().out
     assert "psMNIST, original LMU (RNN)" in out and "full sequence" in out
+    assert "median us" in out  # the inference case's unit
 
 
 def test_models_have_the_cases_sizes(compare):
@@ -113,5 +115,6 @@ def test_keras_side_computes_plmus_function(compare, tmp_path):
         assert not case["errors"]
         assert case["checks"]
         for check in case["checks"].values():  # keras-lmu's own float32 system, and plmu's
-            assert check["max_abs_diff"] < 1e-4 and check["max_abs_diff_plmu_system"] < 1e-5
+            assert check["max_abs_diff"] < 1e-4
+            assert check.get("max_abs_diff_plmu_system", 0.0) < 1e-5
         assert all("vs_plmu" in row for row in case["rows"].values())
