@@ -11,7 +11,6 @@ import torch
 from plmu.data import DataError
 from plmu.data.text_classification import (
     PAD_ID,
-    TASKS,
     DataNotFoundError,
     TextClassificationData,
     build_tokenizer,
@@ -19,6 +18,7 @@ from plmu.data.text_classification import (
     load_splits,
     read_hub_files,
 )
+from plmu.data.text_tasks import TASKS
 from text_fixtures import (
     pair_rows,
     qqp_lines,
