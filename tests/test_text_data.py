@@ -11,13 +11,13 @@ import torch
 from plmu.data import DataError
 from plmu.data.text_classification import (
     PAD_ID,
-    DataNotFoundError,
     TextClassificationData,
     build_tokenizer,
     collate,
     load_splits,
     read_hub_files,
 )
+from plmu.data.text_files import DataNotFoundError
 from plmu.data.text_tasks import TASKS
 from text_fixtures import (
     pair_rows,
