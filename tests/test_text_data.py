@@ -15,9 +15,9 @@ from plmu.data.text_classification import (
     build_tokenizer,
     collate,
     load_splits,
-    read_hub_files,
 )
 from plmu.data.text_files import DataNotFoundError
+from plmu.data.text_layouts import read_hub_files
 from plmu.data.text_tasks import TASKS
 from text_fixtures import (
     pair_rows,
