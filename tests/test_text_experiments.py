@@ -278,6 +278,7 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
     ``checkpoint["plmu"]["saved"]`` (Lightning's datamodule state held it a second time);
     ``written_before``: a checkpoint that holds both copies, as they did."""
     import plmu.data.text_classification as tc
+    from plmu.data.text_splits import load_splits
 
     rows = [{**r, "text": f"{r['text']} <3 so good<br />"} for r in sentiment_rows(24)]
     data = tmp_path / "data"
@@ -295,7 +296,7 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
         checkpoint["TextClassificationData"] = dict(first["saved"])
         torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
     monkeypatch.undo()  # the resumed process keeps "so good": its own vocabulary differs
-    rebuilt = tc.build_tokenizer(tc._column_texts(tc.load_splits(
+    rebuilt = tc.build_tokenizer(tc._column_texts(load_splits(
         TASKS["imdb"], data, 0.1, 0)["train"]), 12, 1)  # fmt: skip
     assert rebuilt.to_str() != first["saved"]["tokenizer"]
     train("imdb", out=tmp_path / "run", overrides=[*options, "epochs=2"], data_dir=data,
