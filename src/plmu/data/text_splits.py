@@ -37,7 +37,7 @@ from plmu.data.text_layouts import (
 )
 from plmu.data.text_tasks import TextTask
 
-__all__ = ["FORMATS", "SPLIT_STEMS", "load_splits"]
+__all__ = ["FORMATS", "load_splits"]
 
 log = logging.getLogger(__name__)
 
