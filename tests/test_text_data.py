@@ -11,14 +11,14 @@ import torch
 from plmu.data import DataError
 from plmu.data.text_classification import (
     PAD_ID,
-    TASKS,
-    DataNotFoundError,
     TextClassificationData,
     build_tokenizer,
     collate,
-    load_splits,
-    read_hub_files,
 )
+from plmu.data.text_files import DataNotFoundError
+from plmu.data.text_layouts import read_hub_files
+from plmu.data.text_splits import load_splits
+from plmu.data.text_tasks import TASKS
 from text_fixtures import (
     pair_rows,
     qqp_lines,

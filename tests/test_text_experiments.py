@@ -10,7 +10,7 @@ import torch
 
 from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.cli import main
-from plmu.data.text_classification import TASKS
+from plmu.data.text_tasks import TASKS
 from plmu.predict import predict, predict_loaded
 from plmu.training.runner import evaluate, load_checkpoint, train
 from text_fixtures import (
@@ -278,6 +278,7 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
     ``checkpoint["plmu"]["saved"]`` (Lightning's datamodule state held it a second time);
     ``written_before``: a checkpoint that holds both copies, as they did."""
     import plmu.data.text_classification as tc
+    from plmu.data.text_splits import load_splits
 
     rows = [{**r, "text": f"{r['text']} <3 so good<br />"} for r in sentiment_rows(24)]
     data = tmp_path / "data"
@@ -295,8 +296,8 @@ def test_resumed_run_keeps_the_vocabulary_its_weights_were_trained_with(
         checkpoint["TextClassificationData"] = dict(first["saved"])
         torch.save(checkpoint, tmp_path / "run/checkpoints/last.ckpt")
     monkeypatch.undo()  # the resumed process keeps "so good": its own vocabulary differs
-    rebuilt = tc.build_tokenizer(tc._column_texts(tc.load_splits(
-        tc.TASKS["imdb"], data, 0.1, 0)["train"]), 12, 1)  # fmt: skip
+    rebuilt = tc.build_tokenizer(tc._column_texts(load_splits(
+        TASKS["imdb"], data, 0.1, 0)["train"]), 12, 1)  # fmt: skip
     assert rebuilt.to_str() != first["saved"]["tokenizer"]
     train("imdb", out=tmp_path / "run", overrides=[*options, "epochs=2"], data_dir=data,
           progress_bar=False)  # fmt: skip

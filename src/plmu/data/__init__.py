@@ -1,4 +1,11 @@
-"""Datasets for the benchmarks: one module per benchmark, each returning torch Datasets."""
+"""Datasets for the benchmarks: one module per benchmark, each returning torch Datasets.
+
+Text classification (IMDB, QQP, SNLI) has one module per job: :mod:`~plmu.data.text_tasks`
+(the task table), :mod:`~plmu.data.text_files` (one split file), :mod:`~plmu.data.text_layouts`
+(the hub's parquet files and the original distributions), :mod:`~plmu.data.text_splits`
+(``load_splits``: local files, else the hub) and :mod:`~plmu.data.text_classification`
+(vocabulary, batching and the datamodule).
+"""
 
 import contextlib
 import os

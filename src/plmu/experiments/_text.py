@@ -15,7 +15,8 @@ from typing import Any
 
 import lightning as L
 
-from plmu.data.text_classification import TASKS, TextClassificationData
+from plmu.data.text_classification import TextClassificationData
+from plmu.data.text_tasks import TASKS
 from plmu.models.text import PairClassifier, TextClassifier
 from plmu.training.classification import SequenceClassification
 from plmu.training.registry import Experiment, register
