@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from plmu.legendre import _check_positive_int
+from plmu.legendre import _check_positive_int  # also for the models
 from plmu.precision import autocast_enabled
 from plmu.tracing import _tracing
 
 __all__ = [
-    "_check_positive_int",
     "check_input_dtype",
     "check_lengths",
     "check_sequence",

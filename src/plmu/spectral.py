@@ -3,8 +3,9 @@ with hand-written backwards, and :func:`fft_size`.
 
 ``_FoldedKernel`` folds ``[Re; Im] rfft(H) @ W`` into one complex kernel, ``_SpectralMix``
 contracts channels per frequency, ``_BlockConvolution`` and ``_BlockSynthesis`` add the
-overlap-save blocks to an accumulator, a tile of frames at a time. Each equals its plain
-whole-tensor version (``_fold``, ``_plain_mix``, ``_plain_blocks``) up to rounding.
+overlap-save blocks to an accumulator, a tile of frames at a time. Whole-tensor versions
+(``_fold``, ``_plain_mix``, ``_plain_blocks``) serve where :func:`~plmu.tracing.plain_autograd`
+says so and for second-order gradients.
 """
 
 from __future__ import annotations
