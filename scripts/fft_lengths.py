@@ -1,6 +1,6 @@
 """Time a real FFT round trip (``rfft`` then ``irfft``) at given lengths, per element.
 
-The measurement behind ``plmu.memory.fft_size``: on CPU (pocketfft) a length whose power-of-two
+The measurement behind ``plmu.spectral.fft_size``: on CPU (pocketfft) a length whose power-of-two
 factor is small runs slower per element than a nearby one with a larger power of two. Each
 length is timed in turn, ``--rounds`` times (the best round counts), on ``--rows`` rows, on one
 thread.
@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from plmu.memory import fft_size
+from plmu.spectral import fft_size
 
 
 def five_smooth(n: int) -> int:

@@ -10,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plmu
+import plmu.tracing
 from conftest import assert_close_to_reference, reference_memory
 from plmu.layers import STEP_LOOP_MAX_TIME
 from plmu.legendre import UnstableDiscretizationWarning
-from plmu.memory import BLOCK_RATIO, fft_size
+from plmu.memory import BLOCK_RATIO
+from plmu.spectral import fft_size
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -474,7 +476,7 @@ def test_fused_projection_in_blocks_equals_recurrence(
     assert_close_to_reference(out, total, rel)
     # in tiles of one or two frames (batch element x block)
     tile = int(group_blocks * 4 * fft_size(sum(mem.projection_blocks(T, dtype)) - 1))
-    with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", tile):
+    with mock.patch.object(plmu.spectral, "BLOCK_TILE_ELEMENTS", tile):
         out = mem.project(u, W, state, accumulate=acc.clone())
     assert_close_to_reference(out, total, rel)
 
@@ -498,7 +500,7 @@ def test_project_accumulate_is_checked_and_differentiable(memory_size, tile):
     assert n_blocks > 2
     frames = {"all": 2 * n_blocks, "row": n_blocks}.get(tile, tile)
     elements = frames * 4 * fft_size(kernel_length + block - 1)
-    with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", elements):
+    with mock.patch.object(plmu.spectral, "BLOCK_TILE_ELEMENTS", elements):
         y = mem.project(u, W, s, accumulate=b.expand(2, T, 4) * 1.0)
         got = torch.autograd.grad((y * g).sum(), (u, W, s, b))
     ref_y = mem(u, s, mode="recurrent")[0] @ W.T + b
@@ -508,11 +510,11 @@ def test_project_accumulate_is_checked_and_differentiable(memory_size, tile):
 
 
 def test_frame_tiles_cover_every_frame_once():
-    from plmu.memory import _frame_tiles
+    from plmu.spectral import _frame_tiles
 
     cpu = torch.device("cpu")
     for Bn, nb, per_frame, limit in [(5, 3, 10, 40), (5, 3, 10, 20), (2, 7, 10, 30), (3, 1, 9, 1)]:
-        with mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", limit):
+        with mock.patch.object(plmu.spectral, "BLOCK_TILE_ELEMENTS", limit):
             tiles = _frame_tiles(Bn, nb, per_frame, cpu)
         seen = [(b, k) for b0, b1, k0, k1 in tiles for b in range(b0, b1) for k in range(k0, k1)]
         assert sorted(seen) == [(b, k) for b in range(Bn) for k in range(nb)]
@@ -573,7 +575,7 @@ def test_graph_projection_equals_eager(memory_size, accumulate, grad, graph):
     tiled kernels as operators (``plmu::block_synthesis``, ...) with their hand-written
     backwards. Run eagerly here with ``is_compiling`` (and ``is_exporting``) reporting true,
     which selects exactly that branch."""
-    if graph == "export" and plmu.memory._is_exporting is None:
+    if graph == "export" and plmu.tracing._is_exporting is None:
         pytest.skip("torch < 2.7 has no torch.compiler.is_exporting")
     mem = plmu.LegendreMemory(memory_size, 6, 10.0)
     T = 7 * mem.free_horizon(torch.float64) + 5
@@ -593,7 +595,7 @@ def test_graph_projection_equals_eager(memory_size, accumulate, grad, graph):
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(torch.compiler, "is_compiling", lambda: True))
         exporting = graph == "export"
-        stack.enter_context(mock.patch.object(plmu.memory, "_is_exporting", lambda: exporting))
+        stack.enter_context(mock.patch.object(plmu.tracing, "_is_exporting", lambda: exporting))
         blocks = stack.enter_context(
             mock.patch.object(plmu.memory, "_compiled_blocks", wraps=plmu.memory._compiled_blocks)
         )
@@ -715,7 +717,7 @@ def test_ordinary_calls_use_the_fast_functions(memory_size, grad):
     """Outside transforms, forward-mode AD and compilation ``plain_autograd`` is false: the
     fused path runs its custom Functions (tiled FFTs with hand-written backwards), and the
     classifier's last output its three-GEMM Function, not the whole-tensor fallback."""
-    from plmu import layers, memory
+    from plmu import layers, memory, spectral
 
     fast = (
         ["_FoldedKernel", "_BlockConvolution"]
@@ -734,10 +736,10 @@ def test_ordinary_calls_use_the_fast_functions(memory_size, grad):
     with contextlib.ExitStack() as stack:
         calls = {
             n: stack.enter_context(mock.patch.object(f, "apply", wraps=f.apply))
-            for n, f in [(n, getattr(memory, n)) for n in fast]
+            for n, f in [(n, getattr(spectral, n)) for n in fast]
             + [("last", layers._ScalarLastOutput)]
         }
-        for module in (memory, layers):
+        for module in (memory, spectral, layers):
             stack.enter_context(mock.patch.object(module, "plain_autograd", plain_autograd))
         with torch.set_grad_enabled(grad):
             y, state = layer(x, s)

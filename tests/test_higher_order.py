@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import plmu
+import plmu.spectral
 
 
 def second_order(fn, tensors, wrt_first):
@@ -42,9 +43,9 @@ def test_project_second_order(memory_size, horizons, tile, operators):
     u = torch.randn(2, T, memory_size, dtype=torch.float64, requires_grad=True)
     W = torch.randn(3, S, dtype=torch.float64, requires_grad=True)
     s = torch.randn(2, S, dtype=torch.float64, requires_grad=True)
-    elements = plmu.memory.BLOCK_TILE_ELEMENTS if tile is None else tile
+    elements = plmu.spectral.BLOCK_TILE_ELEMENTS if tile is None else tile
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(plmu.memory, "BLOCK_TILE_ELEMENTS", elements))
+        stack.enter_context(mock.patch.object(plmu.spectral, "BLOCK_TILE_ELEMENTS", elements))
         if operators:
             stack.enter_context(mock.patch.object(torch.compiler, "is_compiling", lambda: True))
         blocks = stack.enter_context(

@@ -102,7 +102,7 @@ def no_host_sync(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def as_on_an_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The value checks that run on host tensors only (``plmu.memory._reads_values``) skip,
+    """The value checks that run on host tensors only (``plmu.checks._reads_values``) skip,
     as they do for an accelerator's tensors."""
     for module in list(sys.modules.values()):
         if getattr(module, "__name__", "").startswith("plmu") and hasattr(module, "_reads_values"):

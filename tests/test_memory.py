@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import plmu
 from conftest import assert_close_to_reference, reference_memory
-from plmu.memory import MODES, fft_size
+from plmu.memory import MODES
+from plmu.spectral import fft_size
 
 STRATEGIES = [m for m in MODES if m != "auto"] + ["auto"]
 

@@ -18,6 +18,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, vmap
 
 import plmu
+import plmu.graph_constants
 from plmu.layers import LAYER_MODES
 
 # (constructor keywords, sequence length)
@@ -414,7 +415,7 @@ def test_compiled_graph_calls_the_tiled_kernels(memory_size, variant):
     training step twice as slow as eager. Outputs and gradients as eager, also when the
     kernel or the input spectra need no gradient (frozen output or encoder weights), and
     with a trainable theta (the kernel's spectrum then needs one too)."""
-    from plmu import memory
+    from plmu import spectral_ops
 
     trainable = variant == "trainable theta"
     layer = _layer("auto", {"memory_size": memory_size, "trainable_theta": trainable})
@@ -430,7 +431,7 @@ def test_compiled_graph_calls_the_tiled_kernels(memory_size, variant):
         with contextlib.ExitStack() as stack:
             calls = {
                 name: stack.enter_context(
-                    mock.patch.object(memory, name, wraps=getattr(memory, name))
+                    mock.patch.object(spectral_ops, name, wraps=getattr(spectral_ops, name))
                 )
                 for name in (*_TILED_BACKWARDS, "_convolution_backward")
             }
@@ -649,15 +650,15 @@ def test_compile_while_another_thread_builds_a_constant():
     graph traced while another thread is inside a build still reads the cache."""
     import threading
 
-    from plmu import memory
+    from plmu import graph_constants
 
     inside, done = threading.Event(), threading.Event()
 
     def build_elsewhere():
-        memory._CONSTANT_BUILD.active = True  # as while _system_constant runs
+        graph_constants._CONSTANT_BUILD.active = True  # as while _system_constant runs
         inside.set()
         done.wait(30)
-        memory._CONSTANT_BUILD.active = False
+        graph_constants._CONSTANT_BUILD.active = False
 
     thread = threading.Thread(target=build_elsewhere)
     thread.start()
@@ -678,16 +679,17 @@ def test_compile_while_another_thread_builds_a_constant():
 
 
 def test_the_compile_time_horizon_is_marked_as_the_public_api_marks():
-    """``memory._compiled_horizon`` carries the mark ``torch.compiler.assume_constant_result``
-    gives (set by hand, so that ``import plmu`` does not import ``torch._dynamo``): if torch
-    changes how that function marks, this fails."""
+    """``graph_constants._compiled_horizon`` carries the mark
+    ``torch.compiler.assume_constant_result`` gives (set by hand, so that ``import plmu`` does not
+    import ``torch._dynamo``): if torch changes how that function marks, this fails."""
 
     def probe() -> int:
         return 0
 
     marked = torch.compiler.assume_constant_result(probe)
     assert marked is probe
-    assert vars(probe) == vars(plmu.memory._compiled_horizon) == {"_dynamo_marked_constant": True}
+    horizon = plmu.graph_constants._compiled_horizon
+    assert vars(probe) == vars(horizon) == {"_dynamo_marked_constant": True}
 
 
 def test_import_does_not_load_dynamo():

@@ -1,6 +1,8 @@
 """plmu: Legendre Memory Units in PyTorch.
 
-The core (``legendre``, ``memory``, ``layers``) imports torch, numpy and scipy only.
+The core (``legendre``, ``memory``, ``layers`` and the modules they build on: ``checks``,
+``precision``, ``tracing``, ``graph_constants``, ``padding``, ``higher_order``, ``spectral``,
+``spectral_ops``) imports torch, numpy and scipy only.
 """
 
 from plmu.layers import LMU, LMUCell, ParallelLMU

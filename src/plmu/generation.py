@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from plmu.checks import _check_positive_int
 from plmu.data.text8 import decode, encode
-from plmu.memory import _check_positive_int
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.language_model import LMULanguageModel
 

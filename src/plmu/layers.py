@@ -23,27 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmu.memory import (
-    _LOW_PRECISION,
-    AUTO_FUSED_MIN_TIME,
-    MODES,
-    LegendreMemory,
-    _check_positive_int,
-    _check_size,
-    _plain,
-    _untransformed,
+from plmu.checks import (
     _zeros,
-    autocast_enabled,
     check_input_dtype,
     check_lengths,
     check_sequence,
     check_state,
     check_step_input,
-    create_graph_backward,
-    gather_time,
     input_dtype_error,
-    plain_autograd,
 )
+from plmu.higher_order import create_graph_backward
+from plmu.legendre import _check_positive_int, _check_size
+from plmu.memory import AUTO_FUSED_MIN_TIME, MODES, LegendreMemory
+from plmu.padding import gather_time
+from plmu.precision import _LOW_PRECISION, autocast_enabled
+from plmu.tracing import _plain, _untransformed, plain_autograd
 
 __all__ = ["ACTIVATIONS", "LMU", "LMUCell", "ParallelLMU"]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from plmu.checks import _check_positive_int
 from plmu.data.iwslt import IWSLTDataModule, encode_source
-from plmu.memory import _check_positive_int
 from plmu.training.translation import TranslationModule
 
 __all__ = ["translate", "translate_sentence"]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from plmu.memory import _reads_values, _tracing
+from plmu.checks import _reads_values
+from plmu.tracing import _tracing
 
 __all__ = ["check_token_dtype", "check_token_range", "token_range_error", "tokens_out_of_range"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plmu.memory import _check_positive_int
+from plmu.checks import _check_positive_int
 from plmu.models.stack import RecurrentStack
 
 __all__ = ["SequenceClassifier"]

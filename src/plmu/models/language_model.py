@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.checks import _check_positive_int
 from plmu.layers import ParallelLMU
-from plmu.memory import _check_positive_int
 from plmu.models._tokens import check_token_dtype, check_token_range
 
 __all__ = ["LMULanguageModel", "State"]

@@ -36,8 +36,8 @@ import numbers
 import torch
 from torch import nn
 
+from plmu.checks import _check_positive_int
 from plmu.layers import ParallelLMU
-from plmu.memory import _check_positive_int
 from plmu.models._tokens import (
     check_token_dtype,
     check_token_range,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from plmu.checks import _check_positive_int
 from plmu.layers import LMU, ParallelLMU
-from plmu.memory import _check_positive_int, gather_time
+from plmu.padding import gather_time
 
 __all__ = ["MODELS", "RecurrentStack"]
 

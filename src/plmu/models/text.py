@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plmu.memory import _check_positive_int, check_lengths
+from plmu.checks import _check_positive_int, check_lengths
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.stack import RecurrentStack
 

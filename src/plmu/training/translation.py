@@ -27,8 +27,8 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
+from plmu.checks import _check_positive_int, _reads_values
 from plmu.data.iwslt import PAD, TranslationBatch
-from plmu.memory import _check_positive_int, _reads_values
 from plmu.models.seq2seq import LMUSeq2Seq, _check_real
 from plmu.training.base import PlmuModule, StepTimer
 
