@@ -304,8 +304,10 @@ def _user_error(error: Exception) -> bool:
 
 def _terminated(error: SystemExit) -> bool:
     """Whether ``error`` is how a run stops on SIGTERM: a ``SIGTERMException``, a ``SystemExit``
-    (with status 143 from the runner's graceful stop; with status 0 from Lightning's own SIGTERM
-    handling, under DDP or beside another handler), although the run did not finish."""
+    (with status 143 from plmu's graceful stop, :class:`~plmu.training.stopping._GracefulStop`,
+    which stops training on every process, under DDP too; with status 0 from Lightning's own
+    SIGTERM handling where that acts instead: outside the training loop, in the sanity check or
+    the test, or beside another SIGTERM handler), although the run did not finish."""
     exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
     return exceptions is not None and isinstance(error, exceptions.SIGTERMException)
 

@@ -171,7 +171,7 @@ def generate_from_checkpoint(
     Returns the new characters only. Raises ``ValueError`` for bad arguments or for a checkpoint
     of an experiment that is not a character language model.
     """
-    from plmu.training.runner import load_checkpoint
+    from plmu.training.checkpoints import load_checkpoint
 
     # validate cheap arguments before loading anything
     check_generation_args(prompt, length, temperature)

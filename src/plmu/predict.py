@@ -63,7 +63,7 @@ def predict_loaded(
 
 def predict(checkpoint: str | Path, *texts: str) -> Prediction:
     """Load ``checkpoint`` (written by ``plmu train imdb|qqp|snli``) and classify ``texts``."""
-    from plmu.training.runner import load_checkpoint
+    from plmu.training.checkpoints import load_checkpoint
 
     experiment, _, module, data = load_checkpoint(checkpoint)
     if not isinstance(data, TextClassificationData):

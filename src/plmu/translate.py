@@ -57,7 +57,7 @@ def translate_sentence(
 def translate(checkpoint: str | Path, sentence: str, beam: int | None = None) -> str:
     """Load ``checkpoint`` (an ``iwslt15-en-vi`` run) and translate ``sentence`` (``beam`` is
     checked first, before the checkpoint is read)."""
-    from plmu.training.runner import load_checkpoint
+    from plmu.training.checkpoints import load_checkpoint
 
     if beam is not None:
         _check_positive_int(beam, "beam")

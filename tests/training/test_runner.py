@@ -14,7 +14,7 @@ from tiny_configs import TINY_MACKEY_GLASS, TINY_PSMNIST
 
 from conftest import assert_same_last_checkpoint, crash_at_step, loader_position
 from plmu.data.mnist import permutation, psmnist_splits
-from plmu.training import runner
+from plmu.training import stopping
 from plmu.training.regression import SequenceRegression
 from plmu.training.runner import CheckpointError, evaluate, load_checkpoint, train
 
@@ -138,8 +138,8 @@ def test_weights_that_do_not_fit_are_refused() -> None:
     """The check behind the config's: weights or buffers the built model does not take (a
     checkpoint of another plmu version, say) are refused, not loaded or silently put back."""
     from plmu.experiments import mackey_glass
+    from plmu.training.checkpoints import _check_weights_fit
     from plmu.training.config import load_config
-    from plmu.training.runner import _check_weights_fit
 
     def module(*extra: str) -> L.LightningModule:
         config = load_config("mackey-glass", overrides=[*TINY_MACKEY_GLASS, *extra])
@@ -388,7 +388,7 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(
         strategy = SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce)
         return SimpleNamespace(world_size=2, strategy=strategy)
 
-    stop = runner._GracefulStop(tmp_path / "last.ckpt")
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
     assert stop._agreed(trainer(0)) is None  # no rank got a signal: train on
     assert stop._agreed(trainer(signal.SIGTERM)) == signal.SIGTERM  # only the other rank did
     stop.requested = signal.SIGINT
@@ -480,7 +480,7 @@ class _NaNWeightsInEpoch(L.Callback):
 
 
 @pytest.mark.skipif(
-    runner._NON_FINITE is None, reason="this Lightning does not record why a run stopped"
+    stopping._NON_FINITE is None, reason="this Lightning does not record why a run stopped"
 )
 def test_a_run_stopped_on_a_non_finite_metric_stays_stopped(tmp_path: Path) -> None:
     """Early stopping stops at a NaN validation metric whatever its patience; the restored

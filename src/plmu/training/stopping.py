@@ -1,0 +1,191 @@
+"""How a run stops before its last epoch: early stopping on the monitored validation metric
+(config key ``patience``, :class:`_EarlyStopping`) and the first Ctrl-C or SIGTERM
+(:class:`_GracefulStop`), each so that the same command run again continues or ends the run as
+the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import early_stopping as _early_stopping
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from plmu.training.checkpoints import _mid_epoch_save_point
+
+# why a run stopped early, kept in the callback's state by the Lightning releases that have
+# EarlyStoppingReason (2.6 does; None with older ones, which do not record it)
+_NON_FINITE = getattr(
+    getattr(_early_stopping, "EarlyStoppingReason", None), "NON_FINITE_METRIC", None
+)
+
+
+class _EarlyStopping(EarlyStopping):
+    """``EarlyStopping`` (config key ``patience``) that a resumed run obeys.
+
+    Lightning restores the callback's state, ``patience`` included, but not the trainer's
+    decision to stop: the same command run again after an early stop trained on (one more epoch
+    at least, and more whenever that epoch improved), where it should only test, and ``--set
+    patience=N`` given on resuming was replaced by the checkpoint's. Here the configured
+    patience stays, and a run whose restored state has used it up stops before training (a
+    larger ``patience`` continues it, as a larger ``epochs`` does). A run stopped by a
+    non-finite metric (whatever its patience; the wait count does not show it, so the resumed
+    run trained one more epoch, on the weights that gave it) stays stopped, whatever
+    ``patience`` says (with a Lightning that records why it stopped, as 2.6 does).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+            trainer.should_stop = True
+        if _NON_FINITE is not None and getattr(self, "stopping_reason", None) == _NON_FINITE:
+            trainer.should_stop = True
+
+
+_SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: the exit status of a process SIGTERM ended
+# the signals that stop training gracefully: their default handlers and names in messages
+_STOP_SIGNALS: dict[int, tuple[Any, str]] = {
+    signal.SIGINT: (signal.default_int_handler, "Ctrl-C"),
+    signal.SIGTERM: (signal.SIG_DFL, "SIGTERM"),
+}
+
+
+class _GracefulStop(Callback):
+    """The first Ctrl-C (SIGINT) or SIGTERM stops training at the next safe point with
+    ``last.ckpt`` written there; a second one stops at once (as Ctrl-C and Lightning's own SIGTERM
+    handling did before).
+
+    The safe point is the end of the next batch that ends an optimizer step, where
+    ``checkpoint_every_n_steps`` saves too (the resumed run continues the epoch from there, as
+    that path does); at an epoch's last batch it is the start of the next epoch, after the
+    validation and the epoch-end ``last.ckpt``; after the last epoch's, the end of training (the
+    test is not run). Then Ctrl-C raises ``KeyboardInterrupt``, which Lightning turns into its usual
+    exit (``plmu`` exits 130), and SIGTERM Lightning's ``SIGTERMException`` with status 143
+    (128 + 15, which ``plmu`` exits with).
+
+    Under DDP every process takes part: a signal may reach one process (``kill`` of rank 0) or
+    all of them (Ctrl-C, a scheduler), at different moments, so the processes agree at every
+    batch end (an all-reduce of the signal received, SIGTERM over SIGINT) and all stop at the
+    same safe point, with rank 0 writing the one ``last.ckpt`` that every rank resumes from.
+    Before, Ctrl-C stopped every process at once and SIGTERM at the next batch (Lightning's
+    handling), without a checkpoint: a run lost its steps since the last one.
+
+    Only in the main thread, and for each signal only where it had its default handler when
+    ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL`` for SIGTERM);
+    otherwise that process's signal changes nothing. Lightning installs its own SIGTERM handler
+    after ``on_fit_start`` (it sets a flag its loops stop on, at the end of any batch, with no
+    checkpoint; under DDP it also passes the signal on to the other processes Lightning
+    started); the handlers here replace it at ``on_train_start``, so only one of the two acts,
+    and Lightning's teardown then restores the same handlers as :meth:`_restore` does: the ones
+    from before ``fit`` (installed before Lightning records the handlers, the SIGINT one was
+    put back by its teardown after a stop).
+    """
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+        self.requested: int | None = None  # the signal that asked this process to stop
+        self._handled: list[int] = []  # the signals to take over at on_train_start
+        self._rank = 0  # the global rank, which prints the message
+        self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = None
+        self._handled = []
+        self._rank = trainer.global_rank
+        if threading.current_thread() is threading.main_thread():
+            self._handled = [
+                signum
+                for signum, (default, _) in _STOP_SIGNALS.items()
+                if signal.getsignal(signum) is default
+            ]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if signal.SIGTERM in self._handled and trainer.received_sigterm:
+            raise SIGTERMException(_SIGTERM_STATUS)  # Lightning's handler had it (sanity check)
+        for signum in self._handled:
+            signal.signal(signum, self._on_signal)
+            self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # the second signal: at once
+            self._stop(signum)
+        self.requested = signum
+        if self._rank != 0:  # under DDP rank 0 speaks for all (Ctrl-C reaches every one)
+            return
+        name = _STOP_SIGNALS[signum][1]
+        print(
+            f"\nplmu: {name}: stopping after this step with checkpoints/last.ckpt written "
+            f"({name} again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _agreed(self, trainer: L.Trainer) -> int | None:
+        """The signal that asks every process to stop, or ``None``: this process's alone, or
+        under DDP the largest that any process received (SIGTERM 15 over SIGINT 2). A collective
+        call under DDP: every rank makes it at the same hooks."""
+        if trainer.world_size == 1:
+            return self.requested
+        flag = torch.tensor(self.requested or 0, device=trainer.strategy.root_device)
+        return int(trainer.strategy.reduce(flag, reduce_op="max")) or None
+
+    def _stop(self, signum: int) -> None:
+        self._restore()
+        if signum == signal.SIGTERM:
+            raise SIGTERMException(_SIGTERM_STATUS)
+        raise KeyboardInterrupt
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        signum = self._agreed(trainer)
+        if signum is not None and _mid_epoch_save_point(trainer, batch_idx):
+            # a full checkpoint; left unset, Lightning prints a notice that it chose that
+            trainer.save_checkpoint(self.last, weights_only=False)  # every rank, rank 0 writes
+            self._stop(signum)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0:  # after the epoch end and last.ckpt (or a signal in the validation)
+            signum = self._agreed(trainer)
+            if signum is not None:
+                self._stop(signum)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        signum = self._agreed(trainer)
+        if signum is not None:  # in the last batch: training is done, skip the test
+            self._stop(signum)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            # Lightning ignores SIGINT while it shuts down; its teardown restores the handler
+            self._previous.pop(signal.SIGINT, None)
+        self._restore()
