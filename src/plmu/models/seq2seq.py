@@ -44,6 +44,7 @@ from plmu.models._tokens import (
     token_range_error,
     tokens_out_of_range,
 )
+from plmu.precision import widest_float
 
 __all__ = ["BANNED_TOKENS", "LMUSeq2Seq", "reverse_padded"]
 
@@ -70,7 +71,7 @@ def _normalised_key(
 
 def _key_dtype(device: torch.device) -> torch.dtype:
     """float64 for :func:`_normalised_key`, float32 on MPS (which has no float64)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+    return widest_float(device)
 
 
 def _check_real(value: object, name: str) -> float:
