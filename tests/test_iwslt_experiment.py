@@ -418,6 +418,26 @@ def test_decode_max_lengths():
         assert limit.tolist() == [math.floor(ratio * n) + 3 for n in lengths]
 
 
+@pytest.mark.parametrize(
+    ("argument", "value", "error", "message"),
+    [
+        ("ratio", "2", TypeError, "ratio must be a number, got str"),
+        ("ratio", True, TypeError, "ratio must be a number, got bool"),
+        ("ratio", float("nan"), ValueError, "ratio must be finite and >= 0"),
+        ("offset", 2.5, TypeError, "offset must be an int, got float"),
+        ("offset", "3", TypeError, "offset must be an int, got str"),
+        ("cap", "100", TypeError, "cap must be an int >= 1, got str"),
+        ("cap", 0, ValueError, "cap must be >= 1"),
+    ],
+)
+def test_decode_max_lengths_names_a_bad_argument(argument, value, error, message):
+    """``float("2")`` and ``int(2.5)`` passed silently (a ratio of 2, an offset of 2); a cap of
+    0 gave limits of 0, not the 1 promised."""
+    settings = {"ratio": 2.0, "offset": 10, "cap": 100, argument: value}
+    with pytest.raises(error, match=message):
+        decode_max_lengths(torch.tensor([1, 10]), **settings)
+
+
 def test_lr_schedule_halves_after_eight_epochs():
     assert [lr_factor(e, 0.5, 8) for e in range(11)] == [1.0] * 8 + [0.5, 0.25, 0.125]
     assert lr_factor(5, 1.0, 0) == 1.0
@@ -482,6 +502,12 @@ def test_module_rejects_bad_settings():
         ("length_penalty", "1", "a number"),
         ("max_len_ratio", "2", "a number"),
         ("max_len_ratio", True, "a number"),
+        # not decoding settings: these failed in a comparison without a name, or passed
+        ("label_smoothing", "0.1", "a number"),
+        ("lr_decay", "0.5", "a number"),
+        ("lr_decay_after", 2.5, "an int"),
+        ("lr", "1e-3", "a number"),
+        ("weight_decay", True, "a number"),
     ],
 )
 def test_a_decoding_setting_of_the_wrong_type_is_a_type_error_naming_it(argument, value, kind):

@@ -234,6 +234,50 @@ def test_cache_follows_state_dict_and_theta():
     np.testing.assert_allclose(a(u)[0].numpy(), b(u)[0].numpy(), atol=1e-6)
 
 
+def test_kernels_of_many_lengths_stay_cached():
+    """Batches padded to their longest sequence come in many lengths (IWSLT: about 150, with a
+    few entries each); the cache was cleared whenever it passed 64 entries, so a second pass
+    over the lengths rebuilt every kernel. It now drops only its least recently used entries."""
+    mem = plmu.LegendreMemory(1, 8, 10.0)
+    u = torch.randn(2, 150, 1)
+    for _ in range(2):
+        for n in range(1, 151):
+            mem(u[:, :n])
+        if _ == 0:
+            first = dict(mem._cache)
+    assert len(first) > 64
+    assert all(mem._cache.get(key) is value for key, value in first.items())  # none rebuilt
+
+
+@torch.no_grad()  # a kernel recording a gradient for a trainable theta is never cached
+def test_kernel_cache_drops_its_oldest_entries_past_its_bounds(monkeypatch):
+    # a trainable theta keeps a ("theta",) marker in the cache, which always stays
+    mem = plmu.LegendreMemory(1, 8, 10.0, trainable_theta=True)
+    discrete = ("discrete", torch.device("cpu"))
+
+    def kernel_lengths() -> list[int]:
+        return [key[1] for key in mem._cache if key[0] == "kernel"]
+
+    monkeypatch.setattr(plmu.memory, "CACHE_MAX_ENTRIES", 7)
+    kernels = {n: mem.kernel(n) for n in range(1, 6)}  # theta, discrete and 5 kernels
+    assert mem.kernel(1) is kernels[1]
+    mem.kernel(6)  # one too many: the oldest entry after the theta marker goes
+    assert discrete not in mem._cache
+    assert kernel_lengths() == [1, 2, 3, 4, 5, 6]
+    mem.kernel(7)  # discrete is built again (dropping length 1), then length 2 goes
+    assert kernel_lengths() == [3, 4, 5, 6, 7]
+    assert next(iter(mem._cache)) == ("theta",)
+    # a bound in bytes: 8 float64 values (64 bytes) a kernel step, beside theta and discrete
+    monkeypatch.setattr(plmu.memory, "CACHE_MAX_ENTRIES", 100)
+    others = sum(plmu.memory._nbytes(v) for k, v in mem._cache.items() if k[0] != "kernel")
+    monkeypatch.setattr(plmu.memory, "CACHE_MAX_BYTES", others + 64 * (100 + 18))
+    big = mem.kernel(100)  # 125 steps in all: 3 and 4 go
+    assert kernel_lengths() == [5, 6, 7, 100]
+    mem.kernel(200)  # more than the bound on its own: cached, all else but theta dropped
+    assert list(mem._cache) == [("theta",), ("kernel", 200, torch.float64, torch.device("cpu"))]
+    assert mem.kernel(100) is not big
+
+
 def test_fft_size_is_smooth_and_large_enough():
     for n in [1, 2, 7, 100, 1023, 1567, 20001]:
         k = fft_size(n)

@@ -275,6 +275,23 @@ def test_a_csv_row_with_too_many_fields_names_its_row_and_file_line(tmp_path):
     )
 
 
+def test_a_csv_row_with_too_few_fields_names_its_row_and_file_line(tmp_path):
+    """pandas fills the fields a short row lacks with "": the row was reported as a missing
+    label (or text), not as the short row it is (here an unquoted line break)."""
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\ngood film,1\n\na long\nreview,0\nfine,1\n")
+    write_rows(tmp_path / "test.csv", sentiment_rows(2))
+    with pytest.raises(ValueError) as error:
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+    assert str(error.value).startswith(
+        f"{path}: row 1 (line 4 of the file): 1 field where the header has 2 (text, label)"
+    )
+    # an empty field the row does have is still the missing text (or label) it is
+    path.write_text('text,label\ngood film,1\n"",0\n')
+    with pytest.raises(ValueError, match="row 1: column 'text': the text is missing"):
+        load_splits(TASKS["imdb"], tmp_path, 0.5, 0)
+
+
 def test_csv_rows_that_all_have_one_field_too_many_are_an_error(tmp_path):
     """pandas read the first column of such a file as its index, silently: the texts became
     the labels' column and a label column of '' or a wrong value."""

@@ -4,6 +4,9 @@ errors that name the argument.
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 from plmu.legendre import _check_positive_int  # also for the models
@@ -18,6 +21,23 @@ __all__ = [
     "check_step_input",
     "input_dtype_error",
 ]
+
+
+def _check_real(value: object, name: str) -> float:
+    """``value`` as a float: a real number (``int``, ``float``, a NumPy scalar); a ``str``, a
+    ``bool`` or another type is a TypeError naming ``name`` (``float("1")`` and ``float(True)``
+    would pass silently)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
+    return float(value)
+
+
+def _check_int(value: object, name: str) -> int:
+    """``value`` as an ``int`` (NumPy integers too), any sign; a ``float``, ``str``, ``bool`` or
+    another type is a TypeError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}: {value!r}")
+    return int(value)
 
 
 def _reads_values(tensor: torch.Tensor) -> bool:

@@ -80,6 +80,21 @@ BLOCK_RATIO = 3
 # of at most this many values (s x outputs x state size; s up to the free horizon): 2 MB in
 # float32, built (in float64) with this many times `order` multiply-adds, about 0.1 s at order 256
 FREE_PROJECTED_MAX_ELEMENTS = 1 << 19
+# each memory's kernel cache drops its oldest entries past these bounds. Batches
+# padded to their longest sequence come in many lengths, each with a few entries (IWSLT: about
+# 150 lengths, 600 entries and 18 MB a memory at order 64); the cache was cleared whenever it
+# passed 64 entries, and rebuilt its kernels in nearly every batch
+CACHE_MAX_ENTRIES = 1024
+CACHE_MAX_BYTES = 32 << 20
+
+
+def _nbytes(value: object) -> int:
+    """The bytes of the tensors in a cache entry (a tensor, or a tuple or list of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
 
 
 def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -160,6 +175,7 @@ class LegendreMemory(nn.Module):
                 warn_if_euler_unstable(legendre_delay(self.order)[0], theta, trainable=True)
         else:
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
+        # oldest first (see _cache_put)
         self._cache: dict[tuple, object] = {}
         self._register()
         # the default device: under `with torch.device(...)` (e.g. Lightning's init_module) the
@@ -257,6 +273,23 @@ class LegendreMemory(nn.Module):
             self._cache.clear()
             self._cache[("theta",)] = (theta, now, theta.detach())
 
+    def _cache_put(self, key: tuple, value: object) -> None:
+        """Cache ``value`` under ``key``, then drop the oldest entries (never this one, nor the
+        ``theta`` marker) while there are more than :data:`CACHE_MAX_ENTRIES` or their tensors
+        hold more than :data:`CACHE_MAX_BYTES`. Oldest, not least recently used: a hit then
+        costs no more than the lookup (an entry dropped while in use is rebuilt once)."""
+        self._cache[key] = value
+        # a snapshot: another thread calling the module may add an entry meanwhile
+        entries = list(self._cache.items())
+        count, total = len(entries), sum(_nbytes(v) for _, v in entries)
+        for old, entry in entries:
+            if count <= CACHE_MAX_ENTRIES and total <= CACHE_MAX_BYTES:
+                break
+            if old is key or old == key or old == ("theta",):
+                continue
+            if self._cache.pop(old, None) is not None:
+                count, total = count - 1, total - _nbytes(entry)
+
     def _cached(self, key: tuple, build) -> torch.Tensor:
         if not self._cacheable():
             if key[0] in _CONSTANT_KINDS and self._compile_constants():
@@ -267,10 +300,8 @@ class LegendreMemory(nn.Module):
         full_key = (*key, self.A.device)
         value = self._cache.get(full_key)
         if value is None:
-            if len(self._cache) > 64:
-                self._cache.clear()
             value = _outside_inference_mode(build)
-            self._cache[full_key] = value
+            self._cache_put(full_key, value)
         return value
 
     def _discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,7 +452,7 @@ class LegendreMemory(nn.Module):
                     if float(torch.linalg.matrix_norm(cand)) > tol:
                         lo_t, lo_p = lo_t + step, cand
                 found = lo_t + 1
-        self._cache[key] = found
+        self._cache_put(key, found)
         return found or None
 
     def _kernel_rfft(self, length: int, n_fft: int, dtype: torch.dtype) -> torch.Tensor:
@@ -872,7 +903,7 @@ class LegendreMemory(nn.Module):
         # the module may add an entry meanwhile (iterating the dict itself would then fail)
         for stale in [k for k in list(self._cache) if k[0] == kind]:
             self._cache.pop(stale, None)
-        self._cache[key] = (base, value, weight.detach())
+        self._cache_put(key, (base, value, weight.detach()))
         return value
 
     def _folded_kernel_rfft(

@@ -1,7 +1,9 @@
-"""Mixed precision: the memory computes in float32 whenever ``torch.autocast`` is on.
+"""Precision: the memory computes in float32 whenever ``torch.autocast`` is on, and the widest
+float a device has.
 
 FFTs take neither ``bfloat16`` nor (on CPU) ``float16``, and a state carried through thousands of
-steps must not be rounded to 8 bits each step (:func:`full_precision_under_autocast`).
+steps must not be rounded to 8 bits each step (:func:`full_precision_under_autocast`). Sums and
+ranking keys that need more than float32 use :func:`widest_float` (MPS has no float64).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def autocast_enabled(device_type: str) -> bool:
         if device_type == "cpu":
             return torch.is_autocast_cpu_enabled()
         return torch.is_autocast_enabled()
+
+
+def widest_float(device: torch.device | str) -> torch.dtype:
+    """float64, or float32 on Apple's MPS (which has no float64): the dtype for accumulators and
+    keys on ``device`` that want more than float32."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def _float32(value: object) -> object:

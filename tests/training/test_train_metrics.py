@@ -4,6 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plmu.precision import widest_float
+from plmu.training import metrics
 from plmu.training.metrics import NRMSE, WeightedMean, nrmse
 
 
@@ -51,6 +53,30 @@ def test_metric_mask_drops_entries() -> None:
     metric.update(prediction, target, mask)
     kept = nrmse(prediction[:, 3:], target[:, 3:])
     assert float(metric.compute()) == pytest.approx(float(kept), rel=1e-5)
+
+
+def test_widest_float_is_float32_only_on_mps() -> None:
+    assert widest_float(torch.device("cpu")) == torch.float64
+    assert widest_float("cuda:1") == torch.float64
+    assert widest_float("mps") == torch.float32  # MPS has no float64
+
+
+def test_metric_sums_take_the_widest_float_of_the_device_they_move_to(monkeypatch) -> None:
+    """Moving the metric to a device without float64 (MPS) casts its sums first: float64
+    cannot move there. No MPS here: the chooser is patched to call the CPU such a device."""
+    target = torch.randn(50, generator=torch.Generator().manual_seed(1))
+    prediction = target + 0.1
+    metric = NRMSE()
+    assert metric.squared_error.dtype == torch.float64
+    monkeypatch.setattr(metrics, "widest_float", lambda device: torch.float32)
+    metric = metric.to("cpu")
+    for _ in range(2):  # reset() restores float32 sums (the defaults were cast too)
+        assert {getattr(metric, n).dtype for n in metric._defaults} == {torch.float32}
+        metric.update(prediction, target)
+        assert float(metric.compute()) == pytest.approx(float(nrmse(prediction, target)), rel=1e-5)
+        metric.reset()
+    monkeypatch.undo()
+    assert metric.to("cpu").squared_error.dtype == torch.float64  # back where float64 is
 
 
 # ------------------------------------------- the training modules' test metrics, recomputed

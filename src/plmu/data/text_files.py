@@ -125,6 +125,12 @@ def _read_table(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
         if not isinstance(frame.index, pd.RangeIndex):
             # each row had a field more than the header: pandas took the first for the index
             raise _csv_error(path, None)
+        if frame.shape[1] > 1 and (frame.to_numpy() == "").any():
+            # pandas fills the fields a short row lacks with "" (a missing text or label, as
+            # the message would say): look for one, only where there is an empty field at all
+            short = _bad_record(path, short=True)
+            if short is not None:
+                raise short
         return frame
     if path.suffix == ".jsonl":
         return _read_jsonl(path, needed)
@@ -134,9 +140,21 @@ def _read_table(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame
 def _csv_error(path: Path, error: Exception | None) -> ValueError:
     """The error of a CSV file that pandas cannot read as a table (``error``, or ``None`` where
     it read a field more than the header in every row as an index), naming the first row at
-    fault as the other messages do: its data row (from 0, blank lines not counted, as in the
-    frame) and the file's line it starts on (from 1, as the not-UTF-8 error counts). pandas'
-    own messages count records from 1 with the header ("line 5") or from 0 with it ("row 2")."""
+    fault as :func:`_bad_record` does. pandas' own messages count records from 1 with the
+    header ("line 5") or from 0 with it ("row 2")."""
+    bad = _bad_record(path, short=False, error=error)
+    if bad is not None:
+        return bad
+    detail = str(error).strip() if error is not None else "not a table"
+    return ValueError(f"{path}: cannot be read as CSV: {detail}")
+
+
+def _bad_record(path: Path, short: bool, error: Exception | None = None) -> ValueError | None:
+    """The error for the first row of the CSV file ``path`` with more fields than its header
+    (or, with ``short``, fewer: pandas fills them with ""), or for a double quote never closed
+    where pandas' ``error`` says so; ``None`` if there is none. It names the row as the other
+    messages do: its data row (from 0, blank lines not counted, as in the frame) and the file's
+    line it starts on (from 1, as the not-UTF-8 error counts)."""
     import csv
 
     with path.open(encoding="utf-8-sig", newline="") as lines:
@@ -145,11 +163,12 @@ def _csv_error(path: Path, error: Exception | None) -> ValueError:
         row, start = 0, reader.line_num + 1
         for record in reader:
             where = f"{_at(str(path), row)} (line {start} of the file)"
-            if len(record) > len(header):
+            if len(record) > len(header) or (short and 0 < len(record) < len(header)):
                 return ValueError(
-                    f"{where}: {len(record)} fields where the header has {len(header)} "
-                    f"({', '.join(header)}); a text with a comma or a line break must be in "
-                    f'double quotes ("a, b"), a quote in it doubled ("say ""hi""")'
+                    f"{where}: {len(record)} field{'s' * (len(record) != 1)} where the header "
+                    f"has {len(header)} ({', '.join(header)}); a text with a comma or a line "
+                    f'break must be in double quotes ("a, b"), a quote in it doubled '
+                    f'("say ""hi""")'
                 )
             row += bool(record)  # a blank line is no row (pandas skips it)
             last, start = where, reader.line_num + 1
@@ -158,8 +177,7 @@ def _csv_error(path: Path, error: Exception | None) -> ValueError:
             f"{last}: a double quote opened here is never closed (the rest of the file "
             f'read as one text); a quote inside a text is doubled ("say ""hi""")'
         )
-    detail = str(error).strip() if error is not None else "not a table"
-    return ValueError(f"{path}: cannot be read as CSV: {detail}")
+    return None
 
 
 def _read_jsonl(path: Path, needed: Sequence[str] = ()):  # -> pandas.DataFrame

@@ -36,7 +36,7 @@ import numbers
 import torch
 from torch import nn
 
-from plmu.checks import _check_positive_int
+from plmu.checks import _check_positive_int, _check_real
 from plmu.layers import ParallelLMU
 from plmu.models._tokens import (
     check_token_dtype,
@@ -44,6 +44,7 @@ from plmu.models._tokens import (
     token_range_error,
     tokens_out_of_range,
 )
+from plmu.precision import widest_float
 
 __all__ = ["BANNED_TOKENS", "LMUSeq2Seq", "reverse_padded"]
 
@@ -70,16 +71,7 @@ def _normalised_key(
 
 def _key_dtype(device: torch.device) -> torch.dtype:
     """float64 for :func:`_normalised_key`, float32 on MPS (which has no float64)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _check_real(value: object, name: str) -> float:
-    """``value`` as a float: a real number (``int``, ``float``, a NumPy scalar); a ``str``, a
-    ``bool`` or another type is a TypeError naming ``name`` (``float("1")`` and ``float(True)``
-    would pass silently)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}: {value!r}")
-    return float(value)
+    return widest_float(device)
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 
@@ -9,6 +10,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from plmu.checks import _check_real
 from plmu.training.metrics import WeightedMean
 
 __all__ = ["PlmuModule", "StepTimer", "count_parameters"]
@@ -29,8 +31,10 @@ class PlmuModule(L.LightningModule):
 
     Args:
         net: the network.
-        lr: the learning rate.
-        weight_decay: decoupled weight decay (AdamW); 0 gives plain Adam.
+        lr: the learning rate (finite, > 0).
+        weight_decay: decoupled weight decay (AdamW); 0 gives plain Adam (finite, >= 0).
+
+    A number of the wrong type (``lr="1e-3"``, ``weight_decay=True``) is a TypeError naming it.
     """
 
     monitor: str = "val_loss"
@@ -39,10 +43,12 @@ class PlmuModule(L.LightningModule):
 
     def __init__(self, net: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        lr = _check_real(lr, "lr")
+        weight_decay = _check_real(weight_decay, "weight_decay")
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {lr}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be finite and >= 0, got {weight_decay}")
         self.net = net
         self.lr = lr
         self.weight_decay = weight_decay

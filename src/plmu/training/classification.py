@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from plmu.checks import _check_positive_int
 from plmu.training.base import PlmuModule
 
 __all__ = ["SequenceClassification"]
@@ -27,8 +28,7 @@ class SequenceClassification(PlmuModule):
         self, net: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.0
     ) -> None:
         super().__init__(net, lr, weight_decay)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        num_classes = _check_positive_int(num_classes, "num_classes", 2)
         self.num_classes = num_classes
         self.train_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")

@@ -19,6 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from plmu.checks import _check_positive_int
 from plmu.models.language_model import LMULanguageModel
 from plmu.training.base import PlmuModule, StepTimer
 
@@ -50,9 +51,7 @@ class LanguageModeling(PlmuModule):
         warmup_steps: int = 0,
     ) -> None:
         super().__init__(net, lr, weight_decay)
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = _check_positive_int(warmup_steps, "warmup_steps", 0)
         self.train_tokens = 0
         self._timer = StepTimer()
 

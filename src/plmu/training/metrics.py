@@ -10,21 +10,28 @@ predicting the mean scores). It is the Mackey-Glass metric of Voelker et al. 201
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
+from torch import nn
 from torchmetrics import Metric
+
+from plmu.precision import widest_float
 
 __all__ = ["NRMSE", "WeightedMean", "nrmse"]
 
 
 def nrmse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """NRMSE of ``prediction`` against ``target`` (same shape, any), a scalar tensor."""
+    """NRMSE of ``prediction`` against ``target`` (same shape, any), a scalar tensor, computed in
+    float64 (float32 on MPS, which has no float64)."""
     if prediction.shape != target.shape:
         raise ValueError(
             f"prediction and target must have the same shape, got {tuple(prediction.shape)} "
             f"and {tuple(target.shape)}"
         )
-    error = (prediction - target).double()
-    target = target.double()
+    dtype = widest_float(prediction.device)
+    error = (prediction - target).to(dtype)
+    target = target.to(dtype)
     rmse = error.pow(2).mean().sqrt()
     return (rmse / target.std(unbiased=False)).to(prediction.dtype)
 
@@ -34,6 +41,9 @@ class NRMSE(Metric):
 
     ``update(prediction, target, mask=None)``: tensors of one shape; ``mask`` (same shape or
     broadcastable, bool) selects the entries that count.
+
+    The sums are float64, float32 once the metric moves to MPS (which has no float64): moving
+    the metric casts them to :func:`~plmu.precision.widest_float` of the new device.
     """
 
     full_state_update = False
@@ -44,6 +54,16 @@ class NRMSE(Metric):
         for name in ("squared_error", "target_sum", "target_squared", "count"):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    def _apply(self, fn: Callable, exclude_state: Sequence[str] = "") -> nn.Module:
+        # cast the sums to the widest float of the device fn moves them to, before they move
+        # (float64 cannot reach MPS); torchmetrics learns the device from such a probe too
+        dtype = widest_float(fn(torch.zeros((), device=self.device)).device)
+        for name, default in self._defaults.items():
+            if isinstance(default, torch.Tensor) and default.dtype != dtype:
+                self._defaults[name] = default.to(dtype)
+                setattr(self, name, getattr(self, name).to(dtype))
+        return super()._apply(fn, exclude_state)
+
     def update(
         self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     ) -> None:
@@ -52,7 +72,8 @@ class NRMSE(Metric):
                 f"prediction and target must have the same shape, got "
                 f"{tuple(prediction.shape)} and {tuple(target.shape)}"
             )
-        prediction, target = prediction.double(), target.double()
+        dtype = self.squared_error.dtype
+        prediction, target = prediction.to(dtype), target.to(dtype)
         error = prediction - target
         if mask is not None:
             # zeros where the mask is False, not a boolean index (a host/device sync)

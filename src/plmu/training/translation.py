@@ -27,9 +27,9 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 
-from plmu.checks import _check_positive_int, _reads_values
+from plmu.checks import _check_int, _check_positive_int, _check_real, _reads_values
 from plmu.data.iwslt import PAD, TranslationBatch
-from plmu.models.seq2seq import LMUSeq2Seq, _check_real
+from plmu.models.seq2seq import LMUSeq2Seq
 from plmu.training.base import PlmuModule, StepTimer
 
 __all__ = [
@@ -49,10 +49,20 @@ def decode_max_lengths(
     and at least 1: (B,), on ``src_lengths``' device.
 
     The product is taken in float64 (on the CPU, which every device's lengths reach), as Python
-    computes it: in float32 ``1.3 * 90`` was ``116.99999`` and the limit one token short."""
+    computes it: in float32 ``1.3 * 90`` was ``116.99999`` and the limit one token short.
+
+    Raises:
+        TypeError: ``ratio`` not a real number, ``offset`` or ``cap`` not an int.
+        ValueError: ``ratio`` not finite or negative, ``cap < 1``.
+    """
+    ratio = _check_real(ratio, "ratio")
+    if not (math.isfinite(ratio) and ratio >= 0):
+        raise ValueError(f"ratio must be finite and >= 0, got {ratio}")
+    offset = _check_int(offset, "offset")
+    cap = _check_positive_int(cap, "cap")
     lengths = src_lengths.detach().to("cpu", torch.float64)
-    limit = (lengths * float(ratio)).floor().long() + int(offset)
-    return limit.clamp(min=1, max=int(cap)).to(src_lengths.device)
+    limit = (lengths * ratio).floor().long() + offset
+    return limit.clamp(min=1, max=cap).to(src_lengths.device)
 
 
 def bleu_tokenizer_problem(name: str) -> str | None:
@@ -129,8 +139,9 @@ class TranslationModule(PlmuModule):
             :func:`decode_max_lengths`.
         bleu_tokenize: sacreBLEU's ``tokenize`` (``"13a"``, ``"none"``, ``"intl"``, ...).
 
-    A decoding argument of the wrong type (``beam_size=2.5``, ``max_decode_length="3"``,
-    ``length_penalty=True``) is a TypeError naming it; one out of range a ValueError.
+    An argument of the wrong type (``beam_size=2.5``, ``max_decode_length="3"``,
+    ``length_penalty=True``, ``lr_decay="0.5"``) is a TypeError naming it; one out of range a
+    ValueError.
     """
 
     def __init__(
@@ -149,11 +160,14 @@ class TranslationModule(PlmuModule):
         max_decode_length: int = 200,
         bleu_tokenize: str = "13a",
     ) -> None:
-        super().__init__(net, float(lr), float(weight_decay))
+        super().__init__(net, lr, weight_decay)
+        label_smoothing = _check_real(label_smoothing, "label_smoothing")
+        lr_decay = _check_real(lr_decay, "lr_decay")
+        lr_decay_after = _check_positive_int(lr_decay_after, "lr_decay_after", 0)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing}")
-        # decoding arguments: a wrong type is a TypeError naming the argument (as the layers'
-        # and models' integer arguments), not silently int() or float() of it
+        # a wrong type is a TypeError naming the argument (as the layers' and models' integer
+        # arguments), not silently int() or float() of it
         beam_size = _check_positive_int(beam_size, "beam_size")
         length_penalty = _check_real(length_penalty, "length_penalty")
         max_len_ratio = _check_real(max_len_ratio, "max_len_ratio")
