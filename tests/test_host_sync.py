@@ -1,7 +1,9 @@
 """No host/device synchronisation in a training or validation step of any experiment.
 
 A sync (``.item()``, ``int()``/``float()``/``bool()`` of a tensor, ``tolist``, boolean-mask
-indexing, ``nonzero``, ``unique``, ``torch.cuda.synchronize``) stalls the GPU pipeline every step.
+indexing, ``nonzero``, ``unique``, ``torch.cuda.synchronize``, and a tensor made from Python data
+on a given device, ``torch.tensor(4, device=...)``: a blocking host-to-device copy) stalls the
+GPU pipeline every step.
 On the CPU nothing stalls, so :class:`NoHostSync` makes the operations that would sync on an
 accelerator raise instead, and :func:`as_on_an_accelerator` turns off the value checks that run
 only on host tensors (free there, skipped on an accelerator). Each experiment's module then runs
@@ -79,6 +81,30 @@ def _refuse(what: str):
     return refuse
 
 
+def _refuse_copy_from_host(make):
+    """``torch.tensor``/``torch.as_tensor`` that refuse Python data (a number, a list) sent to a
+    named device: on an accelerator that is a blocking host-to-device copy, a sync (PyTorch's
+    sync debug mode reports ``torch.tensor(4, device="cuda")``); ``torch.full`` is not one."""
+
+    @functools.wraps(make)
+    def guarded(data, *args, **kwargs):
+        if kwargs.get("device") is not None and not isinstance(data, torch.Tensor):
+            raise HostSyncError(
+                f"{make.__name__}({data!r}, device=...) copies from the host: a sync"
+            )
+        return make(data, *args, **kwargs)
+
+    return guarded
+
+
+def _patch_syncs(patch: pytest.MonkeyPatch) -> None:
+    """The syncing Python-level calls that :class:`NoHostSync` cannot see, made to raise."""
+    patch.setattr(torch.Tensor, "tolist", _refuse("Tensor.tolist"))
+    patch.setattr(torch.cuda, "synchronize", _refuse("torch.cuda.synchronize"))
+    for name in ("tensor", "as_tensor"):
+        patch.setattr(torch, name, _refuse_copy_from_host(getattr(torch, name)))
+
+
 @pytest.fixture
 def no_host_sync(monkeypatch: pytest.MonkeyPatch):
     """A context manager: inside it every syncing operation raises."""
@@ -87,8 +113,7 @@ def no_host_sync(monkeypatch: pytest.MonkeyPatch):
         def __enter__(self):
             self.mode = NoHostSync()
             self.patch = pytest.MonkeyPatch()
-            self.patch.setattr(torch.Tensor, "tolist", _refuse("Tensor.tolist"))
-            self.patch.setattr(torch.cuda, "synchronize", _refuse("torch.cuda.synchronize"))
+            _patch_syncs(self.patch)
             self.mode.__enter__()
             return self
 
@@ -267,16 +292,21 @@ def test_the_guard_catches_the_syncs() -> None:
         lambda: x.unique(),
         lambda: x.tolist(),
         lambda: torch.cuda.synchronize(),
+        lambda: torch.tensor(4, device=x.device),
+        lambda: torch.as_tensor(4.0, device=x.device, dtype=torch.float32),
     ]
     guard = pytest.MonkeyPatch()
     for sync in syncs:
         with guard.context() as patch:
-            patch.setattr(torch.Tensor, "tolist", _refuse("Tensor.tolist"))
-            patch.setattr(torch.cuda, "synchronize", _refuse("torch.cuda.synchronize"))
+            _patch_syncs(patch)
             with NoHostSync(), pytest.raises(HostSyncError):
                 sync()
-    with NoHostSync():
-        torch.where(mask, x, 0).sum() / mask.sum()
+    with guard.context() as patch:
+        _patch_syncs(patch)
+        with NoHostSync():
+            torch.where(mask, x, 0).sum() / mask.sum()
+            torch.full((), 4.0, device=x.device) + torch.as_tensor(x, device=x.device)
+            torch.tensor(4) * x  # on the host, no device named: no copy
 
 
 class _SyncDebugError:

@@ -26,18 +26,38 @@ import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import Dataset
 
-from plmu.data.text_files import RawSplit, _at
-from plmu.data.text_splits import load_splits
-from plmu.data.text_tasks import TextTask
+# the task table, the file readers and the split loading live in text_tasks, text_files,
+# text_layouts and text_splits; the names this module exported before that split are
+# re-exported, so that imports from here keep working
+from plmu.data.text_files import DataNotFoundError, RawSplit, _at, load_local_split
+from plmu.data.text_layouts import (
+    ORIGINAL_LAYOUTS,
+    read_aclimdb,
+    read_glue_qqp,
+    read_hub_files,
+    read_snli,
+)
+from plmu.data.text_splits import FORMATS, load_splits
+from plmu.data.text_tasks import TASKS, TextTask
 from plmu.training.datamodule import SplitDataModule
 
 __all__ = [
+    "FORMATS",
     "HTML_TAG",
+    "ORIGINAL_LAYOUTS",
     "PAD_ID",
+    "TASKS",
+    "DataNotFoundError",
     "EncodedTexts",
     "TextClassificationData",
+    "TextTask",
     "build_tokenizer",
     "collate",
+    "load_local_split",
+    "read_aclimdb",
+    "read_glue_qqp",
+    "read_hub_files",
+    "read_snli",
 ]
 
 log = logging.getLogger(__name__)

@@ -45,8 +45,9 @@ class SequenceClassification(PlmuModule):
         accuracy.update(logits.detach(), labels)
         if stage == "train":
             self.log("train_loss", loss, prog_bar=True)
-        else:
-            self.log_mean(f"{stage}_loss", loss, labels.shape[0])
+        else:  # weighted by the batch's examples, a tensor made on the device: a Python int
+            # would be copied from the host at every step, a sync (torch.tensor(n, device=...))
+            self.log_mean(f"{stage}_loss", loss, labels.new_full((), labels.shape[0]))
         self.log(f"{stage}_accuracy", accuracy, prog_bar=True, on_step=False, on_epoch=True)
         return loss
 
