@@ -243,3 +243,22 @@ def test_fallback_jit_trace(counter):
     x2 = torch.randn(2, 4, 3, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(traced(x2)[0], rnn(x2)[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_fast_path_lean_cell_without_state_gradients(counter, return_sequences, activation):
+    """Only W_m trains (plmu bench's lean cell): no gradient of m is carried back, and with only
+    the last h returned only the last step has one; the gradients still match the loop's."""
+    rnn = make((False,) * 4, return_sequences=return_sequences, hidden_activation=activation)
+    rnn.cell.e_x.requires_grad_(False)
+    x = torch.randn(3, 8, 3, dtype=torch.float64)
+    grads = []
+    for fast in (False, True):
+        rnn._fast_sequence = fast
+        rnn.zero_grad(set_to_none=True)
+        y, _ = rnn(x)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append(rnn.cell.W_m.grad)
+    assert counter.calls == 1
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

@@ -872,18 +872,22 @@ class LMUCell(nn.Module):
 _FAST_ACTIVATIONS = (nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid)
 
 
-def _activation_grad_(delta: torch.Tensor, h: torch.Tensor, kind: type, work: torch.Tensor) -> None:
-    """``delta *= f'(pre)`` in place, from the output ``h = f(pre)`` (``work``: a buffer like
-    ``h``): ``1 - h^2`` for tanh, ``h (1 - h)`` for sigmoid, ``[h > 0]`` for ReLU."""
-    if kind is nn.Tanh:  # delta - delta h^2
+def _activation_grad(
+    gh: torch.Tensor, h: torch.Tensor, kind: type, work: torch.Tensor, out: torch.Tensor
+) -> None:
+    """``out = gh * f'(pre)``, from the output ``h = f(pre)`` (``work``: a buffer like ``h``):
+    ``1 - h^2`` for tanh, ``h (1 - h)`` for sigmoid, ``[h > 0]`` for ReLU, 1 for identity."""
+    if kind is nn.Tanh:  # gh - gh h^2
         torch.mul(h, h, out=work)
-        delta.addcmul_(delta, work, value=-1.0)
-    elif kind is nn.Sigmoid:  # delta (h - h^2)
+        torch.addcmul(gh, gh, work, value=-1.0, out=out)
+    elif kind is nn.Sigmoid:  # gh (h - h^2)
         torch.mul(h, h, out=work)
         torch.sub(h, work, out=work)
-        delta.mul_(work)
+        torch.mul(gh, work, out=out)
     elif kind is nn.ReLU:
-        delta.mul_(h > 0)
+        torch.mul(gh, h > 0, out=out)
+    else:
+        out.copy_(gh)
 
 
 class _LMUSequence(torch.autograd.Function):
@@ -972,6 +976,8 @@ def _lmu_sequence_forward(
     Hb = h0.new_empty((T + 1, *h0.shape))
     Mb = m0.new_empty((T + 1, *m0.shape))
     Hb[0], Mb[0] = h0, m0
+    if c is not None:  # (one copy: a per-step addmm(c[t], ...) would copy each step apart)
+        Hb[1:] = c
     U = a.clone(memory_format=torch.contiguous_format)
     At, Bt = Abar.T, Bbar.view(1, d)
     Wm_t = W_m.T
@@ -992,8 +998,8 @@ def _lmu_sequence_forward(
         h_new = Hb[t + 1]
         if c is None:
             torch.mm(m_new, Wm_t, out=h_new)
-        else:
-            torch.addmm(c[t], m_new, Wm_t, out=h_new)
+        else:  # (c is already there)
+            h_new.addmm_(m_new, Wm_t)
         if Wh_t is not None:
             h_new.addmm_(h, Wh_t)
         if act is not None:
@@ -1026,48 +1032,60 @@ def _lmu_sequence_backward(
     ``m0``, ``e_h``, ``e_m``, ``W_h``, ``W_m``, ``Abar``, ``Bbar`` (None where not needed).
 
     The reverse loop computes the state gradients only; the weight gradients are one GEMM each
-    over all ``T * B`` rows afterwards."""
+    over all ``T * B`` rows afterwards. The gradient of ``m`` is carried back only where
+    something needs it (``m`` reaches ``h`` only through ``e_h``): without it, without ``W_h``
+    and a held state, and with only the last ``h`` returned, ``delta`` is zero before the last
+    step, and only that step is computed (the lean cell of ``plmu bench``)."""
     T, Bn, C = U.shape
     H, S, d = Hb.shape[2], Mb.shape[2], Abar.shape[0]
     need_theta = needs[8] or needs[9]
+    m_chain = e_h is not None or any(needs[i] for i in (0, 3, 5, 8, 9))
+    h_chain = e_h is not None or W_h is not None or keep is not None
+    t0 = 0 if m_chain or h_chain or sequences else T - 1  # the first step with a gradient
     Delta = Hb.new_empty((T, Bn, H))
-    GU = U.new_empty((T, Bn, C))
+    if t0 and needs[1]:
+        Delta[:t0].zero_()
+    GU = U.new_empty((T, Bn, C)) if m_chain else None
     GM = Mb.new_empty((T, Bn, S)) if need_theta else None
-    gm_t = None if need_theta else Mb.new_empty((Bn, S))
+    gm_t = Mb.new_empty((Bn, S)) if m_chain and not need_theta else None
     if gy is not None and not sequences:
         gh = gy.clone(memory_format=torch.contiguous_format)
     else:
         gh = Hb.new_zeros((Bn, H))
-    gm_c = Mb.new_zeros((Bn, S)) if gm is None else gm.clone(memory_format=torch.contiguous_format)
+    gm_c = None
+    if m_chain and gm is None:
+        gm_c = Mb.new_zeros((Bn, S))
+    elif m_chain:
+        gm_c = gm.clone(memory_format=torch.contiguous_format)
     work = Hb.new_empty((Bn, H))
     keepf = None if keep is None else keep.to(Hb.dtype)
-    for t in range(T - 1, -1, -1):
+    for t in range(T - 1, t0 - 1, -1):
         if sequences and gy is not None:
             gh.add_(gy[t])
         delta = Delta[t]
-        if keepf is None:
-            delta.copy_(gh)
-        else:
+        _activation_grad(gh, Hb[t + 1], kind, work, delta)
+        if keepf is not None:
             k = keepf[t]
-            torch.mul(gh, k, out=delta)
-        _activation_grad_(delta, Hb[t + 1], kind, work)
-        g_m = gm_t if GM is None else GM[t]  # the whole gradient of m_t
-        if keepf is None:
-            torch.addmm(gm_c, delta, W_m, out=g_m)
-        else:
-            torch.mul(gm_c, k, out=g_m)
-            g_m.addmm_(delta, W_m)
-        gu = GU[t]
-        g_mc = g_m.view(Bn * C, d)
-        torch.mm(g_mc, Bbar, out=gu.view(Bn * C, 1))
-        # the carried gradients of m_{t-1} and h_{t-1} (a held state passes its own on)
-        if keepf is None:
-            torch.mm(g_mc, Abar, out=gm_c.view(Bn * C, d))
-        else:
-            gm_c.mul_(1.0 - k)
-            gm_c.view(Bn * C, d).addmm_(g_mc, Abar)
-        if e_m is not None:
-            gm_c.addmm_(gu, e_m)
+            delta.mul_(k)
+        if m_chain:
+            g_m = gm_t if GM is None else GM[t]  # the whole gradient of m_t
+            if keepf is None:
+                torch.addmm(gm_c, delta, W_m, out=g_m)
+            else:
+                torch.mul(gm_c, k, out=g_m)
+                g_m.addmm_(delta, W_m)
+            gu = GU[t]
+            g_mc = g_m.view(Bn * C, d)
+            torch.mm(g_mc, Bbar, out=gu.view(Bn * C, 1))
+            # the carried gradient of m_{t-1} (a held state passes its own on)
+            if keepf is None:
+                torch.mm(g_mc, Abar, out=gm_c.view(Bn * C, d))
+            else:
+                gm_c.mul_(1.0 - k)
+                gm_c.view(Bn * C, d).addmm_(g_mc, Abar)
+            if e_m is not None:
+                gm_c.addmm_(gu, e_m)
+        # the carried gradient of h_{t-1}
         if keepf is not None:
             gh.mul_(1.0 - k)
             if W_h is not None:
@@ -1078,23 +1096,24 @@ def _lmu_sequence_backward(
             gh.zero_()
         if e_h is not None:
             gh.addmm_(gu, e_h)
-    D2, GU2 = Delta.view(T * Bn, H), GU.view(T * Bn, C)
-    H_prev, M_prev = Hb[:-1].view(T * Bn, H), Mb[:-1].view(T * Bn, S)
+    n = (T - t0) * Bn  # the rows with a gradient
+    D2 = Delta[t0:].view(n, H)
+    H_prev, M_prev = Hb[t0:-1].reshape(n, H), Mb[t0:-1].reshape(n, S)
+    GU2 = None if GU is None else GU.view(n, C)
     g_Abar = g_Bbar = None
     if need_theta:
-        GM3 = GM.view(T * Bn * C, d)
-        g_Abar = GM3.T @ M_prev.view(T * Bn * C, d) if needs[8] else None
-        g_Bbar = GM3.T @ U.view(T * Bn * C, 1) if needs[9] else None
+        GM3 = GM.view(n * C, d)
+        g_Abar = GM3.T @ M_prev.view(n * C, d) if needs[8] else None
+        g_Bbar = GM3.T @ U.view(n * C, 1) if needs[9] else None
     return (
         GU if needs[0] else None,
         Delta if needs[1] else None,
-        # (h_0 reaches the outputs only through e_h, W_h or a held state)
-        gh if needs[2] and (e_h is not None or W_h is not None or keep is not None) else None,
+        gh if needs[2] and h_chain else None,  # (h_0 reaches the outputs only so)
         gm_c if needs[3] else None,
         GU2.T @ H_prev if needs[4] else None,
         GU2.T @ M_prev if needs[5] else None,
         D2.T @ H_prev if needs[6] else None,
-        D2.T @ Mb[1:].view(T * Bn, S) if needs[7] else None,
+        D2.T @ Mb[t0 + 1 :].reshape(n, S) if needs[7] else None,
         g_Abar,
         g_Bbar,
     )
