@@ -148,17 +148,35 @@ def test_fast_path_only_some_gradients(counter):
     assert_same(grads[1], grads[0])
 
 
-def test_fast_path_inference_and_final_state_owns_its_memory(counter):
-    rnn = make(return_sequences=False)
+@pytest.mark.parametrize("return_sequences", [False, True])
+@pytest.mark.parametrize("no_grad", [torch.no_grad, torch.inference_mode])
+def test_fast_path_inference_and_final_state_owns_its_memory(
+    monkeypatch, counter, return_sequences, no_grad
+):
+    """Inference runs the fast forward (no Function) with the state in two rows, not T + 1."""
+    rows = []
+    forward = layers._lmu_sequence_forward
+
+    def recorded(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        rows.append((out[0].shape[0], out[1].shape[0]))
+        return out
+
+    monkeypatch.setattr(layers, "_lmu_sequence_forward", recorded)
+    rnn = make(return_sequences=return_sequences)
     x = torch.randn(2, 50, 3, dtype=torch.float64)
-    with torch.no_grad():
+    with no_grad():
         want = run_no_grad(rnn, x, fast=False)
+        assert rows == []
         got = run_no_grad(rnn, x, fast=True)
-    assert counter.calls == 1
+    assert rows == [(51 if return_sequences else 2, 2)]
+    assert counter.calls == 0
     assert_same(got, want)
     y, (h, m) = rnn(x)
-    # the last state is not a view that keeps the whole sequence's buffers alive
-    for t in (y, h, m):
+    assert counter.calls == 1
+    # the last state is not a view that keeps the whole sequence's buffers alive (with every
+    # output returned, h is y's last step, as from the loop's stack)
+    for t in (y, m) if return_sequences else (y, h, m):
         assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
@@ -248,8 +266,8 @@ def test_fallback_jit_trace(counter):
 @pytest.mark.parametrize("return_sequences", [False, True])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_fast_path_lean_cell_without_state_gradients(counter, return_sequences, activation):
-    """Only W_m trains (plmu bench's lean cell): no gradient of m is carried back, and with only
-    the last h returned only the last step has one; the gradients still match the loop's."""
+    """Only W_m trains (plmu bench's lean cell): no gradient of m is carried back; with only the
+    last h returned the loop runs, else the Function; the gradients match the loop's."""
     rnn = make((False,) * 4, return_sequences=return_sequences, hidden_activation=activation)
     rnn.cell.e_x.requires_grad_(False)
     x = torch.randn(3, 8, 3, dtype=torch.float64)
@@ -260,5 +278,6 @@ def test_fast_path_lean_cell_without_state_gradients(counter, return_sequences, 
         y, _ = rnn(x)
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
         grads.append(rnn.cell.W_m.grad)
-    assert counter.calls == 1
+    # the loop where nothing is carried back (it keeps the last step alone), else the Function
+    assert counter.calls == (1 if return_sequences else 0)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

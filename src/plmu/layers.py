@@ -968,15 +968,21 @@ def _lmu_sequence_forward(
     Bbar: torch.Tensor,
     keep: torch.Tensor | None,
     kind: type,
+    every_h: bool = True,
+    every_m: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:class:`_LMUSequence`'s forward: ``(H, M, U)``, ``(T + 1, B, H)`` and ``(T + 1, B, C d)``
-    with the initial state first, and ``u`` ``(T, B, C)``; every step written in place."""
+    with the initial state first, and ``u`` ``(T, B, C)``; every step written in place.
+
+    Without ``every_h`` (``every_m``) ``H`` (``M``) has two rows, used in turn (step ``t`` in row
+    ``t % 2``): inference keeps no more of the sequence than it returns."""
     T, Bn, C = a.shape
     d = Abar.shape[0]
-    Hb = h0.new_empty((T + 1, *h0.shape))
-    Mb = m0.new_empty((T + 1, *m0.shape))
+    Hb = h0.new_empty((T + 1 if every_h else 2, *h0.shape))
+    Mb = m0.new_empty((T + 1 if every_m else 2, *m0.shape))
     Hb[0], Mb[0] = h0, m0
-    if c is not None:  # (one copy: a per-step addmm(c[t], ...) would copy each step apart)
+    c_in_h = c is not None and every_h
+    if c_in_h:  # (one copy: a per-step addmm(c[t], ...) would copy each step apart)
         Hb[1:] = c
     U = a.clone(memory_format=torch.contiguous_format)
     At, Bt = Abar.T, Bbar.view(1, d)
@@ -986,20 +992,22 @@ def _lmu_sequence_forward(
     Wh_t = None if W_h is None else W_h.T
     act = _INPLACE_ACTIVATIONS[kind]
     for t in range(T):
-        h, m, u = Hb[t], Mb[t], U[t]
+        h, h_new = (Hb[t], Hb[t + 1]) if every_h else (Hb[t & 1], Hb[(t + 1) & 1])
+        m, m_new = (Mb[t], Mb[t + 1]) if every_m else (Mb[t & 1], Mb[(t + 1) & 1])
+        u = U[t]
         if eh_t is not None:
             u.addmm_(h, eh_t)
         if em_t is not None:
             u.addmm_(m, em_t)
-        m_new = Mb[t + 1]
         mc = m_new.view(Bn * C, d)
         torch.mm(m.view(Bn * C, d), At, out=mc)
         mc.addmm_(u.view(Bn * C, 1), Bt)
-        h_new = Hb[t + 1]
-        if c is None:
-            torch.mm(m_new, Wm_t, out=h_new)
-        else:  # (c is already there)
+        if c_in_h:  # (c is already there)
             h_new.addmm_(m_new, Wm_t)
+        elif c is not None:
+            torch.addmm(c[t], m_new, Wm_t, out=h_new)
+        else:
+            torch.mm(m_new, Wm_t, out=h_new)
         if Wh_t is not None:
             h_new.addmm_(h, Wh_t)
         if act is not None:
@@ -1234,7 +1242,9 @@ class LMU(nn.Module):
         if T == 0:
             raise ValueError("x must have at least one time step, got time = 0")
         if self._fast_sequence and cell._fast_sequence_applies(x, h, m, Abar, autocast_device):
-            return self._forward_fast(x, h, m, Abar, Bbar, lengths)
+            out = self._forward_fast(x, h, m, Abar, Bbar, lengths)
+            if out is not None:
+                return out
         xe, xw = cell._inputs(x)
         outputs = []
         # unbound once: indexing xe[:, t] per step would make backward write a zero gradient of
@@ -1262,9 +1272,14 @@ class LMU(nn.Module):
         Abar: torch.Tensor,
         Bbar: torch.Tensor,
         lengths: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None:
         """:meth:`forward` as one :class:`_LMUSequence` over time-major inputs (the same values
-        as the step loop; :meth:`LMUCell._fast_sequence_applies` says when it applies)."""
+        as the step loop; :meth:`LMUCell._fast_sequence_applies` says when it applies).
+
+        None (run the loop) when training a cell that carries no gradient back through time:
+        only the last ``h`` returned, no ``e_h``, ``W_h`` or ``lengths``, and no gradient
+        wanted through ``m`` (the lean ``plmu bench`` cell). There the loop's graph holds the
+        last step alone, where the Function would keep every step's state."""
         cell = self.cell
         T = x.shape[1]
         a, c = cell._inputs(x.transpose(0, 1))  # (T, B, C), (T, B, H)
@@ -1274,22 +1289,23 @@ class LMU(nn.Module):
         if lengths is not None:  # (T, B, 1): whether step t is within each sequence
             steps = torch.arange(T, device=x.device).unsqueeze(1)
             keep = (steps < lengths.to(x.device).unsqueeze(0)).unsqueeze(-1)
-        y, m = _LMUSequence.apply(
-            a,
-            c,
-            h,
-            m,
-            cell.e_h,
-            cell.e_m,
-            cell.W_h,
-            cell.W_m,
-            Abar,
-            Bbar,
-            keep,
-            type(cell.activation),
-            self.return_sequences,
-        )
-        if not self.return_sequences:
+        inputs = (a, c, h, m, cell.e_h, cell.e_m, cell.W_h, cell.W_m, Abar, Bbar, keep)
+        kind, sequences = type(cell.activation), self.return_sequences
+        if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
+            # inference: nothing saved, the state in two rows used in turn
+            Hb, Mb, _ = _lmu_sequence_forward(*inputs, kind, every_h=sequences, every_m=False)
+            m = Mb[T & 1].clone()
+            if not sequences:
+                h = Hb[T & 1].clone()
+                return h, (h, m)
+            y = Hb[1:].transpose(0, 1).contiguous()
+            return y, (y[:, -1], m)
+        if not (sequences or keep is not None or cell.e_h is not None or cell.W_h is not None):
+            through_m = (a, m, cell.e_m, Abar, Bbar)
+            if not any(t is not None and t.requires_grad for t in through_m):
+                return None
+        y, m = _LMUSequence.apply(*inputs, kind, sequences)
+        if not sequences:
             return y, (y, m)
         y = y.transpose(0, 1).contiguous()  # batch-first, as the loop's stack gives it
         return y, (y[:, -1], m)
