@@ -1179,6 +1179,11 @@ def _lmu_sequence_plain(
 class LMU(nn.Module):
     """The original LMU (Voelker et al. 2019) run sequentially over time: the baseline.
 
+    A sequence runs as one autograd Function with a hand-written backward through time (the
+    same recurrence and values as stepping :class:`LMUCell`; each weight gradient one product
+    over all steps), or as a step-by-step autograd loop where that does not apply
+    (:meth:`LMUCell._fast_sequence_applies`, :meth:`_forward_fast`).
+
     Args:
         input_size, hidden_size, order, theta, memory_size: as for :class:`LMUCell`.
         return_sequences: return ``h`` for every step, or only each sequence's last one.
