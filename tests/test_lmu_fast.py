@@ -281,3 +281,37 @@ def test_fast_path_lean_cell_without_state_gradients(counter, return_sequences, 
     # the loop where nothing is carried back (it keeps the last step alone), else the Function
     assert counter.calls == (1 if return_sequences else 0)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("sequences", [False, True])
+@pytest.mark.parametrize("lean", [False, True])
+def test_function_equals_its_plain_recomputation(sequences, lean):
+    """_LMUSequence called directly against autograd of _lmu_sequence_plain, including the lean
+    case LMU.forward leaves to the loop (no state gradient carried: only the last step's)."""
+    torch.manual_seed(3)
+    T, B, C, H, d = 6, 2, 1, 4, 3
+
+    def w(*shape, grad=True):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=grad)
+
+    rnn = plmu.LMU(1, H, d, 5.0).double()
+    Abar, Bbar = rnn.cell.memory._discrete_as(torch.zeros((), dtype=torch.float64))
+    a, c = w(T, B, C, grad=not lean), w(T, B, H)
+    h0, m0 = w(B, H), w(B, d, grad=not lean)
+    e_h, e_m, W_h = (None, None, None) if lean else (w(C, H), w(C, d), w(H, H))
+    W_m = w(H, d)
+    inputs = (a, c, h0, m0, e_h, e_m, W_h, W_m, Abar, Bbar, None)
+    grads = []
+    for fast in (False, True):
+        if fast:
+            y, m = layers._LMUSequence.apply(*inputs, torch.nn.Tanh, sequences)
+        else:
+            y, m = layers._lmu_sequence_plain(*inputs, kind=torch.nn.Tanh, sequences=sequences)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + 0.5 * m.sum()
+        grads.append(torch.autograd.grad(loss, wanted, allow_unused=True))
+    for g, want in zip(grads[1], grads[0]):
+        if want is None:  # (h0 without e_h, W_h: no gradient; the Function gives None too)
+            assert g is None
+        else:
+            torch.testing.assert_close(g, want, rtol=1e-10, atol=1e-12)
