@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plmu
-from plmu import layers
+from plmu import bptt, layers
 
 SWITCHES = ("hidden_to_memory", "memory_to_memory", "input_to_hidden", "hidden_to_hidden")
 
@@ -50,13 +50,13 @@ class Counter:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        apply = layers._LMUSequence.apply
+        apply = bptt._LMUSequence.apply
 
         def counted(*args):
             self.calls += 1
             return apply(*args)
 
-        monkeypatch.setattr(layers._LMUSequence, "apply", counted)
+        monkeypatch.setattr(bptt._LMUSequence, "apply", counted)
 
 
 @pytest.fixture
@@ -304,9 +304,9 @@ def test_function_equals_its_plain_recomputation(sequences, lean):
     grads = []
     for fast in (False, True):
         if fast:
-            y, m = layers._LMUSequence.apply(*inputs, torch.nn.Tanh, sequences)
+            y, m = bptt._LMUSequence.apply(*inputs, torch.nn.Tanh, sequences)
         else:
-            y, m = layers._lmu_sequence_plain(*inputs, kind=torch.nn.Tanh, sequences=sequences)
+            y, m = bptt._lmu_sequence_plain(*inputs, kind=torch.nn.Tanh, sequences=sequences)
         wanted = [t for t in inputs if t is not None and t.requires_grad]
         loss = (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum() + 0.5 * m.sum()
         grads.append(torch.autograd.grad(loss, wanted, allow_unused=True))
