@@ -163,10 +163,11 @@ def test_ddp_sigterm_and_ctrl_c_save_where_every_rank_stops_and_resume_exactly(
     tmp_path: Path,
 ) -> None:
     """Two processes, 5 batches each per epoch, no step checkpoints. SIGTERM to rank 0 alone
-    and Ctrl-C (SIGINT to both) after step 3: every rank stops after that step, with
-    last.ckpt written there, and the same command resumes it to the uninterrupted run's
-    weights. Before, SIGTERM stopped both at the next batch and Ctrl-C at once, with no
-    checkpoint: the 3 steps were lost (~1 minute)."""
+    and Ctrl-C (SIGINT to both) at the end of step 3: the ranks' all-reduce started there is
+    read at the next batch end, so every rank stops after step 4, with last.ckpt written
+    there, and the same command resumes it to the uninterrupted run's weights. Before,
+    SIGTERM stopped both at the next batch and Ctrl-C at once, with no checkpoint: the steps
+    were lost (~1 minute)."""
     script = tmp_path / "train_ddp.py"
     script.write_text(_SIGNALLED)
     options = [*TINY_MACKEY_GLASS, "train_length=1200", "dropout=0.3"]
@@ -180,8 +181,8 @@ def test_ddp_sigterm_and_ctrl_c_save_where_every_rank_stops_and_resume_exactly(
         out = signum.name
         stopped = run(out, signum)
         assert stopped.returncode == status, stopped.stderr[-2000:]
-        assert "stopping after this step with checkpoints/last.ckpt written" in stopped.stderr
-        assert loader_position(tmp_path / out) == [{"epoch": 0, "batches": 3}]
+        assert "stopping after the next step with checkpoints/last.ckpt written" in stopped.stderr
+        assert loader_position(tmp_path / out) == [{"epoch": 0, "batches": 4}]
         assert not (tmp_path / out / "metrics.json").exists()
         assert run(out).returncode == 0
         assert_same_last_checkpoint(tmp_path / "ref", tmp_path / out)

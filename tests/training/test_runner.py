@@ -6,6 +6,7 @@ import os
 import signal
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -371,29 +372,199 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_resumes_exactly(
     assert saved["global_step"] == 3  # at once: the epoch-end checkpoint before it
 
 
+class _FakeGloo:
+    """``torch.distributed`` as :class:`stopping._GracefulStop` uses it, for one rank of two:
+    ``other(n)`` is the other rank's flag in the n-th all-reduce; ``log`` records the calls
+    (``("reduce", n, async_op)``, ``("wait", n)``, ``("destroy",)``) and the callback's hooks
+    the test adds."""
+
+    ReduceOp = SimpleNamespace(MAX="max")
+
+    def __init__(self, other) -> None:
+        self.other = other
+        self.log: list[tuple] = []
+        self.group = object()
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def is_gloo_available(self) -> bool:
+        return True
+
+    def new_group(self, backend: str) -> object:
+        assert backend == "gloo"
+        self.log.append(("new_group",))
+        return self.group
+
+    def all_reduce(self, flag: torch.Tensor, op: str, group: object, async_op: bool = False):
+        assert op == "max" and group is self.group and flag.device.type == "cpu"
+        n = sum(entry[0] == "reduce" for entry in self.log)
+        self.log.append(("reduce", n, async_op))
+        others = torch.tensor(self.other(n))
+
+        def finish() -> None:
+            flag.copy_(torch.maximum(flag, others))
+
+        if not async_op:
+            finish()
+            return None
+        log = self.log
+
+        class Work:
+            def wait(self) -> bool:
+                log.append(("wait", n))
+                finish()
+                return True
+
+        return Work()
+
+    def destroy_process_group(self, group: object) -> None:
+        assert group is self.group
+        self.log.append(("destroy",))
+
+
+def _ddp_trainer(saved: list[int]) -> SimpleNamespace:
+    """Rank 1 of two, 5 batches an epoch; ``saved`` gets the batch of each checkpoint."""
+
+    def reduce(*args, **kwargs):
+        raise AssertionError("a blocking all-reduce over the training backend")
+
+    trainer = SimpleNamespace(world_size=2, global_rank=1, received_sigterm=False)
+    trainer.accumulate_grad_batches, trainer.is_last_batch = 1, False
+    trainer.strategy = SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce)
+    trainer.save_checkpoint = lambda path, weights_only: saved.append(trainer.batch_idx)
+    return trainer
+
+
+def _run_ddp_epochs(stop, trainer, fake: _FakeGloo, batches: int = 5, epochs: int = 2) -> None:
+    """Drive the callback's hooks as Lightning does (no validation: it calls none of them)."""
+    stop.on_train_start(trainer, None)
+    for _ in range(epochs):
+        for batch_idx in range(batches):
+            trainer.batch_idx, trainer.is_last_batch = batch_idx, batch_idx == batches - 1
+            stop.on_train_batch_start(trainer, None, None, batch_idx)
+            fake.log.append(("end", batch_idx))
+            stop.on_train_batch_end(trainer, None, None, None, batch_idx)
+    fake.log.append(("train_end",))
+    stop.on_train_end(trainer, None)
+
+
+@pytest.mark.parametrize(
+    ("mine", "others", "stops"),
+    [
+        (None, signal.SIGTERM, signal.SIGTERM),  # only the other rank got one
+        (signal.SIGINT, 0, signal.SIGINT),
+        (signal.SIGINT, signal.SIGTERM, signal.SIGTERM),  # SIGTERM where any rank got one
+    ],
+    ids=["other-rank", "this-rank", "sigterm-over-sigint"],
+)
 def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mine: int | None, others: int, stops: int
 ) -> None:
-    """The processes agree at every batch end (a max all-reduce of the signal each received),
-    so a rank that no signal reached stops, and saves, with the one that got it; with SIGTERM
-    where any rank got one. The all-reduce is simulated: this rank's value and the others'.
-    (Two real processes: tests/training/test_ddp_cpu.py, slow.)"""
-    from types import SimpleNamespace
+    """The processes agree (a max all-reduce of the signal each received), so a rank that no
+    signal reached stops, and saves, with the one that got it; with SIGTERM where any rank got
+    one. The all-reduce is simulated: a signal seen at the end of batch 1 (the second
+    all-reduce, by this rank or the other) is known everywhere at batch 2's end, where every
+    rank saves and stops. (Two real processes: tests/training/test_ddp_cpu.py, slow.)"""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    def trainer(others: int) -> SimpleNamespace:
-        def reduce(flag: torch.Tensor, reduce_op: str) -> torch.Tensor:
-            assert reduce_op == "max"
-            return torch.maximum(flag, torch.tensor(others))
-
-        strategy = SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce)
-        return SimpleNamespace(world_size=2, strategy=strategy)
-
+    fake = _FakeGloo(lambda n: others if n >= 1 else 0)
+    monkeypatch.setattr(stopping, "dist", fake)
+    saved: list[int] = []
+    trainer = _ddp_trainer(saved)
     stop = stopping._GracefulStop(tmp_path / "last.ckpt")
-    assert stop._agreed(trainer(0)) is None  # no rank got a signal: train on
-    assert stop._agreed(trainer(signal.SIGTERM)) == signal.SIGTERM  # only the other rank did
-    stop.requested = signal.SIGINT
-    assert stop._agreed(trainer(0)) == signal.SIGINT
-    assert stop._agreed(trainer(signal.SIGTERM)) == signal.SIGTERM
+
+    def signalled_at_batch_1(trainer, *args) -> None:
+        if trainer.batch_idx == 1:
+            stop.requested = mine
+
+    monkeypatch.setattr(stop, "on_train_batch_start", signalled_at_batch_1)
+    expected = SIGTERMException if stops == signal.SIGTERM else KeyboardInterrupt
+    with pytest.raises(expected):
+        _run_ddp_epochs(stop, trainer, fake)
+    stop.on_exception(trainer, None, expected())
+    assert saved == [2]
+    # this batch end's all-reduce waited for before stopping, then the group destroyed
+    assert fake.log[-3:] == [("reduce", 2, True), ("wait", 2), ("destroy",)]
+
+
+def test_under_ddp_a_training_step_waits_for_no_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At each batch end the all-reduce of this rank's signal is only started (async_op) and
+    waited for at the next batch end, long done; a blocking one (and the training backend's)
+    only at an epoch's start and the end of training; every one waited for before the group
+    is destroyed. A signal in an epoch's last batch stops at the next epoch's start."""
+    fake = _FakeGloo(lambda n: 0)
+    monkeypatch.setattr(stopping, "dist", fake)
+    saved: list[int] = []
+    trainer = _ddp_trainer(saved)
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
+    _run_ddp_epochs(stop, trainer, fake, batches=3)
+    epoch = [
+        ("end", 0),
+        ("reduce", 1, True),
+        ("end", 1),
+        ("wait", 1),
+        ("reduce", 2, True),
+        ("end", 2),
+        ("wait", 2),
+        ("reduce", 3, True),
+    ]
+    second = [(e[0], e[1] + 4, *e[2:]) if e[0] != "end" else e for e in epoch]
+    assert fake.log == [
+        ("new_group",),
+        ("reduce", 0, False),  # the epoch's start
+        *epoch,
+        ("wait", 3),
+        ("reduce", 4, False),
+        *second,
+        ("train_end",),
+        ("wait", 7),
+        ("reduce", 8, False),
+        ("destroy",),
+    ]
+    assert saved == []
+
+    # the other rank's signal seen in the epoch's last batch (all-reduce 3): not a save point;
+    # after the validation and the epoch-end checkpoint, every rank stops at the next start
+    fake = _FakeGloo(lambda n: signal.SIGINT if n == 3 else 0)
+    monkeypatch.setattr(stopping, "dist", fake)
+    with pytest.raises(KeyboardInterrupt):
+        _run_ddp_epochs(stop, trainer, fake, batches=3)
+    stop.on_exception(trainer, None, KeyboardInterrupt())
+    assert saved == []
+    assert fake.log[-4:] == [("reduce", 3, True), ("wait", 3), ("reduce", 4, False), ("destroy",)]
+
+
+def test_under_ddp_without_gloo_the_ranks_agree_at_every_batch_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A torch build without gloo: a blocking max all-reduce over the training backend at
+    every batch end, as before; the other rank's signal at batch 1 stops this one there."""
+    fake = _FakeGloo(lambda n: 0)
+    monkeypatch.setattr(fake, "is_gloo_available", lambda: False)
+    monkeypatch.setattr(stopping, "dist", fake)
+    saved: list[int] = []
+    trainer = _ddp_trainer(saved)
+    reduced: list[int] = []
+
+    def reduce(flag: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        assert reduce_op == "max"
+        reduced.append(trainer.batch_idx)
+        return torch.maximum(flag, torch.tensor(signal.SIGTERM if trainer.batch_idx else 0))
+
+    trainer.strategy.reduce = reduce
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    with pytest.raises(SIGTERMException):
+        _run_ddp_epochs(stop, trainer, fake)
+    stop.on_exception(trainer, None, SIGTERMException())
+    assert saved == [1] and reduced == [0, 0, 1] and fake.log == [("end", 0), ("end", 1)]
 
 
 def test_graceful_stop_prints_no_lightning_notice(tmp_path: Path, caplog) -> None:

@@ -114,7 +114,12 @@ class WeightedMean(Metric):
         value = torch.as_tensor(value, device=self.weight.device)
         if value.numel() != 1:
             raise ValueError(f"value must be a scalar, got shape {tuple(value.shape)}")
-        weight = torch.as_tensor(weight, device=self.weight.device, dtype=self.weight.dtype)
+        if not isinstance(weight, torch.Tensor):
+            # added as a number: a device tensor made from it is a blocking host-to-device
+            # copy on an accelerator (float32 arithmetic all the same)
+            weight = float(weight)
+        else:
+            weight = weight.to(device=self.weight.device, dtype=self.weight.dtype)
         self.weighted_sum += value.detach().to(self.weight.dtype).reshape(()) * weight
         self.weight += weight
 

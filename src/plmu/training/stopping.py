@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.callbacks import early_stopping as _early_stopping
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -76,11 +77,20 @@ class _GracefulStop(Callback):
     (128 + 15, which ``plmu`` exits with).
 
     Under DDP every process takes part: a signal may reach one process (``kill`` of rank 0) or
-    all of them (Ctrl-C, a scheduler), at different moments, so the processes agree at every
-    batch end (an all-reduce of the signal received, SIGTERM over SIGINT) and all stop at the
-    same safe point, with rank 0 writing the one ``last.ckpt`` that every rank resumes from.
-    Before, Ctrl-C stopped every process at once and SIGTERM at the next batch (Lightning's
-    handling), without a checkpoint: a run lost its steps since the last one.
+    all of them (Ctrl-C, a scheduler), at different moments, so the processes agree (a max
+    all-reduce of the signal each received, SIGTERM over SIGINT) and all stop at the same safe
+    point, with rank 0 writing the one ``last.ckpt`` that every rank resumes from. Before,
+    Ctrl-C stopped every process at once and SIGTERM at the next batch (Lightning's handling),
+    without a checkpoint: a run lost its steps since the last one.
+
+    The agreement costs a training step no host/device sync and no wait for the other ranks:
+    it runs over a CPU (gloo) process group made at ``on_train_start``, and at the end of batch
+    t each rank starts an asynchronous all-reduce of its signal and waits for it at the end of
+    batch t + 1, long done by then; so a signal seen by some rank at batch t's end is known to
+    every rank at batch t + 1's end, and the safe point is the first from there on (the same
+    batch on every rank). At an epoch's start and at the end of training the ranks agree at
+    once (a blocking all-reduce, once an epoch, after the validation), as for a single
+    process. A torch without gloo agrees with a blocking all-reduce at every batch end.
 
     Only in the main thread, and for each signal only where it had its default handler when
     ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL`` for SIGTERM);
@@ -99,6 +109,11 @@ class _GracefulStop(Callback):
         self._handled: list[int] = []  # the signals to take over at on_train_start
         self._rank = 0  # the global rank, which prints the message
         self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
+        # under DDP: the CPU process group the ranks agree over (None: none, or no gloo), the
+        # all-reduce started at the last batch end with its flag, and the signal agreed so far
+        self._group: Any = None
+        self._pending: tuple[Any, torch.Tensor] | None = None
+        self._signalled: int | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.requested = None
@@ -117,6 +132,10 @@ class _GracefulStop(Callback):
         for signum in self._handled:
             signal.signal(signum, self._on_signal)
             self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
+        self._pending, self._signalled = None, None
+        ddp = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+        if ddp and dist.is_gloo_available():
+            self._group = dist.new_group(backend="gloo")  # collective: every rank, here
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.requested is not None:  # the second signal: at once
@@ -125,8 +144,9 @@ class _GracefulStop(Callback):
         if self._rank != 0:  # under DDP rank 0 speaks for all (Ctrl-C reaches every one)
             return
         name = _STOP_SIGNALS[signum][1]
+        step = "this" if self._group is None else "the next"  # agreed a batch later
         print(
-            f"\nplmu: {name}: stopping after this step with checkpoints/last.ckpt written "
+            f"\nplmu: {name}: stopping after {step} step with checkpoints/last.ckpt written "
             f"({name} again to stop at once)",
             file=sys.stderr,
             flush=True,
@@ -134,12 +154,52 @@ class _GracefulStop(Callback):
 
     def _agreed(self, trainer: L.Trainer) -> int | None:
         """The signal that asks every process to stop, or ``None``: this process's alone, or
-        under DDP the largest that any process received (SIGTERM 15 over SIGINT 2). A collective
-        call under DDP: every rank makes it at the same hooks."""
+        under DDP the largest that any process received by now (SIGTERM 15 over SIGINT 2),
+        waiting for every rank. A collective call under DDP: every rank makes it at the same
+        hooks."""
         if trainer.world_size == 1:
             return self.requested
-        flag = torch.tensor(self.requested or 0, device=trainer.strategy.root_device)
-        return int(trainer.strategy.reduce(flag, reduce_op="max")) or None
+        if self._group is None:  # no gloo: over the training backend
+            flag = torch.tensor(self.requested or 0, device=trainer.strategy.root_device)
+            return int(trainer.strategy.reduce(flag, reduce_op="max")) or None
+        self._drain()
+        flag = torch.tensor([self.requested or 0])  # on the CPU: no device involved
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return self._fold(flag)
+
+    def _agreed_a_batch_ago(self, trainer: L.Trainer) -> int | None:
+        """At a batch end: as :meth:`_agreed` for a single process (or without gloo); under DDP
+        the largest signal any rank had received by the previous batch end (or an earlier
+        agreement), waiting for nobody: this batch end's all-reduce is only started."""
+        if trainer.world_size == 1 or self._group is None:
+            return self._agreed(trainer)
+        self._drain()
+        flag = torch.tensor([self.requested or 0])
+        work = dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group, async_op=True)
+        self._pending = (work, flag)
+        return self._signalled
+
+    def _fold(self, flag: torch.Tensor) -> int | None:
+        """The signal agreed so far, with the all-reduced ``flag`` (a CPU tensor) added."""
+        self._signalled = max(self._signalled or 0, int(flag.max())) or None
+        return self._signalled
+
+    def _drain(self) -> None:
+        """Wait for the all-reduce started at the last batch end (every rank started it; done
+        long since) and add its result to the signal agreed."""
+        if self._pending is not None:
+            work, flag = self._pending
+            self._pending = None
+            work.wait()
+            self._fold(flag)
+
+    def _close(self) -> None:
+        """Drop the process group, destroyed once nothing is outstanding on it. After an
+        exception an all-reduce may still wait for ranks that never start theirs: it is left
+        (and the group with it) rather than waited on."""
+        if self._group is not None and self._pending is None:
+            dist.destroy_process_group(self._group)
+        self._group, self._pending = None, None
 
     def _stop(self, signum: int) -> None:
         self._restore()
@@ -160,11 +220,12 @@ class _GracefulStop(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        signum = self._agreed(trainer)
+        signum = self._agreed_a_batch_ago(trainer)
         if signum is not None and _mid_epoch_save_point(trainer, batch_idx):
             # a full checkpoint; left unset, Lightning prints a notice that it chose that
             trainer.save_checkpoint(self.last, weights_only=False)  # every rank, rank 0 writes
-            self._stop(signum)
+            self._drain()  # this batch end's all-reduce: every rank started it
+            self._stop(self._signalled or signum)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -175,11 +236,13 @@ class _GracefulStop(Callback):
                 self._stop(signum)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        signum = self._agreed(trainer)
+        signum = self._agreed(trainer)  # drains the last batch end's all-reduce
+        self._close()
         if signum is not None:  # in the last batch: training is done, skip the test
             self._stop(signum)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close()
         self._restore()
 
     def on_exception(
@@ -188,4 +251,5 @@ class _GracefulStop(Callback):
         if isinstance(exception, KeyboardInterrupt):
             # Lightning ignores SIGINT while it shuts down; its teardown restores the handler
             self._previous.pop(signal.SIGINT, None)
+        self._close()
         self._restore()
