@@ -35,10 +35,13 @@ Before timing, each Keras model's output on a few sequences is compared with plm
 (``checks`` in the JSON): as keras-lmu builds it (its ``Abar``, ``Bbar`` and impulse response
 computed in float32) and with plmu's system (float64, rounded once) put into the Keras layer.
 
-    THP_MEM_ALLOC_ENABLE=1 PYTHONPATH=src /work/klenv/bin/python scripts/compare_keras_lmu.py \
+    python3.11 -m venv .venv-keras
+    .venv-keras/bin/pip install -r benchmarks/keras_lmu-requirements.txt
+    THP_MEM_ALLOC_ENABLE=1 PYTHONPATH=src .venv-keras/bin/python scripts/compare_keras_lmu.py \
         --xla --json benchmarks/keras_lmu.json > benchmarks/keras_lmu.txt
 
-The environment: ``benchmarks/keras_lmu-requirements.txt``. ``--frameworks torch`` runs plmu's
+The environment: ``benchmarks/keras_lmu-requirements.txt``, in a virtual environment of its own
+(``.venv-keras/``, ignored by git). ``--frameworks torch`` runs plmu's
 side alone (no TensorFlow needed); ``--quick`` shrinks every size to a smoke test.
 """
 
