@@ -826,7 +826,7 @@ class LMUCell(nn.Module):
         BPTT): not under autocast (the memory update's own precision), for an activation whose
         derivative it takes from the output (identity, ReLU, tanh, sigmoid), and not when
         traced, compiled or exported, inside a ``torch.func`` transform or with a forward-mode
-        tangent on an input, state or weight (:func:`~plmu.memory.plain_autograd`). Elsewhere
+        tangent on an input, state or weight (:func:`~plmu.tracing.plain_autograd`). Elsewhere
         the step-by-step autograd loop runs: the same values."""
         if autocast_device is not None or type(self.activation) not in _FAST_ACTIVATIONS:
             return False
