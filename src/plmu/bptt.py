@@ -10,8 +10,6 @@ tested against (``tests/test_lmu_fast.py``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -19,7 +17,8 @@ from plmu.activations import _INPLACE_ACTIVATIONS
 from plmu.higher_order import create_graph_backward
 
 # the activations whose derivative the fast sequence path (_LMUSequence) takes from the output
-_FAST_ACTIVATIONS = (nn.Identity, nn.ReLU, nn.Tanh, nn.Sigmoid)
+# (_activation_grad): those its forward applies in place
+_FAST_ACTIVATIONS = tuple(_INPLACE_ACTIVATIONS)
 
 
 def _activation_grad(
@@ -277,14 +276,6 @@ def _lmu_sequence_backward(
     )
 
 
-_ACTIVATION_FUNCTIONS: dict[type, Callable[[torch.Tensor], torch.Tensor]] = {
-    nn.Identity: lambda pre: pre,
-    nn.ReLU: torch.relu,
-    nn.Tanh: torch.tanh,
-    nn.Sigmoid: torch.sigmoid,
-}
-
-
 def _lmu_sequence_plain(
     a: torch.Tensor,
     c: torch.Tensor | None,
@@ -304,7 +295,7 @@ def _lmu_sequence_plain(
     """:class:`_LMUSequence` as plain differentiable operations (for ``create_graph``)."""
     T, Bn, C = a.shape
     d = Abar.shape[0]
-    f = _ACTIVATION_FUNCTIONS[kind]
+    f = kind()  # the activation module: identity, ReLU, tanh or sigmoid
     outputs = []
     for t in range(T):
         u = a[t]
