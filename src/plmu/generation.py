@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from plmu.checks import _check_positive_int
+from plmu.checks import _check_positive_int, _check_real
 from plmu.data.text8 import decode, encode
 from plmu.models._tokens import check_token_dtype, check_token_range
 from plmu.models.language_model import LMULanguageModel
@@ -34,11 +34,7 @@ def _check_length(length: object, name: str = "length") -> int:
 
 
 def _check_temperature(temperature: object, name: str = "temperature") -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
-        raise TypeError(
-            f"{name} must be a number > 0, got {type(temperature).__name__} {temperature!r}"
-        )
-    t = float(temperature)
+    t = _check_real(temperature, name)
     if not math.isfinite(t) or t <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {temperature}")
     return t

@@ -189,7 +189,7 @@ class TranslationModule(PlmuModule):
         if not (math.isfinite(max_len_ratio) and max_len_ratio >= 0):
             raise ValueError(f"max_len_ratio must be finite and >= 0, got {max_len_ratio}")
         self.detokenize = detokenize
-        self.lr_decay, self.lr_decay_after = float(lr_decay), int(lr_decay_after)
+        self.lr_decay, self.lr_decay_after = lr_decay, lr_decay_after
         self.bleu_tokenize = bleu_tokenize
         self.label_smoothing = float(label_smoothing)
         self.beam_size = int(beam_size)
