@@ -7,6 +7,11 @@ checkouts (``PYTHONPATH=OTHER/src``). Prints the median and the best of ``--repe
 ``--warmup`` steps, on one thread.
 
     THP_MEM_ALLOC_ENABLE=1 python scripts/step_time.py --steps 16384
+
+``--psmnist`` times the psMNIST group's parallel step instead (batch 100, 784 steps, order 468,
+hidden 346, theta 784, the last state (eq. 25) and a 10-way read-out, cross-entropy):
+
+    THP_MEM_ALLOC_ENABLE=1 python scripts/step_time.py --psmnist --warmup 20 --repeats 200
 """
 
 from __future__ import annotations
@@ -23,22 +28,41 @@ from plmu import ParallelLMU
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1024, help="sequence length")
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, help="sequence length (default 1024; 784 psMNIST)")
+    parser.add_argument("--batch", type=int, help="batch size (default 32; 100 psMNIST)")
     parser.add_argument("--mode", default="auto", help="ParallelLMU mode")
+    parser.add_argument("--psmnist", action="store_true", help="the psMNIST parallel step")
     parser.add_argument("--repeats", type=int, default=12, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     args = parser.parse_args()
+    steps = args.steps or (784 if args.psmnist else 1024)
+    batch = args.batch or (100 if args.psmnist else 32)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    layer = ParallelLMU(64, 128, 64, 1024.0, memory_size=16, mode=args.mode)
-    x = torch.randn(args.batch, args.steps, 64)
-    target = torch.randn(args.batch, args.steps, 128)
-    opt = torch.optim.Adam(layer.parameters(), lr=1e-4, fused=True)
+    if args.psmnist:
+        layer = ParallelLMU(1, 346, 468, 784.0, mode=args.mode, return_sequences=False)
+        head = torch.nn.Linear(346, 10)
+        x = torch.randn(batch, steps, 1)
+        labels = torch.randint(0, 10, (batch,))
+        params = [*layer.parameters(), *head.parameters()]
+
+        def loss() -> torch.Tensor:
+            return F.cross_entropy(head(layer(x)[0]), labels)
+
+    else:
+        layer = ParallelLMU(64, 128, 64, 1024.0, memory_size=16, mode=args.mode)
+        x = torch.randn(batch, steps, 64)
+        target = torch.randn(batch, steps, 128)
+        params = list(layer.parameters())
+
+        def loss() -> torch.Tensor:
+            return F.mse_loss(layer(x)[0], target)
+
+    opt = torch.optim.Adam(params, lr=1e-4, fused=True)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        F.mse_loss(layer(x)[0], target).backward()
+        loss().backward()
         opt.step()
 
     for _ in range(args.warmup):
@@ -49,8 +73,8 @@ def main() -> None:
         step()
         times.append(time.perf_counter() - start)
     print(
-        f"{args.steps} steps, batch {args.batch}, mode {args.mode}: median "
-        f"{1e3 * statistics.median(times):.1f} ms, best {1e3 * min(times):.1f} ms"
+        f"{'psMNIST, ' if args.psmnist else ''}{steps} steps, batch {batch}, mode {args.mode}: "
+        f"median {1e3 * statistics.median(times):.2f} ms, best {1e3 * min(times):.2f} ms"
     )
 
 
