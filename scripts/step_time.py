@@ -90,7 +90,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     print(
         f"{'psMNIST original LMU, ' if args.original else 'psMNIST, ' if args.psmnist else ''}"
-        f"{steps} steps, batch {batch}, mode {args.mode}: "
+        f"{steps} steps, batch {batch}{'' if args.original else f', mode {args.mode}'}: "
         f"median {1e3 * statistics.median(times):.2f} ms, best {1e3 * min(times):.2f} ms"
     )
 
