@@ -12,6 +12,12 @@ checkouts (``PYTHONPATH=OTHER/src``). Prints the median and the best of ``--repe
 hidden 346, theta 784, the last state (eq. 25) and a 10-way read-out, cross-entropy):
 
     THP_MEM_ALLOC_ENABLE=1 python scripts/step_time.py --psmnist --warmup 20 --repeats 200
+
+``--original`` times the psMNIST group's baseline instead: the original LMU (the 2019 cell,
+``plmu.bench.psmnist_original_lmu``: order 256, hidden 212, every weight trained) and its 10-way
+read-out, the same batch and loss:
+
+    THP_MEM_ALLOC_ENABLE=1 python scripts/step_time.py --original --repeats 10
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from plmu import ParallelLMU
+from plmu.bench import BenchConfig, psmnist_original_lmu
 
 
 def main() -> None:
@@ -32,19 +39,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="batch size (default 32; 100 psMNIST)")
     parser.add_argument("--mode", default="auto", help="ParallelLMU mode")
     parser.add_argument("--psmnist", action="store_true", help="the psMNIST parallel step")
+    parser.add_argument(
+        "--original", action="store_true", help="the psMNIST original-LMU step (the baseline)"
+    )
     parser.add_argument("--repeats", type=int, default=12, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     args = parser.parse_args()
-    steps = args.steps or (784 if args.psmnist else 1024)
-    batch = args.batch or (100 if args.psmnist else 32)
+    psmnist = args.psmnist or args.original
+    steps = args.steps or (784 if psmnist else 1024)
+    batch = args.batch or (100 if psmnist else 32)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    if args.psmnist:
-        layer = ParallelLMU(1, 346, 468, 784.0, mode=args.mode, return_sequences=False)
-        head = torch.nn.Linear(346, 10)
+    if psmnist:
+        if args.original:
+            cfg = BenchConfig(ps_steps=steps)
+            layer, width = psmnist_original_lmu(cfg), cfg.ps_lmu_hidden
+        else:
+            layer = ParallelLMU(1, 346, 468, 784.0, mode=args.mode, return_sequences=False)
+            width = 346
+        head = torch.nn.Linear(width, 10)
         x = torch.randn(batch, steps, 1)
         labels = torch.randint(0, 10, (batch,))
-        params = [*layer.parameters(), *head.parameters()]
+        params = [p for p in (*layer.parameters(), *head.parameters()) if p.requires_grad]
 
         def loss() -> torch.Tensor:
             return F.cross_entropy(head(layer(x)[0]), labels)
@@ -73,7 +89,8 @@ def main() -> None:
         step()
         times.append(time.perf_counter() - start)
     print(
-        f"{'psMNIST, ' if args.psmnist else ''}{steps} steps, batch {batch}, mode {args.mode}: "
+        f"{'psMNIST original LMU, ' if args.original else 'psMNIST, ' if args.psmnist else ''}"
+        f"{steps} steps, batch {batch}{'' if args.original else f', mode {args.mode}'}: "
         f"median {1e3 * statistics.median(times):.2f} ms, best {1e3 * min(times):.2f} ms"
     )
 

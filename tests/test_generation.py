@@ -80,6 +80,48 @@ def test_sampling_follows_the_softmax_of_logits_over_temperature(temperature):
     assert ((frequencies - expected).abs() < 5 * standard_error).all(), (frequencies, expected)
 
 
+class _NoFloat64(torch.Tensor):
+    """Logits on a device without float64 (as Apple's MPS): an operation that would give a
+    float64 tensor here raises; moving to the CPU gives an ordinary tensor."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.cpu, torch.Tensor.to):
+            to = [*args[1:], *kwargs.values()]
+            if func is torch.Tensor.cpu or any(str(a) == "cpu" for a in to):
+                with torch._C.DisableTorchFunctionSubclass():
+                    return func(*args, **kwargs)
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) and out.dtype == torch.float64:
+            raise TypeError("float64 is not supported on this device")
+        return out.as_subclass(cls) if isinstance(out, torch.Tensor) else out
+
+
+class _Float32Device(_FixedLogits):
+    def forward(self, tokens):
+        logits, state = super().forward(tokens)
+        return logits.as_subclass(_NoFloat64), state
+
+    def step(self, token, state):
+        logits, state = super().step(token, state)
+        return logits.as_subclass(_NoFloat64), state
+
+
+def test_sampling_on_a_device_without_float64():
+    """Sampling computes its probabilities in float64 on the CPU (where it samples), not on the
+    model's device: ``logits.double()`` there failed on MPS."""
+    logits = torch.tensor([1.5, 0.0, -1.0, 0.7])
+    model = _Float32Device(logits)
+    with pytest.raises(TypeError, match="float64"):  # the stand-in refuses float64 indeed
+        model.step(torch.tensor([0]), None)[0].double()
+    seeded = [torch.Generator().manual_seed(0) for _ in range(2)]
+    got = list(iter_tokens(model, torch.tensor([0]), 40, generator=seeded[0]))
+    want = list(iter_tokens(_FixedLogits(logits), torch.tensor([0]), 40, generator=seeded[1]))
+    assert got == want
+
+
 @pytest.mark.parametrize("temperature", [1e-300, 1e-320, 5e-324])
 def test_tiny_temperature_is_greedy(temperature):
     """Any finite temperature > 0 is accepted; a subnormal one overflowed ``logits / T`` to inf,

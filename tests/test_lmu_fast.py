@@ -304,7 +304,7 @@ def test_function_equals_its_plain_recomputation(sequences, lean):
     grads = []
     for fast in (False, True):
         if fast:
-            y, m = bptt._LMUSequence.apply(*inputs, torch.nn.Tanh, sequences)
+            y, m = bptt._LMUSequence.apply(*inputs, torch.nn.Tanh, sequences, None)
         else:
             y, m = bptt._lmu_sequence_plain(*inputs, kind=torch.nn.Tanh, sequences=sequences)
         wanted = [t for t in inputs if t is not None and t.requires_grad]

@@ -22,9 +22,10 @@ round and the median taken, because a shared machine is noisy):
 Peak memory of a training step: on CUDA, ``torch.cuda.max_memory_allocated`` above the memory held
 before the step. On CPU, the peak resident set size of the process during the step above the
 resident size before it (``VmHWM`` after resetting it through ``/proc/self/clear_refs``, with
-freed heap memory returned by ``malloc_trim`` first). PyTorch's CPU allocator does not cache, so
-this counts every buffer the step touches (activations, gradients, optimizer state, library
-workspaces); it is ``None`` where ``/proc`` is unavailable.
+freed heap memory returned by ``malloc_trim`` first). PyTorch's CPU allocator does not cache, and
+the original LMU's kept sequence buffers (:mod:`plmu.workspace`) are dropped first, so this counts
+every buffer the step touches (activations, gradients, optimizer state, library workspaces); it is
+``None`` where ``/proc`` is unavailable.
 
 On CUDA, ``meta.cuda`` records the CUDA/cuDNN versions and TF32 switches (:func:`cuda_settings`).
 
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmu.layers import LMU, ParallelLMU
+from plmu.workspace import clear_workspaces
 
 __all__ = [
     "BenchConfig",
@@ -214,8 +216,10 @@ def _malloc_trim() -> None:
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak bytes ``fn`` needs above what the process held before it (see module docstring).
 
-    Returns ``None`` when the platform offers no way to measure it.
+    Returns ``None`` when the platform offers no way to measure it. The original LMU's kept
+    buffers (:mod:`plmu.workspace`) are dropped first: the step's own are then counted.
     """
+    clear_workspaces()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

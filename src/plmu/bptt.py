@@ -15,6 +15,7 @@ from torch import nn
 
 from plmu.activations import _INPLACE_ACTIVATIONS
 from plmu.higher_order import create_graph_backward
+from plmu.workspace import Workspace
 
 # the activations whose derivative the fast sequence path (_LMUSequence) takes from the output
 # (_activation_grad): those its forward applies in place
@@ -54,7 +55,9 @@ class _LMUSequence(torch.autograd.Function):
     gradient is then one GEMM over all ``T * B`` rows (``gW_m = Delta^T M``, ...) instead of
     one small product per step. The gradients of ``a`` (``GU``) and ``c`` (``Delta``) go back
     through autograd to ``e_x``, ``W_x``, ``b`` and ``x``. With ``keep`` ``(T, B, 1)`` (1 while
-    ``t`` is within a sequence's length, else 0) a finished sequence's state is held.
+    ``t`` is within a sequence's length, else 0) a finished sequence's state is held. The
+    sequence-long buffers come from ``workspace`` (:class:`~plmu.workspace.Workspace`, or None),
+    so that consecutive steps reuse their memory.
 
     Shapes: ``a`` ``(T, B, C)``, ``c`` ``(T, B, H)`` or None, ``h0`` ``(B, H)``, ``m0``
     ``(B, C d)``, ``e_h`` ``(C, H)``, ``e_m`` ``(C, C d)``, ``W_h`` ``(H, H)``, ``W_m``
@@ -79,10 +82,13 @@ class _LMUSequence(torch.autograd.Function):
         keep: torch.Tensor | None,
         kind: type,
         sequences: bool,
+        workspace: Workspace | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        Hb, Mb, U = _lmu_sequence_forward(a, c, h0, m0, e_h, e_m, W_h, W_m, Abar, Bbar, keep, kind)
+        Hb, Mb, U = _lmu_sequence_forward(
+            a, c, h0, m0, e_h, e_m, W_h, W_m, Abar, Bbar, keep, kind, workspace=workspace
+        )
         ctx.save_for_backward(a, c, h0, m0, e_h, e_m, W_h, W_m, Abar, Bbar, keep, Hb, Mb, U)
-        ctx.kind, ctx.sequences = kind, sequences
+        ctx.kind, ctx.sequences, ctx.workspace = kind, sequences, workspace
         # (the last state copied: a view would keep the whole sequence's buffer alive)
         return (Hb[1:] if sequences else Hb[-1].clone()), Mb[-1].clone()
 
@@ -97,11 +103,34 @@ class _LMUSequence(torch.autograd.Function):
                 return _lmu_sequence_plain(*inputs, kind=kind, sequences=sequences)
 
             inputs = (a, c, h0, m0, e_h, e_m, W_h, W_m, Abar, Bbar, keep)
-            return (*create_graph_backward(plain, inputs, needs[:11], (gy, gm)), None, None)
+            grads = create_graph_backward(plain, inputs, needs[:11], (gy, gm))
+            return (*grads, None, None, None)
         grads = _lmu_sequence_backward(
-            gy, gm, Hb, Mb, U, e_h, e_m, W_h, W_m, Abar, Bbar, keep, kind, sequences, needs
+            gy,
+            gm,
+            Hb,
+            Mb,
+            U,
+            e_h,
+            e_m,
+            W_h,
+            W_m,
+            Abar,
+            Bbar,
+            keep,
+            kind,
+            sequences,
+            needs,
+            ctx.workspace,
         )
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)
+
+
+def _empty_from(workspace: Workspace | None):
+    """``empty(shape, like)``: from ``workspace``, or ``like.new_empty`` without one."""
+    if workspace is None:
+        return lambda shape, like: like.new_empty(shape)
+    return workspace.empty
 
 
 def _lmu_sequence_forward(
@@ -119,16 +148,19 @@ def _lmu_sequence_forward(
     kind: type,
     every_h: bool = True,
     every_m: bool = True,
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:class:`_LMUSequence`'s forward: ``(H, M, U)``, ``(T + 1, B, H)`` and ``(T + 1, B, C d)``
     with the initial state first, and ``u`` ``(T, B, C)``; every step written in place.
 
     Without ``every_h`` (``every_m``) ``H`` (``M``) has two rows, used in turn (step ``t`` in row
-    ``t % 2``): inference keeps no more of the sequence than it returns."""
+    ``t % 2``): inference keeps no more of the sequence than it returns. ``H`` and ``M`` come
+    from ``workspace`` where one is given."""
     T, Bn, C = a.shape
     d = Abar.shape[0]
-    Hb = h0.new_empty((T + 1 if every_h else 2, *h0.shape))
-    Mb = m0.new_empty((T + 1 if every_m else 2, *m0.shape))
+    empty = _empty_from(workspace)
+    Hb = empty((T + 1 if every_h else 2, *h0.shape), h0)
+    Mb = empty((T + 1 if every_m else 2, *m0.shape), m0)
     Hb[0], Mb[0] = h0, m0
     c_in_h = c is not None and every_h
     if c_in_h:  # (one copy: a per-step addmm(c[t], ...) would copy each step apart)
@@ -184,6 +216,7 @@ def _lmu_sequence_backward(
     kind: type,
     sequences: bool,
     needs: tuple[bool, ...],
+    workspace: Workspace | None = None,
 ) -> tuple[torch.Tensor | None, ...]:
     """:class:`_LMUSequence`'s first-order backward: the gradients of ``a``, ``c``, ``h0``,
     ``m0``, ``e_h``, ``e_m``, ``W_h``, ``W_m``, ``Abar``, ``Bbar`` (None where not needed).
@@ -192,18 +225,20 @@ def _lmu_sequence_backward(
     over all ``T * B`` rows afterwards. The gradient of ``m`` is carried back only where
     something needs it (``m`` reaches ``h`` only through ``e_h``): without it, without ``W_h``
     and a held state, and with only the last ``h`` returned, ``delta`` is zero before the last
-    step, and only that step is computed (the lean cell of ``plmu bench``)."""
+    step, and only that step is computed (the lean cell of ``plmu bench``). The sequence-long
+    buffers come from ``workspace`` where one is given."""
     T, Bn, C = U.shape
     H, S, d = Hb.shape[2], Mb.shape[2], Abar.shape[0]
     need_theta = needs[8] or needs[9]
     m_chain = e_h is not None or any(needs[i] for i in (0, 3, 5, 8, 9))
     h_chain = e_h is not None or W_h is not None or keep is not None
     t0 = 0 if m_chain or h_chain or sequences else T - 1  # the first step with a gradient
-    Delta = Hb.new_empty((T, Bn, H))
+    empty = _empty_from(workspace)
+    Delta = empty((T, Bn, H), Hb)
     if t0 and needs[1]:
         Delta[:t0].zero_()
-    GU = U.new_empty((T, Bn, C)) if m_chain else None
-    GM = Mb.new_empty((T, Bn, S)) if need_theta else None
+    GU = empty((T, Bn, C), U) if m_chain else None
+    GM = empty((T, Bn, S), Mb) if need_theta else None
     gm_t = Mb.new_empty((Bn, S)) if m_chain and not need_theta else None
     if gy is not None and not sequences:
         gh = gy.clone(memory_format=torch.contiguous_format)

@@ -110,12 +110,13 @@ def iter_tokens(
         if greedy:
             token = logits.argmax(dim=-1)
         else:
-            # the largest logit subtracted first: the tiniest temperature then gives a one-hot
-            # distribution, where logits / temperature alone could overflow to inf (softmax nan)
-            logits = logits.double()
+            # in float64 on the CPU, where the token is drawn (MPS has no float64); the largest
+            # logit subtracted first: the tiniest temperature then gives a one-hot distribution,
+            # where logits / temperature alone could overflow to inf (softmax nan)
+            logits = logits.to("cpu", torch.float64)
             logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
             probs = torch.softmax(logits, dim=-1)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
             token = token.to(device)
         yield int(token)
         if i + 1 < length:

@@ -44,6 +44,7 @@ from plmu.memory import AUTO_FUSED_MIN_TIME, MODES, LegendreMemory
 from plmu.padding import gather_time
 from plmu.precision import _LOW_PRECISION, autocast_enabled
 from plmu.tracing import _plain, _untransformed, plain_autograd
+from plmu.workspace import workspace_of
 
 __all__ = ["ACTIVATIONS", "LMU", "LMUCell", "ParallelLMU"]
 
@@ -954,7 +955,10 @@ class LMU(nn.Module):
         None (run the loop) when training a cell that carries no gradient back through time:
         only the last ``h`` returned, no ``e_h``, ``W_h`` or ``lengths``, and no gradient
         wanted through ``m`` (the lean ``plmu bench`` cell). There the loop's graph holds the
-        last step alone, where the Function would keep every step's state."""
+        last step alone, where the Function would keep every step's state.
+
+        On CPU the sequence-long buffers come from this module's :class:`~plmu.workspace.Workspace`:
+        the next step reuses their memory once nothing holds it."""
         cell = self.cell
         T = x.shape[1]
         a, c = cell._inputs(x.transpose(0, 1))  # (T, B, C), (T, B, H)
@@ -968,7 +972,9 @@ class LMU(nn.Module):
         kind, sequences = type(cell.activation), self.return_sequences
         if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)):
             # inference: nothing saved, the state in two rows used in turn
-            Hb, Mb, _ = _lmu_sequence_forward(*inputs, kind, every_h=sequences, every_m=False)
+            Hb, Mb, _ = _lmu_sequence_forward(
+                *inputs, kind, every_h=sequences, every_m=False, workspace=workspace_of(self)
+            )
             m = Mb[T & 1].clone()
             if not sequences:
                 h = Hb[T & 1].clone()
@@ -979,7 +985,7 @@ class LMU(nn.Module):
             through_m = (a, m, cell.e_m, Abar, Bbar)
             if not any(t is not None and t.requires_grad for t in through_m):
                 return None
-        y, m = _LMUSequence.apply(*inputs, kind, sequences)
+        y, m = _LMUSequence.apply(*inputs, kind, sequences, workspace_of(self))
         if not sequences:
             return y, (y, m)
         y = y.transpose(0, 1).contiguous()  # batch-first, as the loop's stack gives it

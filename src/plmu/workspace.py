@@ -1,0 +1,125 @@
+"""Reused CPU memory for the original LMU's sequence buffers (:mod:`plmu.bptt`).
+
+A training step of :class:`plmu.LMU` writes every step's state into a few large buffers (at the
+psMNIST configuration three of 66-80 MB: ``h`` and ``m`` for every step, and ``h``'s gradient).
+PyTorch's CPU allocator does not cache: each step would take that memory fresh from the kernel,
+which zeroes it page by page (about 30 ms a step here), and, with transparent huge pages, now and
+then compacts memory first (a step of 950 ms then takes 1,500). A :class:`Workspace` keeps the
+memory of the last buffers and hands it out again once nothing uses it any more.
+
+"Nothing uses it" is read from the memory's reference count: every tensor on it (a view, a tensor
+saved for backward, an output) holds a reference, the workspace itself one. So memory still in
+use (a graph kept with ``retain_graph=True``, an output the caller holds) is never handed out:
+the buffer is then allocated anew, as without a workspace.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import weakref
+
+import torch
+
+# buffers smaller than this come from the allocator (malloc keeps small blocks itself)
+MIN_BYTES = 1 << 20
+# the most memory blocks a workspace keeps (a training step of an LMU uses three or four)
+MAX_BLOCKS = 8
+
+# the reference count of a storage (private: without it nothing is reused)
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+class Workspace:
+    """Memory blocks kept between calls, handed out as new tensors when free.
+
+    Only CPU tensors of at least :data:`MIN_BYTES` come from it; others, and every tensor while
+    deterministic algorithms fill uninitialised memory, come from ``new_empty``. It keeps up to
+    :data:`MAX_BLOCKS` blocks, dropping the oldest free ones past them, then the oldest used ones (a
+    dropped block still in use lives on in its tensors). Safe to share between threads.
+    """
+
+    def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
+        self.max_blocks = max_blocks
+        self._blocks: list[torch.UntypedStorage] = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape``, with ``like``'s dtype and device."""
+        nbytes = math.prod(shape) * like.element_size()
+        if not self._applies(like, nbytes):
+            return like.new_empty(shape)
+        with self._lock:
+            block = self._free_block(nbytes)
+            if block is None:
+                block = torch.UntypedStorage(nbytes, device=like.device)
+                self._blocks.append(block)
+                self._drop_extra()
+            # (inside the lock: the tensor's reference marks the block used)
+            return like.new_empty(0).set_(block, 0, shape)
+
+    def clear(self) -> None:
+        """Drop every block (the memory of those in use lives on in their tensors)."""
+        with self._lock:
+            self._blocks.clear()
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the blocks kept."""
+        with self._lock:
+            return sum(block.nbytes() for block in self._blocks)
+
+    def _drop_extra(self) -> None:
+        """Drop blocks past :attr:`max_blocks`: free ones first, each group oldest first."""
+        extra = len(self._blocks) - self.max_blocks
+        if extra <= 0:
+            return
+        free = [b for b in self._blocks if _use_count(b._cdata) == 1]
+        used = [b for b in self._blocks if _use_count(b._cdata) > 1]
+        dropped = {id(b) for b in (free + used)[:extra]}
+        self._blocks = [b for b in self._blocks if id(b) not in dropped]
+
+    def _free_block(self, nbytes: int) -> torch.UntypedStorage | None:
+        """The smallest block of at least ``nbytes`` that no tensor uses, if any."""
+        best = None
+        for block in self._blocks:
+            size = block.nbytes()
+            fits = size >= nbytes and (best is None or size < best.nbytes())
+            if fits and _use_count(block._cdata) == 1:  # only the workspace holds it
+                best = block
+        return best
+
+    @staticmethod
+    def _applies(like: torch.Tensor, nbytes: int) -> bool:
+        return (
+            _use_count is not None
+            and like.device.type == "cpu"
+            and nbytes >= MIN_BYTES
+            and not (
+                torch.are_deterministic_algorithms_enabled()
+                and torch.utils.deterministic.fill_uninitialized_memory
+            )
+        )
+
+
+# one workspace per module that asks for one, freed with it (a module keeps no state for it:
+# copies, pickles and state dicts are unchanged)
+_WORKSPACES: weakref.WeakKeyDictionary[object, Workspace] = weakref.WeakKeyDictionary()
+_WORKSPACES_LOCK = threading.Lock()
+
+
+def workspace_of(owner: object) -> Workspace:
+    """The :class:`Workspace` of ``owner`` (created on first use, dropped with ``owner``)."""
+    with _WORKSPACES_LOCK:
+        ws = _WORKSPACES.get(owner)
+        if ws is None:
+            ws = _WORKSPACES[owner] = Workspace()
+        return ws
+
+
+def clear_workspaces() -> None:
+    """Drop every module's kept blocks (e.g. before measuring a step's peak memory)."""
+    with _WORKSPACES_LOCK:
+        workspaces = list(_WORKSPACES.values())
+    for ws in workspaces:
+        ws.clear()
