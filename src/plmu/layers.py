@@ -541,7 +541,9 @@ class ParallelLMU(nn.Module):
 
         built in float64 from the current weights, cast to ``dtype`` and cached until a weight or
         ``theta`` changes (keyed by the tensors' identities, versions and data addresses; never
-        cached for a parametrized weight or bias, which is computed anew on each access).
+        cached for a parametrized weight or bias, which is computed anew on each access). A write
+        into a weight's ``.data`` in place bumps no version and is not seen: comparing the content
+        would cost more than the step (README, "Inference reuses cached kernels").
 
         Returns:
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
