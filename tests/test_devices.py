@@ -264,3 +264,16 @@ def test_original_lmu_takes_lengths_to_the_device_once():
     torch.testing.assert_close(h[1:], h1)
     torch.testing.assert_close(m[1:], m1)
     torch.testing.assert_close(y[1:, 16], h1)
+
+
+def test_forward_on_the_meta_device_gives_shapes():
+    """Shape inference on ``meta`` tensors: the autocast check no longer raises "unknown device
+    type for autocast" (the paths that read kernel values, e.g. the fused projection, still need
+    real data)."""
+    with torch.device("meta"):
+        lmu = plmu.LMU(1, 8, 16, 10.0)
+        parallel = plmu.ParallelLMU(1, 8, 16, 10.0, mode="recurrent")
+    x = torch.empty(2, 5, 1, device="meta")
+    for layer in (lmu, parallel):
+        y, _ = layer(x)
+        assert y.device.type == "meta" and y.shape == (2, 5, 8)

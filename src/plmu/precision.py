@@ -19,13 +19,16 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 def autocast_enabled(device_type: str) -> bool:
-    """Whether ``torch.autocast`` is on for ``device_type`` (any torch >= 2.2)."""
+    """Whether ``torch.autocast`` is on for ``device_type`` (any torch >= 2.2); False for a
+    device type autocast does not know (``meta``: shape inference, deferred initialisation)."""
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4: no device argument
         if device_type == "cpu":
             return torch.is_autocast_cpu_enabled()
         return torch.is_autocast_enabled()
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
 
 
 def widest_float(device: torch.device | str) -> torch.dtype:
