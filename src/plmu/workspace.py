@@ -102,24 +102,38 @@ class Workspace:
         )
 
 
-# one workspace per module that asks for one, freed with it (a module keeps no state for it:
-# copies, pickles and state dicts are unchanged)
-_WORKSPACES: weakref.WeakKeyDictionary[object, Workspace] = weakref.WeakKeyDictionary()
+# one workspace per module that asks for one, keyed by the module's identity (not its hash and
+# equality: a subclass defining __eq__ is unhashable, or equal to another module) and dropped with
+# it (a module keeps no state for it: copies, pickles and state dicts are unchanged)
+_WORKSPACES: dict[int, tuple[weakref.ref, Workspace]] = {}
 _WORKSPACES_LOCK = threading.Lock()
 
 
 def workspace_of(owner: object) -> Workspace:
     """The :class:`Workspace` of ``owner`` (created on first use, dropped with ``owner``)."""
     with _WORKSPACES_LOCK:
-        ws = _WORKSPACES.get(owner)
-        if ws is None:
-            ws = _WORKSPACES[owner] = Workspace()
-        return ws
+        entry = _WORKSPACES.get(id(owner))
+        if entry is not None and entry[0]() is owner:
+            return entry[1]
+        return _attach(owner, Workspace())
+
+
+def _attach(owner: object, workspace: Workspace) -> Workspace:
+    """Make ``workspace`` ``owner``'s (:func:`workspace_of`), until ``owner`` is freed."""
+    key = id(owner)
+
+    def forget(ref: weakref.ref) -> None:
+        # (no lock: the collector may call this while this thread holds it)
+        if _WORKSPACES.get(key, (None,))[0] is ref:
+            _WORKSPACES.pop(key, None)
+
+    _WORKSPACES[key] = (weakref.ref(owner, forget), workspace)
+    return workspace
 
 
 def clear_workspaces() -> None:
     """Drop every module's kept blocks (e.g. before measuring a step's peak memory)."""
     with _WORKSPACES_LOCK:
-        workspaces = list(_WORKSPACES.values())
+        workspaces = [ws for _, ws in _WORKSPACES.copy().values()]
     for ws in workspaces:
         ws.clear()
