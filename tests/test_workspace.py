@@ -253,3 +253,25 @@ def test_a_module_that_defines_eq_has_a_workspace_of_its_own(small_blocks):
         del one
         gc.collect()
         assert kept() is None  # dropped with its module
+
+
+def test_a_block_moved_into_shared_memory_is_not_handed_out_again(small_blocks):
+    """``share_memory_()`` (as ``torch.multiprocessing`` does to a tensor it sends) moves the
+    block's memory into a shared segment another process maps: reused, the next call's buffer
+    overwrote what that process reads."""
+    model = _lmu(return_sequences=True)
+    x1, x2 = (torch.randn(1, 7, 2, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        sent = model(x1)[0]  # batch 1: the output is a view of the kept block
+        want = sent.clone()
+        sent.share_memory_()
+        fd, size = sent.untyped_storage()._share_fd_cpu_()
+        # the receiving process's mapping of the same memory
+        storage = torch.UntypedStorage._new_shared_fd_cpu(fd, size)
+        received = torch.empty(0, dtype=sent.dtype).set_(
+            storage, sent.storage_offset(), sent.shape, sent.stride()
+        )
+        del sent
+        model(x2)
+    assert torch.equal(received, want)
+    assert not any(block.is_shared() for block in workspace_of(model)._blocks)

@@ -10,7 +10,9 @@ memory of the last buffers and hands it out again once nothing uses it any more.
 "Nothing uses it" is read from the memory's reference count: every tensor on it (a view, a tensor
 saved for backward, an output) holds a reference, the workspace itself one. So memory still in
 use (a graph kept with ``retain_graph=True``, an output the caller holds) is never handed out:
-the buffer is then allocated anew, as without a workspace.
+the buffer is then allocated anew, as without a workspace. Memory moved into shared memory
+(``share_memory_()`` on an output, as ``torch.multiprocessing`` does to a tensor it sends) is
+dropped, never handed out again: another process may map it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class Workspace:
     Only CPU tensors of at least :data:`MIN_BYTES` come from it; others, and every tensor while
     deterministic algorithms fill uninitialised memory, come from ``new_empty``. It keeps up to
     :data:`MAX_BLOCKS` blocks, dropping the oldest free ones past them, then the oldest used ones (a
-    dropped block still in use lives on in its tensors). Safe to share between threads.
+    dropped block still in use lives on in its tensors), and drops a block moved into shared
+    memory. Safe to share between threads.
     """
 
     def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
@@ -80,7 +83,10 @@ class Workspace:
         self._blocks = [b for b in self._blocks if id(b) not in dropped]
 
     def _free_block(self, nbytes: int) -> torch.UntypedStorage | None:
-        """The smallest block of at least ``nbytes`` that no tensor uses, if any."""
+        """The smallest block of at least ``nbytes`` that no tensor uses, if any (blocks moved
+        into shared memory dropped first: another process may still read them)."""
+        if any(block.is_shared() for block in self._blocks):
+            self._blocks = [block for block in self._blocks if not block.is_shared()]
         best = None
         for block in self._blocks:
             size = block.nbytes()
