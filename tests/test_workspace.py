@@ -275,3 +275,12 @@ def test_a_block_moved_into_shared_memory_is_not_handed_out_again(small_blocks):
         model(x2)
     assert torch.equal(received, want)
     assert not any(block.is_shared() for block in workspace_of(model)._blocks)
+
+
+def test_past_max_blocks_the_oldest_used_block_goes(small_blocks):
+    """As documented: free blocks go first, then the oldest used ones; the new block (not yet
+    held by its tensor when the count was read) counted as free and went instead."""
+    ws = Workspace(max_blocks=2)
+    like = torch.zeros(())
+    held = [ws.empty((10,), like) for _ in range(3)]
+    assert [b.data_ptr() for b in ws._blocks] == [ptr(t) for t in held[1:]]

@@ -57,9 +57,10 @@ class Workspace:
             if block is None:
                 block = torch.UntypedStorage(nbytes, device=like.device)
                 self._blocks.append(block)
-                self._drop_extra()
             # (inside the lock: the tensor's reference marks the block used)
-            return like.new_empty(0).set_(block, 0, shape)
+            out = like.new_empty(0).set_(block, 0, shape)
+            self._drop_extra()  # (after: the new block counts as used)
+            return out
 
     def clear(self) -> None:
         """Drop every block (the memory of those in use lives on in their tensors)."""
