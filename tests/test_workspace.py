@@ -4,8 +4,10 @@ nothing uses it, and training, inference, kept outputs and retained graphs uncha
 from __future__ import annotations
 
 import copy
+import gc
 import pickle
 import threading
+import weakref
 
 import pytest
 import torch
@@ -122,7 +124,7 @@ def test_training_reuses_memory_and_matches_fresh_buffers(small_blocks, return_s
     pooled = _lmu(return_sequences)
     losses = _train(pooled, xs)
     plain = _lmu(return_sequences)
-    ws_module._WORKSPACES[plain] = Workspace(max_blocks=0)  # keeps nothing: fresh buffers
+    ws_module._attach(plain, Workspace(max_blocks=0))  # keeps nothing: fresh buffers
     assert torch.equal(torch.stack(_train(plain, xs)), torch.stack(losses))
     for p, q in zip(plain.parameters(), pooled.parameters()):
         assert torch.equal(p, q)
@@ -202,7 +204,7 @@ def test_peak_memory_counts_the_step_own_buffers():
         torch.manual_seed(0)
         model = LMU(1, 64, 64, 100.0, return_sequences=True)
         if workspace is not None:
-            ws_module._WORKSPACES[model] = workspace
+            ws_module._attach(model, workspace)
         x = torch.randn(16, 2000, 1)  # h, m and h's gradient: 8 MB each
 
         def step() -> None:
@@ -219,3 +221,66 @@ def test_peak_memory_counts_the_step_own_buffers():
     assert kept.nbytes >= 3 * 8 * 10**6  # the blocks were there before the measured step
     fresh = measure(Workspace(max_blocks=0))
     assert pooled >= 0.8 * fresh, (pooled, fresh)
+
+
+def test_a_module_that_defines_eq_has_a_workspace_of_its_own(small_blocks):
+    """Kept by identity, not by hash and equality: a subclass defining ``__eq__`` alone is
+    unhashable (its forward raised TypeError), one with an always-equal ``__eq__`` and a constant
+    hash shared another module's blocks."""
+
+    class Unhashable(LMU):
+        def __eq__(self, other: object) -> bool:
+            return self is other
+
+    class AllEqual(LMU):
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, AllEqual)
+
+        def __hash__(self) -> int:
+            return 0
+
+    x = torch.randn(2, 5, 2, dtype=torch.float64)
+    for kind in (Unhashable, AllEqual):
+        one, two = (
+            torch.manual_seed(0) and kind(2, 5, 4, 6.0, return_sequences=True).double()
+            for _ in range(2)
+        )
+        with torch.no_grad():
+            assert torch.equal(one(x)[0], two(x)[0])
+        assert workspace_of(one) is workspace_of(one)
+        assert workspace_of(one) is not workspace_of(two)
+        kept = weakref.ref(workspace_of(one))
+        del one
+        gc.collect()
+        assert kept() is None  # dropped with its module
+
+
+def test_a_block_moved_into_shared_memory_is_not_handed_out_again(small_blocks):
+    """``share_memory_()`` (as ``torch.multiprocessing`` does to a tensor it sends) moves the
+    block's memory into a shared segment another process maps: reused, the next call's buffer
+    overwrote what that process reads."""
+    model = _lmu(return_sequences=True)
+    x1, x2 = (torch.randn(1, 7, 2, dtype=torch.float64) for _ in range(2))
+    with torch.no_grad():
+        sent = model(x1)[0]  # batch 1: the output is a view of the kept block
+        want = sent.clone()
+        sent.share_memory_()
+        fd, size = sent.untyped_storage()._share_fd_cpu_()
+        # the receiving process's mapping of the same memory
+        storage = torch.UntypedStorage._new_shared_fd_cpu(fd, size)
+        received = torch.empty(0, dtype=sent.dtype).set_(
+            storage, sent.storage_offset(), sent.shape, sent.stride()
+        )
+        del sent
+        model(x2)
+    assert torch.equal(received, want)
+    assert not any(block.is_shared() for block in workspace_of(model)._blocks)
+
+
+def test_past_max_blocks_the_oldest_used_block_goes(small_blocks):
+    """As documented: free blocks go first, then the oldest used ones; the new block (not yet
+    held by its tensor when the count was read) counted as free and went instead."""
+    ws = Workspace(max_blocks=2)
+    like = torch.zeros(())
+    held = [ws.empty((10,), like) for _ in range(3)]
+    assert [b.data_ptr() for b in ws._blocks] == [ptr(t) for t in held[1:]]

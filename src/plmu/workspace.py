@@ -10,7 +10,9 @@ memory of the last buffers and hands it out again once nothing uses it any more.
 "Nothing uses it" is read from the memory's reference count: every tensor on it (a view, a tensor
 saved for backward, an output) holds a reference, the workspace itself one. So memory still in
 use (a graph kept with ``retain_graph=True``, an output the caller holds) is never handed out:
-the buffer is then allocated anew, as without a workspace.
+the buffer is then allocated anew, as without a workspace. Memory moved into shared memory
+(``share_memory_()`` on an output, as ``torch.multiprocessing`` does to a tensor it sends) is
+dropped, never handed out again: another process may map it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class Workspace:
     Only CPU tensors of at least :data:`MIN_BYTES` come from it; others, and every tensor while
     deterministic algorithms fill uninitialised memory, come from ``new_empty``. It keeps up to
     :data:`MAX_BLOCKS` blocks, dropping the oldest free ones past them, then the oldest used ones (a
-    dropped block still in use lives on in its tensors). Safe to share between threads.
+    dropped block still in use lives on in its tensors), and drops a block moved into shared
+    memory. Safe to share between threads.
     """
 
     def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
@@ -54,9 +57,10 @@ class Workspace:
             if block is None:
                 block = torch.UntypedStorage(nbytes, device=like.device)
                 self._blocks.append(block)
-                self._drop_extra()
             # (inside the lock: the tensor's reference marks the block used)
-            return like.new_empty(0).set_(block, 0, shape)
+            out = like.new_empty(0).set_(block, 0, shape)
+            self._drop_extra()  # (after: the new block counts as used)
+            return out
 
     def clear(self) -> None:
         """Drop every block (the memory of those in use lives on in their tensors)."""
@@ -80,7 +84,10 @@ class Workspace:
         self._blocks = [b for b in self._blocks if id(b) not in dropped]
 
     def _free_block(self, nbytes: int) -> torch.UntypedStorage | None:
-        """The smallest block of at least ``nbytes`` that no tensor uses, if any."""
+        """The smallest block of at least ``nbytes`` that no tensor uses, if any (blocks moved
+        into shared memory dropped first: another process may still read them)."""
+        if any(block.is_shared() for block in self._blocks):
+            self._blocks = [block for block in self._blocks if not block.is_shared()]
         best = None
         for block in self._blocks:
             size = block.nbytes()
@@ -102,24 +109,38 @@ class Workspace:
         )
 
 
-# one workspace per module that asks for one, freed with it (a module keeps no state for it:
-# copies, pickles and state dicts are unchanged)
-_WORKSPACES: weakref.WeakKeyDictionary[object, Workspace] = weakref.WeakKeyDictionary()
+# one workspace per module that asks for one, keyed by the module's identity (not its hash and
+# equality: a subclass defining __eq__ is unhashable, or equal to another module) and dropped with
+# it (a module keeps no state for it: copies, pickles and state dicts are unchanged)
+_WORKSPACES: dict[int, tuple[weakref.ref, Workspace]] = {}
 _WORKSPACES_LOCK = threading.Lock()
 
 
 def workspace_of(owner: object) -> Workspace:
     """The :class:`Workspace` of ``owner`` (created on first use, dropped with ``owner``)."""
     with _WORKSPACES_LOCK:
-        ws = _WORKSPACES.get(owner)
-        if ws is None:
-            ws = _WORKSPACES[owner] = Workspace()
-        return ws
+        entry = _WORKSPACES.get(id(owner))
+        if entry is not None and entry[0]() is owner:
+            return entry[1]
+        return _attach(owner, Workspace())
+
+
+def _attach(owner: object, workspace: Workspace) -> Workspace:
+    """Make ``workspace`` ``owner``'s (:func:`workspace_of`), until ``owner`` is freed."""
+    key = id(owner)
+
+    def forget(ref: weakref.ref) -> None:
+        # (no lock: the collector may call this while this thread holds it)
+        if _WORKSPACES.get(key, (None,))[0] is ref:
+            _WORKSPACES.pop(key, None)
+
+    _WORKSPACES[key] = (weakref.ref(owner, forget), workspace)
+    return workspace
 
 
 def clear_workspaces() -> None:
     """Drop every module's kept blocks (e.g. before measuring a step's peak memory)."""
     with _WORKSPACES_LOCK:
-        workspaces = list(_WORKSPACES.values())
+        workspaces = [ws for _, ws in _WORKSPACES.copy().values()]
     for ws in workspaces:
         ws.clear()
