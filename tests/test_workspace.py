@@ -284,3 +284,31 @@ def test_past_max_blocks_the_oldest_used_block_goes(small_blocks):
     like = torch.zeros(())
     held = [ws.empty((10,), like) for _ in range(3)]
     assert [b.data_ptr() for b in ws._blocks] == [ptr(t) for t in held[1:]]
+
+
+def test_a_block_left_idle_is_dropped(small_blocks):
+    """A block a larger evaluation batch needed once goes after a few training steps."""
+    model = _lmu(return_sequences=True)
+    train = [torch.randn(2, 7, 2, dtype=torch.float64) for _ in range(2)]
+    _train(model, train)
+    kept = workspace_of(model)
+    small = kept.nbytes
+    with torch.no_grad():
+        model(torch.randn(64, 7, 2, dtype=torch.float64))
+    assert kept.nbytes > small
+    _train(model, train * (ws_module.MAX_IDLE // 2))
+    assert kept.nbytes == small
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("shape", [(1, 7, 2), (3, 1, 2)])
+def test_outputs_at_batch_or_time_1_are_copies(small_blocks, grad, shape):
+    """At batch (or time) 1 the transposed sequence is already contiguous: the output is still a
+    tensor of its own, not a view of a kept block (which a saved output would write whole)."""
+    model = _lmu(return_sequences=True)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        y, _ = model(x)
+    blocks = {b.data_ptr() for b in workspace_of(model)._blocks}
+    assert blocks and y.untyped_storage().data_ptr() not in blocks
+    assert y.untyped_storage().nbytes() == y.numel() * y.element_size()

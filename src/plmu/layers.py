@@ -981,7 +981,9 @@ class LMU(nn.Module):
             if not sequences:
                 h = Hb[T & 1].clone()
                 return h, (h, m)
-            y = Hb[1:].transpose(0, 1).contiguous()
+            # (a copy even at batch 1, where contiguous() would give a view of the block the
+            # workspace hands out again once the caller drops it: the whole block kept alive)
+            y = Hb[1:].transpose(0, 1).clone(memory_format=torch.contiguous_format)
             return y, (y[:, -1], m)
         if not (sequences or keep is not None or cell.e_h is not None or cell.W_h is not None):
             through_m = (a, m, cell.e_m, Abar, Bbar)
@@ -990,7 +992,8 @@ class LMU(nn.Module):
         y, m = _LMUSequence.apply(*inputs, kind, sequences, workspace_of(self))
         if not sequences:
             return y, (y, m)
-        y = y.transpose(0, 1).contiguous()  # batch-first, as the loop's stack gives it
+        # batch-first, as the loop's stack gives it (a copy even at batch 1: see above)
+        y = y.transpose(0, 1).clone(memory_format=torch.contiguous_format)
         return y, (y[:, -1], m)
 
     def extra_repr(self) -> str:

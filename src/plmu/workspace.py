@@ -27,6 +27,9 @@ import torch
 MIN_BYTES = 1 << 20
 # the most memory blocks a workspace keeps (a training step of an LMU uses three or four)
 MAX_BLOCKS = 8
+# a free block not handed out during this many hand-outs is dropped (a training step of an LMU
+# makes three or four: a block a larger evaluation batch needed once goes after a few steps)
+MAX_IDLE = 32
 
 # the reference count of a storage (private: without it nothing is reused)
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
@@ -38,13 +41,16 @@ class Workspace:
     Only CPU tensors of at least :data:`MIN_BYTES` come from it; others, and every tensor while
     deterministic algorithms fill uninitialised memory, come from ``new_empty``. It keeps up to
     :data:`MAX_BLOCKS` blocks, dropping the oldest free ones past them, then the oldest used ones (a
-    dropped block still in use lives on in its tensors), and drops a block moved into shared
-    memory. Safe to share between threads.
+    dropped block still in use lives on in its tensors); it drops a free block not handed out
+    during the last :data:`MAX_IDLE` hand-outs, and a block moved into shared memory. Safe to share
+    between threads.
     """
 
     def __init__(self, max_blocks: int = MAX_BLOCKS) -> None:
         self.max_blocks = max_blocks
         self._blocks: list[torch.UntypedStorage] = []
+        self._handed = 0  # hand-outs so far
+        self._last_handed: dict[int, int] = {}  # id(block) -> the hand-out that last took it
         self._lock = threading.Lock()
 
     def empty(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -59,6 +65,8 @@ class Workspace:
                 self._blocks.append(block)
             # (inside the lock: the tensor's reference marks the block used)
             out = like.new_empty(0).set_(block, 0, shape)
+            self._handed += 1
+            self._last_handed[id(block)] = self._handed
             self._drop_extra()  # (after: the new block counts as used)
             return out
 
@@ -66,6 +74,7 @@ class Workspace:
         """Drop every block (the memory of those in use lives on in their tensors)."""
         with self._lock:
             self._blocks.clear()
+            self._last_handed.clear()
 
     @property
     def nbytes(self) -> int:
@@ -74,14 +83,17 @@ class Workspace:
             return sum(block.nbytes() for block in self._blocks)
 
     def _drop_extra(self) -> None:
-        """Drop blocks past :attr:`max_blocks`: free ones first, each group oldest first."""
-        extra = len(self._blocks) - self.max_blocks
-        if extra <= 0:
-            return
+        """Drop the free blocks idle for more than :data:`MAX_IDLE` hand-outs, then blocks past
+        :attr:`max_blocks`: free ones first, each group oldest first."""
         free = [b for b in self._blocks if _use_count(b._cdata) == 1]
         used = [b for b in self._blocks if _use_count(b._cdata) > 1]
-        dropped = {id(b) for b in (free + used)[:extra]}
-        self._blocks = [b for b in self._blocks if id(b) not in dropped]
+        idle = {id(b) for b in free if self._handed - self._last_handed.get(id(b), 0) > MAX_IDLE}
+        free = [b for b in free if id(b) not in idle]
+        extra = max(0, len(self._blocks) - len(idle) - self.max_blocks)
+        dropped = idle | {id(b) for b in (free + used)[:extra]}
+        if dropped:
+            self._blocks = [b for b in self._blocks if id(b) not in dropped]
+            self._last_handed = {id(b): self._last_handed.get(id(b), 0) for b in self._blocks}
 
     def _free_block(self, nbytes: int) -> torch.UntypedStorage | None:
         """The smallest block of at least ``nbytes`` that no tensor uses, if any (blocks moved
