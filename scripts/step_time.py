@@ -18,11 +18,15 @@ hidden 346, theta 784, the last state (eq. 25) and a 10-way read-out, cross-entr
 read-out, the same batch and loss:
 
     THP_MEM_ALLOC_ENABLE=1 python scripts/step_time.py --original --repeats 10
+
+``--per-step`` also prints each timed step's wall time and the kernel (system) CPU time the
+process spent in it (``getrusage``): fresh memory shows there, as page faults and compaction.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -44,6 +48,9 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=12, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument(
+        "--per-step", action="store_true", help="print each step's wall and kernel time"
+    )
     args = parser.parse_args()
     psmnist = args.psmnist or args.original
     steps = args.steps or (784 if psmnist else 1024)
@@ -83,11 +90,16 @@ def main() -> None:
 
     for _ in range(args.warmup):
         step()
-    times = []
+    times, kernel = [], []
     for _ in range(args.repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_stime
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        kernel.append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - before)
+    if args.per_step:
+        print("per step, wall ms: " + " ".join(f"{1e3 * t:.0f}" for t in times))
+        print("per step, kernel ms: " + " ".join(f"{1e3 * t:.0f}" for t in kernel))
     print(
         f"{'psMNIST original LMU, ' if args.original else 'psMNIST, ' if args.psmnist else ''}"
         f"{steps} steps, batch {batch}{'' if args.original else f', mode {args.mode}'}: "

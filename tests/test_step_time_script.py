@@ -24,7 +24,7 @@ def step_time():
 )
 def test_each_case_runs(step_time, monkeypatch, capsys, case, label):
     threads = torch.get_num_threads()
-    sizes = ["--steps", "32", "--batch", "2", "--repeats", "1", "--warmup", "0"]
+    sizes = ["--steps", "32", "--batch", "2", "--repeats", "2", "--warmup", "0", "--per-step"]
     argv = ["step_time.py", *case, *sizes]
     monkeypatch.setattr(sys, "argv", argv)
     try:
@@ -33,3 +33,5 @@ def test_each_case_runs(step_time, monkeypatch, capsys, case, label):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert label in out and "median" in out
+    walls, kernels = (line.split(": ")[1].split() for line in out.splitlines()[:2])
+    assert len(walls) == len(kernels) == 2 and all(float(v) >= 0 for v in walls + kernels)
