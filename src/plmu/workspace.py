@@ -35,6 +35,11 @@ MAX_IDLE = 32
 _use_count = getattr(torch._C, "_storage_Use_Count", None)
 
 
+def _is_free(block: torch.UntypedStorage) -> bool:
+    """Whether no tensor uses ``block``: only the workspace holds a reference to it."""
+    return _use_count(block._cdata) == 1
+
+
 class Workspace:
     """Memory blocks kept between calls, handed out as new tensors when free.
 
@@ -85,8 +90,9 @@ class Workspace:
     def _drop_extra(self) -> None:
         """Drop the free blocks idle for more than :data:`MAX_IDLE` hand-outs, then blocks past
         :attr:`max_blocks`: free ones first, each group oldest first."""
-        free = [b for b in self._blocks if _use_count(b._cdata) == 1]
-        used = [b for b in self._blocks if _use_count(b._cdata) > 1]
+        free, used = [], []
+        for block in self._blocks:
+            (free if _is_free(block) else used).append(block)
         idle = {id(b) for b in free if self._handed - self._last_handed.get(id(b), 0) > MAX_IDLE}
         free = [b for b in free if id(b) not in idle]
         extra = max(0, len(self._blocks) - len(idle) - self.max_blocks)
@@ -104,7 +110,7 @@ class Workspace:
         for block in self._blocks:
             size = block.nbytes()
             fits = size >= nbytes and (best is None or size < best.nbytes())
-            if fits and _use_count(block._cdata) == 1:  # only the workspace holds it
+            if fits and _is_free(block):
                 best = block
         return best
 
