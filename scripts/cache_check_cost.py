@@ -1,7 +1,7 @@
 """What the caches' content check costs: ``memory._unchanged`` on the weights it guards.
 
 A cached kernel built from a weight is served only while the weight still holds, bit for bit,
-what it was built from (README, "Inference reuses cached kernels"). This times that check, one
+what it was built from (docs/library.md, "Cached kernels"). This times that check, one
 thread, for ``W_m`` at the streaming case (hidden 212, order 256) and at the bench's
 full-sequence configuration (hidden 128, 16 x order 64), taken as the layer holds it (a view of
 the output weight), and for a trainable ``theta``. Prints the median and best microseconds per

@@ -543,7 +543,7 @@ class ParallelLMU(nn.Module):
         ``theta`` changes (keyed by the tensors' identities, versions and data addresses; never
         cached for a parametrized weight or bias, which is computed anew on each access). A write
         into a weight's ``.data`` in place bumps no version and is not seen: comparing the content
-        would cost more than the step (README, "Inference reuses cached kernels").
+        would cost more than the step (docs/library.md, "Cached kernels").
 
         Returns:
             ``G`` ``(S + input_size, S + hidden_size)``, ``g`` ``(S + hidden_size,)``, ``S`` and
