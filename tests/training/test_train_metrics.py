@@ -247,6 +247,34 @@ def test_weighted_mean_keeps_a_nan_and_ignores_weightless_batches() -> None:
         metric.update(torch.zeros(2), 1)
 
 
+def test_weighted_mean_of_no_weight_is_an_error_naming_it() -> None:
+    metric = WeightedMean("val_bpc")
+    metric.update(torch.tensor(2.0), 0)
+    metric.update(torch.tensor(0.0), torch.tensor(0))
+    with pytest.raises(ValueError, match=r"^val_bpc: every batch of the epoch weighed 0"):
+        metric.compute()
+
+
+def test_an_evaluation_that_scores_no_token_is_an_error_not_nan() -> None:
+    """Every target masked out: the test loss and bits per character were logged as NaN (the
+    mean of nothing), which reads as a diverged model. The test now stops with an error that
+    names the metric."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.training.language_modeling import LanguageModeling
+
+    g = torch.Generator().manual_seed(0)
+    net = LMULanguageModel(7, 8, 1, order=4, theta=8.0)
+    x = torch.randint(0, 7, (4, 8), generator=g)
+    y = torch.randint(0, 7, (4, 8), generator=g)
+    mask = torch.zeros(4, 8, dtype=torch.bool)
+    module = LanguageModeling(net, lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y, mask), batch_size=3)
+    with pytest.raises(ValueError, match=r"test_(loss|bpc): every batch of the epoch weighed 0"):
+        _test_results(module, loader)
+
+
 def test_regression_loss_is_the_mse_over_the_counted_steps_however_batched() -> None:
     """Sequences with masks of different lengths in batches of 2 and 1: ``test_loss`` is the
     MSE over every counted step; it was each batch's MSE weighted by its number of sequences,

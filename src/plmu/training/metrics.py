@@ -114,7 +114,11 @@ class WeightedMean(_WidestFloatSums):
     each averages over): ``sum(value * weight) / sum(weight)``, the sums added over DDP
     processes, so the result is the mean over the whole split however it was batched or
     sharded. A NaN value makes it NaN (torchmetrics' ``MeanMetric`` drops NaNs, or with
-    ``nan_strategy="disable"`` ignores the weights); no weight at all gives NaN.
+    ``nan_strategy="disable"`` ignores the weights). With no weight at all (every batch weighed
+    0: nothing scored, e.g. every target masked out or padding, over all processes) the mean
+    is undefined: :meth:`compute` raises a ValueError naming the metric (``name``), where it
+    gave NaN, which Lightning logged as the epoch's value (early stopping then ended the run as
+    diverged, and the best checkpoint skipped the epoch as if it were worse).
 
     The sums are float64 (float32 on MPS, as :class:`NRMSE`'s): a text8 epoch adds about 3,000
     batches of 30,000 tokens, and in float32 the token count (past 2^24) and the weighted sum
@@ -125,6 +129,10 @@ class WeightedMean(_WidestFloatSums):
 
     full_state_update = False
     sums = ("weighted_sum", "weight")
+
+    def __init__(self, name: str = "WeightedMean", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.name = name
 
     def update(self, value: torch.Tensor, weight: int | float | torch.Tensor) -> None:
         value = torch.as_tensor(value, device=self.weight.device)
@@ -140,4 +148,10 @@ class WeightedMean(_WidestFloatSums):
         self.weight += weight
 
     def compute(self) -> torch.Tensor:
+        if not self.weight:  # at an epoch's end: the logged value is read anyway
+            raise ValueError(
+                f"{self.name}: every batch of the epoch weighed 0 (nothing was scored: every "
+                f"target masked out or padding), so its mean is undefined; check the evaluation "
+                f"data (Lightning's sanity check evaluates only its first batches)"
+            )
         return (self.weighted_sum / self.weight).float()
