@@ -55,6 +55,7 @@ from plmu.legendre import (
 )
 from plmu.padding import gather_time, right_align
 from plmu.precision import _LOW_PRECISION, _float32, full_precision_under_autocast
+from plmu.saved_config import _SavedConfig
 from plmu.spectral import (
     _block_spectra,
     _BlockConvolution,
@@ -198,7 +199,7 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the module
 
 
-class LegendreMemory(nn.Module):
+class LegendreMemory(_SavedConfig, nn.Module):
     r"""The Legendre memory for ``memory_size`` independent input channels.
 
     Args:
@@ -438,6 +439,15 @@ class LegendreMemory(nn.Module):
             Abar, Bbar = discretize(A, B, theta, self.discretizer)
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
+
+    def _saved_config(self) -> dict[str, object]:
+        # saved in the state dict and checked on loading (plmu.saved_config): no tensor's shape
+        # shows them (theta is the theta_ buffer or log_theta)
+        return {
+            "memory_size": self.memory_size,
+            "order": self.order,
+            "discretizer": self.discretizer,
+        }
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
