@@ -344,16 +344,21 @@ def test_built_under_a_default_device_everything_is_there(trainable_theta):
     assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")
 
 
+@pytest.mark.parametrize("assign", [False, True])
 @pytest.mark.parametrize("trainable_theta", [False, True])
-def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta):
+def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta, assign):
     """Meta-device init (``to_empty`` leaves every buffer without values), then
-    ``load_state_dict``: the non-persistent system matrices are rebuilt too."""
+    ``load_state_dict``: the non-persistent system matrices are rebuilt too. Or no
+    ``to_empty`` and ``load_state_dict(assign=True)``: the loaded tensors replace the meta ones,
+    and the system matrices, which no state dict holds, were rebuilt on the meta device (the
+    forward failed: "Cannot copy out of meta tensor"); they now go where theta went."""
     args = dict(input_size=3, hidden_size=5, order=6, theta=20.0, memory_size=2)
     ref = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
     with torch.device("meta"):
         layer = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
-    layer.to_empty(device="cpu")
-    layer.load_state_dict(ref.state_dict())
+    if not assign:
+        layer.to_empty(device="cpu")
+    layer.load_state_dict(ref.state_dict(), assign=assign)
     for name, tensor in ref.memory.named_buffers():
         assert torch.equal(getattr(layer.memory, name), tensor), name
     x = torch.randn(2, 40, 3)

@@ -451,7 +451,10 @@ class LegendreMemory(_SavedConfig, nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
-        self._refresh_discrete()
+        # the system matrices go where theta is: load_state_dict(assign=True) into a module
+        # built on the meta device gives theta the state dict's tensor while A is still meta
+        theta = self.log_theta if self.trainable_theta else self.theta_
+        self._refresh_discrete(device=theta.device)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the
