@@ -79,10 +79,11 @@ def test_metric_sums_take_the_widest_float_of_the_device_they_move_to(monkeypatc
     assert metric.to("cpu").squared_error.dtype == torch.float64  # back where float64 is
 
 
-def test_weighted_mean_sums_a_text8_epoch_without_rounding() -> None:
-    """A text8 epoch: about 3,000 batches of about 30,000 scored tokens (90M characters). In
-    float32 the token count passed 2^24 and came out 17 short, and the mean was off by 5e-7;
-    the float64 sums hold the count exactly and the weighted sum to float64 rounding."""
+def test_weighted_mean_sums_a_90m_token_split_without_rounding() -> None:
+    """A 90M-token evaluation (the size of text8's training split): 3,000 batches of about
+    30,000 scored tokens. In float32 the token count passed 2^24 and came out 17 short, and the
+    mean was off by 5e-7; the float64 sums hold the count exactly and the weighted sum to
+    float64 rounding."""
     import math
 
     g = torch.Generator().manual_seed(0)
