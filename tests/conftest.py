@@ -56,9 +56,8 @@ def assert_same_last_checkpoint(expected_run: Path, found_run: Path) -> None:
         for run in (expected_run, found_run)
     )
     assert found["global_step"] == expected["global_step"]
-    for name, tensor in expected["state_dict"].items():
-        assert torch.equal(found["state_dict"][name], tensor), name
-    for key in ("optimizer_states", "lr_schedulers"):
+    # the weights bit for bit, and the layers' settings (their _extra_state entries)
+    for key in ("state_dict", "optimizer_states", "lr_schedulers"):
         _assert_same(found.get(key), expected.get(key), key)
 
 

@@ -303,6 +303,84 @@ def test_loading_into_a_layer_built_with_other_options_names_the_keys(other, key
     assert all(key in str(error.value) for key in keys)
 
 
+_MEMORY = dict(memory_size=2, order=6, theta=9.0)
+_LAYER = dict(input_size=3, hidden_size=5, order=6, theta=9.0, memory_size=2)
+
+
+@pytest.mark.parametrize(
+    "cls, args, other, key",
+    [
+        (plmu.LegendreMemory, _MEMORY, dict(discretizer="bilinear"), "_extra_state"),
+        (plmu.LegendreMemory, _MEMORY, dict(discretizer="euler", theta=20.0), "_extra_state"),
+        (plmu.LegendreMemory, _MEMORY, dict(order=7), "_extra_state"),
+        (plmu.LegendreMemory, _MEMORY, dict(memory_size=3), "_extra_state"),
+        (plmu.ParallelLMU, _LAYER, dict(discretizer="bilinear"), "memory._extra_state"),
+        (plmu.ParallelLMU, _LAYER, dict(hidden_activation="tanh"), "_extra_state"),
+        (plmu.ParallelLMU, _LAYER, dict(memory_activation="relu"), "_extra_state"),
+        (plmu.LMU, _LAYER, dict(hidden_activation="relu"), "cell._extra_state"),
+        (plmu.LMU, _LAYER, dict(discretizer="euler", theta=20.0), "cell.memory._extra_state"),
+    ],
+)
+@pytest.mark.parametrize("strict", [True, False])
+def test_loading_weights_saved_with_other_settings_names_the_setting(cls, args, other, key, strict):
+    """The discretizer, an activation, or a bare memory's order and channels shape no tensor
+    of the state dict: weights saved with ``discretizer="bilinear"`` loaded into a ``"zoh"``
+    layer without a word and gave other outputs. The settings are saved beside the weights
+    (``_extra_state``) and a state dict saved with others is refused, naming the entry and the
+    setting (load_state_dict's RuntimeError), with ``strict=False`` too (as a weight of another
+    shape is)."""
+    saved = cls(**{**args, **other}).state_dict()
+    setting = next(name for name in other if name != "theta")
+    with pytest.raises(RuntimeError, match=rf"\n\t{key}: .* saved from a .* with {setting}="):
+        cls(**args).load_state_dict(saved, strict=strict)
+    cls(**{**args, **other}).load_state_dict(saved, strict=strict)  # the same settings load
+
+
+@pytest.mark.parametrize(
+    "cls, args",
+    [
+        (plmu.LegendreMemory, dict(_MEMORY, discretizer="bilinear")),
+        (plmu.ParallelLMU, dict(_LAYER, discretizer="bilinear", hidden_activation="tanh")),
+        (plmu.LMU, dict(_LAYER, hidden_activation="relu")),
+    ],
+)
+def test_state_dicts_written_before_the_settings_were_saved_still_load(cls, args):
+    """A state dict of an earlier plmu has no ``_extra_state`` entries: it loads with
+    ``strict=True`` (none is reported missing), unchecked, and gives the saved module's
+    outputs; the settings are saved as plain values that ``torch.load(weights_only=True)``
+    reads."""
+    torch.manual_seed(0)
+    module = cls(**args)
+    state = module.state_dict()
+    assert {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True).keys() == state.keys()
+    old = {k: v for k, v in state.items() if not k.endswith("_extra_state")}
+    fresh = cls(**args)
+    result = fresh.load_state_dict(old, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    u = torch.randn(2, 12, 2 if cls is plmu.LegendreMemory else 3)
+    with torch.no_grad():
+        for want, got in zip(module(u), fresh(u)):
+            if isinstance(want, tuple):
+                want, got = want[0], got[0]
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_settings_saved_by_a_later_version_are_ignored():
+    """An entry this version does not record (a setting a later plmu saves) is not an error."""
+    state = plmu.LegendreMemory(**_MEMORY).state_dict()
+    state["_extra_state"] = {**state["_extra_state"], "a_later_setting": 1}
+    plmu.LegendreMemory(**_MEMORY).load_state_dict(state)
+    state["_extra_state"] = "zoh"
+    with pytest.raises(RuntimeError, match=r"_extra_state: expected the settings of a Legendre"):
+        plmu.LegendreMemory(**_MEMORY).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"^_extra_state: expected the settings of a Legendre"):
+        plmu.LegendreMemory(**_MEMORY).set_extra_state("zoh")
+
+
 def test_the_loaded_theta_is_the_layers_theta():
     """``theta`` is part of the state: a layer built with another ``theta`` takes the saved one
     (and its discretisation) on ``load_state_dict``."""

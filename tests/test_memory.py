@@ -278,6 +278,24 @@ def test_kernel_cache_drops_its_oldest_entries_past_its_bounds(monkeypatch):
     assert mem.kernel(100) is not big
 
 
+def test_kernel_cache_counts_each_storage_once(monkeypatch):
+    """A weight-keyed entry holds the weight's base tensor and its ``detach()``: one storage,
+    counted twice against ``CACHE_MAX_BYTES`` (entries were dropped at half the bound). Each
+    storage now counts once, across entries too, and dropping an entry frees only the storages
+    no other entry holds (a small view kept a whole weight alive while counting its own bytes)."""
+    mem = plmu.LegendreMemory(1, 4, 10.0)
+    mem._cache.clear()
+    w, v, x = torch.zeros(1000), torch.zeros(1000), torch.zeros(1000)  # 4,000 bytes each
+    assert plmu.memory._nbytes((w, w.detach(), w[:10])) == 4000
+    monkeypatch.setattr(plmu.memory, "CACHE_MAX_BYTES", 8000)
+    mem._cache_put(("a",), (w, w.detach()))
+    mem._cache_put(("b",), (v, v.detach()))
+    mem._cache_put(("c",), (w[:5],))  # w again: no new bytes
+    assert list(mem._cache) == [("a",), ("b",), ("c",)]
+    mem._cache_put(("d",), x)  # 12,000 bytes: dropping a frees nothing while c holds w
+    assert list(mem._cache) == [("c",), ("d",)]
+
+
 def test_fft_size_is_smooth_and_large_enough():
     for n in [1, 2, 7, 100, 1023, 1567, 20001]:
         k = fft_size(n)
@@ -326,16 +344,21 @@ def test_built_under_a_default_device_everything_is_there(trainable_theta):
     assert {name: t.device.type for name, t in tensors.items()} == dict.fromkeys(tensors, "meta")
 
 
+@pytest.mark.parametrize("assign", [False, True])
 @pytest.mark.parametrize("trainable_theta", [False, True])
-def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta):
+def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta, assign):
     """Meta-device init (``to_empty`` leaves every buffer without values), then
-    ``load_state_dict``: the non-persistent system matrices are rebuilt too."""
+    ``load_state_dict``: the non-persistent system matrices are rebuilt too. Or no
+    ``to_empty`` and ``load_state_dict(assign=True)``: the loaded tensors replace the meta ones,
+    and the system matrices, which no state dict holds, were rebuilt on the meta device (the
+    forward failed: "Cannot copy out of meta tensor"); they now go where theta went."""
     args = dict(input_size=3, hidden_size=5, order=6, theta=20.0, memory_size=2)
     ref = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
     with torch.device("meta"):
         layer = plmu.ParallelLMU(**args, trainable_theta=trainable_theta)
-    layer.to_empty(device="cpu")
-    layer.load_state_dict(ref.state_dict())
+    if not assign:
+        layer.to_empty(device="cpu")
+    layer.load_state_dict(ref.state_dict(), assign=assign)
     for name, tensor in ref.memory.named_buffers():
         assert torch.equal(getattr(layer.memory, name), tensor), name
     x = torch.randn(2, 40, 3)

@@ -1,8 +1,8 @@
 """plmu: Legendre Memory Units in PyTorch.
 
 The core (``legendre``, ``memory``, ``layers`` and the modules they build on: ``checks``,
-``precision``, ``tracing``, ``graph_constants``, ``padding``, ``higher_order``, ``spectral``,
-``spectral_ops``) imports torch, numpy and scipy only.
+``precision``, ``tracing``, ``graph_constants``, ``padding``, ``higher_order``, ``saved_config``,
+``spectral``, ``spectral_ops``) imports torch, numpy and scipy only.
 """
 
 from plmu.layers import LMU, LMUCell, ParallelLMU

@@ -30,3 +30,12 @@ def _activation(name: str | None, argument: str) -> nn.Module:
     if key not in ACTIVATIONS:
         raise ValueError(f"{argument} must be one of {sorted(ACTIVATIONS)}, got {name!r}")
     return ACTIVATIONS[key]()
+
+
+def _activation_name(module: nn.Module) -> str:
+    """The name :data:`ACTIVATIONS` gives ``module``'s type (its class name if none does: a
+    module put in its place after construction)."""
+    for name, cls in ACTIVATIONS.items():
+        if type(module) is cls:
+            return name
+    return type(module).__qualname__

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmu.activations import _INPLACE_ACTIVATIONS, ACTIVATIONS, _activation
+from plmu.activations import _INPLACE_ACTIVATIONS, ACTIVATIONS, _activation, _activation_name
 from plmu.bptt import (
     _FAST_ACTIVATIONS,
     _lmu_sequence_forward,
@@ -43,6 +43,7 @@ from plmu.legendre import _check_positive_int, _check_size
 from plmu.memory import AUTO_FUSED_MIN_TIME, MODES, LegendreMemory
 from plmu.padding import gather_time
 from plmu.precision import _LOW_PRECISION, autocast_enabled
+from plmu.saved_config import _SavedConfig
 from plmu.tracing import _plain, _untransformed, plain_autograd
 from plmu.workspace import workspace_of
 
@@ -186,7 +187,7 @@ class _ScalarLastOutput(torch.autograd.Function):
         return None, None, g_e, g_bu, g_w, None, g_b
 
 
-class ParallelLMU(nn.Module):
+class ParallelLMU(_SavedConfig, nn.Module):
     r"""The parallel-trainable LMU layer (Chilkuri & Eliasmith 2021, PAPER.md section 3).
 
     Args:
@@ -603,6 +604,14 @@ class ParallelLMU(nn.Module):
         self._step_cache = (tensors, (dtype, device, versions, data), value)
         return value
 
+    def _saved_config(self) -> dict[str, object]:
+        # saved in the state dict and checked on loading (plmu.saved_config); the memory saves
+        # its own (discretizer, ...)
+        return {
+            "hidden_activation": _activation_name(self.hidden_activation),
+            "memory_activation": _activation_name(self.memory_activation),
+        }
+
     def extra_repr(self) -> str:
         return (
             f"input_size={self.input_size}, hidden_size={self.hidden_size}, "
@@ -620,7 +629,7 @@ def _lecun_uniform_(w: torch.Tensor) -> None:
     nn.init.uniform_(w, -bound, bound)
 
 
-class LMUCell(nn.Module):
+class LMUCell(_SavedConfig, nn.Module):
     r"""The original LMU cell (Voelker et al. 2019), one time step::
 
         u_t = e_x x_t + e_h h_{t-1} + e_m m_{t-1}
@@ -714,6 +723,11 @@ class LMUCell(nn.Module):
         dtype, device = dtype or w.dtype, device or w.device
         h = _zeros(batch_size, self.hidden_size, dtype, device)
         return h, _zeros(batch_size, self.state_size, dtype, device)
+
+    def _saved_config(self) -> dict[str, object]:
+        # saved in the state dict and checked on loading (plmu.saved_config); the memory saves
+        # its own (discretizer, ...)
+        return {"hidden_activation": _activation_name(self.activation)}
 
     def extra_repr(self) -> str:
         return (

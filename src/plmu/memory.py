@@ -55,6 +55,7 @@ from plmu.legendre import (
 )
 from plmu.padding import gather_time, right_align
 from plmu.precision import _LOW_PRECISION, _float32, full_precision_under_autocast
+from plmu.saved_config import _SavedConfig
 from plmu.spectral import (
     _block_spectra,
     _BlockConvolution,
@@ -90,13 +91,27 @@ CACHE_MAX_ENTRIES = 1024
 CACHE_MAX_BYTES = 32 << 20
 
 
-def _nbytes(value: object) -> int:
-    """The bytes of the tensors in a cache entry (a tensor, or a tuple or list of them)."""
+def _storages(value: object, found: dict[tuple, int] | None = None) -> dict[tuple, int]:
+    """The storages of the tensors in a cache entry (a tensor, or a tuple or list of them):
+    ``{(device, address): bytes}``, each storage once. An entry of ``_weight_cached`` holds a
+    weight's base tensor and its ``detach()``, which share one storage; a view keeps its whole
+    storage alive."""
+    found = {} if found is None else found
     if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    return 0
+        try:
+            storage = value.untyped_storage()
+            found[(value.device, storage.data_ptr())] = storage.nbytes()
+        except (NotImplementedError, RuntimeError):  # a torch.func wrapper: no storage to see
+            found[(value.device, id(value))] = value.numel() * value.element_size()
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _storages(v, found)
+    return found
+
+
+def _nbytes(value: object) -> int:
+    """The bytes a cache entry keeps alive: each storage of its tensors counted once."""
+    return sum(_storages(value).values())
 
 
 def _load_memcmp() -> Callable[[int, int, int], int] | None:
@@ -184,7 +199,7 @@ def _outside_inference_mode(build: Callable[[], torch.Tensor]) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the module
 
 
-class LegendreMemory(nn.Module):
+class LegendreMemory(_SavedConfig, nn.Module):
     r"""The Legendre memory for ``memory_size`` independent input channels.
 
     Args:
@@ -357,14 +372,27 @@ class LegendreMemory(nn.Module):
         self._cache[key] = value
         # a snapshot: another thread calling the module may add an entry meanwhile
         entries = list(self._cache.items())
-        count, total = len(entries), sum(_nbytes(v) for _, v in entries)
-        for old, entry in entries:
+        # each storage counted once, however many entries (or tensors of one) hold it; dropping
+        # an entry frees the storages no other entry holds
+        held = [_storages(v) for _, v in entries]
+        holders: dict[tuple, int] = {}
+        sizes: dict[tuple, int] = {}
+        for storages in held:
+            for storage, size in storages.items():
+                holders[storage] = holders.get(storage, 0) + 1
+                sizes[storage] = size
+        count, total = len(entries), sum(sizes.values())
+        for (old, _), storages in zip(entries, held):
             if count <= CACHE_MAX_ENTRIES and total <= CACHE_MAX_BYTES:
                 break
             if old is key or old == key or old == ("theta",):
                 continue
             if self._cache.pop(old, None) is not None:
-                count, total = count - 1, total - _nbytes(entry)
+                count -= 1
+                for storage in storages:
+                    holders[storage] -= 1
+                    if not holders[storage]:
+                        total -= sizes[storage]
 
     def _cached(self, key: tuple, build) -> torch.Tensor:
         if not self._cacheable():
@@ -412,9 +440,21 @@ class LegendreMemory(nn.Module):
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
 
+    def _saved_config(self) -> dict[str, object]:
+        # saved in the state dict and checked on loading (plmu.saved_config): no tensor's shape
+        # shows them (theta is the theta_ buffer or log_theta)
+        return {
+            "memory_size": self.memory_size,
+            "order": self.order,
+            "discretizer": self.discretizer,
+        }
+
     def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
         super()._load_from_state_dict(*args, **kwargs)
-        self._refresh_discrete()
+        # the system matrices go where theta is: load_state_dict(assign=True) into a module
+        # built on the meta device gives theta the state dict's tensor while A is still meta
+        theta = self.log_theta if self.trainable_theta else self.theta_
+        self._refresh_discrete(device=theta.device)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the

@@ -96,8 +96,8 @@ def test_load_checkpoint_rebuilds_the_module(tmp_path: Path) -> None:
     experiment, _, module, datamodule = load_checkpoint(out / "checkpoints" / "last.ckpt")
     assert experiment.name == "mackey-glass" and not module.training
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    for name, tensor in module.state_dict().items():
-        assert torch.equal(tensor, state[name])
+    for name, value in module.state_dict().items():  # tensors, and the layers' settings
+        assert torch.equal(value, state[name]) if torch.is_tensor(value) else value == state[name]
     datamodule.setup("test")
     x, _, _ = datamodule.test_set[0]
     assert module(x.unsqueeze(0)).shape == (1, x.shape[0], 1)
@@ -153,6 +153,48 @@ def test_weights_that_do_not_fit_are_refused() -> None:
     message = r"restore net.stack.layers.0.memory.theta_: 16.0 saved, 4.0 now.*\(changed: theta\)"
     with pytest.raises(CheckpointError, match=message):
         _check_weights_fit(module("theta=4"), saved, Path("last.ckpt"), ["theta"])
+
+
+def test_weights_saved_with_other_layer_settings_are_refused() -> None:
+    """The layers save settings no weight's shape shows (``_extra_state``: a discretizer, an
+    activation): a checkpoint whose settings differ from the built model's is refused by name;
+    one of a plmu from before they were saved (no such entries) still fits."""
+    from plmu.experiments import mackey_glass
+    from plmu.training.checkpoints import _check_weights_fit
+    from plmu.training.config import load_config
+
+    def module() -> L.LightningModule:
+        config = load_config("mackey-glass", overrides=TINY_MACKEY_GLASS)
+        return mackey_glass.build_model(config, None)
+
+    saved = module().state_dict()
+    old = {name: value for name, value in saved.items() if torch.is_tensor(value)}
+    assert len(old) < len(saved)
+    _check_weights_fit(module(), old, Path("last.ckpt"))
+    key = next(name for name in saved if name.endswith("memory._extra_state"))
+    other = {**saved, key: {**saved[key], "discretizer": "bilinear"}}
+    message = rf"its {key} records .*'bilinear'.*, the model this config builds .*'zoh'"
+    with pytest.raises(CheckpointError, match=message):
+        _check_weights_fit(module(), other, Path("last.ckpt"))
+
+
+def test_a_checkpoint_written_before_the_layer_settings_were_saved_resumes(
+    tmp_path: Path,
+) -> None:
+    """``last.ckpt`` of an earlier plmu: its state dict has no ``_extra_state`` entries. The
+    run resumes (Lightning loads the weights strictly) and ``load_checkpoint`` reads it."""
+    out = tmp_path / "run"
+    first = _train_mg(out)
+    path = out / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["state_dict"]
+    settings = [name for name in state if name.endswith("_extra_state")]
+    assert settings
+    for name in settings:
+        del state[name]
+    torch.save(checkpoint, path)
+    load_checkpoint(path)
+    assert _train_mg(out, "epochs=2")["global_step"] == 2 * first["global_step"]
 
 
 def test_resume_refuses_a_new_learning_rate(tmp_path: Path) -> None:

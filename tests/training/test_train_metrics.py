@@ -79,6 +79,57 @@ def test_metric_sums_take_the_widest_float_of_the_device_they_move_to(monkeypatc
     assert metric.to("cpu").squared_error.dtype == torch.float64  # back where float64 is
 
 
+def test_weighted_mean_sums_a_90m_token_split_without_rounding() -> None:
+    """A 90M-token evaluation (the size of text8's training split): 3,000 batches of about
+    30,000 scored tokens. In float32 the token count passed 2^24 and came out 17 short, and the
+    mean was off by 5e-7; the float64 sums hold the count exactly and the weighted sum to
+    float64 rounding."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    values = 1 + torch.rand(3000, generator=g)  # float32 batch means (bits per character)
+    weights = torch.randint(29000, 31000, (3000,), generator=g).tolist()
+    metric = WeightedMean()
+    for value, weight in zip(values, weights):
+        metric.update(value, weight)
+    tokens = sum(weights)
+    exact = math.fsum(float(v) * w for v, w in zip(values.double(), weights))
+    assert float(metric.weight) == tokens
+    assert float(metric.weighted_sum) == pytest.approx(exact, rel=1e-13)
+    mean = metric.compute()
+    assert mean.dtype == torch.float32
+    assert float(mean) == float(torch.tensor(exact / tokens, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("cls", [WeightedMean, NRMSE])
+def test_metric_sums_stay_wide_when_the_module_is_cast(cls) -> None:
+    """``module.to(torch.bfloat16)`` (Lightning's "bf16-true" precision) casts a metric's
+    states (torchmetrics guards ``.half()`` and friends, not ``.to(dtype)``): the sums became
+    bfloat16, 8 bits of mantissa. They stay the widest float of the device."""
+    module = torch.nn.ModuleDict({"metric": cls()}).to(torch.bfloat16)
+    metric = module["metric"]
+    assert {getattr(metric, n).dtype for n in metric.sums} == {torch.float64}
+    metric.reset()
+    assert {getattr(metric, n).dtype for n in metric.sums} == {torch.float64}
+
+
+def test_weighted_mean_sums_are_float32_on_mps(monkeypatch) -> None:
+    """The MPS choice, by the chooser (patched to call the CPU such a device): the sums are
+    cast to float32 before they move there, and reset() keeps them float32."""
+    metric = WeightedMean()
+    assert metric.weighted_sum.dtype == metric.weight.dtype == torch.float64
+    monkeypatch.setattr(metrics, "widest_float", lambda device: torch.float32)
+    metric = metric.to("cpu")
+    for _ in range(2):
+        assert {getattr(metric, n).dtype for n in metric._defaults} == {torch.float32}
+        metric.update(torch.tensor(2.0), 3)
+        metric.update(torch.tensor(4.0), torch.tensor(1))
+        assert float(metric.compute()) == 2.5
+        metric.reset()
+    monkeypatch.undo()
+    assert metric.to("cpu").weight.dtype == torch.float64  # back where float64 is
+
+
 # ------------------------------------------- the training modules' test metrics, recomputed
 
 
@@ -195,6 +246,34 @@ def test_weighted_mean_keeps_a_nan_and_ignores_weightless_batches() -> None:
     assert torch.isnan(metric.compute())
     with pytest.raises(ValueError, match="value must be a scalar"):
         metric.update(torch.zeros(2), 1)
+
+
+def test_weighted_mean_of_no_weight_is_an_error_naming_it() -> None:
+    metric = WeightedMean("val_bpc")
+    metric.update(torch.tensor(2.0), 0)
+    metric.update(torch.tensor(0.0), torch.tensor(0))
+    with pytest.raises(ValueError, match=r"^val_bpc: every batch of the epoch weighed 0"):
+        metric.compute()
+
+
+def test_an_evaluation_that_scores_no_token_is_an_error_not_nan() -> None:
+    """Every target masked out: the test loss and bits per character were logged as NaN (the
+    mean of nothing), which reads as a diverged model. The test now stops with an error that
+    names the metric."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from plmu.models.language_model import LMULanguageModel
+    from plmu.training.language_modeling import LanguageModeling
+
+    g = torch.Generator().manual_seed(0)
+    net = LMULanguageModel(7, 8, 1, order=4, theta=8.0)
+    x = torch.randint(0, 7, (4, 8), generator=g)
+    y = torch.randint(0, 7, (4, 8), generator=g)
+    mask = torch.zeros(4, 8, dtype=torch.bool)
+    module = LanguageModeling(net, lr=1e-3)
+    loader = DataLoader(TensorDataset(x, y, mask), batch_size=3)
+    with pytest.raises(ValueError, match=r"test_(loss|bpc): every batch of the epoch weighed 0"):
+        _test_results(module, loader)
 
 
 def test_regression_loss_is_the_mse_over_the_counted_steps_however_batched() -> None:

@@ -53,7 +53,7 @@ class PlmuModule(L.LightningModule):
         self.lr = lr
         self.weight_decay = weight_decay
         # metric states are not saved: no state_dict keys
-        self.epoch_means = nn.ModuleDict({name: WeightedMean() for name in self.means})
+        self.epoch_means = nn.ModuleDict({name: WeightedMean(name) for name in self.means})
 
     def log_mean(
         self,
@@ -71,7 +71,9 @@ class PlmuModule(L.LightningModule):
         (:class:`~plmu.training.datamodule.ShardSampler`). ``self.log(..., sync_dist=True)``
         averages the processes' batch-size totals as integers (Lightning 2.6: 11 and 10
         examples gave 10, not 10.5) and was off for such shards. Every process must log
-        ``name`` at least once per epoch.
+        ``name`` at least once per epoch. An epoch whose batches all weigh 0 (no token scored
+        on any process) ends in a ValueError naming ``name``: its mean is undefined (it was
+        logged as NaN).
         """
         metric = self.epoch_means[name]
         metric.update(value.detach(), weight)

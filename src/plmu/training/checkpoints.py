@@ -301,18 +301,29 @@ def _check_weights_fit(
     """Refuse to resume when the (overridden) config builds a model the weights do not fit, or
     one whose fixed buffers differ from the checkpoint's: loading would put the checkpoint's
     back, so the new value would be silently ignored (``--set theta=4`` on a run of theta 16
-    trained on with theta 16 while ``config.yaml`` said 4). ``changed`` names the config keys
-    that differ from the checkpoint's config, for the message."""
+    trained on with theta 16 while ``config.yaml`` said 4), or one built with other settings
+    than the checkpoint records beside its weights (``_extra_state``, :mod:`plmu.saved_config`:
+    a discretizer, an activation). ``changed`` names the config keys that differ from the
+    checkpoint's config, for the message."""
     because = f" (changed: {', '.join(changed)})" if changed else ""
     built = module.state_dict()
-    expected = {name: tuple(t.shape) for name, t in built.items()}
-    found = {name: tuple(t.shape) for name, t in state.items()}
+    expected = {name: _layout(value) for name, value in built.items()}
+    found = {name: _layout(value) for name, value in state.items()}
+    for name, layout in list(expected.items()):
+        if layout == "settings" and name not in found:
+            del expected[name]  # a checkpoint of a plmu before the settings were saved
     if expected != found:
         names = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
         raise CheckpointError(
             f"cannot resume from {path}: its weights do not fit the model this config builds "
             f"(e.g. {names[0]}){because}; train into another --out instead"
         )
+    for name, value in built.items():
+        if expected.get(name) == "settings" and state[name] != value:
+            raise CheckpointError(
+                f"cannot resume from {path}: its {name} records {state[name]!r}, the model this "
+                f"config builds {value!r}{because}; train into another --out instead"
+            )
     for name, buffer in module.named_buffers():
         saved = state.get(name)
         if name in built and saved is not None and not torch.equal(buffer.cpu(), saved.cpu()):
@@ -322,6 +333,11 @@ def _check_weights_fit(
                 f"cannot resume from {path}: it would restore {name}{shown}, which this config "
                 f"sets otherwise{because}; train into another --out instead"
             )
+
+
+def _layout(value: object) -> tuple[int, ...] | str:
+    """A state dict entry's shape, or ``"settings"`` for a module's ``_extra_state``."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else "settings"
 
 
 def _check_optimizer_fits(

@@ -4,7 +4,8 @@ Batches are ``(x, y)`` for training (every position scored) and ``(x, y, mask)``
 validation/testing (only the ``mask`` positions scored; see ``plmu.data.text8.ScoredWindows``).
 Logged: ``train_loss``/``train_bpc``, ``val_loss``/``val_bpc`` and ``test_loss``/``test_bpc``;
 each batch mean is weighted by its number of scored tokens, so the epoch value is the exact mean
-over the split. ``bpc = loss / ln 2`` (loss in nats per token). Monitors ``val_bpc``.
+over the split (an evaluation epoch that scores no token is a ValueError naming the metric, not
+NaN). ``bpc = loss / ln 2`` (loss in nats per token). Monitors ``val_bpc``.
 
 The module times its training steps (forward, backward and optimiser step; data loading
 excluded): :attr:`LanguageModeling.train_tokens_per_second`. Neither the steps nor their timing
