@@ -608,15 +608,17 @@ def test_compiled_graph_follows_a_new_theta():
 
 
 def test_compiled_copy_and_shared_layer():
-    """A deep copy answers for itself (its own token), and one layer used twice in a graph
-    (as QQP's and SNLI's shared sentence encoder is) compiles and matches eager."""
+    """A deep copy shares the original's token while its system is the same, and gets its own
+    with a new theta; one layer used twice in a graph (as QQP's and SNLI's shared sentence
+    encoder is) compiles and matches eager."""
     import copy
 
     layer = _layer("auto", {})
     twin = copy.deepcopy(layer)
-    assert twin.memory._token != layer.memory._token
+    assert twin.memory._token == layer.memory._token
     twin.memory._refresh_discrete(4.0)
     twin.memory.theta_.fill_(4.0)
+    assert twin.memory._token != layer.memory._token
 
     class Pair(torch.nn.Module):
         def __init__(self) -> None:
