@@ -102,3 +102,29 @@ def test_a_graph_outlives_the_module_that_answered_for_its_system():
         gc.collect()
         _close(compiled(x), expected)
         assert _ANSWERING[token] is third.memory
+
+
+def test_fft_size_by_comparisons_gives_fft_size():
+    """The compiled graph's FFT lengths (bisection over the table of fast lengths) are eager's."""
+    from plmu.spectral import _FAST_LENGTHS, _fft_size_by_comparisons, fft_size
+
+    for n in [*range(1, 5000), *_FAST_LENGTHS[-40:], _FAST_LENGTHS[-1] - 1]:
+        assert _fft_size_by_comparisons(n) == fft_size(n), n
+
+
+@pytest.mark.parametrize("dynamic", [True, None])
+def test_a_dynamic_length_recompiles_only_for_another_fft_length(dynamic):
+    """With dynamic shapes (``dynamic=True``, or Dynamo's automatic dynamic after a second
+    length) sequences whose FFT length is the same share the graph: 40, 44 and 46 steps all take
+    96-point FFTs here. ``fft_size`` specialised the graph on the length itself, so every new
+    length recompiled, and after eight Dynamo ran the layer eagerly."""
+    layer = _layer()
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter, dynamic=dynamic, fullgraph=True)
+    with torch.no_grad():
+        for steps in (40, 44, 46):
+            _close(compiled(_x(steps)), layer(_x(steps)))
+        assert counter.frame_count == (1 if dynamic else 2)
+        compiled(_x(60))  # 119 points: 128-point FFTs
+    assert counter.frame_count == (2 if dynamic else 3)
