@@ -128,3 +128,18 @@ def test_a_dynamic_length_recompiles_only_for_another_fft_length(dynamic):
         assert counter.frame_count == (1 if dynamic else 2)
         compiled(_x(60))  # 119 points: 128-point FFTs
     assert counter.frame_count == (2 if dynamic else 3)
+
+
+def test_a_memory_without_values_shares_no_system_token():
+    """A layer built on the meta device and moved with ``to_empty`` holds no values until
+    ``load_state_dict``: its token is its own meanwhile (its kernels, built from uninitialised
+    buffers, must not answer for the layers that have that theta), and the system's after."""
+    real = _layer()
+    with torch.device("meta"):
+        empty = _layer()
+    empty.to_empty(device="cpu")
+    assert empty.memory._token != real.memory._token
+    empty.load_state_dict(real.state_dict())
+    assert empty.memory._token == real.memory._token
+    with torch.no_grad():
+        _close(empty(_x()), real(_x()))

@@ -427,12 +427,15 @@ class LegendreMemory(nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the
         # float64 system matrices: the kernels are always computed in float64, then cast.
+        was_meta = self.A.is_meta
         super()._apply(fn, recurse)
         for name in ("A", "B", "theta_", "Abar", "Bbar"):
             buf = self._buffers.get(name)
             if buf is not None and buf.dtype != torch.float64:
                 self._buffers[name] = buf.double()
         self._cache.clear()
+        if was_meta:  # to_empty(): no system until load_state_dict discretises one (its kernels
+            self._system_theta = None  # must not answer for a real system's token meanwhile)
         self._register()  # the device is part of the system's token
         return self
 
