@@ -8,6 +8,7 @@ each other. Sizes: order 6, theta 3 puts 150 steps into two overlap-save blocks 
 """
 
 import contextlib
+import functools
 import subprocess
 import sys
 from unittest import mock
@@ -608,15 +609,17 @@ def test_compiled_graph_follows_a_new_theta():
 
 
 def test_compiled_copy_and_shared_layer():
-    """A deep copy answers for itself (its own token), and one layer used twice in a graph
-    (as QQP's and SNLI's shared sentence encoder is) compiles and matches eager."""
+    """A deep copy shares the original's token while its system is the same, and gets its own
+    with a new theta; one layer used twice in a graph (as QQP's and SNLI's shared sentence
+    encoder is) compiles and matches eager."""
     import copy
 
     layer = _layer("auto", {})
     twin = copy.deepcopy(layer)
-    assert twin.memory._token != layer.memory._token
+    assert twin.memory._token == layer.memory._token
     twin.memory._refresh_discrete(4.0)
     twin.memory.theta_.fill_(4.0)
+    assert twin.memory._token != layer.memory._token
 
     class Pair(torch.nn.Module):
         def __init__(self) -> None:
@@ -697,3 +700,49 @@ def test_import_does_not_load_dynamo():
     code = "import sys, plmu; print('torch._dynamo' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def _saved_dtypes_backend(saved: list):
+    """AOTAutograd with inductor's decompositions and partitioner
+    (``min_cut_rematerialization_partition``), its graphs run as they are (no C++ compiler):
+    ``saved`` gets the dtypes of what the forward graph returns (the outputs, then what it saves
+    for backward)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    from torch._inductor.decomposition import select_decomp_table
+
+    def forward_compiler(gm: torch.fx.GraphModule, example_inputs):
+        (returned,) = (node.args[0] for node in gm.graph.nodes if node.op == "output")
+        saved.extend(n.meta["val"].dtype for n in returned if isinstance(n, torch.fx.Node))
+        return make_boxed_func(gm)
+
+    return aot_autograd(
+        fw_compiler=forward_compiler,
+        decompositions=select_decomp_table(),
+        bw_compiler=lambda gm, example_inputs: make_boxed_func(gm),
+        partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"),
+    )
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_compiled_relu_saves_its_output_not_a_bool_mask(return_sequences):
+    """Under ``torch.compile`` on the CPU the hidden ReLU's backward reads its float output:
+    inductor's partitioner saved ReLU's ``out <= 0`` as a bool tensor beside the output, and
+    inductor's vectorised bool stores made a compiled full-sequence training step 1.3x eager's
+    time on an AMD EPYC host (docs/performance.md). Gradients as eager's."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 3, 6, 3.0, return_sequences=return_sequences)  # ReLU
+    x = torch.randn(2, 40, 2)
+    saved: list = []
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=_saved_dtypes_backend(saved), fullgraph=True)
+    results = []
+    for run in (layer, compiled):
+        y, state = run(x)
+        loss = y.square().sum() + state.square().sum()
+        results.append((y, state, *torch.autograd.grad(loss, list(layer.parameters()))))
+    for got, expected in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert saved
+    assert torch.bool not in saved, saved

@@ -39,3 +39,33 @@ def _activation_name(module: nn.Module) -> str:
         if type(module) is cls:
             return name
     return type(module).__qualname__
+
+
+class _ReLUSavingOutput(torch.autograd.Function):
+    """ReLU whose backward reads its float output: ``grad * sign(out)``, for ``torch.compile`` on
+    the CPU (:meth:`plmu.ParallelLMU._activate`).
+
+    Autograd's ReLU backward (``threshold_backward``: ``where(out <= 0, 0, grad)``) lets
+    inductor's partitioner save the comparison, a bool tensor, beside the output, and inductor's
+    vectorised bool stores are slow on some CPUs (AMD EPYC: a compiled full-sequence training
+    step took 1.3x eager's time, docs/performance.md). ``sign(out)`` is a float the size of the
+    output, so the partitioner saves the output itself, which the graph returns anyway. The same
+    numbers for a finite ``grad`` (``sign(out)`` is 1 where ``out > 0``, else 0; a negative
+    ``grad`` gives ``-0.0`` where ReLU's gives ``0.0``); where ``out`` is 0 an infinite or NaN
+    ``grad`` gives NaN instead of 0.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.relu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return grad * torch.sign(out)

@@ -56,9 +56,51 @@ def _building_constant() -> Iterator[None]:
         _CONSTANT_BUILD.active = False
 
 
-# the memories a compiled graph may ask for a kernel, by their `_token`
-_MEMORIES: weakref.WeakValueDictionary[int, LegendreMemory] = weakref.WeakValueDictionary()
+# A fixed-theta memory's `_token` names its discretised system, not the module: memories with
+# the same order, discretizer, theta and device share it (their kernels are the same bits), so a
+# compiled graph, which is guarded on the token, serves every one of them. A token per module
+# recompiled the graph for each new module (a stack of layers compiled one by one reached
+# Dynamo's recompile limit at the ninth and ran the rest eagerly) and, with a counter bumped on
+# each `load_state_dict` and `.to()`, after each of those.
 _TOKENS = itertools.count(1)
+_SYSTEM_TOKENS: dict[tuple, int] = {}  # (order, discretizer, theta, device) -> token
+# every live memory, by a serial of its own; and for each token the one that answers for it
+_MEMORIES: weakref.WeakValueDictionary[int, LegendreMemory] = weakref.WeakValueDictionary()
+_ANSWERING: weakref.WeakValueDictionary[int, LegendreMemory] = weakref.WeakValueDictionary()
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _register(memory: LegendreMemory, system: tuple | None) -> None:
+    """Give ``memory`` the token of ``system`` (``(order, discretizer, theta, device)``; ``None``:
+    a token of its own, e.g. for a trainable theta) and make it findable by that token."""
+    with _REGISTRY_LOCK:
+        if system is None:
+            token = next(_TOKENS)
+        else:
+            token = _SYSTEM_TOKENS.get(system)
+            if token is None:
+                token = _SYSTEM_TOKENS[system] = next(_TOKENS)
+        serial = getattr(memory, "_serial", None)
+        if serial is None or _MEMORIES.get(serial) is not memory:  # new, or a copy's attribute
+            serial = memory._serial = next(_TOKENS)
+            _MEMORIES[serial] = memory
+        memory._token = token
+        answering = _ANSWERING.get(token)
+        if answering is None or answering._token != token:
+            _ANSWERING[token] = memory
+
+
+def _memory_of(token: int) -> LegendreMemory:
+    """A live memory whose system has ``token`` (its cache holds that system's kernels)."""
+    memory = _ANSWERING.get(token)
+    if memory is not None and memory._token == token:
+        return memory
+    with _REGISTRY_LOCK:  # the one that answered is gone or has another system now
+        for memory in list(_MEMORIES.values()):
+            if memory._token == token:
+                _ANSWERING[token] = memory
+                return memory
+    raise RuntimeError(f"plmu::system_constant: no live LegendreMemory with token {token}")
 
 
 # it reads the module's cache on the host, which a CUDA graph's replay would not
@@ -77,9 +119,7 @@ def _system_constant(
     Without it a compiled graph recomputed the kernels on every call (``Abar`` powers, FFTs: a
     compiled psMNIST training step took 80 ms against 3.2 ms eager, ``aot_eager``).
     """
-    memory = _MEMORIES.get(token)
-    if memory is None:
-        raise RuntimeError(f"plmu::system_constant: no live LegendreMemory with token {token}")
+    memory = _memory_of(token)
     with _building_constant():
         value = memory._constant((kind, *sizes, dtype))
     return value.clone(memory_format=torch.contiguous_format)  # the layout the fake gives
@@ -107,14 +147,13 @@ def _(Abar: torch.Tensor, token: int, kind: str, sizes: list[int], dtype: torch.
     return Abar.new_empty(shape, dtype=dtype)
 
 
-def _compiled_horizon(memory: LegendreMemory, dtype: torch.dtype, generation: int) -> int:
-    """:meth:`~plmu.memory.LegendreMemory.free_horizon` of a fixed-``theta`` memory at compile time
-    (0 for none), a Python int baked into the graph: the compiled graph truncates where eager does.
-    ``generation`` is the module's ``_generation``, which changes with the discretised system:
-    the graph is guarded on it, so a new ``theta`` recompiles."""
-    del generation  # only for the guard
+def _compiled_horizon(token: int, dtype: torch.dtype) -> int:
+    """:meth:`~plmu.memory.LegendreMemory.free_horizon` of the fixed-``theta`` system with
+    ``token`` at compile time (0 for none), a Python int baked into the graph: the compiled graph
+    truncates where eager does. The graph is guarded on the token, which changes with the
+    discretised system: a new ``theta`` recompiles, a module with the same system does not."""
     with _building_constant():
-        return memory.free_horizon(dtype) or 0
+        return _memory_of(token).free_horizon(dtype) or 0
 
 
 # What torch.compiler.assume_constant_result(_compiled_horizon) does, without importing

@@ -23,7 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmu.activations import _INPLACE_ACTIVATIONS, ACTIVATIONS, _activation, _activation_name
+from plmu.activations import (
+    _INPLACE_ACTIVATIONS,
+    ACTIVATIONS,
+    _activation,
+    _activation_name,
+    _ReLUSavingOutput,
+)
 from plmu.bptt import (
     _FAST_ACTIVATIONS,
     _lmu_sequence_forward,
@@ -44,7 +50,7 @@ from plmu.memory import AUTO_FUSED_MIN_TIME, MODES, LegendreMemory
 from plmu.padding import gather_time
 from plmu.precision import _LOW_PRECISION, autocast_enabled
 from plmu.saved_config import _SavedConfig
-from plmu.tracing import _plain, _untransformed, plain_autograd
+from plmu.tracing import _compiling_not_exporting, _plain, _untransformed, plain_autograd
 from plmu.workspace import workspace_of
 
 __all__ = ["ACTIVATIONS", "LMU", "LMUCell", "ParallelLMU"]
@@ -304,7 +310,20 @@ class ParallelLMU(_SavedConfig, nn.Module):
 
     def _readout(self, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         z = torch.cat([m, x], dim=-1) if self.input_to_output else m
-        return self.dropout(self.hidden_activation(self.output(z)))
+        return self.dropout(self._activate(self.output(z)))
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """``f_o(pre)``; under ``torch.compile`` (not export) on the CPU a ReLU whose backward
+        reads its output, not a bool mask (:class:`~plmu.activations._ReLUSavingOutput`)."""
+        act = self.hidden_activation
+        if (
+            torch.compiler.is_compiling()
+            and type(act) is nn.ReLU
+            and pre.is_cpu
+            and _compiling_not_exporting()
+        ):
+            return _ReLUSavingOutput.apply(pre)
+        return act(pre)
 
     def _last_output_scalar(
         self, x: torch.Tensor, state: torch.Tensor | None
@@ -334,7 +353,7 @@ class ParallelLMU(_SavedConfig, nn.Module):
         x_last = x[:, -1] if self.input_to_output else None
         if state is None and _ScalarLastOutput.applies(xH, x, W, e, b_u, self.output.bias):
             pre, m = _ScalarLastOutput.apply(xH, h_sum, e, b_u, W, x_last, self.output.bias)
-            return self.dropout(self.hidden_activation(pre)), m
+            return self.dropout(self._activate(pre)), m
         # one split (its backward writes W's gradient once; two slices would each zero-fill it)
         W_m, W_x = W.split([S, W.shape[1] - S], dim=1)
         e = e.view(())
@@ -353,7 +372,7 @@ class ParallelLMU(_SavedConfig, nn.Module):
             pre = pre + x_last @ W_x.T
         if self.output.bias is not None:
             pre = pre + self.output.bias
-        return self.dropout(self.hidden_activation(pre)), m
+        return self.dropout(self._activate(pre)), m
 
     def _last_state_folded(self, x: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
         """Eq. 25 with the linear encoder applied after the product (``f_u`` identity).
@@ -468,7 +487,7 @@ class ParallelLMU(_SavedConfig, nn.Module):
             if act is None:
                 return pre, final
             return act(pre), final  # inference: pre is this call's own buffer
-        return self.dropout(self.hidden_activation(pre)), final
+        return self.dropout(self._activate(pre)), final
 
     def step(
         self, x_t: torch.Tensor, state: torch.Tensor | None = None

@@ -36,9 +36,8 @@ from plmu.checks import _zeros, check_lengths, check_sequence, check_state, chec
 from plmu.graph_constants import (
     _CONSTANT_BUILD,
     _CONSTANT_KINDS,
-    _MEMORIES,
-    _TOKENS,
     _compiled_horizon,
+    _register,
 )
 from plmu.legendre import (
     DISCRETIZERS,
@@ -225,7 +224,8 @@ class LegendreMemory(_SavedConfig, nn.Module):
         (torch.Size([4, 100, 16]), torch.Size([4, 16]))
     """
 
-    _generation = 0  # changes with the discretised system (compiled graphs guard on it)
+    # the theta Abar/Bbar were discretised with (fixed theta; set by _refresh_discrete)
+    _system_theta: float | None = None
 
     def __init__(
         self,
@@ -265,7 +265,6 @@ class LegendreMemory(_SavedConfig, nn.Module):
             self.register_buffer("theta_", torch.tensor(theta, dtype=torch.float64))
         # oldest first (see _cache_put)
         self._cache: dict[tuple, object] = {}
-        self._register()
         # the default device: under `with torch.device(...)` (e.g. Lightning's init_module) the
         # system matrices go where the parameters go
         self._refresh_discrete(theta, torch.empty(()).device)
@@ -322,13 +321,21 @@ class LegendreMemory(_SavedConfig, nn.Module):
         return not torch.is_grad_enabled() and _plain(self.log_theta)
 
     def _register(self) -> None:
-        """A token of its own, by which a compiled graph finds this module's kernel cache."""
-        self._token = next(_TOKENS)
-        _MEMORIES[self._token] = self
+        """The token by which a compiled graph finds this module's kernel cache, and on which it
+        is guarded: with a fixed ``theta`` that of its discretised system, shared by modules with
+        the same order, discretizer, ``theta`` and device (:func:`~plmu.graph_constants._register`);
+        else one of its own."""
+        theta = self._system_theta
+        system = (
+            None
+            if self.trainable_theta or theta is None
+            else (self.order, self.discretizer, theta, self.A.device)
+        )
+        _register(self, system)
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._register()  # a copy (copy.deepcopy, pickle) must not answer for the original
+        self._register()  # (a copy made before _system_theta existed gets a token of its own)
 
     def _compile_constants(self) -> bool:
         """Under ``torch.compile`` (not export) with a fixed ``theta``: the graph takes the
@@ -428,7 +435,6 @@ class LegendreMemory(_SavedConfig, nn.Module):
         float64 reference. A trainable theta needs the differentiable torch version.
         """
         self._cache.clear()
-        self._generation += 1  # a compiled graph's kernels are stale: recompile
         A, B = legendre_delay(self.order)
         device = self.A.device if device is None else device
         # A and B rebuilt on load too: after meta-device init and to_empty() they hold no values
@@ -439,6 +445,8 @@ class LegendreMemory(_SavedConfig, nn.Module):
             Abar, Bbar = discretize(A, B, theta, self.discretizer)
             self.register_buffer("Abar", torch.from_numpy(Abar).to(device), persistent=False)
             self.register_buffer("Bbar", torch.from_numpy(Bbar).to(device), persistent=False)
+            self._system_theta = float(theta)
+        self._register()  # a new theta: a compiled graph's kernels are stale, it recompiles
 
     def _saved_config(self) -> dict[str, object]:
         # saved in the state dict and checked on loading (plmu.saved_config): no tensor's shape
@@ -459,13 +467,16 @@ class LegendreMemory(_SavedConfig, nn.Module):
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the
         # float64 system matrices: the kernels are always computed in float64, then cast.
+        was_meta = self.A.is_meta
         super()._apply(fn, recurse)
         for name in ("A", "B", "theta_", "Abar", "Bbar"):
             buf = self._buffers.get(name)
             if buf is not None and buf.dtype != torch.float64:
                 self._buffers[name] = buf.double()
         self._cache.clear()
-        self._generation += 1
+        if was_meta:  # to_empty(): no system until load_state_dict discretises one (its kernels
+            self._system_theta = None  # must not answer for a real system's token meanwhile)
+        self._register()  # the device is part of the system's token
         return self
 
     def discrete(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -539,7 +550,7 @@ class LegendreMemory(_SavedConfig, nn.Module):
         when the graph is built and baked in (:func:`~plmu.graph_constants._compiled_horizon`).
         """
         if self._compile_constants():
-            return _compiled_horizon(self, dtype, self._generation) or None
+            return _compiled_horizon(self._token, dtype) or None
         if not self._cacheable() or self.trainable_theta:
             return None
         tol = torch.finfo(dtype).eps * 1e-6

@@ -439,6 +439,8 @@ def fft_size(n: int) -> int:
     ``12500`` against ``12800``), so the factor of two is kept at least ``2^5`` (measured:
     ``scripts/fft_lengths.py``, docs/performance.md).
     """
+    if torch.compiler.is_compiling() and n <= _FAST_LENGTHS[-1]:  # n may be a dynamic size
+        return _fft_size_by_comparisons(n)
     n = int(n)  # under torch.jit.trace a size is a 0-dim tensor
     if n <= 1:
         return 1
@@ -455,3 +457,40 @@ def fft_size(n: int) -> int:
             p35 *= 3
         p5 *= 5
     return best
+
+
+def _fast_lengths(limit: int = 1 << 31) -> tuple[int, ...]:
+    """Every length :func:`fft_size` returns, up to ``limit``, ascending: ``1`` and the
+    ``r = 2^a 3^b 5^c`` with ``a >= min(FFT_MIN_TWO_POWER, log2 r)`` (``fft_size(r) == r``)."""
+    sizes = {1}
+    p5 = 1
+    while p5 <= limit:
+        p35 = p5
+        while p35 <= limit:
+            r = p35
+            while r <= limit:
+                a = (r & -r).bit_length() - 1
+                if a >= min(FFT_MIN_TWO_POWER, r.bit_length() - 1):
+                    sizes.add(r)
+                r *= 2
+            p35 *= 3
+        p5 *= 5
+    return tuple(sorted(sizes))
+
+
+_FAST_LENGTHS = _fast_lengths()
+
+
+def _fft_size_by_comparisons(n: int) -> int:
+    """:func:`fft_size` under ``torch.compile``, by bisection over :data:`_FAST_LENGTHS` with
+    comparisons only: for a dynamic size ``n`` the graph is then guarded on the range of sizes
+    that give this length (all of them share the graph), not on ``n`` itself (``int(n)`` and
+    ``n.bit_length()`` recompiled the graph for every new size)."""
+    lo, hi = 0, len(_FAST_LENGTHS) - 1
+    while lo < hi:  # the first length >= n
+        mid = (lo + hi) // 2
+        if n <= _FAST_LENGTHS[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    return _FAST_LENGTHS[lo]
