@@ -285,6 +285,65 @@ def test_copies_and_checkpoints_of_a_used_layer(how, trainable_theta, memory_siz
     assert_close(y_twin, reference_layer(twin, x, state)[0])
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_copies_of_a_layer_run_with_fast_weights(how, trainable_theta):
+    """MAML-style fast weights (``p - lr * grad`` with ``create_graph=True``: non-leaf tensors)
+    run through ``torch.func.functional_call`` under ``torch.no_grad()``: the kernel caches kept
+    them, and copying the layer afterwards failed ("Only Tensors created explicitly by the user
+    (graph leaves) support the deepcopy protocol"). Copies and pickles leave the caches behind;
+    the copy gives the reference's numbers for its own weights."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(2, 5, 6, 9.0, trainable_theta=trainable_theta)
+    x = torch.randn(2, 40, 2)
+    params = dict(layer.named_parameters())
+    grads = torch.autograd.grad(layer(x)[0].square().sum(), params.values(), create_graph=True)
+    fast = {name: p - 0.1 * g for (name, p), g in zip(params.items(), grads)}
+    with torch.no_grad():
+        torch.func.functional_call(layer, fast, (x,))
+        torch.func.functional_call(layer, fast, (x[:, :2],))  # short chunk: step's folded map
+    assert layer.memory._cache and layer._step_cache is not None  # (they hold the fast weights)
+    twin = _round_trip(layer, how)
+    assert not twin.memory._cache and twin._step_cache is None
+    want, want_state = reference_layer(layer, x)
+    with torch.no_grad():
+        y, m = twin(x)
+        y_t, _ = twin.step(x[:, 0])
+    assert_close(y, want)
+    assert_close(m, want_state)
+    assert_close(y_t, want[:, 0])
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_copies_and_pickles_leave_the_kernel_caches_behind(how):
+    """``torch.save(model)`` after inference wrote the cached kernels into the file (a used
+    layer's pickle here 4.5 times a fresh one's; up to ``CACHE_MAX_BYTES``, 32 MiB, a memory),
+    ``copy.deepcopy`` doubled their memory, and a ``DataLoader`` worker or
+    ``torch.multiprocessing`` got them too. A copy or a pickle now holds no cache: a used
+    module pickles to the bytes of a fresh one, and its copy builds its own kernels."""
+    torch.manual_seed(0)
+    modules = [plmu.ParallelLMU(2, 5, 16, 9.0), plmu.LMU(2, 5, 16, 9.0)]
+    fresh = [len(pickle.dumps(module)) for module in modules]
+    x = torch.randn(2, 300, 2)
+    with torch.no_grad():
+        for module in modules:
+            module(x)
+        modules[0].step(x[:, 0])
+    layer, rnn = modules
+    assert layer.memory._cache and layer._step_cache is not None and rnn.cell.memory._cache
+    assert [len(pickle.dumps(module)) for module in modules] == fresh
+    twin, rnn_twin = (_round_trip(module, how) for module in modules)
+    assert not twin.memory._cache and twin._step_cache is None
+    assert not rnn_twin.cell.memory._cache
+    with torch.no_grad():
+        assert_close(twin(x)[0], reference_layer(layer, x)[0])
+        assert_close(rnn_twin(x)[0], rnn(x)[0].numpy())
+        assert twin.memory._cache and rnn_twin.cell.memory._cache  # built anew
+        for p in twin.parameters():
+            p.mul_(1.5)
+        assert_close(twin(x)[0], reference_layer(twin, x)[0])
+
+
 @pytest.mark.parametrize(
     "other, keys",
     [

@@ -276,6 +276,16 @@ class ParallelLMU(_SavedConfig, nn.Module):
         self._foldable = memory_size == 1 and self._linear_encoder
         self._step_cache: tuple | None = None
 
+    def __getstate__(self) -> dict:
+        # step()'s folded map is not part of a copy or a pickle (see LegendreMemory.__getstate__)
+        state = super().__getstate__()
+        state.pop("_step_cache", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._step_cache = None
+
     @property
     def order(self) -> int:
         return self.memory.order

@@ -333,8 +333,17 @@ class LegendreMemory(_SavedConfig, nn.Module):
         )
         _register(self, system)
 
+    def __getstate__(self) -> dict:
+        # the kernel cache is not part of a copy or a pickle (copy.deepcopy, torch.save(module),
+        # torch.multiprocessing): it may hold megabytes of kernels, and tensors that cannot be
+        # copied (torch.func.functional_call's fast weights, non-leaf); the copy builds its own
+        state = super().__getstate__()
+        state.pop("_cache", None)
+        return state
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._cache = {}  # (a module pickled by an earlier plmu brings its cache: dropped)
         self._register()  # (a copy made before _system_theta existed gets a token of its own)
 
     def _compile_constants(self) -> bool:

@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -45,6 +46,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
 
 _KILLED_MID_EPOCH = """
 import sys
+import time
 import lightning as L
 from plmu.training.runner import train
 
@@ -186,3 +188,65 @@ def test_ddp_sigterm_and_ctrl_c_save_where_every_rank_stops_and_resume_exactly(
         assert not (tmp_path / out / "metrics.json").exists()
         assert run(out).returncode == 0
         assert_same_last_checkpoint(tmp_path / "ref", tmp_path / out)
+
+
+_SIGTERM_BEFORE_TRAINING = """
+import os, sys, time
+from pathlib import Path
+import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from plmu.training.runner import train
+
+
+class SigtermBeforeTraining(L.Callback):
+    # rank 1 alone: the state Lightning's SIGTERM handler leaves (installed after on_fit_start,
+    # replaced by plmu's at on_train_start) when the signal reached that rank before plmu's
+    # on_train_start. (A real signal cannot be used with gloo: Lightning's handler itself then
+    # blocks in a broadcast until rank 0 broadcasts too.)
+    def on_train_start(self, trainer, *args):
+        if trainer.global_rank == 1:
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_start(self, trainer, *args):
+        Path(sys.argv[1] + f".trained{trainer.global_rank}").touch()
+
+
+out, options = sys.argv[1], sys.argv[2:]
+status = 0
+try:
+    train("mackey-glass", out=out, overrides=options, accelerator="cpu", devices=2,
+          strategy="ddp", progress_bar=False, callbacks=[SigtermBeforeTraining()])
+except SIGTERMException:
+    status = 143
+rank = os.environ.get("LOCAL_RANK", "0")
+Path(out + f".status{rank}").write_text(str(status))
+if rank == "1":
+    # Lightning's launcher kills every process (SIGKILL) once a child has ended with another
+    # status than 0, checking every 5 s: rank 0 ends first here, as it would have with its own
+    time.sleep(5)
+sys.exit(status)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_sigterm_before_training_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
+    """A SIGTERM that Lightning's handler took on rank 1 alone before training started (between
+    ``on_fit_start`` and plmu's ``on_train_start``, e.g. a preemption during the sanity check
+    or the data loaders' start, reaching the ranks at different moments): rank 1 raised
+    ``SIGTERMException`` there at once, while rank 0 waited for it in the process group made at
+    ``on_train_start`` until the timeout (30 minutes). The ranks now agree there and both stop
+    before the first batch with status 143 (~20 s)."""
+    script = tmp_path / "train_ddp.py"
+    script.write_text(_SIGTERM_BEFORE_TRAINING)
+    out = tmp_path / "run"
+    command = [sys.executable, str(script), str(out), *TINY_MACKEY_GLASS]
+    stopped = subprocess.run(command, timeout=300, cwd=tmp_path, capture_output=True, text=True)
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    statuses = [Path(f"{out}.status{rank}") for rank in (0, 1)]
+    for _ in range(600):  # rank 1's process ends after rank 0's
+        if all(path.exists() for path in statuses):
+            break
+        time.sleep(0.1)
+    assert [path.read_text() for path in statuses] == ["143", "143"]  # each stopped there
+    assert not list(tmp_path.glob("run.trained*"))  # stopped before the first batch
+    assert not (out / "checkpoints" / "last.ckpt").exists()

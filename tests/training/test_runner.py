@@ -508,12 +508,13 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(
 ) -> None:
     """The processes agree (a max all-reduce of the signal each received), so a rank that no
     signal reached stops, and saves, with the one that got it; with SIGTERM where any rank got
-    one. The all-reduce is simulated: a signal seen at the end of batch 1 (the second
-    all-reduce, by this rank or the other) is known everywhere at batch 2's end, where every
-    rank saves and stops. (Two real processes: tests/training/test_ddp_cpu.py, slow.)"""
+    one. The all-reduce is simulated: a signal seen at the end of batch 1 (the third
+    all-reduce, after those at the start of training and of the epoch, by this rank or the
+    other) is known everywhere at batch 2's end, where every rank saves and stops. (Two real
+    processes: tests/training/test_ddp_cpu.py, slow.)"""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    fake = _FakeGloo(lambda n: others if n >= 1 else 0)
+    fake = _FakeGloo(lambda n: others if n >= 2 else 0)
     monkeypatch.setattr(stopping, "dist", fake)
     saved: list[int] = []
     trainer = _ddp_trainer(saved)
@@ -530,7 +531,7 @@ def test_under_ddp_a_signal_to_one_rank_stops_every_rank_at_the_same_batch(
     stop.on_exception(trainer, None, expected())
     assert saved == [2]
     # this batch end's all-reduce waited for before stopping, then the group destroyed
-    assert fake.log[-3:] == [("reduce", 2, True), ("wait", 2), ("destroy",)]
+    assert fake.log[-3:] == [("reduce", 3, True), ("wait", 3), ("destroy",)]
 
 
 def test_under_ddp_a_training_step_waits_for_no_rank(
@@ -538,8 +539,9 @@ def test_under_ddp_a_training_step_waits_for_no_rank(
 ) -> None:
     """At each batch end the all-reduce of this rank's signal is only started (async_op) and
     waited for at the next batch end, long done; a blocking one (and the training backend's)
-    only at an epoch's start and the end of training; every one waited for before the group
-    is destroyed. A signal in an epoch's last batch stops at the next epoch's start."""
+    only at the start of training, an epoch's start and the end of training; every one waited
+    for before the group is destroyed. A signal in an epoch's last batch stops at the next
+    epoch's start."""
     fake = _FakeGloo(lambda n: 0)
     monkeypatch.setattr(stopping, "dist", fake)
     saved: list[int] = []
@@ -548,45 +550,47 @@ def test_under_ddp_a_training_step_waits_for_no_rank(
     _run_ddp_epochs(stop, trainer, fake, batches=3)
     epoch = [
         ("end", 0),
-        ("reduce", 1, True),
-        ("end", 1),
-        ("wait", 1),
         ("reduce", 2, True),
-        ("end", 2),
+        ("end", 1),
         ("wait", 2),
         ("reduce", 3, True),
+        ("end", 2),
+        ("wait", 3),
+        ("reduce", 4, True),
     ]
     second = [(e[0], e[1] + 4, *e[2:]) if e[0] != "end" else e for e in epoch]
     assert fake.log == [
         ("new_group",),
-        ("reduce", 0, False),  # the epoch's start
+        ("reduce", 0, False),  # the start of training
+        ("reduce", 1, False),  # the epoch's start
         *epoch,
-        ("wait", 3),
-        ("reduce", 4, False),
+        ("wait", 4),
+        ("reduce", 5, False),
         *second,
         ("train_end",),
-        ("wait", 7),
-        ("reduce", 8, False),
+        ("wait", 8),
+        ("reduce", 9, False),
         ("destroy",),
     ]
     assert saved == []
 
-    # the other rank's signal seen in the epoch's last batch (all-reduce 3): not a save point;
+    # the other rank's signal seen in the epoch's last batch (all-reduce 4): not a save point;
     # after the validation and the epoch-end checkpoint, every rank stops at the next start
-    fake = _FakeGloo(lambda n: signal.SIGINT if n == 3 else 0)
+    fake = _FakeGloo(lambda n: signal.SIGINT if n == 4 else 0)
     monkeypatch.setattr(stopping, "dist", fake)
     with pytest.raises(KeyboardInterrupt):
         _run_ddp_epochs(stop, trainer, fake, batches=3)
     stop.on_exception(trainer, None, KeyboardInterrupt())
     assert saved == []
-    assert fake.log[-4:] == [("reduce", 3, True), ("wait", 3), ("reduce", 4, False), ("destroy",)]
+    assert fake.log[-4:] == [("reduce", 4, True), ("wait", 4), ("reduce", 5, False), ("destroy",)]
 
 
 def test_under_ddp_without_gloo_the_ranks_agree_at_every_batch_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A torch build without gloo: a blocking max all-reduce over the training backend at
-    every batch end, as before; the other rank's signal at batch 1 stops this one there."""
+    every batch end, as before (and once at the start of training); the other rank's signal at
+    batch 1 stops this one there."""
     fake = _FakeGloo(lambda n: 0)
     monkeypatch.setattr(fake, "is_gloo_available", lambda: False)
     monkeypatch.setattr(stopping, "dist", fake)
@@ -596,8 +600,9 @@ def test_under_ddp_without_gloo_the_ranks_agree_at_every_batch_end(
 
     def reduce(flag: torch.Tensor, reduce_op: str) -> torch.Tensor:
         assert reduce_op == "max"
-        reduced.append(trainer.batch_idx)
-        return torch.maximum(flag, torch.tensor(signal.SIGTERM if trainer.batch_idx else 0))
+        batch_idx = getattr(trainer, "batch_idx", None)  # None: the start of training
+        reduced.append(batch_idx)
+        return torch.maximum(flag, torch.tensor(signal.SIGTERM if batch_idx else 0))
 
     trainer.strategy.reduce = reduce
     stop = stopping._GracefulStop(tmp_path / "last.ckpt")
@@ -606,7 +611,35 @@ def test_under_ddp_without_gloo_the_ranks_agree_at_every_batch_end(
     with pytest.raises(SIGTERMException):
         _run_ddp_epochs(stop, trainer, fake)
     stop.on_exception(trainer, None, SIGTERMException())
-    assert saved == [1] and reduced == [0, 0, 1] and fake.log == [("end", 0), ("end", 1)]
+    assert saved == [1] and reduced == [None, 0, 0, 1] and fake.log == [("end", 0), ("end", 1)]
+
+
+@pytest.mark.parametrize("here", [True, False], ids=["this-rank", "other-rank"])
+def test_under_ddp_a_sigterm_before_training_stops_every_rank_at_its_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, here: bool
+) -> None:
+    """A SIGTERM that Lightning's handler took before plmu's replaced it at ``on_train_start``
+    (``trainer.received_sigterm``), on this rank or on the other alone: every rank stops at
+    ``on_train_start``, after making the group and agreeing there (a blocking all-reduce). The
+    rank that had it raised at once, before ``new_group``, and the others waited for it there
+    (two real processes: tests/training/test_ddp_cpu.py, slow)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    fake = _FakeGloo(lambda n: 0 if here else signal.SIGTERM)
+    monkeypatch.setattr(stopping, "dist", fake)
+    trainer = _ddp_trainer([])
+    trainer.received_sigterm = here
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
+    stop._handled = [signal.SIGTERM]  # as on_fit_start finds SIGTERM: its default handler
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SIGTERMException):
+            stop.on_train_start(trainer, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back by the stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stop.on_exception(trainer, None, SIGTERMException())
+    assert fake.log == [("new_group",), ("reduce", 0, False), ("destroy",)]
 
 
 def test_graceful_stop_prints_no_lightning_notice(tmp_path: Path, caplog) -> None:

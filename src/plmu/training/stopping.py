@@ -90,7 +90,11 @@ class _GracefulStop(Callback):
     every rank at batch t + 1's end, and the safe point is the first from there on (the same
     batch on every rank). At an epoch's start and at the end of training the ranks agree at
     once (a blocking all-reduce, once an epoch, after the validation), as for a single
-    process. A torch without gloo agrees with a blocking all-reduce at every batch end.
+    process. A torch without gloo agrees with a blocking all-reduce at every batch end. A
+    SIGTERM that Lightning's handler took before training started (after ``on_fit_start``,
+    before this callback's handlers replace it at ``on_train_start``) stops a single process at
+    ``on_train_start``; under DDP the ranks agree there (a blocking all-reduce, once) and all
+    stop, though only some had it.
 
     Only in the main thread, and for each signal only where it had its default handler when
     ``fit`` began (Python's ``default_int_handler`` for SIGINT, ``SIG_DFL`` for SIGTERM);
@@ -127,15 +131,31 @@ class _GracefulStop(Callback):
             ]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if signal.SIGTERM in self._handled and trainer.received_sigterm:
+        ddp = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
+        if not ddp and self._lightnings_sigterm(trainer):
             raise SIGTERMException(_SIGTERM_STATUS)  # Lightning's handler had it (sanity check)
         for signum in self._handled:
             signal.signal(signum, self._on_signal)
             self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
         self._pending, self._signalled = None, None
-        ddp = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-        if ddp and dist.is_gloo_available():
+        if not ddp:
+            return
+        if dist.is_gloo_available():
             self._group = dist.new_group(backend="gloo")  # collective: every rank, here
+        # a SIGTERM that Lightning's handler took before ours replaced it, perhaps on some ranks
+        # only (the signal and this hook reach the ranks at different moments): every rank
+        # stops here, before training, not that rank alone while the others wait for it (read
+        # once ours are in place: a later SIGTERM comes to _on_signal)
+        if self._lightnings_sigterm(trainer) and self.requested is None:
+            self.requested = signal.SIGTERM
+        signum = self._agreed(trainer)  # (blocking, once)
+        if signum is not None:
+            self._stop(signum)
+
+    def _lightnings_sigterm(self, trainer: L.Trainer) -> bool:
+        """Whether Lightning's SIGTERM handler, installed after ``on_fit_start``, had a SIGTERM
+        (where this callback takes SIGTERM over)."""
+        return signal.SIGTERM in self._handled and trainer.received_sigterm
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.requested is not None:  # the second signal: at once
