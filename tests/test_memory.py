@@ -365,6 +365,30 @@ def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta, as
     torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("to_empty", [False, True])
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_meta_init_then_loading_the_weights_in_parts(trainable_theta, to_empty):
+    """A state dict without the memory's theta (``strict=False``: the readout's weights first,
+    the rest later) leaves the memory as it is: every memory discretised its theta on any load,
+    loaded or not, so a layer built on the meta device failed ("Tensor.item() cannot be called
+    on meta tensors") and one moved with ``to_empty`` discretised an uninitialised theta
+    ("theta must be a positive finite number", or a system of garbage)."""
+    args = dict(input_size=3, hidden_size=5, order=6, theta=20.0, trainable_theta=trainable_theta)
+    ref = plmu.ParallelLMU(**args)
+    with torch.device("meta"):
+        layer = plmu.ParallelLMU(**args)
+    if to_empty:
+        layer.to_empty(device="cpu")
+        with torch.no_grad():  # what the uninitialised theta may hold
+            (layer.memory.log_theta if trainable_theta else layer.memory.theta_).fill_(-1.0)
+    saved = ref.state_dict()
+    first = {k: v for k, v in saved.items() if not k.startswith("memory.")}
+    layer.load_state_dict(first, strict=False, assign=not to_empty)
+    layer.load_state_dict(saved, assign=not to_empty)
+    x = torch.randn(2, 40, 3)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
 def test_reset_parameters_gives_a_trainable_theta_back_its_initial_value():
     layer = plmu.ParallelLMU(2, 4, 6, 20.0, trainable_theta=True)
     with torch.no_grad():

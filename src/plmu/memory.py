@@ -466,11 +466,17 @@ class LegendreMemory(_SavedConfig, nn.Module):
             "discretizer": self.discretizer,
         }
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        name = "log_theta" if self.trainable_theta else "theta_"
+        if prefix + name not in state_dict:
+            # no theta loaded (strict=False, the weights in parts): the system stays as it is;
+            # discretising the theta there may be impossible (meta) or garbage (to_empty)
+            self._cache.clear()
+            return
         # the system matrices go where theta is: load_state_dict(assign=True) into a module
         # built on the meta device gives theta the state dict's tensor while A is still meta
-        theta = self.log_theta if self.trainable_theta else self.theta_
+        theta = getattr(self, name)
         self._refresh_discrete(device=theta.device)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
