@@ -333,6 +333,21 @@ def test_dtype_casts_keep_the_system_matrices_float64():
     assert_close_to_reference(mem(u)[0], ref)
 
 
+@pytest.mark.parametrize("cast", ["float", "half", "bfloat16"])
+def test_dtype_casts_keep_theta_and_the_system_matrices_exact(cast):
+    """``.float()``, ``.half()`` and ``.to(torch.bfloat16)`` (Lightning's "16-true" and
+    "bf16-true" precisions) leave theta and the float64 system matrices bit for bit: they were
+    cast to the dtype and back, so a bfloat16 layer of theta 3.1 computed, and saved, theta
+    3.09375, with ``Abar`` rounded to 8 bits of mantissa."""
+    want = plmu.ParallelLMU(2, 3, 6, 3.1)
+    layer = plmu.ParallelLMU(2, 3, 6, 3.1)
+    layer.to(getattr(torch, cast))
+    assert layer.memory.theta == 3.1
+    assert layer.state_dict()["memory.theta_"].item() == 3.1
+    for name, tensor in want.memory.named_buffers():
+        assert torch.equal(getattr(layer.memory, name), tensor), name
+
+
 @pytest.mark.parametrize("trainable_theta", [False, True])
 def test_built_under_a_default_device_everything_is_there(trainable_theta):
     """``with torch.device(...)`` (e.g. Lightning's ``init_module``) puts the buffers where the
