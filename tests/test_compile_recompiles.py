@@ -104,6 +104,26 @@ def test_a_graph_outlives_the_module_that_answered_for_its_system():
         assert _ANSWERING[token] is third.memory
 
 
+@pytest.mark.parametrize("how", ["float", "to_empty"])
+def test_a_graph_gets_its_systems_kernels_from_a_cast_or_emptied_module(how):
+    """The module that answers for a system may have been cast (``.float()``) or moved with
+    ``to_empty`` since it was built: both kept its token, but the cast rounded its ``Abar`` to
+    float32 (the float64 layers' compiled graph then computed with it, 1e-8 off) and
+    ``to_empty`` left it uninitialised (the graph computed garbage). The system now keeps its
+    values through both."""
+    answering = _layer(3.09375)  # a system no other test uses
+    if how == "float":
+        answering.float()
+    else:
+        answering.to_empty(device="cpu")
+    layer = _layer(3.09375)
+    assert layer.memory._token == answering.memory._token
+    x = _x()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        _close(torch.compile(layer, backend="eager", fullgraph=True)(x), layer(x))
+
+
 def test_fft_size_by_comparisons_gives_fft_size():
     """The compiled graph's FFT lengths (bisection over the table of fast lengths) are eager's."""
     from plmu.spectral import _FAST_LENGTHS, _fft_size_by_comparisons, fft_size

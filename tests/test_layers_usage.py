@@ -440,6 +440,26 @@ def test_settings_saved_by_a_later_version_are_ignored():
         plmu.LegendreMemory(**_MEMORY).set_extra_state("zoh")
 
 
+def test_what_takes_tensors_only_takes_the_state_dict_without_the_settings():
+    """As docs/library.md ("Saved settings") says: ``functional_call`` with the whole state dict
+    is a TypeError (the settings are no tensor), and an exported program's module has no
+    settings to load; without the entries both work."""
+    torch.manual_seed(0)
+    layer = plmu.ParallelLMU(**_LAYER)
+    x = torch.randn(2, 12, 3)
+    state = layer.state_dict()
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    with torch.no_grad():
+        want = layer(x)[0]
+        with pytest.raises(TypeError, match=r"is not an instance of torch\.Tensor"):
+            torch.func.functional_call(layer, state, (x,))
+        torch.testing.assert_close(torch.func.functional_call(layer, tensors, (x,))[0], want)
+    exported = torch.export.export(layer, (x,)).module()
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*_extra_state"):
+        exported.load_state_dict(state)
+    exported.load_state_dict(tensors)
+
+
 def test_the_loaded_theta_is_the_layers_theta():
     """``theta`` is part of the state: a layer built with another ``theta`` takes the saved one
     (and its discretisation) on ``load_state_dict``."""

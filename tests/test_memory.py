@@ -333,6 +333,21 @@ def test_dtype_casts_keep_the_system_matrices_float64():
     assert_close_to_reference(mem(u)[0], ref)
 
 
+@pytest.mark.parametrize("cast", ["float", "half", "bfloat16"])
+def test_dtype_casts_keep_theta_and_the_system_matrices_exact(cast):
+    """``.float()``, ``.half()`` and ``.to(torch.bfloat16)`` (Lightning's "16-true" and
+    "bf16-true" precisions) leave theta and the float64 system matrices bit for bit: they were
+    cast to the dtype and back, so a bfloat16 layer of theta 3.1 computed, and saved, theta
+    3.09375, with ``Abar`` rounded to 8 bits of mantissa."""
+    want = plmu.ParallelLMU(2, 3, 6, 3.1)
+    layer = plmu.ParallelLMU(2, 3, 6, 3.1)
+    layer.to(getattr(torch, cast))
+    assert layer.memory.theta == 3.1
+    assert layer.state_dict()["memory.theta_"].item() == 3.1
+    for name, tensor in want.memory.named_buffers():
+        assert torch.equal(getattr(layer.memory, name), tensor), name
+
+
 @pytest.mark.parametrize("trainable_theta", [False, True])
 def test_built_under_a_default_device_everything_is_there(trainable_theta):
     """``with torch.device(...)`` (e.g. Lightning's ``init_module``) puts the buffers where the
@@ -361,6 +376,30 @@ def test_meta_init_then_load_state_dict_gives_the_same_layer(trainable_theta, as
     layer.load_state_dict(ref.state_dict(), assign=assign)
     for name, tensor in ref.memory.named_buffers():
         assert torch.equal(getattr(layer.memory, name), tensor), name
+    x = torch.randn(2, 40, 3)
+    torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("to_empty", [False, True])
+@pytest.mark.parametrize("trainable_theta", [False, True])
+def test_meta_init_then_loading_the_weights_in_parts(trainable_theta, to_empty):
+    """A state dict without the memory's theta (``strict=False``: the readout's weights first,
+    the rest later) leaves the memory as it is: every memory discretised its theta on any load,
+    loaded or not, so a layer built on the meta device failed ("Tensor.item() cannot be called
+    on meta tensors") and one moved with ``to_empty`` discretised an uninitialised theta
+    ("theta must be a positive finite number", or a system of garbage)."""
+    args = dict(input_size=3, hidden_size=5, order=6, theta=20.0, trainable_theta=trainable_theta)
+    ref = plmu.ParallelLMU(**args)
+    with torch.device("meta"):
+        layer = plmu.ParallelLMU(**args)
+    if to_empty:
+        layer.to_empty(device="cpu")
+        with torch.no_grad():  # what the uninitialised theta may hold
+            (layer.memory.log_theta if trainable_theta else layer.memory.theta_).fill_(-1.0)
+    saved = ref.state_dict()
+    first = {k: v for k, v in saved.items() if not k.startswith("memory.")}
+    layer.load_state_dict(first, strict=False, assign=not to_empty)
+    layer.load_state_dict(saved, assign=not to_empty)
     x = torch.randn(2, 40, 3)
     torch.testing.assert_close(layer(x)[0], ref(x)[0], rtol=0, atol=0)
 

@@ -89,6 +89,9 @@ FREE_PROJECTED_MAX_ELEMENTS = 1 << 19
 CACHE_MAX_ENTRIES = 1024
 CACHE_MAX_BYTES = 32 << 20
 
+# the float64 buffers of the system (theta_ the fixed theta; the rest built from it, not saved)
+_SYSTEM_BUFFERS = ("A", "B", "theta_", "Abar", "Bbar")
+
 
 def _storages(value: object, found: dict[tuple, int] | None = None) -> dict[tuple, int]:
     """The storages of the tensors in a cache entry (a tensor, or a tuple or list of them):
@@ -466,22 +469,36 @@ class LegendreMemory(_SavedConfig, nn.Module):
             "discretizer": self.discretizer,
         }
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        name = "log_theta" if self.trainable_theta else "theta_"
+        if prefix + name not in state_dict:
+            # no theta loaded (strict=False, the weights in parts): the system stays as it is;
+            # discretising the theta there may be impossible (meta) or garbage (to_empty)
+            self._cache.clear()
+            return
         # the system matrices go where theta is: load_state_dict(assign=True) into a module
         # built on the meta device gives theta the state dict's tensor while A is still meta
-        theta = self.log_theta if self.trainable_theta else self.theta_
+        theta = getattr(self, name)
         self._refresh_discrete(device=theta.device)
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
         # .to(device) moves everything; dtype casts (.float(), .half()) must not touch the
-        # float64 system matrices: the kernels are always computed in float64, then cast.
+        # float64 system (theta_, the matrices): the kernels are always computed in float64,
+        # then cast. Of fn's result only the device is taken: cast and cast back, the values
+        # were rounded (.half(): theta 3.1 became 3.099609375, Abar rounded alike, and the
+        # token shared with the exact system), and to_empty() left them without values.
+        before = {name: self._buffers.get(name) for name in _SYSTEM_BUFFERS}
         was_meta = self.A.is_meta
         super()._apply(fn, recurse)
-        for name in ("A", "B", "theta_", "Abar", "Bbar"):
+        for name, old in before.items():
             buf = self._buffers.get(name)
-            if buf is not None and buf.dtype != torch.float64:
+            if buf is None or old is None:
+                continue
+            if old.is_meta or buf.is_meta:  # no values to keep (to_empty() off meta, or to meta)
                 self._buffers[name] = buf.double()
+            else:
+                self._buffers[name] = old.to(device=buf.device, dtype=torch.float64)
         self._cache.clear()
         if was_meta:  # to_empty(): no system until load_state_dict discretises one (its kernels
             self._system_theta = None  # must not answer for a real system's token meanwhile)

@@ -11,8 +11,11 @@ too, as for a weight of another shape. A state dict without the entry (written b
 saved) loads as before, unchecked, also with ``strict=True``.
 
 The entry lives in ``state_dict()`` only: parameters, buffers and the forward pass do not see it
-(``torch.compile``, ``torch.export``, ``torch.func.functional_call`` and DDP's broadcast of
-parameters and buffers are as before).
+(``torch.compile``, ``torch.export``, ``torch.func.functional_call`` with the parameters and
+buffers, and DDP's broadcast of them are as before). What takes a state dict of tensors only
+(``functional_call(model, model.state_dict(), ...)``, safetensors' ``save_file``, an exported
+program's module's ``load_state_dict``) needs it dropped: ``{k: v for k, v in sd.items() if
+torch.is_tensor(v)}`` (docs/library.md, "Saved settings").
 """
 
 from __future__ import annotations
