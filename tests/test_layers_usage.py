@@ -406,12 +406,16 @@ def test_loading_weights_saved_with_other_settings_names_the_setting(cls, args, 
 def test_state_dicts_written_before_the_settings_were_saved_still_load(cls, args):
     """A state dict of an earlier plmu has no ``_extra_state`` entries: it loads with
     ``strict=True`` (none is reported missing), unchecked, and gives the saved module's
-    outputs; the settings are saved as plain values that ``torch.load(weights_only=True)``
-    reads."""
+    outputs; the settings are saved as tensors that ``torch.load(weights_only=True)`` reads, and
+    ``read_settings`` gives them back."""
+    from plmu.saved_config import read_settings
+
     torch.manual_seed(0)
     module = cls(**args)
     state = module.state_dict()
-    assert {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}
+    settings = {k: read_settings(v) for k, v in state.items() if k.endswith("_extra_state")}
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert "bilinear" in str(settings) or "relu" in str(settings)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
@@ -429,35 +433,60 @@ def test_state_dicts_written_before_the_settings_were_saved_still_load(cls, args
 
 
 def test_settings_saved_by_a_later_version_are_ignored():
-    """An entry this version does not record (a setting a later plmu saves) is not an error."""
+    """An entry this version does not record (a setting a later plmu saves) is not an error;
+    an entry that holds no settings is, naming it."""
+    from plmu.saved_config import _encode, read_settings
+
     state = plmu.LegendreMemory(**_MEMORY).state_dict()
-    state["_extra_state"] = {**state["_extra_state"], "a_later_setting": 1}
+    state["_extra_state"] = _encode({**read_settings(state["_extra_state"]), "a_later_setting": 1})
     plmu.LegendreMemory(**_MEMORY).load_state_dict(state)
-    state["_extra_state"] = "zoh"
-    with pytest.raises(RuntimeError, match=r"_extra_state: expected the settings of a Legendre"):
-        plmu.LegendreMemory(**_MEMORY).load_state_dict(state)
+    not_utf8 = torch.tensor([255], dtype=torch.uint8)
+    for bad in ("zoh", torch.tensor([1.0, 2.0]), _encode([1, 2]), not_utf8):
+        state["_extra_state"] = bad
+        with pytest.raises(RuntimeError, match=r"_extra_state: expected the settings of a Legend"):
+            plmu.LegendreMemory(**_MEMORY).load_state_dict(state)
     with pytest.raises(ValueError, match=r"^_extra_state: expected the settings of a Legendre"):
         plmu.LegendreMemory(**_MEMORY).set_extra_state("zoh")
 
 
-def test_what_takes_tensors_only_takes_the_state_dict_without_the_settings():
-    """As docs/library.md ("Saved settings") says: ``functional_call`` with the whole state dict
-    is a TypeError (the settings are no tensor), and an exported program's module has no
-    settings to load; without the entries both work."""
+def test_saved_settings_read_back_as_a_dict():
+    """``read_settings`` decodes an entry (on any device it was loaded to), and a settings dict
+    (as this version's first state dicts held) is taken as it is."""
+    from plmu.saved_config import read_settings
+
+    state = plmu.ParallelLMU(**_LAYER, discretizer="bilinear").state_dict()
+    assert read_settings(state["memory._extra_state"]) == {
+        "discretizer": "bilinear",
+        "memory_size": 2,
+        "order": 6,
+    }
+    assert read_settings(state["_extra_state"]) == {
+        "hidden_activation": "relu",
+        "memory_activation": "identity",
+    }
+    as_dict = dict(state, **{"memory._extra_state": {"discretizer": "bilinear"}})
+    plmu.ParallelLMU(**_LAYER, discretizer="bilinear").load_state_dict(as_dict)
+    assert read_settings(torch.zeros(3)) is None and read_settings(None) is None
+
+
+def test_what_takes_tensors_only_takes_the_whole_state_dict():
+    """As docs/library.md ("Saved settings") says: the settings are tensors, so
+    ``functional_call`` takes the whole state dict (a dict entry was a TypeError: "is not an
+    instance of torch.Tensor"), and so does ``torch.load(weights_only=True)``; an exported
+    program's module has no settings entries and loads the state dict with ``strict=False``."""
     torch.manual_seed(0)
     layer = plmu.ParallelLMU(**_LAYER)
     x = torch.randn(2, 12, 3)
     state = layer.state_dict()
-    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    assert all(torch.is_tensor(v) for v in state.values())
     with torch.no_grad():
         want = layer(x)[0]
-        with pytest.raises(TypeError, match=r"is not an instance of torch\.Tensor"):
-            torch.func.functional_call(layer, state, (x,))
-        torch.testing.assert_close(torch.func.functional_call(layer, tensors, (x,))[0], want)
+        torch.testing.assert_close(torch.func.functional_call(layer, state, (x,))[0], want)
     exported = torch.export.export(layer, (x,)).module()
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*_extra_state"):
         exported.load_state_dict(state)
-    exported.load_state_dict(tensors)
+    result = exported.load_state_dict(state, strict=False)
+    assert all(key.endswith("_extra_state") for key in result.unexpected_keys)
 
 
 def test_the_loaded_theta_is_the_layers_theta():

@@ -4,25 +4,29 @@ A state dict holds tensors, and some settings shape none of them: a ``LegendreMe
 with ``discretizer="bilinear"`` loaded into a ``"zoh"`` one, or a ``ParallelLMU`` saved with
 ``hidden_activation="tanh"`` into a ``"relu"`` one, took the weights without a word and computed
 other outputs with them. :class:`_SavedConfig` records those settings as the module's
-``_extra_state`` entry (``{"discretizer": "zoh", ...}``, plain Python values) and refuses a state
-dict saved with other values: ``load_state_dict`` raises its RuntimeError naming the entry and
-the setting (beside any other error, such as a weight of another shape), with ``strict=False``
-too, as for a weight of another shape. A state dict without the entry (written before it was
-saved) loads as before, unchecked, also with ``strict=True``.
+``_extra_state`` entry and refuses a state dict saved with other values: ``load_state_dict``
+raises its RuntimeError naming the entry and the setting (beside any other error, such as a
+weight of another shape), with ``strict=False`` too, as for a weight of another shape. A state
+dict without the entry (written before it was saved) loads as before, unchecked, also with
+``strict=True``.
 
-The entry lives in ``state_dict()`` only: parameters, buffers and the forward pass do not see it
-(``torch.compile``, ``torch.export``, ``torch.func.functional_call`` with the parameters and
-buffers, and DDP's broadcast of them are as before). What takes a state dict of tensors only
-(``functional_call(model, model.state_dict(), ...)``, safetensors' ``save_file``, an exported
-program's module's ``load_state_dict``) needs it dropped: ``{k: v for k, v in sd.items() if
-torch.is_tensor(v)}`` (docs/library.md, "Saved settings").
+The entry is a tensor (the settings as UTF-8 JSON in a ``uint8`` vector; :func:`read_settings`
+gives them back as a dict), so a state dict stays a mapping of tensors: safetensors,
+``torch.load(weights_only=True)`` and ``torch.func.functional_call(model, model.state_dict(),
+...)`` take it whole. It lives in ``state_dict()`` only: parameters, buffers and the forward
+pass do not see it (``torch.compile``, ``torch.export`` and DDP's broadcast of parameters and
+buffers are as before). An exported program's module has no such entries: load it with
+``strict=False`` or without them (docs/library.md, "Saved settings").
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-__all__: list[str] = []
+import torch
+
+__all__ = ["read_settings"]
 
 _KEY = "_extra_state"  # torch.nn.Module's name for it, under the module's prefix
 
@@ -36,8 +40,8 @@ class _SavedConfig:
         weight's shape or key shows, as plain Python values."""
         raise NotImplementedError
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return self._saved_config()
+    def get_extra_state(self) -> torch.Tensor:
+        return _encode(self._saved_config())
 
     def set_extra_state(self, state: Any) -> None:
         problem = self._saved_config_problem(state)
@@ -49,8 +53,13 @@ class _SavedConfig:
         otherwise than this module, or not a dict of settings; ``None`` if nothing. A setting
         this version does not record (saved by a later one) is ignored."""
         name = type(self).__name__
-        if not isinstance(saved, dict):
-            return f"expected the settings of a {name} (a dict), got {type(saved).__name__}"
+        settings = read_settings(saved)
+        if settings is None:
+            got = f"a {type(saved).__name__}"
+            if isinstance(saved, torch.Tensor):
+                got = f"a {saved.dtype} tensor of shape {tuple(saved.shape)} that is no JSON object"
+            return f"expected the settings of a {name} (see plmu.saved_config), got {got}"
+        saved = settings
         mine = self._saved_config()
         for setting, value in saved.items():
             if setting in mine and mine[setting] != value:
@@ -85,3 +94,29 @@ class _SavedConfig:
         if key not in state_dict and key in missing_keys:
             # a state dict written before the settings were saved: loaded as it was, unchecked
             missing_keys.remove(key)
+
+
+def _encode(settings: dict[str, Any]) -> torch.Tensor:
+    """``settings`` as UTF-8 JSON in a ``uint8`` vector ``(bytes,)`` (keys sorted)."""
+    data = json.dumps(settings, sort_keys=True).encode("utf-8")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def read_settings(entry: Any) -> dict[str, Any] | None:
+    """The settings a state dict's ``_extra_state`` entry of a plmu layer records, as a dict
+    (e.g. ``{"discretizer": "zoh", "memory_size": 1, "order": 256}``); ``None`` if ``entry`` is
+    not such an entry.
+
+    Args:
+        entry: ``state_dict()[prefix + "_extra_state"]``: a ``uint8`` tensor ``(bytes,)`` on any
+            device (or a dict of settings, returned as it is).
+    """
+    if isinstance(entry, dict):
+        return entry
+    if not isinstance(entry, torch.Tensor) or entry.dtype != torch.uint8 or entry.dim() != 1:
+        return None
+    try:
+        value = json.loads(bytes(entry.tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from plmu.saved_config import read_settings
 from plmu.training import registry
 from plmu.training.config import RESUME_KEYS, load_config
 
@@ -307,8 +308,8 @@ def _check_weights_fit(
     checkpoint's config, for the message."""
     because = f" (changed: {', '.join(changed)})" if changed else ""
     built = module.state_dict()
-    expected = {name: _layout(value) for name, value in built.items()}
-    found = {name: _layout(value) for name, value in state.items()}
+    expected = {name: _layout(name, value) for name, value in built.items()}
+    found = {name: _layout(name, value) for name, value in state.items()}
     for name, layout in list(expected.items()):
         if layout == "settings" and name not in found:
             del expected[name]  # a checkpoint of a plmu before the settings were saved
@@ -319,10 +320,14 @@ def _check_weights_fit(
             f"(e.g. {names[0]}){because}; train into another --out instead"
         )
     for name, value in built.items():
-        if expected.get(name) == "settings" and state[name] != value:
+        if expected.get(name) != "settings":
+            continue
+        then, now = read_settings(state[name]), read_settings(value)
+        if then != now:
+            recorded = state[name] if then is None else then
             raise CheckpointError(
-                f"cannot resume from {path}: its {name} records {state[name]!r}, the model this "
-                f"config builds {value!r}{because}; train into another --out instead"
+                f"cannot resume from {path}: its {name} records {recorded!r}, the model this "
+                f"config builds {now!r}{because}; train into another --out instead"
             )
     for name, buffer in module.named_buffers():
         saved = state.get(name)
@@ -335,9 +340,13 @@ def _check_weights_fit(
             )
 
 
-def _layout(value: object) -> tuple[int, ...] | str:
-    """A state dict entry's shape, or ``"settings"`` for a module's ``_extra_state``."""
-    return tuple(value.shape) if isinstance(value, torch.Tensor) else "settings"
+def _layout(name: str, value: object) -> tuple[int, ...] | str:
+    """A state dict entry's shape, or ``"settings"`` for a module's ``_extra_state`` (its
+    settings, :mod:`plmu.saved_config`: a tensor whose length is that of their JSON, or a
+    dict)."""
+    if name.rsplit(".", 1)[-1] == "_extra_state" or not isinstance(value, torch.Tensor):
+        return "settings"
+    return tuple(value.shape)
 
 
 def _check_optimizer_fits(
