@@ -107,6 +107,17 @@ def test_failed_download_leaves_no_folder_behind(tmp_path: Path) -> None:
     assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["afile", "afile/mnist"])
+def test_data_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, name: str) -> None:
+    """A --data-dir that is (or lies under) a file is refused naming it, not with a bare
+    ``[Errno 17] File exists`` (or ``[Errno 20] Not a directory``) from making the folder."""
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(DataError, match="is a file, not a directory") as info:
+        load_mnist(tmp_path / name)
+    assert str(tmp_path / "afile") in str(info.value) and "--data-dir" in str(info.value)
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
 def test_missing_files_without_download(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="missing"):
         load_mnist(tmp_path, download=False)

@@ -26,11 +26,16 @@ def download_dir(name: str) -> Path:
 def download_folder(path: str | Path) -> Iterator[Path]:
     """Make the folder ``path`` (and its missing parents) for a download into it; when the
     download fails (any exception, Ctrl-C included), remove again the folders made here that are
-    still empty, so a mistyped ``--data-dir`` offline leaves nothing behind."""
+    still empty, so a mistyped ``--data-dir`` offline leaves nothing behind. A ``path`` that is
+    a file, or lies under one, is a :class:`DataError` naming it (not ``[Errno 17] File
+    exists`` from ``mkdir``)."""
     path = Path(path)
     made = []  # the deepest first
     for folder in (path, *path.parents):
         if folder.exists():
+            if not folder.is_dir():
+                problem = "is a file" if folder == path else f"cannot be made: {folder} is a file"
+                raise DataError(f"data directory {path} {problem}, not a directory (--data-dir)")
             break
         made.append(folder)
     path.mkdir(parents=True, exist_ok=True)
