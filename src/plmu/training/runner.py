@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -421,10 +422,15 @@ def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | Non
 
 def _output_dir(out: Path) -> Path:
     """``out``, refused before any work when it (or the nearest part of it that exists) is a
-    file: Lightning's loggers failed on it only after the data was prepared, with a bare
-    ``[Errno 17] File exists``."""
+    file, or a folder this process may not write into (read-only, another user's): Lightning's
+    loggers failed on it only after the data was prepared, with a bare ``[Errno 17] File
+    exists`` (``[Errno 13] Permission denied``, ``[Errno 30] Read-only file system``)."""
     for path in (out, *out.parents):
         if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"output directory --out {out} cannot be written: {path} is not writable"
+                )
             return out
         if path.exists():
             problem = "is a file" if path == out else f"cannot be made: {path} is a file"
