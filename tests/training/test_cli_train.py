@@ -372,6 +372,23 @@ def test_an_out_that_cannot_be_written_is_named_before_the_data_is_read(
     assert list(locked.iterdir()) == [] and not (tmp_path / "missing").exists()
 
 
+def test_resuming_with_fewer_epochs_than_trained_is_refused_naming_epochs(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Was Lightning's ``You restored a checkpoint with current_epoch=2, but you have set
+    Trainer(max_epochs=1)``, which names no config key, once the data and the loggers were
+    ready (a new ``logs/version_1`` left behind)."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), "--accelerator", "cpu"]
+    args += [*sets(TINY_MACKEY_GLASS), "--no-progress-bar"]
+    assert main([*args, "--set", "epochs=3"]) == 0
+    capsys.readouterr()
+    message = _one_line_error(capsys, main([*args, "--set", "epochs=1"]))
+    assert message.startswith("plmu: error: config key 'epochs' is 1, but ")
+    assert "has trained 3 epochs" in message and "--out" in message
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
+
+
 def test_resuming_with_a_changed_task_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

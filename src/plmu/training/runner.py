@@ -164,6 +164,7 @@ def train(
         _check_resume_config(
             load_config(exp.name, base=base), config, checkpoint_path, resume is not None
         )
+        _check_resume_epochs(config, resumed, checkpoint_path)
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -417,6 +418,19 @@ def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | Non
         raise ValueError(
             f"{exp.name} generates its data and reads none: --data-dir {data_dir} would be "
             f"ignored; leave it out"
+        )
+
+
+def _check_resume_epochs(config: dict, checkpoint: dict, path: Path) -> None:
+    """Refuse, naming ``epochs``, a resumed run given fewer ``epochs`` than its checkpoint has
+    trained, before any data is read: Lightning refused it only as the fit began, with
+    ``Trainer(max_epochs=...)`` in its message."""
+    done = _checkpoint_completed_epochs(checkpoint)
+    if config["epochs"] < done:
+        raise ValueError(
+            f"config key 'epochs' is {config['epochs']}, but {path} has trained {done} epochs: "
+            f"give epochs >= {done} to resume it, test it with plmu evaluate, or train into "
+            f"another --out"
         )
 
 
