@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["DataError", "download_dir", "download_folder", "not_utf8"]
+__all__ = ["DataError", "check_text", "download_dir", "download_folder", "not_utf8"]
 
 
 def download_dir(name: str) -> Path:
@@ -52,6 +52,23 @@ def download_folder(path: str | Path) -> Iterator[Path]:
 
 class DataError(ValueError):
     """A data file is missing, corrupt or cannot be downloaded (a one-line message)."""
+
+
+def check_text(text: str, name: str) -> str:
+    """``text``, refused naming ``name`` when it holds a lone surrogate, which no tokenizer
+    takes: Python gives a byte of a command-line argument that is not UTF-8 (from a terminal
+    in another encoding) as the surrogate ``U+DC80``-``U+DCFF``, and the tokenizers failed on it
+    with ``TextEncodeInput must be Union[...]``, naming no argument."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        what = f"the byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise ValueError(
+            f"{name} holds {what} (character {error.start + 1}), not UTF-8 text; give it in "
+            f"UTF-8 (a terminal set to another encoding passes its bytes as they are)"
+        ) from None
+    return text
 
 
 def not_utf8(path: str | Path, error: UnicodeDecodeError | None = None) -> DataError:

@@ -49,7 +49,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from plmu.data import DataError, not_utf8
+from plmu.data import DataError, check_text, not_utf8
 from plmu.legendre import _check_positive_int
 from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
@@ -257,7 +257,7 @@ def encode_source(tokenizer: Tokenizer, sentence: str, max_length: int) -> list[
         raise TypeError(f"sentence must be a str, got {type(sentence).__name__}")
     if not sentence.strip():
         raise ValueError("sentence is empty; give an English sentence to translate")
-    ids = tokenizer.encode(sentence.strip()).ids
+    ids = tokenizer.encode(check_text(sentence, "sentence").strip()).ids
     if len(ids) > max_length:
         raise ValueError(
             f"sentence has {len(ids)} subword tokens, more than max_source_length={max_length} "
