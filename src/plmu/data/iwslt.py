@@ -129,6 +129,8 @@ def read_data_dir(data_dir: Path | str, splits: Iterable[str] = tuple(SPLITS)) -
     wanted = set(splits)
     splits = [split for split in SPLITS if split in wanted]
     needed = [f"{SPLITS[split]}.{lang}" for split in splits for lang in ("en", "vi")]
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data_dir {str(data_dir)!r} is a file, not a directory (--data-dir)")
     missing = [name for name in needed if not (data_dir / name).is_file()]
     if missing:
         raise DataError(
