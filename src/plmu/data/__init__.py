@@ -28,7 +28,7 @@ def download_folder(path: str | Path) -> Iterator[Path]:
     download fails (any exception, Ctrl-C included), remove again the folders made here that are
     still empty, so a mistyped ``--data-dir`` offline leaves nothing behind. A ``path`` that is
     a file, or lies under one, is a :class:`DataError` naming it (not ``[Errno 17] File
-    exists`` from ``mkdir``)."""
+    exists`` from ``mkdir``), and so is one this process may not write into (or make)."""
     path = Path(path)
     made = []  # the deepest first
     for folder in (path, *path.parents):
@@ -36,6 +36,12 @@ def download_folder(path: str | Path) -> Iterator[Path]:
             if not folder.is_dir():
                 problem = "is a file" if folder == path else f"cannot be made: {folder} is a file"
                 raise DataError(f"data directory {path} {problem}, not a directory (--data-dir)")
+            if not os.access(folder, os.W_OK | os.X_OK):  # read-only, another user's
+                where = "" if folder == path else f" cannot be made: {folder}"
+                raise DataError(
+                    f"data directory {path}{where} is not writable, so nothing can be downloaded "
+                    f"into it; put the files there, or pass a --data-dir this process can write"
+                )
             break
         made.append(folder)
     path.mkdir(parents=True, exist_ok=True)
