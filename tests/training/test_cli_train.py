@@ -389,6 +389,22 @@ def test_resuming_with_fewer_epochs_than_trained_is_refused_naming_epochs(
     assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
 
 
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_train_refuses_a_strategy_that_trains_in_child_processes(
+    capsys: pytest.CaptureFixture, tmp_path: Path, strategy: str
+) -> None:
+    """``--strategy ddp_spawn`` (or ``ddp_fork``, ``ddp_notebook``) trains in processes started
+    from this one, whose loggers and callbacks never come back: the test after the fit failed
+    with a traceback (``ValueError: dict contains fields not in fieldnames: 'val_loss', ...``
+    from the CSV log, whose rows it had truncated). Refused before any data is read."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--strategy", strategy]
+    message = _one_line_error(capsys, main([*args, "--no-progress-bar"]))
+    assert message.startswith(f"plmu: error: --strategy {strategy} is not supported by plmu train")
+    assert "--strategy ddp" in message and not out.exists()
+
+
 def test_resuming_with_a_changed_task_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

@@ -140,6 +140,7 @@ def train(
     """
     exp = registry.get(experiment)
     _check_data_dir_applies(exp, data_dir)
+    _check_strategy_trains_in_place(strategy)
     out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
@@ -418,6 +419,24 @@ def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | Non
         raise ValueError(
             f"{exp.name} generates its data and reads none: --data-dir {data_dir} would be "
             f"ignored; leave it out"
+        )
+
+
+# Lightning's strategies that run the fit in processes started from this one (spawn, fork; the
+# notebook one forks) and send back only the weights and the logged metrics.
+_CHILD_PROCESS_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _check_strategy_trains_in_place(strategy: object) -> None:
+    """Refuse, naming ``--strategy``, a strategy that trains in child processes: their loggers
+    and callbacks (the run's time, its completed epochs, the CSV log's columns) never came back,
+    and the test after the fit failed with a traceback from the CSV log, which it truncated.
+    ``ddp`` starts the other processes as commands of their own and runs rank 0 here."""
+    if isinstance(strategy, str) and strategy.startswith(_CHILD_PROCESS_STRATEGIES):
+        raise ValueError(
+            f"--strategy {strategy} is not supported by plmu train: it trains in child "
+            f"processes whose loggers and callbacks do not come back; use --strategy ddp "
+            f"(also under torchrun or SLURM)"
         )
 
 
