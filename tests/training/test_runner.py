@@ -1040,3 +1040,29 @@ def test_mackey_glass_plot_in_the_weights_precision(tmp_path: Path, precision: s
     metrics = _train_mg(out, f"precision={precision}")
     assert (out / "prediction.png").stat().st_size > 1000
     assert json.loads((out / "metrics.json").read_text())["plot"] == metrics["plot"]
+
+
+def test_a_forked_data_loader_worker_does_not_repeat_the_stop_message(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    """A DataLoader worker (``num_workers`` > 0) is forked after the handler is installed and
+    inherits it; Ctrl-C in a terminal reaches the whole process group, so every live worker
+    printed ``plmu: Ctrl-C: stopping after this step ...`` again. A worker keeps the handler
+    (it must not die on the first Ctrl-C: the main process may still fetch the step's next
+    batch) but stays silent."""
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
+    trainer = SimpleNamespace(global_rank=0, world_size=1, received_sigterm=False)
+    stop.on_fit_start(trainer, None)
+    assert signal.SIGINT in stop._handled
+    stop.on_train_start(trainer, None)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker: Ctrl-C, then report whether it was taken as a stop request
+            os.kill(os.getpid(), signal.SIGINT)
+            os._exit(0 if stop.requested == signal.SIGINT else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        stop._restore()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "stopping after" not in capfd.readouterr().err
+    assert stop.requested is None  # the main process received nothing

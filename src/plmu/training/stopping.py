@@ -6,6 +6,7 @@ the uninterrupted run would have.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -108,6 +109,7 @@ class _GracefulStop(Callback):
         self.requested: int | None = None  # the signal that asked this process to stop
         self._handled: list[int] = []  # the signals to take over at on_train_start
         self._rank = 0  # the global rank, which prints the message
+        self._pid: int | None = None  # the process that installed the handlers (not a worker)
         self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
         # under DDP: the CPU process group the ranks agree over (None: none, or no gloo), the
         # all-reduce started at the last batch end with its flag, and the signal agreed so far
@@ -129,6 +131,7 @@ class _GracefulStop(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if signal.SIGTERM in self._handled and trainer.received_sigterm:
             raise SIGTERMException(_SIGTERM_STATUS)  # Lightning's handler had it (sanity check)
+        self._pid = os.getpid()
         for signum in self._handled:
             signal.signal(signum, self._on_signal)
             self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
@@ -141,7 +144,9 @@ class _GracefulStop(Callback):
         if self.requested is not None:  # the second signal: at once
             self._stop(signum)
         self.requested = signum
-        if self._rank != 0:  # under DDP rank 0 speaks for all (Ctrl-C reaches every one)
+        # under DDP rank 0 speaks for all (Ctrl-C reaches every one); a DataLoader worker,
+        # forked with this handler, keeps running for the main process, silently
+        if self._rank != 0 or os.getpid() != self._pid:
             return
         name = _STOP_SIGNALS[signum][1]
         step = "this" if self._group is None else "the next"  # agreed a batch later
