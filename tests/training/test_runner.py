@@ -1042,24 +1042,33 @@ def test_mackey_glass_plot_in_the_weights_precision(tmp_path: Path, precision: s
     assert json.loads((out / "metrics.json").read_text())["plot"] == metrics["plot"]
 
 
-def test_a_forked_data_loader_worker_does_not_repeat_the_stop_message(
-    tmp_path: Path, capfd: pytest.CaptureFixture
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_forked_data_loader_worker_ignores_the_stop_signals(
+    tmp_path: Path, capfd: pytest.CaptureFixture, signum: int
 ) -> None:
     """A DataLoader worker (``num_workers`` > 0) is forked after the handler is installed and
-    inherits it; Ctrl-C in a terminal reaches the whole process group, so every live worker
-    printed ``plmu: Ctrl-C: stopping after this step ...`` again. A worker keeps the handler
-    (it must not die on the first Ctrl-C: the main process may still fetch the step's next
-    batch) but stays silent."""
+    inherits it (for SIGINT: PyTorch's workers put a handler of their own on SIGTERM only), and
+    Ctrl-C in a terminal reaches the whole process group: every live worker printed ``plmu:
+    Ctrl-C: stopping after this step ...`` again, and took a second Ctrl-C as its own stop
+    (a KeyboardInterrupt in the worker). A forked process now leaves both signals to the
+    process that installed the handler."""
     stop = stopping._GracefulStop(tmp_path / "last.ckpt")
     trainer = SimpleNamespace(global_rank=0, world_size=1, received_sigterm=False)
     stop.on_fit_start(trainer, None)
-    assert signal.SIGINT in stop._handled
+    assert signum in stop._handled
     stop.on_train_start(trainer, None)
     try:
         pid = os.fork()
-        if pid == 0:  # the worker: Ctrl-C, then report whether it was taken as a stop request
-            os.kill(os.getpid(), signal.SIGINT)
-            os._exit(0 if stop.requested == signal.SIGINT else 1)
+        if pid == 0:  # the worker: the signal twice, as Ctrl-C pressed twice
+            code = 1
+            try:
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+                code = 0 if stop.requested is None else 2
+            except BaseException:  # the stop raised here
+                code = 3
+            finally:
+                os._exit(code)
         _, status = os.waitpid(pid, 0)
     finally:
         stop._restore()

@@ -141,12 +141,12 @@ class _GracefulStop(Callback):
             self._group = dist.new_group(backend="gloo")  # collective: every rank, here
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker, forked with this handler, that
+            return  # the signal reached with its process group: the main process stops it
         if self.requested is not None:  # the second signal: at once
             self._stop(signum)
         self.requested = signum
-        # under DDP rank 0 speaks for all (Ctrl-C reaches every one); a DataLoader worker,
-        # forked with this handler, keeps running for the main process, silently
-        if self._rank != 0 or os.getpid() != self._pid:
+        if self._rank != 0:  # under DDP rank 0 speaks for all (Ctrl-C reaches every one)
             return
         name = _STOP_SIGNALS[signum][1]
         step = "this" if self._group is None else "the next"  # agreed a batch later
