@@ -1,8 +1,6 @@
 """EpochRandomSampler: an order given by seed and epoch alone (what makes a resumed run exact)."""
 
 import itertools
-import multiprocessing
-import subprocess
 from types import SimpleNamespace
 
 import pytest
@@ -176,32 +174,6 @@ def test_the_datamodule_loaders_leave_the_global_generator_alone() -> None:
     for loader in (train, data.val_dataloader(), data.test_dataloader()):
         next(iter(loader))
     assert torch.equal(torch.get_rng_state(), state)
-
-
-@pytest.mark.parametrize("split", ["train", "validation"])
-def test_a_worker_outlives_a_sigterm_to_the_process_group(split: str) -> None:
-    """``kill -TERM -PGID``, ``scancel`` and systemd's stop signal every process of the job,
-    DataLoader workers too; PyTorch's workers die of a SIGTERM that their parent did not
-    send, and the main process, about to stop gracefully with ``last.ckpt`` written, died of
-    ``RuntimeError: DataLoader worker (pid N) is killed by signal: Terminated`` (status 1).
-    A worker now leaves SIGTERM (and Ctrl-C) to the main process; its parent's SIGTERM (the
-    loader's shutdown) still ends it."""
-    data = _Ranges(batch_size=2, num_workers=1)
-    data.setup()
-    loader = data.train_dataloader() if split == "train" else data.val_dataloader()
-    before = set(multiprocessing.active_children())
-    iterator = iter(loader)
-    next(iterator)
-    (worker,) = set(multiprocessing.active_children()) - before
-    # from another process than the worker's parent, as a shell's or a scheduler's signal
-    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
-    subprocess.run(["kill", "-INT", str(worker.pid)], check=True)
-    worker.join(timeout=0.5)  # dead by now without the fix
-    assert worker.is_alive()
-    assert len(list(iterator)) == len(loader) - 1  # the rest of the epoch
-    worker.terminate()  # from its parent, as a loader shutting down a stuck worker does
-    worker.join(timeout=5.0)
-    assert worker.exitcode == 0
 
 
 def _attached(data: SplitDataModule, device: str | None) -> SplitDataModule:

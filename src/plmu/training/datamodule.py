@@ -9,12 +9,8 @@ evaluated once (Lightning's ``DistributedSampler`` repeats examples to even the 
 
 from __future__ import annotations
 
-import functools
 import itertools
-import os
-import signal
-import threading
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import lightning as L
@@ -190,36 +186,6 @@ def _sampler_epoch(loader: DataLoader) -> int | None:
     return None
 
 
-def _worker_init(init: Callable[[int], None] | None, worker_id: int) -> None:
-    """Run in each DataLoader worker process as it starts: leave Ctrl-C and SIGTERM to the main
-    process, then call the loader's own ``worker_init_fn`` (``init``), if any.
-
-    A shell's ``kill -TERM -PGID``, ``scancel`` or systemd signal every process of the job, and
-    Ctrl-C in a terminal its whole process group: workers too. PyTorch's workers die of a
-    SIGTERM that their parent did not send, and the main process, about to stop after the
-    current step with ``last.ckpt`` written (:mod:`plmu.training.stopping`), died of
-    ``RuntimeError: DataLoader worker (pid N) is killed by signal``. Here SIGINT is ignored
-    and SIGTERM held for a thread that ends the worker, as PyTorch's handler does, only when
-    the parent sent it (the loader shutting down a worker); the main process shuts the workers
-    down as it stops, and a worker whose parent died exits by itself (PyTorch's watchdog).
-    Where ``signal.sigwaitinfo`` is missing (macOS), SIGTERM keeps PyTorch's handling.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if hasattr(signal, "sigwaitinfo"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the new thread inherits it
-        threading.Thread(target=_end_on_parents_sigterm, name="plmu-sigterm", daemon=True).start()
-    if init is not None:
-        init(worker_id)
-
-
-def _end_on_parents_sigterm() -> None:
-    """Wait for SIGTERM (blocked in the worker); end the worker when its parent sent it."""
-    while True:
-        info = signal.sigwaitinfo({signal.SIGTERM})
-        if info.si_pid == os.getppid():
-            os._exit(0)
-
-
 class SplitDataModule(L.LightningDataModule):
     """Serves ``train_set``, ``val_set`` and ``test_set`` (standard torch Datasets).
 
@@ -340,8 +306,6 @@ class SplitDataModule(L.LightningDataModule):
                 if shards is not None:
                     kwargs["sampler"] = ShardSampler(dataset, **shards)  # type: ignore[arg-type]
         kwargs.update(options)
-        if kwargs["num_workers"] > 0:
-            kwargs["worker_init_fn"] = functools.partial(_worker_init, kwargs.get("worker_init_fn"))
         if "pin_memory" not in options:
             kwargs["pin_memory"] = kwargs["num_workers"] > 0 and self._to_cuda()
         loader = ResumableDataLoader if split == "train" else DataLoader
