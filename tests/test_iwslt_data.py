@@ -40,6 +40,9 @@ def test_missing_files_error_names_them(tmp_path):
         read_data_dir(tmp_path)
     with pytest.raises(ValueError, match=r"lacks train\.en"):
         read_data_dir(tmp_path / "empty")
+    # a file given as --data-dir: was "lacks train.en, ..." as if it were a folder
+    with pytest.raises(ValueError, match=r"train\.en' is a file, not a directory \(--data-dir\)"):
+        read_data_dir(tmp_path / "train.en")
 
 
 def test_misaligned_files_are_an_error(tmp_path):

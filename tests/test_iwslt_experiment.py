@@ -134,6 +134,9 @@ def test_cli_translate_and_errors(run, capsys):
     assert cli.main(["translate", ckpt, ""]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("plmu: error: sentence is empty") and "\n" not in err
+    assert cli.main(["translate", ckpt, "i see a caf\udce9 ."]) == 2  # argv not UTF-8
+    err = capsys.readouterr().err.strip()
+    assert "sentence holds the byte 0xe9 (character 12), not UTF-8 text" in err and "\n" not in err
 
 
 def test_translate_help_says_the_sentence_must_be_moses_tokenised(capsys):

@@ -136,6 +136,13 @@ def test_offline_download_fails_with_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "data").exists()  # no partial file, nor the folder made for it
 
 
+def test_data_dir_that_is_a_file_is_a_one_line_error(tmp_path):
+    """A --data-dir that is a file is refused naming it, not with ``[Errno 17] File exists``."""
+    (tmp_path / "text8.txt").write_text("not a folder")
+    with pytest.raises(DataError, match=r"text8\.txt is a file, not a directory \(--data-dir\)"):
+        t8.load_text8(tmp_path / "text8.txt")
+
+
 def test_download_cut_short_fails_with_one_line_and_leaves_no_partial_file(tmp_path, monkeypatch):
     class Cut(io.BytesIO):  # the connection drops before Content-Length bytes arrived
         def read(self, *args):

@@ -165,6 +165,9 @@ def test_predict_errors_are_one_line(tmp_path, capsys):
         (["only one question"], "qqp expects 2 text(s) (question1, question2), got 1"),
         (["", "how do fish swim"], "question1 is empty"),
         (["sky " * 13, "how do fish swim"], "question1 has 13 tokens, more than max_length=12"),
+        # a byte that is not UTF-8 in argv (a Latin-1 terminal): was the tokenizer's
+        # "TextEncodeInput must be Union[TextInputSequence, ...]", naming no argument
+        (["sky", "caf\udce9 ?"], "question2 holds the byte 0xe9 (character 4), not UTF-8 text"),
     ]
     for texts, message in cases:
         assert main(["predict", checkpoint, *texts]) == 2

@@ -59,7 +59,10 @@ def _add_device_options(parser: argparse.ArgumentParser) -> None:
         help="how many devices or which: 1, 2, '0,1', auto (default: auto)",
     )
     group.add_argument(
-        "--strategy", default="auto", help="auto, ddp, ddp_spawn, fsdp, ... (default: auto)"
+        "--strategy",
+        default="auto",
+        help="auto, ddp, fsdp, ... (default: auto; plmu train refuses ddp_spawn and ddp_fork, "
+        "which train in child processes whose state does not come back)",
     )
     group.add_argument(
         "--num-nodes", type=int, default=1, help="machines for multi-node DDP (default: 1)"

@@ -1,6 +1,7 @@
 import gzip
 import http.client
 import io
+import os
 import urllib.request
 from pathlib import Path
 
@@ -105,6 +106,40 @@ def test_failed_download_leaves_no_folder_behind(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         load_mnist(tmp_path)
     assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["afile", "afile/mnist"])
+def test_data_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, name: str) -> None:
+    """A --data-dir that is (or lies under) a file is refused naming it, not with a bare
+    ``[Errno 17] File exists`` (or ``[Errno 20] Not a directory``) from making the folder."""
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(DataError, match="is a file, not a directory") as info:
+        load_mnist(tmp_path / name)
+    assert str(tmp_path / "afile") in str(info.value) and "--data-dir" in str(info.value)
+    assert (tmp_path / "afile").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("name", ["locked", "locked/mnist"])
+def test_download_into_a_folder_that_cannot_be_written_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """A missing file to download into a read-only --data-dir (or default ``~/.cache/plmu``
+    under a read-only home) was ``[Errno 30] Read-only file system: '...'``, naming neither
+    --data-dir nor what to do."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: make the check see it read-only
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
+        )
+    try:
+        with pytest.raises(DataError, match=f"{locked} is not writable") as info:
+            load_mnist(tmp_path / name)
+    finally:
+        locked.chmod(0o755)
+    assert "--data-dir" in str(info.value) and list(locked.iterdir()) == []
 
 
 def test_missing_files_without_download(tmp_path: Path) -> None:

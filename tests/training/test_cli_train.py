@@ -344,6 +344,67 @@ def test_an_out_that_is_a_file_is_named(
     assert file.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize("inside", [False, True])
+def test_an_out_that_cannot_be_written_is_named_before_the_data_is_read(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inside: bool
+) -> None:
+    """Was ``[Errno 13] Permission denied`` (``[Errno 30] Read-only file system`` on a read-only
+    mount) naming neither ``--out`` nor the remedy, and only once the data was ready: here the
+    data directory is missing, and the ``--out`` error comes first."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: make the check see it read-only
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
+        )
+    out = locked / "run" if inside else locked
+    args = ["train", "psmnist", "--out", str(out), "--data-dir", str(tmp_path / "missing")]
+    args += [*sets(TINY_PSMNIST), "--accelerator", "cpu"]
+    try:
+        message = _one_line_error(capsys, main(args))
+    finally:
+        locked.chmod(0o755)
+    assert message == (
+        f"plmu: error: output directory --out {out} cannot be written: {locked} is not writable"
+    )
+    assert list(locked.iterdir()) == [] and not (tmp_path / "missing").exists()
+
+
+def test_resuming_with_fewer_epochs_than_trained_is_refused_naming_epochs(
+    capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Was Lightning's ``You restored a checkpoint with current_epoch=2, but you have set
+    Trainer(max_epochs=1)``, which names no config key, once the data and the loggers were
+    ready (a new ``logs/version_1`` left behind)."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), "--accelerator", "cpu"]
+    args += [*sets(TINY_MACKEY_GLASS), "--no-progress-bar"]
+    assert main([*args, "--set", "epochs=3"]) == 0
+    capsys.readouterr()
+    message = _one_line_error(capsys, main([*args, "--set", "epochs=1"]))
+    assert message.startswith("plmu: error: config key 'epochs' is 1, but ")
+    assert "has trained 3 epochs" in message and "--out" in message
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["version_0"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_train_refuses_a_strategy_that_trains_in_child_processes(
+    capsys: pytest.CaptureFixture, tmp_path: Path, strategy: str
+) -> None:
+    """``--strategy ddp_spawn`` (or ``ddp_fork``, ``ddp_notebook``) trains in processes started
+    from this one, whose loggers and callbacks never come back: the test after the fit failed
+    with a traceback (``ValueError: dict contains fields not in fieldnames: 'val_loss', ...``
+    from the CSV log, whose rows it had truncated). Refused before any data is read."""
+    out = tmp_path / "run"
+    args = ["train", "mackey-glass", "--out", str(out), *sets(TINY_MACKEY_GLASS)]
+    args += ["--accelerator", "cpu", "--devices", "1", "--strategy", strategy]
+    message = _one_line_error(capsys, main([*args, "--no-progress-bar"]))
+    assert message.startswith(f"plmu: error: --strategy {strategy} is not supported by plmu train")
+    assert "--strategy ddp" in message and not out.exists()
+
+
 def test_resuming_with_a_changed_task_is_refused(
     capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:

@@ -1117,3 +1117,38 @@ def test_mackey_glass_plot_in_the_weights_precision(tmp_path: Path, precision: s
     metrics = _train_mg(out, f"precision={precision}")
     assert (out / "prediction.png").stat().st_size > 1000
     assert json.loads((out / "metrics.json").read_text())["plot"] == metrics["plot"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_forked_data_loader_worker_ignores_the_stop_signals(
+    tmp_path: Path, capfd: pytest.CaptureFixture, signum: int
+) -> None:
+    """A DataLoader worker (``num_workers`` > 0) is forked after the handler is installed and
+    inherits it (for SIGINT: PyTorch's workers put a handler of their own on SIGTERM only), and
+    Ctrl-C in a terminal reaches the whole process group: every live worker printed ``plmu:
+    Ctrl-C: stopping after this step ...`` again, and took a second Ctrl-C as its own stop
+    (a KeyboardInterrupt in the worker). A forked process now leaves both signals to the
+    process that installed the handler."""
+    stop = stopping._GracefulStop(tmp_path / "last.ckpt")
+    trainer = SimpleNamespace(global_rank=0, world_size=1, received_sigterm=False)
+    stop.on_fit_start(trainer, None)
+    assert signum in stop._handled
+    stop.on_train_start(trainer, None)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker: the signal twice, as Ctrl-C pressed twice
+            code = 1
+            try:
+                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), signum)
+                code = 0 if stop.requested is None else 2
+            except BaseException:  # the stop raised here
+                code = 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        stop._restore()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "stopping after" not in capfd.readouterr().err
+    assert stop.requested is None  # the main process received nothing

@@ -133,6 +133,17 @@ def test_config_file_errors(tmp_path: Path) -> None:
         load_config("mackey-glass", tmp_path / "missing.yaml")
 
 
+def test_config_file_not_utf8_is_named(tmp_path: Path) -> None:
+    """Was ``'utf-8' codec can't decode byte 0xe9 in position 15``, naming no file."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("epochs: 3\nlr: 0.01  # caf\u00e9\n".encode("latin-1"))
+    message = r"config file .*latin1\.yaml: line 2 is not UTF-8 text \(byte 0xe9 at column 16\)"
+    with pytest.raises(ConfigError, match=message):
+        load_config("mackey-glass", path)
+    path.write_text("epochs: 3  # caf\u00e9\n", encoding="utf-8")  # UTF-8 whatever the locale
+    assert load_config("mackey-glass", path)["epochs"] == 3
+
+
 def test_config_file_duplicate_key_refused(tmp_path: Path) -> None:
     # PyYAML keeps the last of two equal keys: epochs: 3 was silently dropped
     path = tmp_path / "dup.yaml"

@@ -49,7 +49,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch.utils.data import BatchSampler, Dataset, Sampler
 
-from plmu.data import DataError, not_utf8
+from plmu.data import DataError, check_text, not_utf8
 from plmu.legendre import _check_positive_int
 from plmu.training.datamodule import EpochRandomSampler, SplitDataModule
 
@@ -129,6 +129,8 @@ def read_data_dir(data_dir: Path | str, splits: Iterable[str] = tuple(SPLITS)) -
     wanted = set(splits)
     splits = [split for split in SPLITS if split in wanted]
     needed = [f"{SPLITS[split]}.{lang}" for split in splits for lang in ("en", "vi")]
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data_dir {str(data_dir)!r} is a file, not a directory (--data-dir)")
     missing = [name for name in needed if not (data_dir / name).is_file()]
     if missing:
         raise DataError(
@@ -257,7 +259,7 @@ def encode_source(tokenizer: Tokenizer, sentence: str, max_length: int) -> list[
         raise TypeError(f"sentence must be a str, got {type(sentence).__name__}")
     if not sentence.strip():
         raise ValueError("sentence is empty; give an English sentence to translate")
-    ids = tokenizer.encode(sentence.strip()).ids
+    ids = tokenizer.encode(check_text(sentence, "sentence").strip()).ids
     if len(ids) > max_length:
         raise ValueError(
             f"sentence has {len(ids)} subword tokens, more than max_source_length={max_length} "

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset
 # the task table, the file readers and the split loading live in text_tasks, text_files,
 # text_layouts and text_splits; the names this module exported before that split are
 # re-exported, so that imports from here keep working
+from plmu.data import check_text
 from plmu.data.text_files import DataNotFoundError, RawSplit, _at, load_local_split
 from plmu.data.text_layouts import (
     ORIGINAL_LAYOUTS,
@@ -261,7 +262,7 @@ class TextClassificationData(SplitDataModule):
         for column, text in zip(columns, texts):
             if not isinstance(text, str):
                 raise TypeError(f"{column} must be a str, got {type(text).__name__}")
-            ids = self._ids([text])[0]
+            ids = self._ids([check_text(text, column)])[0]
             if not ids:
                 raise ValueError(f"{column} is empty (no words): {text!r}")
             if len(ids) > self.max_length:

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from plmu.data import not_utf8
+
 __all__ = [
     "REQUIRED_KEYS",
     "RESUME_KEYS",
@@ -288,7 +290,8 @@ def default_config(experiment: str) -> dict[str, Any]:
     resource = resources.files("plmu") / "configs" / f"{experiment}.yaml"
     if not resource.is_file():
         raise ConfigError(f"no packaged config for experiment {experiment!r} ({resource})")
-    values = _parse_mapping(resource.read_text(), f"packaged config {experiment}.yaml")
+    text = resource.read_text(encoding="utf-8")
+    values = _parse_mapping(text, f"packaged config {experiment}.yaml")
     missing = [key for key in REQUIRED_KEYS if key not in values]
     if missing:
         raise ConfigError(f"packaged config {experiment}.yaml lacks the keys {missing}")
@@ -299,9 +302,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of config keys from ``path``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {not_utf8(path)}") from None
     return _parse_mapping(text, f"config file {path}")
 
 

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterable
@@ -139,6 +140,7 @@ def train(
     """
     exp = registry.get(experiment)
     _check_data_dir_applies(exp, data_dir)
+    _check_strategy_trains_in_place(strategy)
     out = _output_dir(Path(out) if out is not None else Path("runs") / exp.name)
     data_dir = None if data_dir is None else Path(data_dir)
     checkpoint_path = Path(resume) if resume is not None else out / "checkpoints" / "last.ckpt"
@@ -163,6 +165,7 @@ def train(
         _check_resume_config(
             load_config(exp.name, base=base), config, checkpoint_path, resume is not None
         )
+        _check_resume_epochs(config, resumed, checkpoint_path)
 
     _set_threads(config)
     L.seed_everything(config["seed"], workers=True, verbose=False)
@@ -419,12 +422,48 @@ def _check_data_dir_applies(exp: registry.Experiment, data_dir: str | Path | Non
         )
 
 
+# Lightning's strategies that run the fit in processes started from this one (spawn, fork; the
+# notebook one forks) and send back only the weights and the logged metrics.
+_CHILD_PROCESS_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def _check_strategy_trains_in_place(strategy: object) -> None:
+    """Refuse, naming ``--strategy``, a strategy that trains in child processes: their loggers
+    and callbacks (the run's time, its completed epochs, the CSV log's columns) never came back,
+    and the test after the fit failed with a traceback from the CSV log, which it truncated.
+    ``ddp`` starts the other processes as commands of their own and runs rank 0 here."""
+    if isinstance(strategy, str) and strategy.startswith(_CHILD_PROCESS_STRATEGIES):
+        raise ValueError(
+            f"--strategy {strategy} is not supported by plmu train: it trains in child "
+            f"processes whose loggers and callbacks do not come back; use --strategy ddp "
+            f"(also under torchrun or SLURM)"
+        )
+
+
+def _check_resume_epochs(config: dict, checkpoint: dict, path: Path) -> None:
+    """Refuse, naming ``epochs``, a resumed run given fewer ``epochs`` than its checkpoint has
+    trained, before any data is read: Lightning refused it only as the fit began, with
+    ``Trainer(max_epochs=...)`` in its message."""
+    done = _checkpoint_completed_epochs(checkpoint)
+    if config["epochs"] < done:
+        raise ValueError(
+            f"config key 'epochs' is {config['epochs']}, but {path} has trained {done} epochs: "
+            f"give epochs >= {done} to resume it, test it with plmu evaluate, or train into "
+            f"another --out"
+        )
+
+
 def _output_dir(out: Path) -> Path:
     """``out``, refused before any work when it (or the nearest part of it that exists) is a
-    file: Lightning's loggers failed on it only after the data was prepared, with a bare
-    ``[Errno 17] File exists``."""
+    file, or a folder this process may not write into (read-only, another user's): Lightning's
+    loggers failed on it only after the data was prepared, with a bare ``[Errno 17] File
+    exists`` (``[Errno 13] Permission denied``, ``[Errno 30] Read-only file system``)."""
     for path in (out, *out.parents):
         if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ValueError(
+                    f"output directory --out {out} cannot be written: {path} is not writable"
+                )
             return out
         if path.exists():
             problem = "is a file" if path == out else f"cannot be made: {path} is a file"

@@ -6,6 +6,7 @@ the uninterrupted run would have.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -112,6 +113,7 @@ class _GracefulStop(Callback):
         self.requested: int | None = None  # the signal that asked this process to stop
         self._handled: list[int] = []  # the signals to take over at on_train_start
         self._rank = 0  # the global rank, which prints the message
+        self._pid: int | None = None  # the process that installed the handlers (not a worker)
         self._previous: dict[int, Any] = {}  # the handlers replaced, to restore
         # under DDP: the CPU process group the ranks agree over (None: none, or no gloo), the
         # all-reduce started at the last batch end with its flag, and the signal agreed so far
@@ -134,6 +136,7 @@ class _GracefulStop(Callback):
         ddp = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
         if not ddp and self._lightnings_sigterm(trainer):
             raise SIGTERMException(_SIGTERM_STATUS)  # Lightning's handler had it (sanity check)
+        self._pid = os.getpid()
         for signum in self._handled:
             signal.signal(signum, self._on_signal)
             self._previous[signum] = _STOP_SIGNALS[signum][0]  # for SIGTERM not Lightning's
@@ -158,6 +161,8 @@ class _GracefulStop(Callback):
         return signal.SIGTERM in self._handled and trainer.received_sigterm
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:  # a DataLoader worker, forked with this handler, that
+            return  # the signal reached with its process group: the main process stops it
         if self.requested is not None:  # the second signal: at once
             self._stop(signum)
         self.requested = signum
