@@ -2,6 +2,7 @@
 data sets in the real formats (MNIST IDX files) written into tmp_path."""
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,19 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise urllib.error.URLError("network disabled in tests")
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``tmp_path / "locked"``, a folder this process may not write into (mode 555; for root,
+    who writes anyway, ``os.access`` is made to say so), made writable again afterwards."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.access(locked, os.W_OK):  # root writes anyway: make the check see it read-only
+        access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
+        )
+    yield locked
+    locked.chmod(0o755)

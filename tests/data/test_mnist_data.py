@@ -1,7 +1,6 @@
 import gzip
 import http.client
 import io
-import os
 import urllib.request
 from pathlib import Path
 
@@ -121,25 +120,14 @@ def test_data_dir_that_is_a_file_is_a_one_line_error(tmp_path: Path, name: str) 
 
 @pytest.mark.parametrize("name", ["locked", "locked/mnist"])
 def test_download_into_a_folder_that_cannot_be_written_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+    tmp_path: Path, read_only_dir: Path, name: str
 ) -> None:
     """A missing file to download into a read-only --data-dir (or default ``~/.cache/plmu``
     under a read-only home) was ``[Errno 30] Read-only file system: '...'``, naming neither
     --data-dir nor what to do."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    if os.access(locked, os.W_OK):  # root writes anyway: make the check see it read-only
-        access = os.access
-        monkeypatch.setattr(
-            os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
-        )
-    try:
-        with pytest.raises(DataError, match=f"{locked} is not writable") as info:
-            load_mnist(tmp_path / name)
-    finally:
-        locked.chmod(0o755)
-    assert "--data-dir" in str(info.value) and list(locked.iterdir()) == []
+    with pytest.raises(DataError, match=f"{read_only_dir} is not writable") as info:
+        load_mnist(tmp_path / name)
+    assert "--data-dir" in str(info.value) and list(read_only_dir.iterdir()) == []
 
 
 def test_missing_files_without_download(tmp_path: Path) -> None:

@@ -346,26 +346,16 @@ def test_an_out_that_is_a_file_is_named(
 
 @pytest.mark.parametrize("inside", [False, True])
 def test_an_out_that_cannot_be_written_is_named_before_the_data_is_read(
-    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, inside: bool
+    capsys: pytest.CaptureFixture, tmp_path: Path, read_only_dir: Path, inside: bool
 ) -> None:
     """Was ``[Errno 13] Permission denied`` (``[Errno 30] Read-only file system`` on a read-only
     mount) naming neither ``--out`` nor the remedy, and only once the data was ready: here the
     data directory is missing, and the ``--out`` error comes first."""
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    if os.access(locked, os.W_OK):  # root writes anyway: make the check see it read-only
-        access = os.access
-        monkeypatch.setattr(
-            os, "access", lambda path, mode: access(path, mode) and Path(path) != locked
-        )
+    locked = read_only_dir
     out = locked / "run" if inside else locked
     args = ["train", "psmnist", "--out", str(out), "--data-dir", str(tmp_path / "missing")]
     args += [*sets(TINY_PSMNIST), "--accelerator", "cpu"]
-    try:
-        message = _one_line_error(capsys, main(args))
-    finally:
-        locked.chmod(0o755)
+    message = _one_line_error(capsys, main(args))
     assert message == (
         f"plmu: error: output directory --out {out} cannot be written: {locked} is not writable"
     )
