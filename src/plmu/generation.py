@@ -177,7 +177,7 @@ def generate_from_checkpoint(
     model = getattr(module, "net", None)
     if not isinstance(model, LMULanguageModel):
         raise ValueError(
-            f"checkpoint {checkpoint} holds a {experiment.name!r} model, not a language model "
-            f"(plmu generate needs e.g. a text8 checkpoint)"
+            f"checkpoint {checkpoint} is of the {experiment.name} experiment: plmu generate "
+            "takes text8 checkpoints"
         )
     return generate_text(model, prompt, length, temperature, greedy, seed)

@@ -68,7 +68,7 @@ def predict(checkpoint: str | Path, *texts: str) -> Prediction:
     experiment, _, module, data = load_checkpoint(checkpoint)
     if not isinstance(data, TextClassificationData):
         raise ValueError(
-            f"checkpoint {checkpoint} is a {experiment.name!r} run; plmu predict needs a text "
-            "classification checkpoint (imdb, qqp, snli)"
+            f"checkpoint {checkpoint} is of the {experiment.name} experiment: plmu predict takes "
+            "imdb, qqp or snli checkpoints"
         )
     return predict_loaded(module, data, *texts)

@@ -65,6 +65,7 @@ def translate(checkpoint: str | Path, sentence: str, beam: int | None = None) ->
     experiment, _, module, datamodule = load_checkpoint(checkpoint)
     if not isinstance(module, TranslationModule) or not isinstance(datamodule, IWSLTDataModule):
         raise ValueError(
-            f"checkpoint {str(checkpoint)!r} is a {experiment.name!r} run, not a translation model"
+            f"checkpoint {checkpoint} is of the {experiment.name} experiment: plmu translate "
+            "takes iwslt15-en-vi checkpoints"
         )
     return translate_sentence(module, datamodule, sentence, beam)

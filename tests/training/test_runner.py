@@ -1152,3 +1152,26 @@ def test_a_forked_data_loader_worker_ignores_the_stop_signals(
     assert os.waitstatus_to_exitcode(status) == 0
     assert "stopping after" not in capfd.readouterr().err
     assert stop.requested is None  # the main process received nothing
+
+
+def test_a_checkpoint_of_another_experiment_is_named_plainly(tmp_path: Path) -> None:
+    """``plmu predict``, ``translate`` and ``generate`` given a checkpoint of another experiment
+    say which experiment it is and which they take, in one plain sentence (``translate`` said
+    "is a 'mackey-glass' run", ``generate`` "holds a 'mackey-glass' model")."""
+    from plmu.generation import generate_from_checkpoint
+    from plmu.predict import predict
+    from plmu.translate import translate
+
+    _train_mg(tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    calls = {
+        "plmu predict takes imdb, qqp or snli": lambda: predict(ckpt, "a text"),
+        "plmu translate takes iwslt15-en-vi": lambda: translate(ckpt, "a ."),
+        "plmu generate takes text8": lambda: generate_from_checkpoint(ckpt, "the", 5),
+    }
+    for takes, call in calls.items():
+        with pytest.raises(ValueError) as error:
+            call()
+        assert str(error.value) == (
+            f"checkpoint {ckpt} is of the mackey-glass experiment: {takes} checkpoints"
+        )
