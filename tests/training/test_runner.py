@@ -174,6 +174,10 @@ def test_weights_saved_with_other_layer_settings_are_refused() -> None:
     assert len(old) < len(saved)
     _check_weights_fit(module(), old, Path("last.ckpt"))
     key = next(name for name in saved if name.endswith("memory._extra_state"))
+    later = {**saved, key: _encode({**read_settings(saved[key]), "a_later_setting": 1})}
+    _check_weights_fit(module(), later, Path("last.ckpt"))  # as load_state_dict: ignored
+    fewer = {**saved, key: _encode({"order": read_settings(saved[key])["order"]})}
+    _check_weights_fit(module(), fewer, Path("last.ckpt"))  # one recording fewer settings
     other = {**saved, key: _encode({**read_settings(saved[key]), "discretizer": "bilinear"})}
     message = rf"its {key} records .*'bilinear'.*, the model this config builds .*'zoh'"
     with pytest.raises(CheckpointError, match=message):

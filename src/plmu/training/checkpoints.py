@@ -323,6 +323,10 @@ def _check_weights_fit(
         if expected.get(name) != "settings":
             continue
         then, now = read_settings(state[name]), read_settings(value)
+        if then is not None and now is not None:  # a setting one of them lacks is ignored,
+            common = then.keys() & now.keys()  # as load_state_dict ignores it
+            if all(then[k] == now[k] for k in common):
+                continue
         if then != now:
             recorded = state[name] if then is None else then
             raise CheckpointError(
