@@ -700,17 +700,25 @@ def test_sigterm_before_training_stops_before_the_first_step(tmp_path: Path) -> 
     assert callback.steps == []
 
 
-def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(tmp_path: Path) -> None:
+def test_an_early_stopped_run_stays_stopped_unless_given_more_patience(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The same command again after early stopping only tests (Lightning restored the early
     stopping state but not the decision: the run trained on, one epoch or more); a larger
-    ``patience`` (Lightning kept the checkpoint's) continues it as a run given it at once."""
+    ``patience`` (Lightning kept the checkpoint's) continues it as a run given it at once.
+    Each early-stopped run says so (it said nothing: a run ended at epoch 3 of 30)."""
     options = ["epochs=30", "lr=0.05"]  # val_nrmse stops improving after a few epochs
     reference = _train_mg(tmp_path / "reference", *options, "patience=2")
+    said = f"after epoch {reference['epochs']} of 30: val_nrmse did not improve for 2 validations"
+    assert f"plmu: early stopping ended training {said} (patience)" in capsys.readouterr().out
     out = tmp_path / "run"
     stopped = _train_mg(out, *options, "patience=1")
     assert stopped["epochs"] < reference["epochs"] < 30  # both stopped early, at other epochs
+    capsys.readouterr()
     again = _train_mg(out, *options, "patience=1")
     assert (again["global_step"], again["epochs"]) == (stopped["global_step"], stopped["epochs"])
+    said = f"after epoch {stopped['epochs']} of 30: val_nrmse did not improve for 1 validation "
+    assert f"plmu: early stopping ended training {said}" in capsys.readouterr().out
     assert again["test_nrmse"] == stopped["test_nrmse"]
     more = _train_mg(out, *options, "patience=2")
     assert more["global_step"] == reference["global_step"]

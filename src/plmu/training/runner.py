@@ -207,6 +207,7 @@ def train(
         _info(f"resuming from {checkpoint_path}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path)
     seconds = run_info.seconds
+    _say_why_it_stopped_early(trainer, run_info.completed_epochs(trainer), config["epochs"])
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
     metrics = {
@@ -477,6 +478,17 @@ def _set_threads(config: dict) -> None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"config key 'num_threads' must be an int >= 1, got {threads!r}")
         torch.set_num_threads(threads)
+
+
+def _say_why_it_stopped_early(trainer: L.Trainer, epochs: int, planned: int) -> None:
+    """Print why early stopping ended the run before its planned ``epochs`` (a run that ended
+    at epoch 3 of 30 said nothing about it)."""
+    if epochs >= planned:
+        return
+    for callback in trainer.callbacks:
+        reason = callback.stopped_because() if isinstance(callback, _EarlyStopping) else None
+        if reason is not None:
+            _info(f"early stopping ended training after epoch {epochs} of {planned}: {reason}")
 
 
 @rank_zero_only

@@ -50,10 +50,19 @@ class _EarlyStopping(EarlyStopping):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.wait_count >= max(self.patience, 1):  # an improvement sets it to 0
+        if self.stopped_because() is not None:
             trainer.should_stop = True
+
+    def stopped_because(self) -> str | None:
+        """Why this callback stops (or stopped) the run, in words, or ``None`` if it does not:
+        its patience used up, or a metric that was not finite."""
         if _NON_FINITE is not None and getattr(self, "stopping_reason", None) == _NON_FINITE:
-            trainer.should_stop = True
+            return f"{self.monitor} was not finite"
+        patience = max(self.patience, 1)
+        if self.wait_count >= patience:  # an improvement sets it to 0
+            times = "validation" if patience == 1 else "validations"
+            return f"{self.monitor} did not improve for {patience} {times} (patience)"
+        return None
 
 
 _SIGTERM_STATUS = 128 + signal.SIGTERM  # 143: the exit status of a process SIGTERM ended
