@@ -323,9 +323,10 @@ def test_train_and_evaluate_plain_idx(
     message = _one_line_error(capsys, status)
     assert message.endswith(f"--out {out / 'metrics.json'} is a file, not a directory")
     # the commands for other experiments' checkpoints name the run's experiment
+    generate = ["generate", checkpoint, "--prompt", "a"]
     for command in (["predict", checkpoint, "a text"], ["translate", checkpoint, "a text ."]):
-        assert "'psmnist'" in _one_line_error(capsys, main(command))
-    assert "'psmnist'" in _one_line_error(capsys, main(["generate", checkpoint, "--prompt", "a"]))
+        assert "is of the psmnist experiment" in _one_line_error(capsys, main(command))
+    assert "is of the psmnist experiment" in _one_line_error(capsys, main(generate))
 
 
 @pytest.mark.parametrize("inside", [False, True])

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,6 +113,29 @@ def test_resume_continues_to_more_epochs(tmp_path: Path) -> None:
     assert second["global_step"] == 2 * steps_per_epoch
     assert second["seconds"] > first["seconds"]
     assert (out / "logs" / "version_1" / "metrics.csv").is_file()  # earlier logs kept
+
+
+class _SlowFitStart(L.Callback):
+    """Waits ``seconds`` as the fit starts (a slow setup, say)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        time.sleep(self.seconds)
+
+
+def test_a_run_with_nothing_left_to_train_adds_no_training_time(tmp_path: Path) -> None:
+    """The same command again after a finished run only tests: its fit trains nothing, and
+    ``seconds`` stays the checkpoint's (it added the no-op fit's wall-clock, here a slow 0.5 s
+    setup)."""
+    out = tmp_path / "run"
+    first = _train_mg(out)
+    checkpoint = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    (saved,) = [v["seconds"] for k, v in checkpoint["callbacks"].items() if "RunInfo" in k]
+    again = _train_mg(out, callbacks=[_SlowFitStart(0.5)])
+    assert again["global_step"] == first["global_step"]
+    assert again["seconds"] == round(saved, 2) <= first["seconds"]
 
 
 def test_resume_refuses_a_changed_model(tmp_path: Path) -> None:

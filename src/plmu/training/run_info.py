@@ -28,6 +28,8 @@ class RunInfo(Callback):
     (not saved: it is read once the fit is over)."""
 
     _stopped_inside_epoch = False  # this session's last epoch ended before its last batch
+    _training = False  # this session's fit runs (and has something to train)
+    _trained = False  # this session's fit loop started (on_train_start)
 
     def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
         self.experiment = experiment
@@ -38,12 +40,16 @@ class RunInfo(Callback):
 
     @property
     def seconds(self) -> float:
-        """Training wall-clock: earlier sessions plus this one so far."""
+        """Training wall-clock: earlier sessions plus this one so far (a session whose fit had
+        nothing left to train, a finished run's command given again, adds nothing)."""
+        if not self._training:
+            return self.previous_seconds
         return self.previous_seconds + time.perf_counter() - self.started
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # the sanity check's validation counts too
         self._stopped_inside_epoch = False
+        self._training, self._trained = True, False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stopped_inside_epoch = not trainer.is_last_batch
@@ -59,6 +65,7 @@ class RunInfo(Callback):
         return trainer.current_epoch - int(self._stopped_inside_epoch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._trained = True  # the fit loop runs (Lightning skips it, and this hook, when done)
         # Lightning gives a resumed run's training loader its saved position (the fit loop's
         # "combined_loader" state) when it first sets the loader up, which is normally after
         # the checkpoint's loop state was read. A configure_optimizers that asks for
@@ -75,6 +82,10 @@ class RunInfo(Callback):
     ) -> None:
         if trainer.max_steps != -1:
             _finish_saved_epoch(checkpoint.get("loops") or {})
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._trained:  # the fit loop was skipped: the run had nothing left to train
+            self._training = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "rng": _rng_states()}
