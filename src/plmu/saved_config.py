@@ -59,16 +59,16 @@ class _SavedConfig:
             if isinstance(saved, torch.Tensor):
                 got = f"a {saved.dtype} tensor of shape {tuple(saved.shape)} that is no JSON object"
             return f"expected the settings of a {name} (see plmu.saved_config), got {got}"
-        saved = settings
         mine = self._saved_config()
-        for setting, value in saved.items():
-            if setting in mine and mine[setting] != value:
-                return (
-                    f"the state dict was saved from a {name} with {setting}={value!r}, this one "
-                    f"has {setting}={mine[setting]!r}: with its weights it would compute other "
-                    f"outputs; build it with {setting}={value!r} to load them"
-                )
-        return None
+        setting = differing_setting(settings, mine)
+        if setting is None:
+            return None
+        value = settings[setting]
+        return (
+            f"the state dict was saved from a {name} with {setting}={value!r}, this one "
+            f"has {setting}={mine[setting]!r}: with its weights it would compute other "
+            f"outputs; build it with {setting}={value!r} to load them"
+        )
 
     def _load_from_state_dict(
         self,
@@ -94,6 +94,15 @@ class _SavedConfig:
         if key not in state_dict and key in missing_keys:
             # a state dict written before the settings were saved: loaded as it was, unchecked
             missing_keys.remove(key)
+
+
+def differing_setting(saved: dict[str, Any], built: dict[str, Any]) -> str | None:
+    """The first setting both ``saved`` and ``built`` record with other values, or ``None``. A
+    setting only one of them records (a later or an earlier plmu's) is ignored."""
+    for setting, value in saved.items():
+        if setting in built and built[setting] != value:
+            return setting
+    return None
 
 
 def _encode(settings: dict[str, Any]) -> torch.Tensor:

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
-from plmu.saved_config import read_settings
+from plmu.saved_config import differing_setting, read_settings
 from plmu.training import registry
 from plmu.training.config import RESUME_KEYS, load_config
 
@@ -323,11 +323,7 @@ def _check_weights_fit(
         if expected.get(name) != "settings":
             continue
         then, now = read_settings(state[name]), read_settings(value)
-        if then is not None and now is not None:  # a setting one of them lacks is ignored,
-            common = then.keys() & now.keys()  # as load_state_dict ignores it
-            if all(then[k] == now[k] for k in common):
-                continue
-        if then != now:
+        if then is None or now is None or differing_setting(then, now) is not None:
             recorded = state[name] if then is None else then
             raise CheckpointError(
                 f"cannot resume from {path}: its {name} records {recorded!r}, the model this "
