@@ -28,8 +28,7 @@ class RunInfo(Callback):
     (not saved: it is read once the fit is over)."""
 
     _stopped_inside_epoch = False  # this session's last epoch ended before its last batch
-    _training = False  # this session's fit runs (and has something to train)
-    _trained = False  # this session's fit loop started (on_train_start)
+    _trained = False  # this session's fit loop started (on_train_start; skipped when done)
 
     def __init__(self, experiment: str, config: dict, data_dir: Path | None) -> None:
         self.experiment = experiment
@@ -42,14 +41,14 @@ class RunInfo(Callback):
     def seconds(self) -> float:
         """Training wall-clock: earlier sessions plus this one so far (a session whose fit had
         nothing left to train, a finished run's command given again, adds nothing)."""
-        if not self._training:
+        if not self._trained:
             return self.previous_seconds
         return self.previous_seconds + time.perf_counter() - self.started
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = time.perf_counter()  # the sanity check's validation counts too
         self._stopped_inside_epoch = False
-        self._training, self._trained = True, False
+        self._trained = False
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stopped_inside_epoch = not trainer.is_last_batch
@@ -82,10 +81,6 @@ class RunInfo(Callback):
     ) -> None:
         if trainer.max_steps != -1:
             _finish_saved_epoch(checkpoint.get("loops") or {})
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._trained:  # the fit loop was skipped: the run had nothing left to train
-            self._training = False
 
     def state_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "rng": _rng_states()}
